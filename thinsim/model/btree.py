@@ -1,0 +1,699 @@
+"""The persistent-data copy-on-write btree (persistent-data/dm-btree.c, dm-btree-remove.c).
+
+Nodes live in the transaction manager under their metadata block number.  Every
+mutation walks a *shadow spine* from the root down: each node on the path is shadowed
+(copied to a new block unless it was already shadowed in this transaction and is not
+shared), exactly as the kernel does, so the number of metadata blocks a tree uses, and
+which ones, follow the kernel's.
+
+Keys are u64.  Values are u64 for the mapping, top-level, internal and reference-count
+trees (kept in ``array('Q')``, 8 bytes an entry), and Python objects for trees with
+wider values (device details, space-map index entries).
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from typing import Any, Callable, Iterator
+
+NODE_HEADER_SIZE = 32
+METADATA_BLOCK_SIZE = 4096
+
+
+def calc_max_entries(value_size: int, block_size: int = METADATA_BLOCK_SIZE) -> int:
+    """dm-btree.c: calc_max_entries -- the largest multiple of 3 that fits a block."""
+    total = (block_size - NODE_HEADER_SIZE) // (8 + value_size)
+    return 3 * (total // 3)
+
+
+INTERNAL_MAX_ENTRIES = calc_max_entries(8)  # 252
+
+
+class Node:
+    """One btree node (struct btree_node).  ``values`` is an ``array('Q')`` for u64 values."""
+
+    __slots__ = ("leaf", "keys", "values", "max_entries", "value_size")
+
+    def __init__(self, leaf: bool, max_entries: int, value_size: int, keys=None, values=None):
+        self.leaf = leaf
+        self.max_entries = max_entries
+        self.value_size = value_size
+        self.keys = keys if keys is not None else array("Q")
+        if values is None:
+            values = array("Q") if (value_size == 8 or not leaf) else []
+        self.values = values
+
+    def copy(self) -> "Node":
+        vals = self.values
+        return Node(
+            self.leaf,
+            self.max_entries,
+            self.value_size,
+            array("Q", self.keys),
+            array("Q", vals) if type(vals) is array else list(vals),
+        )
+
+    @property
+    def nr_entries(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        kind = "leaf" if self.leaf else "internal"
+        return f"Node({kind}, nr_entries={len(self.keys)}, max_entries={self.max_entries})"
+
+
+def lower_bound(keys, key: int) -> int:
+    """dm-btree.c: lower_bound -- index of the largest key <= ``key``, or -1."""
+    return bisect_right(keys, key) - 1
+
+
+class ValueType:
+    """struct dm_btree_value_type: how a tree's leaf values are reference counted.
+
+    ``inc(values)`` and ``dec(values)`` take a sequence of values; ``equal`` tells an
+    overwrite that changes nothing (then the old value is not decremented).
+    """
+
+    __slots__ = ("size", "inc", "dec", "equal")
+
+    def __init__(
+        self,
+        size: int,
+        inc: Callable[[Any], None] | None = None,
+        dec: Callable[[Any], None] | None = None,
+        equal: Callable[[Any, Any], bool] | None = None,
+    ) -> None:
+        self.size = size
+        self.inc = inc
+        self.dec = dec
+        self.equal = equal
+
+
+class BTreeInfo:
+    """struct dm_btree_info: a tree family of ``levels`` levels sharing one value type."""
+
+    def __init__(self, tm, levels: int, value_type: ValueType) -> None:
+        self.tm = tm
+        self.levels = levels
+        self.value_type = value_type
+        self.leaf_max_entries = calc_max_entries(value_type.size)
+        # dm-btree.c: init_le64_type -- values of the upper levels are subtree roots.
+        self.le64_type = ValueType(8, tm.inc_many, tm.dec_many)
+
+    # -- creation and deletion ---------------------------------------------------
+
+    def empty(self) -> int:
+        """dm_btree_empty: a new, empty leaf; returns its block."""
+        node = Node(True, self.leaf_max_entries, self.value_type.size)
+        return self.tm.new_block(node)
+
+    def delete(self, root: int) -> None:
+        """dm_btree_del: drop a reference to a whole tree.
+
+        Shared nodes are only decremented; unshared ones are walked and their values
+        (or children) released.
+        """
+        tm = self.tm
+        last = self.levels - 1
+        stack = [(root, 0)]
+        while stack:
+            b, level = stack.pop()
+            if tm.ref(b) > 1:
+                tm.dec(b)
+                continue
+            node = tm.read(b)
+            if not node.leaf:
+                # children first, pushed so that they are released in key order
+                for child in reversed(node.values):
+                    stack.append((child, level))
+            elif level < last:
+                for child in reversed(node.values):
+                    stack.append((child, level + 1))
+            elif self.value_type.dec is not None and node.keys:
+                self.value_type.dec(node.values)
+            tm.dec(b)
+
+    # -- lookups ---------------------------------------------------------------
+
+    def lookup(self, root: int, keys) -> Any:
+        """dm_btree_lookup: the value under ``keys`` (one key a level), or KeyError."""
+        tm = self.tm
+        value = root
+        for key in keys:
+            node = tm.read(value)
+            while True:
+                i = bisect_right(node.keys, key) - 1
+                if i < 0:
+                    raise KeyError(key)
+                if node.leaf:
+                    if node.keys[i] != key:
+                        raise KeyError(key)
+                    value = node.values[i]
+                    break
+                node = tm.read(node.values[i])
+        return value
+
+    def lookup_next_single(self, root: int, key: int):
+        """dm-btree.c: dm_btree_lookup_next_single -- first entry with key >= ``key``."""
+        node = self.tm.read(root)
+        if not node.leaf:
+            i = bisect_right(node.keys, key) - 1
+            if i < 0:
+                i = 0
+            if i >= len(node.keys):
+                return None
+            r = self.lookup_next_single(node.values[i], key)
+            if r is None and i < len(node.keys) - 1:
+                r = self.lookup_next_single(node.values[i + 1], key)
+            return r
+        from bisect import bisect_left
+
+        i = bisect_left(node.keys, key)
+        if i >= len(node.keys):
+            return None
+        return node.keys[i], node.values[i]
+
+    def find_highest_key(self, root: int) -> int | None:
+        """dm_btree_find_highest_key for a single level; None for an empty tree."""
+        node = self.tm.read(root)
+        while True:
+            if not node.keys:
+                return None
+            if node.leaf:
+                return node.keys[-1]
+            node = self.tm.read(node.values[-1])
+
+    def items(self, root: int) -> Iterator[tuple[int, Any]]:
+        """All (key, value) pairs of a single-level tree, in key order."""
+        tm = self.tm
+        stack = [root]
+        while stack:
+            node = tm.read(stack.pop())
+            if node.leaf:
+                yield from zip(node.keys, node.values)
+            else:
+                stack.extend(reversed(node.values))
+
+    def leaves(self, root: int) -> Iterator[tuple[int, Node]]:
+        """Every leaf block of a single-level tree, in key order."""
+        tm = self.tm
+        stack = [root]
+        while stack:
+            b = stack.pop()
+            node = tm.read(b)
+            if node.leaf:
+                yield b, node
+            else:
+                stack.extend(reversed(node.values))
+
+    def node_blocks(self, root: int) -> Iterator[int]:
+        """Every block of a single-level tree (internal and leaf)."""
+        tm = self.tm
+        stack = [root]
+        while stack:
+            b = stack.pop()
+            yield b
+            node = tm.read(b)
+            if not node.leaf:
+                stack.extend(node.values)
+
+    # -- the shadow spine ------------------------------------------------------------
+
+    def _shadow(self, b: int, vt: ValueType) -> tuple[int, Node]:
+        """dm-btree-spine.c: bn_shadow -- shadow a node, raising its children if shared."""
+        nb, inc = self.tm.shadow_block(b)
+        node = self.tm.read(nb)
+        if inc:
+            self._inc_children(node, vt)
+        return nb, node
+
+    def _inc_children(self, node: Node, vt: ValueType) -> None:
+        """dm-btree.c: inc_children."""
+        if not node.keys:
+            return
+        if not node.leaf:
+            self.tm.inc_many(node.values)
+        elif vt.inc is not None:
+            vt.inc(node.values)
+
+    def _shadow_child(self, parent: Node, index: int, vt: ValueType) -> tuple[int, Node]:
+        """dm-btree.c: shadow_child -- shadow parent's child ``index`` and repoint it."""
+        nb, node = self._shadow(parent.values[index], vt)
+        parent.values[index] = nb
+        return nb, node
+
+    # -- insertion ---------------------------------------------------------------
+
+    def insert(self, root: int, keys, value) -> tuple[int, bool]:
+        """dm_btree_insert_notify: insert or overwrite; returns (new root, inserted)."""
+        last = self.levels - 1
+        spine = _Spine()
+        block = root
+        index = -1
+        for level in range(last):
+            index = self._insert_raw(spine, block, self.le64_type, keys[level], index)
+            node = spine.node
+            if index >= len(node.keys) or node.keys[index] != keys[level]:
+                new_tree = self.empty()
+                node.keys.insert(index, keys[level])
+                node.values.insert(index, new_tree)
+            block = node.values[index]
+        index = self._insert_raw(spine, block, self.value_type, keys[last], index)
+        node = spine.node
+        key = keys[last]
+        if index >= len(node.keys) or node.keys[index] != key:
+            node.keys.insert(index, key)
+            node.values.insert(index, value)
+            inserted = True
+        else:
+            inserted = False
+            vt = self.value_type
+            old = node.values[index]
+            if vt.dec is not None and (vt.equal is None or not vt.equal(old, value)):
+                vt.dec((old,))
+            node.values[index] = value
+        return spine.root, inserted
+
+    def _insert_raw(self, spine: "_Spine", root: int, vt: ValueType, key: int, i: int) -> int:
+        """dm-btree.c: btree_insert_raw -- walk one level, making room on the way down."""
+        top = True
+        while True:
+            b, node = self._shadow(root, vt)
+            spine.step(b, node)
+            if spine.parent is not None and i >= 0:
+                spine.parent.values[i] = b
+            if len(node.keys) == node.max_entries and not (
+                node.leaf and _contains(node.keys, key)
+            ):
+                if top:
+                    self._split_beneath(spine, vt)
+                else:
+                    self._rebalance_or_split(spine, vt, i, key)
+                node = spine.node
+            i = bisect_right(node.keys, key) - 1
+            if node.leaf:
+                break
+            if i < 0:
+                node.keys[0] = key
+                i = 0
+            root = node.values[i]
+            top = False
+        if i < 0 or node.keys[i] != key:
+            i += 1
+        return i
+
+    def _split_beneath(self, spine: "_Spine", vt: ValueType) -> None:
+        """dm-btree.c: btree_split_beneath -- the root keeps its block, gains two children."""
+        pn = spine.node
+        nr_left = len(pn.keys) // 2
+        left = Node(pn.leaf, pn.max_entries, pn.value_size, pn.keys[:nr_left], pn.values[:nr_left])
+        right = Node(pn.leaf, pn.max_entries, pn.value_size, pn.keys[nr_left:], pn.values[nr_left:])
+        lb = self.tm.new_block(left)
+        rb = self.tm.new_block(right)
+        pn.leaf = False
+        pn.max_entries = INTERNAL_MAX_ENTRIES
+        pn.value_size = 8
+        pn.keys = array("Q", (left.keys[0], right.keys[0]))
+        pn.values = array("Q", (lb, rb))
+
+    def _rebalance_or_split(self, spine: "_Spine", vt: ValueType, pi: int, key: int) -> None:
+        """dm-btree.c: rebalance_or_split (SPACE_THRESHOLD = 8)."""
+        tm = self.tm
+        parent = spine.parent
+        nr_parent = len(parent.keys)
+        left_shared = right_shared = False
+        if pi > 0:
+            lb = parent.values[pi - 1]
+            left_shared = tm.ref(lb) > 1
+            if not left_shared:
+                ln = tm.read(lb)
+                if ln.max_entries - len(ln.keys) >= 8:
+                    return self._rebalance_left(spine, vt, pi, key)
+        if pi < nr_parent - 1:
+            rb = parent.values[pi + 1]
+            right_shared = tm.ref(rb) > 1
+            if not right_shared:
+                rn = tm.read(rb)
+                if rn.max_entries - len(rn.keys) >= 8:
+                    return self._rebalance_right(spine, vt, pi, key)
+        if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
+            return self._split_one_into_two(spine, pi, key)
+        return self._split_two_into_three(spine, vt, pi, key)
+
+    def _rebalance_left(self, spine, vt, pi, key) -> None:
+        parent = spine.parent
+        sb, left = self._shadow_child(parent, pi - 1, vt)
+        right = spine.node
+        _redistribute2(left, right)
+        parent.keys[pi] = right.keys[0]
+        if key < right.keys[0]:
+            spine.replace(sb, left)
+
+    def _rebalance_right(self, spine, vt, pi, key) -> None:
+        parent = spine.parent
+        sb, right = self._shadow_child(parent, pi + 1, vt)
+        left = spine.node
+        _redistribute2(left, right)
+        parent.keys[pi + 1] = right.keys[0]
+        if key >= right.keys[0]:
+            spine.replace(sb, right)
+
+    def _split_one_into_two(self, spine, pi, key) -> None:
+        left = spine.node
+        right = Node(left.leaf, left.max_entries, left.value_size)
+        rb = self.tm.new_block(right)
+        _redistribute2(left, right)
+        parent = spine.parent
+        parent.keys.insert(pi + 1, right.keys[0])
+        parent.values.insert(pi + 1, rb)
+        if key >= right.keys[0]:
+            spine.replace(rb, right)
+
+    def _split_two_into_three(self, spine, vt, pi, key) -> None:
+        parent = spine.parent
+        if pi == 0:
+            middle_index = 1
+            lb, left = spine.block, spine.node
+            rb, right = self._shadow_child(parent, pi + 1, vt)
+        else:
+            middle_index = pi
+            rb, right = spine.block, spine.node
+            lb, left = self._shadow_child(parent, pi - 1, vt)
+        middle = Node(left.leaf, left.max_entries, left.value_size)
+        mb = self.tm.new_block(middle)
+        _redistribute3(left, middle, right)
+        parent.keys[middle_index] = right.keys[0]
+        parent.keys.insert(middle_index, middle.keys[0])
+        parent.values.insert(middle_index, mb)
+        if key < middle.keys[0]:
+            spine.replace(lb, left)
+        elif key < right.keys[0]:
+            spine.replace(mb, middle)
+        else:
+            spine.replace(rb, right)
+
+    def append_run(self, root: int, dev: int, first_key: int, values) -> int:
+        """Insert keys ``first_key, first_key + 1, ...`` (all above every key of ``dev``'s
+        tree) with ``values`` into this two-level tree, leaving exactly what one
+        ``insert`` a key would leave: whenever an insert could only go straight into the
+        rightmost leaf (every node on its path already shadowed, unshared and with room)
+        the keys are appended in one step; any other insert takes the ordinary path.
+        Returns the new root."""
+        n = len(values)
+        i = 0
+        while i < n:
+            leaf = self._appendable_leaf(root, dev, first_key + i)
+            if leaf is None:
+                root, _ = self.insert(root, (dev, first_key + i), values[i])
+                i += 1
+                continue
+            k = min(leaf.max_entries - len(leaf.keys), n - i)
+            leaf.keys.extend(range(first_key + i, first_key + i + k))
+            leaf.values.extend(values[i : i + k])
+            i += k
+        return root
+
+    def _appendable_leaf(self, root: int, dev: int, key: int):
+        tm = self.tm
+        shadows = tm.shadows
+        count = tm.sm.get_count
+        # the top level: the walk to dev's entry must change nothing
+        b = root
+        while True:
+            if b not in shadows or count(b) > 1:
+                return None
+            node = tm.blocks[b]
+            if node.leaf:
+                i = bisect_right(node.keys, dev) - 1
+                if i < 0 or node.keys[i] != dev:
+                    return None
+                b = node.values[i]
+                break
+            if len(node.keys) == node.max_entries:
+                return None
+            i = bisect_right(node.keys, dev) - 1
+            if i < 0:
+                return None
+            b = node.values[i]
+        # the bottom level: down the rightmost edge
+        while True:
+            if b not in shadows or count(b) > 1:
+                return None
+            node = tm.blocks[b]
+            nr = len(node.keys)
+            if nr == node.max_entries:
+                return None
+            if node.leaf:
+                if nr and node.keys[-1] >= key:
+                    return None
+                return node
+            if not nr or node.keys[-1] > key:
+                return None
+            b = node.values[-1]
+
+    # -- removal -----------------------------------------------------------------
+
+    def remove(self, root: int, keys) -> int:
+        """dm_btree_remove: remove ``keys``; returns the new root.  KeyError if absent."""
+        last = self.levels - 1
+        spine = _Spine()
+        index = 0
+        for level in range(self.levels):
+            vt = self.value_type if level == last else self.le64_type
+            index = self._remove_raw(spine, root, vt, keys[level], index)
+            node = spine.node
+            if level != last:
+                root = node.values[index]
+                continue
+            if self.value_type.dec is not None:
+                self.value_type.dec((node.values[index],))
+            del node.keys[index]
+            del node.values[index]
+        return spine.root
+
+    def _remove_raw(self, spine, root, vt, key, i) -> int:
+        """dm-btree-remove.c: remove_raw."""
+        while True:
+            b, node = self._shadow(root, vt)
+            spine.step(b, node)
+            if spine.parent is not None:
+                spine.parent.values[i] = b
+            if node.leaf:
+                return _do_leaf(node, key)
+            self._rebalance_children(spine, vt, key)
+            node = spine.node
+            if node.leaf:
+                return _do_leaf(node, key)
+            i = bisect_right(node.keys, key) - 1
+            root = node.values[i]
+
+    def _remove_nearest(self, spine, root, vt, key, i) -> int:
+        """dm-btree-remove.c: remove_nearest."""
+        while True:
+            b, node = self._shadow(root, vt)
+            spine.step(b, node)
+            if spine.parent is not None:
+                spine.parent.values[i] = b
+            if node.leaf:
+                return bisect_right(node.keys, key) - 1
+            self._rebalance_children(spine, vt, key)
+            node = spine.node
+            if node.leaf:
+                return bisect_right(node.keys, key) - 1
+            i = bisect_right(node.keys, key) - 1
+            root = node.values[i]
+
+    def remove_leaves(self, root: int, first_key: int, end_key: int) -> tuple[int, int, int]:
+        """dm_btree_remove_leaves (single level): remove the run of keys from ``first_key``.
+
+        Stops at the first key not present.  Returns (new root, next key, removed).
+        """
+        removed = 0
+        key = first_key
+        vt = self.value_type
+        while True:
+            spine = _Spine()
+            index = self._remove_nearest(spine, root, vt, key, 0)
+            root = spine.root
+            node = spine.node
+            if index < 0:
+                index = 0
+            if index >= len(node.keys):
+                break
+            k = node.keys[index]
+            if key <= k < end_key:
+                if vt.dec is not None:
+                    vt.dec((node.values[index],))
+                del node.keys[index]
+                del node.values[index]
+                key = k + 1
+                removed += 1
+            else:
+                break
+        return root, key, removed
+
+    def _rebalance_children(self, spine, vt, key) -> None:
+        """dm-btree-remove.c: rebalance_children."""
+        tm = self.tm
+        n = spine.node
+        if len(n.keys) == 1:
+            cb = n.values[0]
+            child = tm.read(cb)
+            n.leaf = child.leaf
+            n.max_entries = child.max_entries
+            n.value_size = child.value_size
+            n.keys = array("Q", child.keys)
+            vals = child.values
+            n.values = array("Q", vals) if type(vals) is array else list(vals)
+            tm.dec(cb)
+            return
+        i = bisect_right(n.keys, key) - 1
+        if i < 0:
+            raise KeyError(key)
+        has_left = i > 0
+        has_right = i < len(n.keys) - 1
+        if not has_left:
+            self._rebalance2(n, vt, i)
+        elif not has_right:
+            self._rebalance2(n, vt, i - 1)
+        else:
+            self._rebalance3(n, vt, i - 1)
+
+    def _rebalance2(self, parent: Node, vt, li: int) -> None:
+        lb, left = self._shadow_child(parent, li, vt)
+        rb, right = self._shadow_child(parent, li + 1, vt)
+        self.__rebalance2(parent, left, right, li + 1, rb)
+
+    def __rebalance2(self, parent, left, right, r_index, rb) -> None:
+        nr_left, nr_right = len(left.keys), len(right.keys)
+        threshold = 2 * (left.max_entries // 3) + 1
+        if nr_left + nr_right < threshold:
+            left.keys.extend(right.keys)
+            left.values.extend(right.values)
+            del parent.keys[r_index]
+            del parent.values[r_index]
+            self.tm.dec(rb)
+        else:
+            target_left = (nr_left + nr_right) // 2
+            _shift(left, right, nr_left - target_left)
+            parent.keys[r_index] = right.keys[0]
+
+    def _rebalance3(self, parent: Node, vt, li: int) -> None:
+        lb, left = self._shadow_child(parent, li, vt)
+        cb, center = self._shadow_child(parent, li + 1, vt)
+        rb, right = self._shadow_child(parent, li + 2, vt)
+        nr_left, nr_center, nr_right = len(left.keys), len(center.keys), len(right.keys)
+        threshold = (left.max_entries // 3) * 4 + 1
+        if nr_left + nr_center + nr_right < threshold:
+            # delete_center_node
+            shift = min(left.max_entries - nr_left, nr_center)
+            left.keys.extend(center.keys[:shift])
+            left.values.extend(center.values[:shift])
+            if shift != nr_center:
+                rest = nr_center - shift
+                right.keys[0:0] = center.keys[shift : shift + rest]
+                right.values[0:0] = center.values[shift : shift + rest]
+            r_index = li + 2
+            parent.keys[r_index] = right.keys[0]
+            del parent.keys[li + 1]
+            del parent.values[li + 1]
+            self.tm.dec(cb)
+            self.__rebalance2(parent, left, right, li + 1, rb)
+        else:
+            _redistribute3_remove(left, center, right)
+            parent.keys[li + 1] = center.keys[0]
+            parent.keys[li + 2] = right.keys[0]
+
+
+class _Spine:
+    """struct shadow_spine: the last two nodes of a walk, and the root it started from."""
+
+    __slots__ = ("root", "block", "node", "parent_block", "parent")
+
+    def __init__(self) -> None:
+        self.root = None
+        self.block = None
+        self.node = None
+        self.parent_block = None
+        self.parent = None
+
+    def step(self, b: int, node: Node) -> None:
+        if self.root is None:
+            self.root = b
+        else:
+            self.parent_block, self.parent = self.block, self.node
+        self.block, self.node = b, node
+
+    def replace(self, b: int, node: Node) -> None:
+        self.block, self.node = b, node
+
+
+def _contains(keys, key) -> bool:
+    i = bisect_right(keys, key) - 1
+    return i >= 0 and keys[i] == key
+
+
+def _do_leaf(node: Node, key: int) -> int:
+    i = bisect_right(node.keys, key) - 1
+    if i < 0 or node.keys[i] != key:
+        raise KeyError(key)
+    return i
+
+
+def _redistribute2(left: Node, right: Node) -> None:
+    """dm-btree.c: redistribute2 -- left gets total // 2."""
+    nr_left = len(left.keys)
+    total = nr_left + len(right.keys)
+    target_left = total // 2
+    if nr_left < target_left:
+        delta = target_left - nr_left
+        left.keys.extend(right.keys[:delta])
+        left.values.extend(right.values[:delta])
+        del right.keys[:delta]
+        del right.values[:delta]
+    elif nr_left > target_left:
+        right.keys[0:0] = left.keys[target_left:]
+        right.values[0:0] = left.values[target_left:]
+        del left.keys[target_left:]
+        del left.values[target_left:]
+
+
+def _redistribute3(left: Node, middle: Node, right: Node) -> None:
+    """dm-btree.c: redistribute3 -- spread left and right over three nodes (middle empty)."""
+    keys = left.keys + right.keys
+    values = left.values + right.values
+    total = len(keys)
+    tl = total // 3
+    tc = (total - tl) // 2
+    left.keys, left.values = keys[:tl], values[:tl]
+    middle.keys, middle.values = keys[tl : tl + tc], values[tl : tl + tc]
+    right.keys, right.values = keys[tl + tc :], values[tl + tc :]
+
+
+def _redistribute3_remove(left: Node, center: Node, right: Node) -> None:
+    """dm-btree-remove.c: redistribute3 -- right gets total // 3, left the remainder."""
+    keys = left.keys + center.keys + right.keys
+    values = left.values + center.values + right.values
+    total = len(keys)
+    tr = total // 3
+    tl = tr + (1 if tr * 3 != total else 0)
+    tc = total - tl - tr
+    left.keys, left.values = keys[:tl], values[:tl]
+    center.keys, center.values = keys[tl : tl + tc], values[tl : tl + tc]
+    right.keys, right.values = keys[tl + tc :], values[tl + tc :]
+
+
+def _shift(left: Node, right: Node, count: int) -> None:
+    """dm-btree-remove.c: shift -- move ``count`` entries left->right (negative: back)."""
+    if count > 0:
+        right.keys[0:0] = left.keys[-count:]
+        right.values[0:0] = left.values[-count:]
+        del left.keys[-count:]
+        del left.values[-count:]
+    elif count < 0:
+        count = -count
+        left.keys.extend(right.keys[:count])
+        left.values.extend(right.values[:count])
+        del right.keys[:count]
+        del right.values[:count]

@@ -1,0 +1,378 @@
+"""Pool metadata: superblock, device details, mapping trees, time, metadata snapshot.
+
+Follows drivers/md/dm-thin-metadata.c.  The mapping tree has two levels: device id to the
+root of that device's tree, then virtual block to ``(data_block << 24) | time``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .btree import BTreeInfo, ValueType
+from .space_map import DiskSpaceMap, MetadataSpaceMap, NoSpace, _Block
+from .transaction import TransactionManager
+
+THIN_SUPERBLOCK_LOCATION = 0
+THIN_METADATA_BLOCK_SIZE = 4096
+THIN_METADATA_MAX_SECTORS = 255 * ((1 << 14) - 64) * 8  # DM_SM_METADATA_MAX_SECTORS
+SECTORS_PER_MD_BLOCK = THIN_METADATA_BLOCK_SIZE // 512
+MAX_DEV_ID = (1 << 24) - 1
+TIME_BITS = 24
+TIME_MASK = (1 << TIME_BITS) - 1
+
+
+def pack_block_time(block: int, time: int) -> int:
+    """dm-thin-metadata.c: pack_block_time (the time is not masked, as in the kernel)."""
+    return (block << TIME_BITS) | time
+
+
+@dataclass
+class ThinDevice:
+    """struct dm_thin_device: the in-core view of one thin's details."""
+
+    id: int
+    mapped_blocks: int
+    transaction_id: int
+    creation_time: int
+    snapshotted_time: int
+    open_count: int = 0
+    changed: bool = False
+
+    def details(self) -> tuple[int, int, int, int]:
+        return (self.mapped_blocks, self.transaction_id, self.creation_time, self.snapshotted_time)
+
+
+class MetadataNoSpace(Exception):
+    """The metadata device has no free block (a real metadata operation failure)."""
+
+
+class PoolMetadata:
+    """struct dm_pool_metadata."""
+
+    def __init__(self, nr_md_blocks: int, data_block_size: int) -> None:
+        self.data_block_size = data_block_size
+        self.time = 0
+        self.trans_id = 0
+        self.held_root = 0
+        self.needs_check = False
+        self.in_service = False
+        self.devices: dict[int, ThinDevice] = {}  # in-core tds, newest first on commit
+        self._format(nr_md_blocks)
+        self._set_metadata_reserve()
+
+    def __repr__(self) -> str:
+        return (
+            f"PoolMetadata(nr_md_blocks={self.metadata_sm.nr_blocks}, "
+            f"data_block_size={self.data_block_size})"
+        )
+
+    # dm-thin-metadata.c: __format_metadata
+    def _format(self, nr_md_blocks: int) -> None:
+        sm = MetadataSpaceMap()
+        tm = TransactionManager(sm)
+        self.tm = tm
+        self.metadata_sm = sm
+        tm.blocks[THIN_SUPERBLOCK_LOCATION] = _Block("superblock")
+        sm.create(tm, nr_md_blocks, THIN_SUPERBLOCK_LOCATION)
+        self.data_sm = DiskSpaceMap(tm, 0)
+        self._setup_btree_details()
+        self.root = self.info.empty()
+        self.details_root = self.details_info.empty()
+        # __write_initial_superblock
+        self.data_sm.commit()
+        sm.commit()
+        tm.commit()
+        self._sb_nr_blocks = nr_md_blocks
+
+    def _setup_btree_details(self) -> None:
+        tm = self.tm
+        data_sm = self.data_sm
+        data_vt = ValueType(
+            8,
+            inc=lambda vals: data_sm.inc_many([v >> TIME_BITS for v in vals]),
+            dec=lambda vals: data_sm.dec_many([v >> TIME_BITS for v in vals]),
+            equal=lambda a, b: (a >> TIME_BITS) == (b >> TIME_BITS),
+        )
+        self.info = BTreeInfo(tm, 2, data_vt)
+        self.bl_info = BTreeInfo(tm, 1, data_vt)
+        self.tl_info = BTreeInfo(
+            tm,
+            1,
+            ValueType(8, inc=tm.inc_many, dec=self._subtree_dec),
+        )
+        self.details_info = BTreeInfo(tm, 1, ValueType(24))
+
+    def _subtree_dec(self, roots) -> None:
+        for root in roots:
+            self.bl_info.delete(root)
+
+    def _set_metadata_reserve(self) -> None:
+        self.metadata_reserve = min(4096, self.metadata_sm.nr_blocks // 10)
+
+    # -- counts --------------------------------------------------------------------
+
+    def free_metadata_blocks(self) -> int:
+        """dm_pool_get_free_metadata_block_count: free blocks less the reserve."""
+        free = self.metadata_sm.nr_free()
+        return 0 if free < self.metadata_reserve else free - self.metadata_reserve
+
+    def metadata_dev_size(self) -> int:
+        return self.metadata_sm.nr_blocks
+
+    def free_data_blocks(self) -> int:
+        return self.data_sm.nr_free()
+
+    def data_dev_size(self) -> int:
+        return self.data_sm.old_nr_blocks
+
+    # -- devices -------------------------------------------------------------------
+
+    def _details(self, dev: int):
+        try:
+            return self.details_info.lookup(self.details_root, (dev,))
+        except KeyError:
+            return None
+
+    def device_exists(self, dev: int) -> bool:
+        return dev in self.devices or self._details(dev) is not None
+
+    def open_device(self, dev: int, create: bool = False, time: int | None = None) -> ThinDevice:
+        """dm-thin-metadata.c: __open_device -- KeyError when it does not exist."""
+        td = self.devices.get(dev)
+        if td is not None:
+            if create:
+                raise FileExistsError(dev)
+            td.open_count += 1
+            return td
+        details = self._details(dev)
+        if details is None:
+            if not create:
+                raise KeyError(dev)
+            t = self.time
+            td = ThinDevice(dev, 0, self.trans_id, t, t, open_count=1, changed=True)
+        else:
+            if create:
+                raise FileExistsError(dev)
+            mapped, trans, ctime, stime = details
+            td = ThinDevice(dev, mapped, trans, ctime, stime, open_count=1)
+        # list_add: newest first
+        self.devices = {dev: td, **self.devices}
+        return td
+
+    def close_device(self, td: ThinDevice) -> None:
+        td.open_count -= 1
+
+    def create_thin(self, dev: int) -> None:
+        """__create_thin: EEXIST as FileExistsError."""
+        self.in_service = True
+        if self._details(dev) is not None:
+            raise FileExistsError(dev)
+        dev_root = self.bl_info.empty()
+        self.root, _ = self.tl_info.insert(self.root, (dev,), dev_root)
+        td = self.open_device(dev, create=True)
+        self.close_device(td)
+
+    def create_snap(self, dev: int, origin: int) -> None:
+        """__create_snap: FileExistsError if ``dev`` exists, KeyError if ``origin`` doesn't."""
+        self.in_service = True
+        if self._details(dev) is not None:
+            raise FileExistsError(dev)
+        origin_root = self.tl_info.lookup(self.root, (origin,))
+        self.tm.inc(origin_root)
+        self.root, _ = self.tl_info.insert(self.root, (dev,), origin_root)
+        self.time += 1
+        td = self.open_device(dev, create=True)
+        # __set_snapshot_details
+        otd = self.open_device(origin)
+        otd.changed = True
+        otd.snapshotted_time = self.time
+        td.mapped_blocks = otd.mapped_blocks
+        td.snapshotted_time = self.time
+        self.close_device(otd)
+        self.close_device(td)
+
+    def delete_thin(self, dev: int) -> None:
+        """__delete_device: KeyError if absent, BlockingIOError (EBUSY) if open."""
+        self.in_service = True
+        td = self.open_device(dev)
+        if td.open_count > 1:
+            self.close_device(td)
+            raise BlockingIOError(dev)
+        del self.devices[dev]
+        self.details_root = self.details_info.remove(self.details_root, (dev,))
+        self.root = self.tl_info.remove(self.root, (dev,))
+
+    def set_transaction_id(self, current: int, new: int) -> None:
+        self.in_service = True
+        if self.trans_id != current:
+            raise ValueError("mismatched transaction id")
+        self.trans_id = new
+
+    def reserve_metadata_snap(self) -> None:
+        """__reserve_metadata_snap: BlockingIOError (EBUSY) if one is held already."""
+        self.in_service = True
+        self.commit()
+        tm = self.tm
+        sm = self.metadata_sm
+        sm.inc(THIN_SUPERBLOCK_LOCATION)
+        copy, _ = tm.shadow_block(THIN_SUPERBLOCK_LOCATION)
+        if self.held_root:
+            tm.dec(copy)
+            raise BlockingIOError("held")
+        tm.inc(self.root)
+        tm.inc(self.details_root)
+        self._held = (self.root, self.details_root)
+        self.held_superblock = (self.time, self.trans_id, 1 if self.needs_check else 0)
+        self.held_root = copy
+
+    def release_metadata_snap(self) -> None:
+        """__release_metadata_snap: ValueError (EINVAL) if none is held."""
+        self.in_service = True
+        held = self.held_root
+        self.held_root = 0
+        if not held:
+            raise ValueError("no metadata snapshot")
+        root, details_root = self._held
+        self.info.delete(root)
+        self.details_info.delete(details_root)
+        self.tm.dec(held)
+
+    def held_snapshot(self):
+        """(mapping root, details root) of the held metadata snapshot, or None."""
+        return self._held if self.held_root else None
+
+    # -- mappings ----------------------------------------------------------------------
+
+    def lookup(self, td: ThinDevice, block: int):
+        """dm_thin_find_block: (data_block, shared) or None when unmapped."""
+        try:
+            value = self.info.lookup(self.root, (td.id, block))
+        except KeyError:
+            return None
+        return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
+
+    def insert_block(self, td: ThinDevice, block: int, data_block: int) -> None:
+        """dm_thin_insert_block."""
+        self.in_service = True
+        value = pack_block_time(data_block, self.time)
+        self.root, inserted = self.info.insert(self.root, (td.id, block), value)
+        td.changed = True
+        if inserted:
+            td.mapped_blocks += 1
+
+    def append_blocks(self, td: ThinDevice, first_block: int, data_begin: int, n: int) -> None:
+        """Map ``first_block + i`` to ``data_begin + i`` for i < n, every block above the
+        device's highest mapped one: what n calls of ``insert_block`` leave, faster."""
+        from array import array
+
+        self.in_service = True
+        t = self.time
+        values = array("Q", range((data_begin << TIME_BITS) | t, ((data_begin + n) << TIME_BITS) | t, 1 << TIME_BITS))
+        self.root = self.info.append_run(self.root, td.id, first_block, values)
+        td.changed = True
+        td.mapped_blocks += n
+
+    def remove_range(self, td: ThinDevice, begin: int, end: int) -> int:
+        """__remove_range: unmap every mapped block in [begin, end); returns the count."""
+        self.in_service = True
+        tm = self.tm
+        key = (td.id,)
+        mapping_root = self.tl_info.lookup(self.root, key)
+        tm.inc(mapping_root)
+        self.root = self.tl_info.remove(self.root, key)
+        total = 0
+        bl = self.bl_info
+        while begin < end:
+            nxt = bl.lookup_next_single(mapping_root, begin)
+            if nxt is None:
+                break
+            begin = nxt[0]
+            if begin >= end:
+                break
+            mapping_root, begin, count = bl.remove_leaves(mapping_root, begin, end)
+            total += count
+        td.mapped_blocks -= total
+        td.changed = True
+        self.root, _ = self.tl_info.insert(self.root, key, mapping_root)
+        return total
+
+    def find_mapped_range(self, td: ThinDevice, begin: int, end: int):
+        """dm_thin_find_mapped_range: the first run contiguous in both virtual and data
+        blocks with one sharing state, as (virt_begin, virt_end, data_begin, shared);
+        None when nothing in [begin, end) is mapped."""
+        root = self.tl_info.lookup(self.root, (td.id,))
+        nxt = self.bl_info.lookup_next_single(root, begin)
+        if nxt is None or nxt[0] >= end:
+            return None
+        begin, value = nxt
+        data_begin = value >> TIME_BITS
+        shared = td.snapshotted_time > (value & TIME_MASK)
+        virt_end = begin + 1
+        while virt_end < end:
+            r = self.lookup(td, virt_end)
+            if r is None or r[1] != shared or r[0] != data_begin + (virt_end - begin):
+                break
+            virt_end += 1
+        return begin, virt_end, data_begin, shared
+
+    def highest_mapped(self, td: ThinDevice) -> int | None:
+        root = self.tl_info.lookup(self.root, (td.id,))
+        return self.bl_info.find_highest_key(root)
+
+    def device_mappings(self, root: int):
+        return self.bl_info.items(root)
+
+    def thin_roots(self, root: int | None = None) -> dict[int, int]:
+        return dict(self.tl_info.items(self.root if root is None else root))
+
+    def all_details(self, details_root: int | None = None) -> dict[int, tuple]:
+        return dict(
+            self.details_info.items(self.details_root if details_root is None else details_root)
+        )
+
+    # -- data space --------------------------------------------------------------------
+
+    def alloc_data_block(self) -> int:
+        """dm_pool_alloc_data_block: NoSpace when no block is free."""
+        self.in_service = True
+        return self.data_sm.new_block()
+
+    def resize_data_dev(self, new_count: int) -> None:
+        """dm_pool_resize_data_dev: grow only (the caller has checked)."""
+        self.in_service = True
+        self.data_sm.extend(new_count - self.data_sm.nr_blocks)
+
+    def resize_metadata_dev(self, new_count: int) -> None:
+        """dm_pool_resize_metadata_dev."""
+        self.in_service = True
+        self.metadata_sm.extend(new_count - self.metadata_sm.nr_blocks)
+        self._set_metadata_reserve()
+
+    # -- commit ----------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """__commit_transaction (nothing is written before the first change)."""
+        if not self.in_service:
+            return
+        self._write_changed_details()
+        self.data_sm.commit()
+        self.metadata_sm.commit()
+        self.tm.commit()
+
+    def _write_changed_details(self) -> None:
+        for dev, td in list(self.devices.items()):
+            if td.changed:
+                self.details_root, _ = self.details_info.insert(
+                    self.details_root, (dev,), td.details()
+                )
+                td.changed = False
+                if not td.open_count:
+                    del self.devices[dev]
+
+    # -- checks ----------------------------------------------------------------------
+
+    def live_metadata_blocks(self) -> int:
+        return self.metadata_sm.ll.nr_allocated
+
+
+__all__ = ["PoolMetadata", "ThinDevice", "NoSpace", "MetadataNoSpace", "pack_block_time"]

@@ -1,0 +1,744 @@
+"""The thin-pool target (drivers/md/dm-thin.c): table, modes, messages, status, I/O path.
+
+A ``Pool`` is one pool object with its active table.  Thin devices (``thinsim.model.thin``)
+send their bios here; the pool processes each bio at once, in the order the worker would
+(ascending sector within one request), and commits when the kernel commits.
+"""
+
+from __future__ import annotations
+
+import errno as E
+from dataclasses import dataclass, replace
+
+from ..errors import ThinsimError, error_for
+from .metadata import (
+    SECTORS_PER_MD_BLOCK,
+    THIN_METADATA_MAX_SECTORS,
+    MAX_DEV_ID,
+    PoolMetadata,
+)
+from .space_map import NoSpace
+from .store import AccountingStore, DataStore
+
+SECTOR = 512
+DATA_DEV_BLOCK_SIZE_MIN_SECTORS = 128
+DATA_DEV_BLOCK_SIZE_MAX_SECTORS = 2097152
+NO_SPACE_TIMEOUT_SECS = 60
+
+# enum pool_mode
+PM_WRITE, PM_OUT_OF_DATA_SPACE, PM_OUT_OF_METADATA_SPACE, PM_READ_ONLY, PM_FAIL = range(5)
+_MODE_DESC = ("write", "out-of-data-space", "read-only", "read-only", "fail")
+
+
+class KernelLog:
+    """The simulated kernel log: ``device-mapper: ...`` lines, oldest first."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"KernelLog({len(self.lines)} lines)"
+
+    def emit(self, prefix: str, text: str) -> None:
+        self.lines.append(f"device-mapper: {prefix}: {text}")
+
+
+class Clock:
+    """Simulated time in seconds; the model never waits on the wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __repr__(self) -> str:
+        return f"Clock(now={self.now})"
+
+
+def kstrtoull(s: str, limit: int = (1 << 64) - 1) -> int | None:
+    """lib/kstrtox.c: kstrtoull base 10 -- an optional '+', digits, an optional '\\n'."""
+    if s.endswith("\n"):
+        s = s[:-1]
+    if s.startswith("+"):
+        s = s[1:]
+    if not s or not s.isascii() or not s.isdigit():
+        return None
+    v = int(s)
+    return v if v <= limit else None
+
+
+@dataclass(frozen=True)
+class PoolFeatures:
+    """struct pool_features."""
+
+    mode: int = PM_WRITE
+    zero_new_blocks: bool = True
+    discard_enabled: bool = True
+    discard_passdown: bool = True
+    error_if_no_space: bool = False
+
+    def emit(self) -> str:
+        """dm-thin.c: emit_flags -- count, then the flags in their fixed order."""
+        flags = []
+        if not self.zero_new_blocks:
+            flags.append("skip_block_zeroing")
+        if not self.discard_enabled:
+            flags.append("ignore_discard")
+        if not self.discard_passdown:
+            flags.append("no_discard_passdown")
+        if self.mode == PM_READ_ONLY:
+            flags.append("read_only")
+        if self.error_if_no_space:
+            flags.append("error_if_no_space")
+        return f"{len(flags)} " + "".join(f + " " for f in flags)
+
+
+class TableError(ThinsimError):
+    """A rejected table: ``ti_error`` is the kernel's ti->error text."""
+
+    def __init__(self, ti_error: str, errno: int = E.EINVAL) -> None:
+        super().__init__(ti_error, errno=errno)
+        self.ti_error = ti_error
+
+
+@dataclass(frozen=True)
+class PoolTable:
+    """A parsed thin-pool table line (pool_ctr's arguments)."""
+
+    metadata_dev: str
+    data_dev: str
+    block_size: int
+    low_water_blocks: int
+    features: PoolFeatures
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> "PoolTable":
+        """dm-thin.c: pool_ctr's argument checks, in the kernel's order."""
+        if len(argv) < 4:
+            raise TableError("Invalid argument count")
+        if argv[0] == argv[1]:
+            raise TableError("Error setting metadata or data device")
+        features = _parse_pool_features(argv[4:])
+        bs = kstrtoull(argv[2], (1 << 64) - 1)
+        if (
+            bs is None
+            or not bs
+            or bs < DATA_DEV_BLOCK_SIZE_MIN_SECTORS
+            or bs > DATA_DEV_BLOCK_SIZE_MAX_SECTORS
+            or bs & (DATA_DEV_BLOCK_SIZE_MIN_SECTORS - 1)
+        ):
+            raise TableError("Invalid block size")
+        lwm = kstrtoull(argv[3])
+        if lwm is None:
+            raise TableError("Invalid low water mark")
+        return cls(argv[0], argv[1], bs, lwm, features)
+
+
+def _parse_pool_features(args: list[str]) -> PoolFeatures:
+    """dm-thin.c: parse_pool_features (dm_read_arg_group with 0..4)."""
+    pf = PoolFeatures()
+    if not args:
+        return pf
+    count = _sscanf_u(args[0])
+    rest = args[1:]
+    if count is None or count > 4 or len(rest) < count:
+        raise TableError("Invalid number of pool feature arguments")
+    for name in rest[:count]:
+        low = name.lower()
+        if low == "skip_block_zeroing":
+            pf = replace(pf, zero_new_blocks=False)
+        elif low == "ignore_discard":
+            pf = replace(pf, discard_enabled=False)
+        elif low == "no_discard_passdown":
+            pf = replace(pf, discard_passdown=False)
+        elif low == "read_only":
+            pf = replace(pf, mode=PM_READ_ONLY)
+        elif low == "error_if_no_space":
+            pf = replace(pf, error_if_no_space=True)
+        else:
+            raise TableError("Unrecognised pool feature requested")
+    return pf
+
+
+def _sscanf_u(s: str) -> int | None:
+    """sscanf(s, "%u%c") == 1: leading space and sign allowed, nothing after the digits."""
+    t = s.lstrip(" \t\n\v\f\r")
+    sign = 1
+    if t[:1] in ("+", "-"):
+        sign = -1 if t[0] == "-" else 1
+        t = t[1:]
+    if not t or not t.isascii() or not t.isdigit():
+        return None
+    return (sign * int(t)) & 0xFFFFFFFF
+
+
+class Pool:
+    """One thin-pool object: its metadata, its active table, its mode and its counters.
+
+    ``metadata_bytes`` and ``data_bytes`` are the sizes of the two devices; ``length_sectors``
+    is the table length (the data size the pool uses).  ``store`` holds the data device's
+    contents.
+    """
+
+    def __init__(
+        self,
+        table: PoolTable,
+        *,
+        length_sectors: int,
+        metadata_bytes: int,
+        data_bytes: int,
+        store: DataStore | None = None,
+        log: KernelLog | None = None,
+        clock: Clock | None = None,
+        name: str = "254:0",
+        data_dev_name: str = "loop1",
+        data_dev_discards: bool = True,
+        metadata: PoolMetadata | None = None,
+    ) -> None:
+        self.log = log if log is not None else KernelLog()
+        self.clock = clock if clock is not None else Clock()
+        self.store = store if store is not None else AccountingStore()
+        self.name = name
+        self.data_dev_name = data_dev_name
+        self.data_dev_discards = data_dev_discards
+        self.metadata_bytes = metadata_bytes
+        self.data_bytes = data_bytes
+        self.no_space_timeout = NO_SPACE_TIMEOUT_SECS
+        self.event_nr = 0
+        self.suspended = True  # a pool is created suspended, active after its first resume
+        self.low_water_triggered = False
+        self.thins: dict[int, object] = {}  # active thin targets by dev id
+        pf = table.features
+        if metadata is None:
+            if pf.mode == PM_READ_ONLY:
+                # __open_or_format_metadata: a blank device is not formatted read-only
+                raise TableError("Error creating metadata object", E.EPERM)
+            nr_md = min(metadata_bytes // 4096, THIN_METADATA_MAX_SECTORS // SECTORS_PER_MD_BLOCK)
+            metadata = PoolMetadata(nr_md, table.block_size)
+        elif metadata.data_block_size != table.block_size:
+            self.log.emit(
+                "thin metadata",
+                f"changing the data block size (from {metadata.data_block_size} to "
+                f"{table.block_size}) is not supported",
+            )
+            raise TableError("Error creating metadata object")
+        self.pmd = metadata
+        self.sectors_per_block = table.block_size
+        self.block_bytes = table.block_size * SECTOR
+        self.mode = PM_WRITE if not metadata.needs_check else PM_READ_ONLY
+        self.out_of_data_space = False
+        self.no_space_deadline: float | None = None
+        self.table: PoolTable | None = None
+        self.pending: tuple[PoolTable, int] | None = None
+        self.load(table, length_sectors)
+
+    def __repr__(self) -> str:
+        return f"Pool(name={self.name!r}, block_size={self.sectors_per_block})"
+
+    # -- tables ---------------------------------------------------------------------
+
+    def load(self, table: PoolTable, length_sectors: int) -> None:
+        """Load a table into the inactive slot (pool_ctr on an existing pool object)."""
+        if self.table is not None:
+            if table.features.discard_enabled != self.pf.discard_enabled:
+                raise TableError("Discard support cannot be disabled once enabled")
+        self.pending = (table, length_sectors)
+
+    def _adjusted(self, table: PoolTable) -> PoolFeatures:
+        """pool_io_hints: disable_passdown_if_not_supported."""
+        pf = table.features
+        if pf.discard_enabled and pf.discard_passdown and not self.data_dev_discards:
+            self.log.emit(
+                "thin",
+                f"Data device ({self.data_dev_name}) discard unsupported: "
+                "Disabling discard passdown.",
+            )
+            pf = replace(pf, discard_passdown=False)
+        return pf
+
+    def _bind_pending(self) -> None:
+        table, length = self.pending
+        self.pending = None
+        self.table = table
+        self.length_sectors = length
+        self.requested_pf = table.features
+        self.adjusted_pf = self._adjusted(table)
+        self.pf = replace(self.adjusted_pf, mode=self.mode)
+        self.low_water_blocks = table.low_water_blocks
+        self._new_table = True
+
+    def suspend(self) -> None:
+        """pool_postsuspend: the pool commits when it is suspended."""
+        if self.suspended:
+            return
+        self._commit()
+        self.suspended = True
+
+    def resume(self) -> None:
+        """Swap in a loaded table, then pool_preresume and pool_resume."""
+        if self.pending is not None:
+            self._bind_pending()
+            new_mode = self.requested_pf.mode
+        else:
+            new_mode = self.mode
+        self._bind_control_target(new_mode)
+        need_commit = self._maybe_resize_data_dev()
+        need_commit |= self._maybe_resize_metadata_dev()
+        if need_commit:
+            self._commit()
+        self.low_water_triggered = False
+        self.suspended = False
+
+    def _bind_control_target(self, new_mode: int) -> None:
+        self.pf = replace(self.adjusted_pf, mode=self.mode)
+        self._set_mode(new_mode)
+
+    def _maybe_resize_data_dev(self) -> bool:
+        data_size = self.length_sectors // self.sectors_per_block
+        sb_size = self.pmd.data_dev_size()
+        if data_size < sb_size:
+            self.log.emit(
+                "thin", f"{self.name}: pool target ({data_size} blocks) too small: expected {sb_size}"
+            )
+            raise error_for(E.EINVAL)
+        if data_size > sb_size:
+            if self.pmd.needs_check:
+                self.log.emit("thin", f"{self.name}: unable to grow the data device until repaired.")
+                return False
+            if sb_size:
+                self.log.emit(
+                    "thin",
+                    f"{self.name}: growing the data device from {sb_size} to {data_size} blocks",
+                )
+            self.pmd.resize_data_dev(data_size)
+            return True
+        return False
+
+    def metadata_dev_blocks(self) -> int:
+        """get_metadata_dev_size_in_blocks."""
+        return min(self.metadata_bytes // SECTOR, THIN_METADATA_MAX_SECTORS) // SECTORS_PER_MD_BLOCK
+
+    def _maybe_resize_metadata_dev(self) -> bool:
+        dev_blocks = self.metadata_dev_blocks()
+        sb_blocks = self.pmd.metadata_dev_size()
+        if dev_blocks < sb_blocks:
+            self.log.emit(
+                "thin",
+                f"{self.name}: metadata device ({dev_blocks} blocks) too small: expected {sb_blocks}",
+            )
+            raise error_for(E.EINVAL)
+        if dev_blocks > sb_blocks:
+            if self.pmd.needs_check:
+                self.log.emit(
+                    "thin", f"{self.name}: unable to grow the metadata device until repaired."
+                )
+                return False
+            self.log.emit(
+                "thin",
+                f"{self.name}: growing the metadata device from {sb_blocks} to {dev_blocks} blocks",
+            )
+            if self.mode == PM_OUT_OF_METADATA_SPACE:
+                self._set_mode(PM_WRITE)
+            self.pmd.resize_metadata_dev(dev_blocks)
+            return True
+        return False
+
+    # -- modes -----------------------------------------------------------------------
+
+    def _event(self) -> None:
+        self.event_nr += 1
+
+    def _set_mode(self, new_mode: int) -> None:
+        """dm-thin.c: set_pool_mode."""
+        old_mode = self.mode
+        if new_mode == PM_WRITE and self.pmd.needs_check:
+            self.log.emit("thin", f"{self.name}: unable to switch pool to write mode until repaired.")
+            new_mode = old_mode if old_mode != new_mode else PM_READ_ONLY
+        if old_mode == PM_FAIL:
+            new_mode = old_mode
+        if new_mode == PM_OUT_OF_DATA_SPACE:
+            self.out_of_data_space = True
+            if not self.pf.error_if_no_space and self.no_space_timeout:
+                self.no_space_deadline = self.clock.now + self.no_space_timeout
+        elif new_mode == PM_WRITE:
+            self.no_space_deadline = None
+            self.out_of_data_space = False
+            self.pf = replace(self.pf, error_if_no_space=self.requested_pf.error_if_no_space)
+        self.mode = new_mode
+        self.pf = replace(self.pf, mode=new_mode)
+        if old_mode != new_mode:
+            self._notify_mode_change()
+
+    def _notify_mode_change(self) -> None:
+        extra = ""
+        if self.mode == PM_OUT_OF_DATA_SPACE:
+            extra = " (error IO)" if self.pf.error_if_no_space else " (queue IO)"
+        self._event()
+        self.log.emit("thin", f"{self.name}: switching pool to {_MODE_DESC[self.mode]}{extra} mode")
+
+    def _no_space_timeout(self) -> None:
+        """do_no_space_timeout: queued I/O now fails, and so does later I/O."""
+        self.no_space_deadline = None
+        if self.mode == PM_OUT_OF_DATA_SPACE and not self.pf.error_if_no_space:
+            self.pf = replace(self.pf, error_if_no_space=True)
+            self._notify_mode_change()
+
+    # -- commit ----------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        """dm-thin.c: commit -- then check for metadata and data space."""
+        if self.mode >= PM_OUT_OF_METADATA_SPACE:
+            return
+        self.pmd.commit()
+        if self.pmd.free_metadata_blocks() == 0 and self.mode < PM_OUT_OF_METADATA_SPACE:
+            self.log.emit("thin", "No free metadata blocks")
+            self._set_mode(PM_OUT_OF_METADATA_SPACE)
+        if self.mode == PM_OUT_OF_DATA_SPACE and self.pmd.free_data_blocks():
+            self._set_mode(PM_WRITE)
+
+    def commit(self) -> None:
+        """Commit the current transaction, as the kernel does on a flush."""
+        self._commit()
+
+    # -- messages ----------------------------------------------------------------------
+
+    def message(self, text: str) -> None:
+        """dm-thin.c: pool_message.  Raises the kernel's errno; commits on success."""
+        argv = text.split()
+        if not argv:
+            raise error_for(E.EINVAL)
+        if self.mode >= PM_OUT_OF_METADATA_SPACE:
+            self.log.emit(
+                "thin",
+                f"{self.name}: unable to service pool target messages in READ_ONLY or FAIL mode",
+            )
+            raise error_for(E.EOPNOTSUPP)
+        name = argv[0].lower()
+        handler = {
+            "create_thin": self._msg_create_thin,
+            "create_snap": self._msg_create_snap,
+            "delete": self._msg_delete,
+            "set_transaction_id": self._msg_set_transaction_id,
+            "reserve_metadata_snap": self._msg_reserve,
+            "release_metadata_snap": self._msg_release,
+        }.get(name)
+        if handler is None:
+            self.log.emit("thin", f"Unrecognised thin pool target message received: {argv[0]}")
+            raise error_for(E.EINVAL)
+        handler(argv)
+        self._commit()
+
+    def _check_arg_count(self, argv, required: int) -> None:
+        if len(argv) != required:
+            self.log.emit(
+                "thin", f"Message received with {len(argv)} arguments instead of {required}."
+            )
+            raise error_for(E.EINVAL)
+
+    def _read_dev_id(self, arg: str) -> int:
+        v = kstrtoull(arg)
+        if v is None or v > MAX_DEV_ID:
+            self.log.emit("thin", f"Message received with invalid device id: {arg}")
+            raise error_for(E.EINVAL)
+        return v
+
+    def _msg_create_thin(self, argv) -> None:
+        self._check_arg_count(argv, 2)
+        dev = self._read_dev_id(argv[1])
+        try:
+            self.pmd.create_thin(dev)
+        except FileExistsError:
+            self.log.emit(
+                "thin", f"Creation of new thinly-provisioned device with id {argv[1]} failed."
+            )
+            raise error_for(E.EEXIST) from None
+
+    def _msg_create_snap(self, argv) -> None:
+        self._check_arg_count(argv, 3)
+        dev = self._read_dev_id(argv[1])
+        origin = self._read_dev_id(argv[2])
+        try:
+            self.pmd.create_snap(dev, origin)
+        except (FileExistsError, KeyError) as e:
+            self.log.emit(
+                "thin", f"Creation of new snapshot {argv[1]} of device {argv[2]} failed."
+            )
+            raise error_for(E.EEXIST if isinstance(e, FileExistsError) else E.ENODATA) from None
+
+    def _msg_delete(self, argv) -> None:
+        self._check_arg_count(argv, 2)
+        dev = self._read_dev_id(argv[1])
+        try:
+            self.pmd.delete_thin(dev)
+        except (KeyError, BlockingIOError) as e:
+            self.log.emit("thin", f"Deletion of thin device {argv[1]} failed.")
+            raise error_for(E.EBUSY if isinstance(e, BlockingIOError) else E.ENODATA) from None
+
+    def _msg_set_transaction_id(self, argv) -> None:
+        self._check_arg_count(argv, 3)
+        old = kstrtoull(argv[1])
+        if old is None:
+            self.log.emit("thin", f"set_transaction_id message: Unrecognised id {argv[1]}.")
+            raise error_for(E.EINVAL)
+        new = kstrtoull(argv[2])
+        if new is None:
+            self.log.emit("thin", f"set_transaction_id message: Unrecognised new id {argv[2]}.")
+            raise error_for(E.EINVAL)
+        try:
+            self.pmd.set_transaction_id(old, new)
+        except ValueError:
+            self.log.emit("thin metadata", "mismatched transaction id")
+            self.log.emit("thin", f"Failed to change transaction id from {argv[1]} to {argv[2]}.")
+            raise error_for(E.EINVAL) from None
+
+    def _msg_reserve(self, argv) -> None:
+        self._check_arg_count(argv, 1)
+        self._commit()
+        try:
+            self.pmd.reserve_metadata_snap()
+        except BlockingIOError:
+            self.log.emit(
+                "thin metadata",
+                "Pool metadata snapshot already exists: release this before taking another.",
+            )
+            self.log.emit("thin", "reserve_metadata_snap message failed.")
+            raise error_for(E.EBUSY) from None
+
+    def _msg_release(self, argv) -> None:
+        self._check_arg_count(argv, 1)
+        try:
+            self.pmd.release_metadata_snap()
+        except ValueError:
+            self.log.emit("thin metadata", "No pool metadata snapshot found: nothing to release.")
+            self.log.emit("thin", "release_metadata_snap message failed.")
+            raise error_for(E.EINVAL) from None
+
+    # -- status ------------------------------------------------------------------------
+
+    def metadata_threshold(self) -> int:
+        """calc_metadata_threshold: from the metadata device's current size."""
+        return min(1024, self.metadata_dev_blocks() // 4)
+
+    def status(self, noflush: bool = False) -> str:
+        """pool_status STATUSTYPE_INFO: the params, with their trailing space."""
+        if self.mode == PM_FAIL:
+            return "Fail"
+        if not noflush and not self.suspended:
+            self._commit()
+        pmd = self.pmd
+        total_md = pmd.metadata_dev_size()
+        used_md = total_md - pmd.free_metadata_blocks()
+        total_data = pmd.data_dev_size()
+        used_data = total_data - pmd.free_data_blocks()
+        held = str(pmd.held_root) if pmd.held_root else "-"
+        if self.mode == PM_OUT_OF_DATA_SPACE:
+            mode = "out_of_data_space"
+        elif self.mode >= PM_OUT_OF_METADATA_SPACE:
+            mode = "ro"
+        else:
+            mode = "rw"
+        pf = self.pf
+        if not pf.discard_enabled:
+            discard = "ignore_discard"
+        elif pf.discard_passdown:
+            discard = "discard_passdown"
+        else:
+            discard = "no_discard_passdown"
+        nospace = "error_if_no_space" if pf.error_if_no_space else "queue_if_no_space"
+        check = "needs_check" if pmd.needs_check else "-"
+        return (
+            f"{pmd.trans_id} {used_md}/{total_md} {used_data}/{total_data} {held} {mode} "
+            f"{discard} {nospace} {check} {self.metadata_threshold()} "
+        )
+
+    def table_params(self, metadata_dev: str = "7:0", data_dev: str = "7:1") -> str:
+        """pool_status STATUSTYPE_TABLE."""
+        return (
+            f"{metadata_dev} {data_dev} {self.sectors_per_block} {self.low_water_blocks} "
+            + self.requested_pf.emit()
+        )
+
+    # -- the data path -----------------------------------------------------------------
+
+    def _wait_for_space(self) -> None:
+        """A bio queued while out of data space: nothing else runs in the model, so it
+        waits (in simulated time) until no_space_timeout fails it with ENOSPC."""
+        if self.pf.error_if_no_space:
+            raise error_for(E.ENOSPC)
+        if self.no_space_deadline is None:
+            # no_space_timeout == 0: queued for ever; the model cannot wait for ever
+            raise error_for(E.ENOSPC, "I/O queued with no no_space_timeout")
+        self.clock.now = max(self.clock.now, self.no_space_deadline)
+        self._no_space_timeout()
+        raise error_for(E.ENOSPC)
+
+    def alloc_data_block(self) -> int:
+        """dm-thin.c: alloc_data_block."""
+        pmd = self.pmd
+        free = pmd.free_data_blocks()
+        if free <= self.low_water_blocks and not self.low_water_triggered:
+            self.log.emit(
+                "thin", f"{self.name}: reached low water mark for data device: sending event."
+            )
+            self.low_water_triggered = True
+            self._event()
+        if not free:
+            self._commit()
+            free = pmd.free_data_blocks()
+            if not free:
+                self._set_mode(PM_OUT_OF_DATA_SPACE)
+                raise NoSpace
+        try:
+            b = pmd.alloc_data_block()
+        except NoSpace:
+            self._set_mode(PM_OUT_OF_DATA_SPACE)
+            raise
+        if not pmd.free_metadata_blocks():
+            self._commit()
+        return b
+
+    def _unserviceable(self) -> None:
+        """handle_unserviceable_bio / retry_bios_on_resume."""
+        if self.mode == PM_OUT_OF_DATA_SPACE:
+            self._wait_for_space()
+        raise error_for(E.EIO)
+
+    def _new_block_for(self) -> int:
+        if self.mode != PM_WRITE:
+            self._unserviceable()
+        try:
+            return self.alloc_data_block()
+        except NoSpace:
+            self._unserviceable()
+            raise  # not reached
+
+    def write_block(self, td, vblock: int, within: int, data: bytes) -> None:
+        """One bio's worth of write to one virtual block (thin_bio_map + process_bio)."""
+        if self.mode == PM_FAIL:
+            raise error_for(E.EIO)
+        pmd = self.pmd
+        bb = self.block_bytes
+        whole = within == 0 and len(data) == bb
+        r = pmd.lookup(td, vblock)
+        store = self.store
+        if r is None:
+            # provision_block -> schedule_zero
+            b = self._new_block_for()
+            off = b * bb
+            if self.pf.zero_new_blocks and not whole:
+                store.zero(off, bb)
+            store.write(off + within, data)
+            pmd.insert_block(td, vblock, b)
+            return
+        data_block, shared = r
+        if shared:
+            # process_shared_bio -> break_sharing -> schedule_internal_copy
+            b = self._new_block_for()
+            off = b * bb
+            if not whole:
+                store.copy(data_block * bb, off, bb)
+            store.write(off + within, data)
+            pmd.insert_block(td, vblock, b)
+            return
+        store.write(data_block * bb + within, data)
+
+    def write_whole_blocks(self, td, vblock: int, data) -> None:
+        """Whole-block writes to consecutive virtual blocks from ``vblock``: what one
+        ``write_block`` a block does, with runs of new blocks above the device's highest
+        mapped block provisioned in bulk."""
+        bb = self.block_bytes
+        nblocks = len(data) // bb
+        pmd = self.pmd
+        keeps = self.store.keeps_data
+        i = 0
+        while i < nblocks:
+            vb = vblock + i
+            n = self._bulk_limit(td, vb, nblocks - i)
+            if n == 0:
+                self.write_block(td, vb, 0, bytes(data[i * bb : (i + 1) * bb]))
+                i += 1
+                continue
+            try:
+                b, n = pmd.data_sm.new_run(n)
+            except NoSpace:
+                self.write_block(td, vb, 0, bytes(data[i * bb : (i + 1) * bb]))
+                i += 1
+                continue
+            if keeps:
+                self.store.write(b * bb, bytes(data[i * bb : (i + n) * bb]))
+            pmd.append_blocks(td, vb, b, n)
+            i += n
+
+    def _bulk_limit(self, td, vb: int, limit: int) -> int:
+        """How many of the next whole-block writes may be provisioned in one step."""
+        if self.mode != PM_WRITE or limit < 2:
+            return 0
+        pmd = self.pmd
+        highest = pmd.highest_mapped(td)
+        if highest is not None and vb <= highest:
+            return 0
+        if pmd.free_metadata_blocks() < 512:
+            return 0
+        free = pmd.free_data_blocks()
+        if not self.low_water_triggered:
+            # the allocation that sees free <= low water mark raises the event: leave it
+            # to the one-block path
+            limit = min(limit, free - self.low_water_blocks)
+        return max(0, min(limit, free))
+
+    def read_block(self, td, vblock: int, within: int, length: int) -> bytes:
+        if self.mode == PM_FAIL:
+            raise error_for(E.EIO)
+        r = self.pmd.lookup(td, vblock)
+        if r is None:
+            return bytes(length)
+        return self.store.read(r[0] * self.block_bytes + within, length)
+
+    def discard_blocks(self, td, begin: int, end: int) -> None:
+        """process_discard_bio for whole blocks [begin, end)."""
+        if self.mode == PM_FAIL:
+            raise error_for(E.EIO)
+        if self.mode >= PM_OUT_OF_METADATA_SPACE or begin >= end:
+            return
+        pmd = self.pmd
+        if not self.pf.discard_passdown:
+            pmd.remove_range(td, begin, end)
+            return
+        # break_up_discard_bio
+        bb = self.block_bytes
+        data_sm = pmd.data_sm
+        pinned = []
+        while begin < end:
+            run = pmd.find_mapped_range(td, begin, end)
+            if run is None:
+                break
+            vb, ve, db, maybe_shared = run
+            de = db + (ve - vb)
+            pmd.remove_range(td, vb, ve)
+            for b in range(db, de):
+                data_sm.inc(b)
+            pinned.append((db, de))
+            # passdown (double checking the shared status when maybe shared)
+            b = db
+            while b < de:
+                if maybe_shared:
+                    while b < de and data_sm.get_count(b) > 1:
+                        b += 1
+                    if b == de:
+                        break
+                    e = b + 1
+                    while e < de and data_sm.get_count(e) <= 1:
+                        e += 1
+                else:
+                    e = de
+                self.store.discard(b * bb, (e - b) * bb)
+                b = e
+            begin = ve
+        for db, de in pinned:
+            for b in range(db, de):
+                data_sm.dec(b)
+
+    def flush(self, td) -> None:
+        """A flush to a thin: commits if the thin changed in this transaction."""
+        if self.mode == PM_FAIL:
+            raise error_for(E.EIO)
+        if td.changed:
+            self._commit()

@@ -1,0 +1,368 @@
+"""Reference counts and allocation (persistent-data/dm-space-map-common.c, -disk.c, -metadata.c).
+
+Both space maps keep, as the kernel does, two bits a block in bitmap blocks of 16,320
+entries (0, 1, 2, or 3 meaning "look in the reference-count btree"), an index of the
+bitmaps, and a btree of the counts of 3 and more.  In core the two bits are a
+``bytearray`` (one byte a block, so free blocks are found with ``bytearray.find``) and
+the big counts a dict; the bitmap, index and btree *blocks* are real metadata blocks,
+shadowed and allocated exactly when the kernel shadows and allocates them, so that the
+metadata space they take is the kernel's.
+
+Allocation is next-fit from a cursor that is never reset by a commit
+(``sm_ll_find_common_free_block``): a block is free only if its count is zero now and was
+zero at the last commit, so blocks freed in a transaction are reusable after it commits.
+"""
+
+from __future__ import annotations
+
+from .btree import BTreeInfo, ValueType
+
+ENTRIES_PER_BITMAP = (4096 - 16) * 4  # 16320, dm-space-map-common.c: sm_ll_init
+MAX_METADATA_BITMAPS = 255
+MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP  # DM_SM_METADATA_MAX_BLOCKS
+IE_CACHE_SIZE = 64
+
+
+class NoSpace(Exception):
+    """-ENOSPC from a space map: no block is free in both the old and the current view."""
+
+
+class _Block:
+    """A bitmap or index block: its contents live in the space map, not here."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def copy(self) -> "_Block":
+        return _Block(self.kind)
+
+    def __repr__(self) -> str:
+        return f"_Block({self.kind!r})"
+
+
+class LowLevel:
+    """struct ll_disk: counts, bitmap blocks and the overflow btree of one space map."""
+
+    def __init__(self, tm) -> None:
+        self.tm = tm
+        self.nr_blocks = 0
+        self.nr_allocated = 0
+        self.bits = bytearray()  # min(count, 3), one byte a block
+        self.big: dict[int, int] = {}  # counts >= 3, mirrored in the ref-count btree
+        self.old: dict[int, int] = {}  # count at the last commit of blocks changed since
+        self.bitmaps: list[int] = []  # metadata block of each bitmap
+        self.ref_info = BTreeInfo(tm, 1, ValueType(4))
+        self.ref_root = 0
+
+    def get_count(self, b: int) -> int:
+        c = self.bits[b]
+        return self.big[b] if c == 3 else c
+
+    def extend(self, extra: int) -> None:
+        """sm_ll_extend: grow, allocating a new bitmap block for each 16,320 blocks."""
+        old_blocks = self.nr_blocks
+        new_blocks = old_blocks + extra
+        nr_indexes = -(-new_blocks // ENTRIES_PER_BITMAP)
+        self.nr_blocks = new_blocks
+        self.bits.extend(bytes(extra))
+        for _ in range(len(self.bitmaps), nr_indexes):
+            self.bitmaps.append(self.tm.new_block(_Block("bitmap")))
+            self._index_changed(len(self.bitmaps) - 1)
+
+    def shadow_bitmap(self, index: int) -> None:
+        """dm-space-map-common.c: shadow_bitmap (and the index entry it dirties)."""
+        tm = self.tm
+        old = self.bitmaps[index]
+        if old not in tm.shadows:
+            new, _ = tm.shadow_block(old)
+            self.bitmaps[index] = new
+        self._index_changed(index)
+
+    def _index_changed(self, index: int) -> None:
+        pass
+
+    def set_count(self, b: int, new: int) -> None:
+        """sm_ll_mutate for one block: shadow its bitmap, then set the count."""
+        self.shadow_bitmap(b // ENTRIES_PER_BITMAP)
+        bits = self.bits
+        c = bits[b]
+        old = self.big[b] if c == 3 else c
+        if old and b not in self.old:
+            # only blocks counted at the last commit need remembering: a block free then
+            # and free now is allocatable whatever happened in between
+            self.old[b] = old
+        if new > 2:
+            bits[b] = 3
+            self.big[b] = new
+            self.ref_root, _ = self.ref_info.insert(self.ref_root, (b,), new)
+        else:
+            bits[b] = new
+            if old > 2:
+                del self.big[b]
+                self.ref_root = self.ref_info.remove(self.ref_root, (b,))
+        if old == 0 and new:
+            self.nr_allocated += 1
+        elif new == 0 and old:
+            self.nr_allocated -= 1
+
+    def find_common_free(self, begin: int) -> int:
+        """sm_ll_find_common_free_block from ``begin``; NoSpace when none is left."""
+        bits, old = self.bits, self.old
+        nr = self.nr_blocks
+        b = bits.find(0, begin, nr)
+        while b >= 0:
+            if not old.get(b):
+                return b
+            b = bits.find(0, b + 1, nr)
+        raise NoSpace
+
+    def alloc_run(self, begin: int, limit: int) -> tuple[int, int]:
+        """Allocate up to ``limit`` blocks as next fit would one by one: the first free
+        block from ``begin`` (wrapping), then the free blocks right after it, stopping at a
+        used block or a bitmap boundary.  Returns (first block, count)."""
+        try:
+            b = self.find_common_free(begin)
+        except NoSpace:
+            b = self.find_common_free(0)
+        end = min(b + limit, (b // ENTRIES_PER_BITMAP + 1) * ENTRIES_PER_BITMAP, self.nr_blocks)
+        bits = self.bits
+        used = [i for i in (bits.find(1, b, end), bits.find(2, b, end), bits.find(3, b, end)) if i >= 0]
+        if used:
+            end = min(used)
+        if self.old:
+            for k in self.old:
+                if b <= k < end and self.old[k]:
+                    end = k
+        n = end - b
+        self.shadow_bitmap(b // ENTRIES_PER_BITMAP)
+        bits[b:end] = b"\x01" * n
+        self.nr_allocated += n
+        return b, n
+
+    def commit(self) -> None:
+        self.old.clear()
+
+
+class _DiskLowLevel(LowLevel):
+    """The data device's ll (sm_ll_new_disk): its index is a btree, written at commit."""
+
+    def __init__(self, tm) -> None:
+        super().__init__(tm)
+        self.index_info = BTreeInfo(tm, 1, ValueType(16))
+        self.index_root = self.index_info.empty()
+        self.ref_root = self.ref_info.empty()
+        self.dirty: dict[int, int] = {}  # ie cache slot -> bitmap index
+
+    def _index_changed(self, index: int) -> None:
+        # dm-space-map-common.c: disk_ll_save_ie -- into a 64-slot cache; a slot holding
+        # another dirty entry is written back first.
+        slot = ((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)
+        held = self.dirty.get(slot)
+        if held is not None and held != index:
+            self._writeback(held)
+        self.dirty[slot] = index
+
+    def _writeback(self, index: int) -> None:
+        self.index_root, _ = self.index_info.insert(
+            self.index_root, (index,), self.bitmaps[index]
+        )
+
+    def commit(self) -> None:
+        # dm-space-map-common.c: ie_cache_writeback, slot order
+        for slot in sorted(self.dirty):
+            self._writeback(self.dirty[slot])
+        self.dirty.clear()
+        super().commit()
+
+
+class DiskSpaceMap:
+    """The data space map (dm-space-map-disk.c): data block reference counts."""
+
+    def __init__(self, tm, nr_blocks: int = 0) -> None:
+        self.ll = _DiskLowLevel(tm)
+        self.ll.extend(nr_blocks)
+        self.begin = 0
+        self.old_nr_blocks = self.ll.nr_blocks
+        self.commit()
+
+    def __repr__(self) -> str:
+        return f"DiskSpaceMap(nr_blocks={self.ll.nr_blocks}, allocated={self.ll.nr_allocated})"
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.ll.nr_blocks
+
+    def nr_free(self) -> int:
+        """sm_disk_get_nr_free: allocations and frees of this transaction count at once."""
+        return self.old_nr_blocks - self.ll.nr_allocated
+
+    def get_count(self, b: int) -> int:
+        return self.ll.get_count(b)
+
+    def new_block(self) -> int:
+        """sm_disk_new_block: next fit from the cursor, then from the start."""
+        ll = self.ll
+        try:
+            b = ll.find_common_free(self.begin)
+        except NoSpace:
+            b = ll.find_common_free(0)
+        self.begin = b + 1
+        ll.set_count(b, 1)
+        return b
+
+    def new_run(self, limit: int) -> tuple[int, int]:
+        """``new_block`` up to ``limit`` times at once, as long as the blocks it would give
+        are consecutive within one bitmap.  Returns (first block, count)."""
+        b, n = self.ll.alloc_run(self.begin, limit)
+        self.begin = b + n
+        return b, n
+
+    def inc(self, b: int) -> None:
+        self.ll.set_count(b, self.ll.get_count(b) + 1)
+
+    def dec(self, b: int) -> None:
+        self.ll.set_count(b, self.ll.get_count(b) - 1)
+
+    def inc_many(self, blocks) -> None:
+        ll = self.ll
+        for b in blocks:
+            ll.set_count(b, ll.get_count(b) + 1)
+
+    def dec_many(self, blocks) -> None:
+        ll = self.ll
+        for b in blocks:
+            ll.set_count(b, ll.get_count(b) - 1)
+
+    def extend(self, extra: int) -> None:
+        self.ll.extend(extra)
+
+    def commit(self) -> None:
+        """sm_disk_commit: write the index back; the current view becomes the old one."""
+        self.ll.commit()
+        self.old_nr_blocks = self.ll.nr_blocks
+
+
+class MetadataSpaceMap:
+    """The metadata space map (dm-space-map-metadata.c), which lives in the blocks it maps.
+
+    Changes made while it is already changing itself (shadowing a bitmap allocates a
+    block, which changes a bitmap...) are queued and applied when the outer change is
+    done, as the kernel's ``recursion_count`` and ``uncommitted`` ops do.
+    """
+
+    def __init__(self) -> None:
+        self.tm = None
+        self.ll: LowLevel | None = None
+        self.begin = 0
+        self.allocated_this_transaction = 0
+        self.old_nr_allocated = 0
+        self.old_nr_blocks = 0
+        self.index_block = 0
+        self._recursing = False
+        self._bops: list[tuple[int, int]] = []
+        self._bootstrap: int | None = None
+        self.zeroed: list[int] = []
+
+    def __repr__(self) -> str:
+        ll = self.ll
+        return f"MetadataSpaceMap(nr_blocks={ll.nr_blocks}, allocated={ll.nr_allocated})"
+
+    # dm_sm_metadata_create
+    def create(self, tm, nr_blocks: int, superblock: int = 0) -> None:
+        """Format: index, ref-count root and bitmaps from a bootstrap allocator, then count them."""
+        self.tm = tm
+        self.begin = superblock + 1
+        self._bootstrap = self.begin
+        nr_blocks = min(nr_blocks, MAX_METADATA_BLOCKS)
+        ll = LowLevel(tm)
+        self.ll = ll
+        self.index_block = tm.new_block(_Block("index"))  # metadata_ll_init_index
+        ll.ref_root = ll.ref_info.empty()
+        ll.extend(nr_blocks)
+        self.begin = self._bootstrap
+        self._bootstrap = None
+        for b in range(superblock, self.begin):
+            self._mutate(b, +1)
+        self.commit()
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.ll.nr_blocks
+
+    def nr_free(self) -> int:
+        """sm_metadata_get_nr_free: frees of this transaction are not counted yet."""
+        return self.old_nr_blocks - self.old_nr_allocated - self.allocated_this_transaction
+
+    def get_count(self, b: int) -> int:
+        c = self.ll.get_count(b)
+        if self._bops:
+            for ob, delta in self._bops:
+                if ob == b:
+                    c += delta
+        return c
+
+    def new_block(self) -> int:
+        """sm_metadata_new_block."""
+        if self._bootstrap is not None:
+            # dm-space-map-metadata.c: sm_bootstrap_new_block -- linear, no counting yet
+            b = self._bootstrap
+            self._bootstrap += 1
+            return b
+        ll = self.ll
+        try:
+            b = ll.find_common_free(self.begin)
+        except NoSpace:
+            b = ll.find_common_free(0)
+        self.begin = b + 1
+        self._mutate(b, +1)
+        self.allocated_this_transaction += 1
+        return b
+
+    def inc(self, b: int) -> None:
+        self._mutate(b, +1)
+
+    def dec(self, b: int) -> None:
+        self._mutate(b, -1)
+
+    def _mutate(self, b: int, delta: int) -> None:
+        if self._recursing:
+            self._bops.append((b, delta))
+            return
+        self._recursing = True
+        try:
+            self._apply(b, delta)
+            while self._bops:
+                ob, od = self._bops.pop(0)
+                self._apply(ob, od)
+        finally:
+            self._recursing = False
+
+    def _apply(self, b: int, delta: int) -> None:
+        ll = self.ll
+        new = ll.get_count(b) + delta
+        ll.set_count(b, new)
+        if new == 0:
+            self.zeroed.append(b)
+
+    def extend(self, extra: int) -> None:
+        """sm_metadata_extend: new bitmaps come from the new area."""
+        self._recursing = True
+        try:
+            self.ll.extend(extra)
+            while self._bops:
+                ob, od = self._bops.pop(0)
+                self._apply(ob, od)
+        finally:
+            self._recursing = False
+
+    def commit(self) -> None:
+        """sm_metadata_commit: shadow the index block, then the current view becomes old."""
+        tm = self.tm
+        if self.index_block not in tm.shadows:
+            self.index_block, _ = tm.shadow_block(self.index_block)
+        self.ll.commit()
+        self.old_nr_allocated = self.ll.nr_allocated
+        self.old_nr_blocks = self.ll.nr_blocks
+        self.allocated_this_transaction = 0
