@@ -222,7 +222,10 @@ class BTreeInfo:
 
     def _shadow(self, b: int, vt: ValueType) -> tuple[int, Node]:
         """dm-btree-spine.c: bn_shadow -- shadow a node, raising its children if shared."""
-        nb, inc = self.tm.shadow_block(b)
+        tm = self.tm
+        if b in tm.shadows and tm.unshared(b):
+            return b, tm.blocks[b]
+        nb, inc = tm.shadow_block(b)
         node = self.tm.read(nb)
         if inc:
             self._inc_children(node, vt)
@@ -247,6 +250,9 @@ class BTreeInfo:
 
     def insert(self, root: int, keys, value) -> tuple[int, bool]:
         """dm_btree_insert_notify: insert or overwrite; returns (new root, inserted)."""
+        fast = self._insert_in_place(root, keys, value)
+        if fast is not None:
+            return root, fast
         last = self.levels - 1
         spine = _Spine()
         block = root
@@ -274,6 +280,52 @@ class BTreeInfo:
                 vt.dec((old,))
             node.values[index] = value
         return spine.root, inserted
+
+    def _insert_in_place(self, root: int, keys, value):
+        """The common case of ``insert``, when it would change nothing but one leaf: every
+        node on the path is already shadowed and unshared, no node needs room, and the
+        upper levels' keys exist.  Returns ``inserted``, or None to take the full path."""
+        tm = self.tm
+        shadows = tm.shadows
+        blocks = tm.blocks
+        bits = tm.sm.ll.bits
+        if tm.sm._bops:
+            return None
+        last = self.levels - 1
+        b = root
+        level = 0
+        key = keys[0]
+        while True:
+            if b not in shadows or bits[b] != 1:
+                return None
+            node = blocks[b]
+            nkeys = node.keys
+            i = bisect_right(nkeys, key) - 1
+            if not node.leaf:
+                if len(nkeys) == node.max_entries or i < 0:
+                    return None
+                b = node.values[i]
+                continue
+            present = i >= 0 and nkeys[i] == key
+            if level < last:
+                if not present:
+                    return None
+                b = node.values[i]
+                level += 1
+                key = keys[level]
+                continue
+            if present:
+                vt = self.value_type
+                old = node.values[i]
+                if vt.dec is not None and (vt.equal is None or not vt.equal(old, value)):
+                    vt.dec((old,))
+                node.values[i] = value
+                return False
+            if len(nkeys) == node.max_entries:
+                return None
+            nkeys.insert(i + 1, key)
+            node.values.insert(i + 1, value)
+            return True
 
     def _insert_raw(self, spine: "_Spine", root: int, vt: ValueType, key: int, i: int) -> int:
         """dm-btree.c: btree_insert_raw -- walk one level, making room on the way down."""

@@ -376,3 +376,73 @@ class PoolMetadata:
 
 
 __all__ = ["PoolMetadata", "ThinDevice", "NoSpace", "MetadataNoSpace", "pack_block_time"]
+
+
+def _check_metadata(pmd: PoolMetadata) -> None:
+    """Assert the invariants: every reference count equals the references that exist."""
+    from collections import Counter
+
+    tm = pmd.tm
+    md = Counter()
+    data = Counter()
+    visited: set[int] = set()
+
+    def walk(root: int, levels: int, leaf_values_are_data: bool) -> None:
+        md[root] += 1
+        if root in visited:
+            return
+        visited.add(root)
+        node = tm.read(root)
+        assert len(node.keys) <= node.max_entries, (root, node)
+        assert list(node.keys) == sorted(set(node.keys)), f"keys out of order in {root}"
+        if not node.leaf:
+            assert len(node.values) == len(node.keys)
+            for i, child in enumerate(node.values):
+                cn = tm.read(child)
+                if cn.keys:
+                    assert cn.keys[0] >= node.keys[i], (root, i)
+                    if i + 1 < len(node.keys):
+                        assert cn.keys[-1] < node.keys[i + 1], (root, i)
+                walk(child, levels, leaf_values_are_data)
+        elif levels > 1:
+            for child in node.values:
+                walk(child, levels - 1, leaf_values_are_data)
+        elif leaf_values_are_data:
+            for v in node.values:
+                data[v >> TIME_BITS] += 1
+
+    md[THIN_SUPERBLOCK_LOCATION] += 1
+    sm = pmd.metadata_sm
+    md[sm.index_block] += 1
+    for b in sm.ll.bitmaps:
+        md[b] += 1
+    walk(sm.ll.ref_root, 1, False)
+    dll = pmd.data_sm.ll
+    for b in dll.bitmaps:
+        md[b] += 1
+    walk(dll.index_root, 1, False)
+    walk(dll.ref_root, 1, False)
+    walk(pmd.root, 2, True)
+    walk(pmd.details_root, 1, False)
+    if pmd.held_root:
+        md[pmd.held_root] += 1
+        root, details_root = pmd._held
+        walk(root, 2, True)
+        walk(details_root, 1, False)
+    for b in range(sm.nr_blocks):
+        assert sm.ll.get_count(b) == md.get(b, 0), f"metadata block {b}: {sm.ll.get_count(b)} != {md.get(b, 0)}"
+    assert sm.ll.nr_allocated == len(md)
+    for b in range(dll.nr_blocks):
+        assert dll.get_count(b) == data.get(b, 0), f"data block {b}: {dll.get_count(b)} != {data.get(b, 0)}"
+    assert dll.nr_allocated == len(data)
+    for ll in (sm.ll, dll):
+        assert set(ll.big) == {b for b in range(ll.nr_blocks) if ll.bits[b] == 3}
+        assert dict(ll.ref_info.items(ll.ref_root)) == ll.big
+    # device details agree with the trees
+    roots = pmd.thin_roots()
+    for dev, td in pmd.devices.items():
+        assert dev in roots
+        assert td.mapped_blocks == sum(1 for _ in pmd.device_mappings(roots[dev])), dev
+
+
+PoolMetadata._check = _check_metadata

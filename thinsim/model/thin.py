@@ -70,8 +70,12 @@ class Thin:
         """Write ``data`` at byte ``offset``: provisions, breaks sharing or overwrites."""
         self._check(offset, len(data))
         pool = self.pool
-        view = memoryview(data)
         bb = pool.block_bytes
+        vblock, within = divmod(offset, bb)
+        if within + len(data) <= bb:
+            pool.write_block(self.td, vblock, within, data)
+            return
+        view = memoryview(data)
         pieces = self._pieces(offset, len(data))
         for start, vblock, within, n in pieces:
             if within == 0 and n == bb and len(data) - start >= 2 * bb:

@@ -50,6 +50,11 @@ class TransactionManager:
         self.shadows.add(new)
         return new, inc_children
 
+    def unshared(self, b: int) -> bool:
+        """Whether ``b`` has exactly one reference (the fast path of a shadow in place)."""
+        sm = self.sm
+        return sm.ll.bits[b] == 1 and not sm._bops
+
     def ref(self, b: int) -> int:
         return self.sm.get_count(b)
 
