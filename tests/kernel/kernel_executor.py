@@ -29,6 +29,8 @@ MAX_REQUEST = 8 << 20
 
 # strerror text -> errno, over every errno the platform knows ("File exists" -> EEXIST).
 _ERRNO_BY_TEXT = {os.strerror(code): code for code in errno.errorcode}
+# Messages libdevmapper prints instead of a strerror text (libdm-iface.c: ENXIO from the ioctl).
+_ERRNO_BY_TOOL_TEXT = {"Device does not exist.": errno.ENXIO}
 
 
 def errno_from_message(text: str) -> int | None:
@@ -44,6 +46,8 @@ def errno_from_message(text: str) -> int | None:
     best: tuple[int, int] | None = None
     for line in text.splitlines():
         line = line.rstrip()
+        if line in _ERRNO_BY_TOOL_TEXT:
+            return _ERRNO_BY_TOOL_TEXT[line]
         for msg, code in _ERRNO_BY_TEXT.items():
             if line.endswith(": " + msg) and (best is None or len(msg) > best[0]):
                 best = (len(msg), code)

@@ -42,8 +42,8 @@ def environment() -> str:
     return "".join(line + "\n" for line in out)
 
 
-def record(name: str, out_dir: Path) -> None:
-    ops = parse((SCENARIOS / f"{name}.scn").read_text())
+def record(name: str, out_dir: Path, scenarios: Path = SCENARIOS) -> None:
+    ops = parse((scenarios / f"{name}.scn").read_text())
     WORKDIR.mkdir(parents=True, exist_ok=True)
     run_command(["mount", "-t", "tmpfs", "-o", "size=8g", "tmpfs", str(WORKDIR)])
     try:
@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME")
     parser.add_argument("--out", type=Path, default=HERE / "recorded")
+    parser.add_argument("--scenarios", type=Path, default=SCENARIOS, help="scenario folder")
     parser.add_argument("--environment", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
-    names = args.names or sorted(p.stem for p in SCENARIOS.glob("*.scn"))
+    names = args.names or sorted(p.stem for p in args.scenarios.glob("*.scn"))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.environment:
         (args.out / "ENVIRONMENT.txt").write_text(environment())
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         t0 = time.monotonic()
         try:
-            record(name, args.out)
+            record(name, args.out, args.scenarios)
         except Exception:
             traceback.print_exc()
             failed.append(name)
