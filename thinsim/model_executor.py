@@ -53,7 +53,8 @@ class ModelExecutor(Executor):
         return m
 
     def _table_error(self, minor: int, target: str, e: TableError) -> None:
-        self.log.emit("table", f"{DM_MAJOR}:{minor}: {target}: {e.ti_error}")
+        # dm-table.c: dm_table_add_target -- "%s: %s: %s (%pe)"
+        self.log.emit("table", f"{DM_MAJOR}:{minor}: {target}: {e.ti_error} (-{e.errno_name})")
         self.log.emit("ioctl", "error adding target to table")
 
     @staticmethod
@@ -79,8 +80,9 @@ class ModelExecutor(Executor):
              low_water_blocks, features) -> list[str]:
         minor = self._minor()
         argv = self._argv(block_size_sectors, low_water_blocks, features)
+        self.store = MemoryStore()  # fresh sparse files for every pool
         try:
-            table = PoolTable.parse(argv)
+            table = PoolTable.parse(argv, metadata_bytes=md_bytes, log=self.log)
             pool = Pool(
                 table,
                 length_sectors=length_sectors,
@@ -94,6 +96,16 @@ class ModelExecutor(Executor):
         except TableError as e:
             self._table_error(minor, "thin-pool", e)
             raise
+        if length_sectors > data_bytes // SECTOR_SIZE:
+            # dm-table.c: device_area_is_invalid, after the target was constructed
+            self.log.emit(
+                "table",
+                f"{DM_MAJOR}:{minor}: loop1 too small for target: start=0, "
+                f"len={length_sectors}, dev_size={data_bytes // SECTOR_SIZE}",
+            )
+            self.log.emit("core", "Cannot calculate initial queue limits")
+            self.log.emit("ioctl", "unable to set up device queue for new table.")
+            raise error_for(E.EINVAL)
         pool.no_space_timeout = self.no_space_timeout_secs
         pool.resume()
         self.pool_obj = pool
@@ -110,11 +122,19 @@ class ModelExecutor(Executor):
         pool.suspend()
         try:
             try:
-                table = PoolTable.parse(argv)
+                table = PoolTable.parse(argv, metadata_bytes=md_bytes, log=self.log)
                 pool.load(table, length_sectors)
             except TableError as e:
                 self._table_error(self.pool_minor, "thin-pool", e)
                 raise
+            if length_sectors > data_bytes // SECTOR_SIZE:
+                self.log.emit(
+                    "table",
+                    f"{DM_MAJOR}:{self.pool_minor}: loop1 too small for target: start=0, "
+                    f"len={length_sectors}, dev_size={data_bytes // SECTOR_SIZE}",
+                )
+                pool.pending = None
+                raise error_for(E.EINVAL)
             pool.resume()
         except ThinsimError:
             if pool.suspended:

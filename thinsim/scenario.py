@@ -19,20 +19,21 @@ from __future__ import annotations
 import abc
 import errno as _errno
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from thinsim.errors import ThinsimError
 
 __all__ = [
-    "Op",
+    "SECTOR_SIZE",
     "Executor",
+    "Op",
+    "errno_name",
     "parse",
     "parse_size",
     "pattern",
     "run",
-    "errno_name",
-    "SECTOR_SIZE",
 ]
 
 SECTOR_SIZE = 512

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .model.metadata import TIME_BITS, TIME_MASK, PoolMetadata
 
 
-def dump_xml(pmd: PoolMetadata, *, metadata_snap: bool = False, nr_data_blocks: int | None = None):
+def dump_xml(pmd: PoolMetadata, *, metadata_snap: bool = False):
     """The lines ``thin_dump [-m]`` prints for ``pmd`` (its held snapshot with ``-m``).
 
     Runs of mappings contiguous in virtual and data blocks with one time become
@@ -17,12 +17,14 @@ def dump_xml(pmd: PoolMetadata, *, metadata_snap: bool = False, nr_data_blocks: 
             raise ValueError("no metadata snapshot")
         root, details_root = held
         sb = pmd.held_superblock
+        # the held superblock copy has its space map roots wiped, so the data space map
+        # thin_dump reads from it is empty
+        nr_data_blocks = 0
     else:
         root, details_root = pmd.root, pmd.details_root
         sb = (pmd.time, pmd.trans_id, 1 if pmd.needs_check else 0)
-    time, trans_id, flags = sb
-    if nr_data_blocks is None:
         nr_data_blocks = pmd.data_dev_size()
+    time, trans_id, flags = sb
     lines = [
         f'<superblock uuid="" time="{time}" transaction="{trans_id}" flags="{flags}" '
         f'version="2" data_block_size="{pmd.data_block_size}" nr_data_blocks="{nr_data_blocks}">'

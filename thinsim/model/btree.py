@@ -111,28 +111,39 @@ class BTreeInfo:
     def delete(self, root: int) -> None:
         """dm_btree_del: drop a reference to a whole tree.
 
-        Shared nodes are only decremented; unshared ones are walked and their values
-        (or children) released.
+        Walks depth first with the kernel's explicit stack: a shared node is only
+        decremented when pushed; an unshared one is decremented after its children (or, for
+        a bottom leaf, its values) have been released.
         """
         tm = self.tm
         last = self.levels - 1
-        stack = [(root, 0)]
-        while stack:
-            b, level = stack.pop()
+        vt_dec = self.value_type.dec
+        stack: list[list] = []
+
+        def push(b: int, level: int) -> None:
             if tm.ref(b) > 1:
                 tm.dec(b)
-                continue
-            node = tm.read(b)
-            if not node.leaf:
-                # children first, pushed so that they are released in key order
-                for child in reversed(node.values):
-                    stack.append((child, level))
+            else:
+                stack.append([b, tm.read(b), level, 0])
+
+        push(root, 0)
+        while stack:
+            f = stack[-1]
+            b, node, level, cur = f
+            if cur >= len(node.keys):
+                stack.pop()
+                tm.dec(b)
+            elif not node.leaf:
+                f[3] = cur + 1
+                push(node.values[cur], level)
             elif level < last:
-                for child in reversed(node.values):
-                    stack.append((child, level + 1))
-            elif self.value_type.dec is not None and node.keys:
-                self.value_type.dec(node.values)
-            tm.dec(b)
+                f[3] = cur + 1
+                push(node.values[cur], level + 1)
+            else:
+                if vt_dec is not None:
+                    vt_dec(node.values)
+                stack.pop()
+                tm.dec(b)
 
     # -- lookups ---------------------------------------------------------------
 
@@ -619,7 +630,8 @@ class BTreeInfo:
 
     def __rebalance2(self, parent, left, right, r_index, rb) -> None:
         nr_left, nr_right = len(left.keys), len(right.keys)
-        threshold = 2 * (left.max_entries // 3) + 1
+        # 6.1: each child keeps at least max_entries / 3 + 1 entries
+        threshold = 2 * (left.max_entries // 3 + 1)
         if nr_left + nr_right < threshold:
             left.keys.extend(right.keys)
             left.values.extend(right.values)

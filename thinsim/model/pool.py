@@ -91,6 +91,19 @@ class PoolFeatures:
         return f"{len(flags)} " + "".join(f + " " for f in flags)
 
 
+THIN_METADATA_MAX_SECTORS_WARNING = 16 * (1024 * 1024 * 1024 >> 9)
+
+
+def warn_if_metadata_device_too_big(log: "KernelLog", metadata_bytes: int, name: str) -> None:
+    """dm-thin.c: warn_if_metadata_device_too_big."""
+    if metadata_bytes // SECTOR > THIN_METADATA_MAX_SECTORS_WARNING:
+        log.emit(
+            "thin",
+            f"Metadata device {name} is larger than {THIN_METADATA_MAX_SECTORS} sectors: "
+            "excess space will not be used.",
+        )
+
+
 class TableError(ThinsimError):
     """A rejected table: ``ti_error`` is the kernel's ti->error text."""
 
@@ -110,13 +123,26 @@ class PoolTable:
     features: PoolFeatures
 
     @classmethod
-    def parse(cls, argv: list[str]) -> "PoolTable":
-        """dm-thin.c: pool_ctr's argument checks, in the kernel's order."""
+    def parse(
+        cls,
+        argv: list[str],
+        *,
+        metadata_bytes: int | None = None,
+        metadata_dev_name: str = "loop0",
+        log: "KernelLog | None" = None,
+    ) -> "PoolTable":
+        """dm-thin.c: pool_ctr's argument checks, in the kernel's order.
+
+        With ``metadata_bytes`` and ``log``, the warning for a metadata device past 16 GiB
+        is logged where pool_ctr logs it (after the features, before the block size).
+        """
         if len(argv) < 4:
             raise TableError("Invalid argument count")
         if argv[0] == argv[1]:
             raise TableError("Error setting metadata or data device")
         features = _parse_pool_features(argv[4:])
+        if log is not None and metadata_bytes is not None:
+            warn_if_metadata_device_too_big(log, metadata_bytes, metadata_dev_name)
         bs = kstrtoull(argv[2], (1 << 64) - 1)
         if (
             bs is None
@@ -241,6 +267,17 @@ class Pool:
             if table.features.discard_enabled != self.pf.discard_enabled:
                 raise TableError("Discard support cannot be disabled once enabled")
         self.pending = (table, length_sectors)
+        # pool_ctr: dm_pool_register_metadata_threshold, from the device's size now
+        self.pmd.metadata_sm.register_threshold(
+            self.metadata_threshold(), self._metadata_low_callback
+        )
+
+    def _metadata_low_callback(self) -> None:
+        """dm-thin.c: metadata_low_callback."""
+        self.log.emit(
+            "thin", f"{self.name}: reached low water mark for metadata device: sending event."
+        )
+        self._event()
 
     def _adjusted(self, table: PoolTable) -> PoolFeatures:
         """pool_io_hints: disable_passdown_if_not_supported."""
@@ -273,7 +310,20 @@ class Pool:
         self.suspended = True
 
     def resume(self) -> None:
-        """Swap in a loaded table, then pool_preresume and pool_resume."""
+        """Swap in a loaded table, then pool_preresume and pool_resume.
+
+        A failed preresume leaves the new table live and the pool suspended, as dm does.
+        """
+        try:
+            self._resume()
+        except ThinsimError as e:
+            # dm-table.c: dm_table_resume_targets
+            self.log.emit(
+                "table", f"{self.name}: thin-pool: preresume failed, error = -{e.errno}"
+            )
+            raise
+
+    def _resume(self) -> None:
         if self.pending is not None:
             self._bind_pending()
             new_mode = self.requested_pf.mode
@@ -308,7 +358,11 @@ class Pool:
                     "thin",
                     f"{self.name}: growing the data device from {sb_size} to {data_size} blocks",
                 )
-            self.pmd.resize_data_dev(data_size)
+            try:
+                self.pmd.resize_data_dev(data_size)
+            except NoSpace:
+                self._metadata_operation_failed("dm_pool_resize_data_dev", E.ENOSPC)
+                raise error_for(E.ENOSPC) from None
             return True
         return False
 
@@ -331,15 +385,28 @@ class Pool:
                     "thin", f"{self.name}: unable to grow the metadata device until repaired."
                 )
                 return False
+            warn_if_metadata_device_too_big(self.log, self.metadata_bytes, "loop0")
             self.log.emit(
                 "thin",
                 f"{self.name}: growing the metadata device from {sb_blocks} to {dev_blocks} blocks",
             )
             if self.mode == PM_OUT_OF_METADATA_SPACE:
                 self._set_mode(PM_WRITE)
-            self.pmd.resize_metadata_dev(dev_blocks)
+            try:
+                self.pmd.resize_metadata_dev(dev_blocks, self.log)
+            except NoSpace:
+                self._metadata_operation_failed("dm_pool_resize_metadata_dev", E.ENOSPC)
+                raise error_for(E.ENOSPC) from None
             return True
         return False
+
+    def _metadata_operation_failed(self, op: str, errno: int) -> None:
+        """dm-thin.c: metadata_operation_failed -- abort the transaction, go read-only."""
+        self.log.emit("thin", f"{self.name}: metadata operation '{op}' failed: error = -{errno}")
+        self.log.emit("thin", f"{self.name}: aborting current metadata transaction")
+        self.pmd.abort()
+        self.pmd.needs_check = True
+        self._set_mode(PM_READ_ONLY)
 
     # -- modes -----------------------------------------------------------------------
 

@@ -52,6 +52,9 @@ class LowLevel:
         self.bits = bytearray()  # min(count, 3), one byte a block
         self.big: dict[int, int] = {}  # counts >= 3, mirrored in the ref-count btree
         self.old: dict[int, int] = {}  # count at the last commit of blocks changed since
+        self.old_runs: list[tuple[int, int]] = []  # runs allocated since, free at the commit
+        self._committed = None
+        self.bitmap_index_changed = False
         self.bitmaps: list[int] = []  # metadata block of each bitmap
         self.ref_info = BTreeInfo(tm, 1, ValueType(4))
         self.ref_root = 0
@@ -81,7 +84,8 @@ class LowLevel:
         self._index_changed(index)
 
     def _index_changed(self, index: int) -> None:
-        pass
+        # metadata_ll_save_ie: the index block is rewritten at the next commit
+        self.bitmap_index_changed = True
 
     def set_count(self, b: int, new: int) -> None:
         """sm_ll_mutate for one block: shadow its bitmap, then set the count."""
@@ -89,9 +93,7 @@ class LowLevel:
         bits = self.bits
         c = bits[b]
         old = self.big[b] if c == 3 else c
-        if old and b not in self.old:
-            # only blocks counted at the last commit need remembering: a block free then
-            # and free now is allocatable whatever happened in between
+        if b not in self.old:
             self.old[b] = old
         if new > 2:
             bits[b] = 3
@@ -139,10 +141,44 @@ class LowLevel:
         self.shadow_bitmap(b // ENTRIES_PER_BITMAP)
         bits[b:end] = b"\x01" * n
         self.nr_allocated += n
+        self.old_runs.append((b, n))
         return b, n
 
     def commit(self) -> None:
         self.old.clear()
+        self.old_runs.clear()
+        self._committed = self._header()
+
+    def _header(self):
+        return (self.nr_blocks, self.nr_allocated, list(self.bitmaps), self.ref_root)
+
+    def rollback(self) -> list[int]:
+        """Back to the last commit (dm_pool_abort_metadata re-reads it from disk).
+        Returns the blocks whose count changed."""
+        nr_blocks, nr_allocated, bitmaps, ref_root = self._committed[:4]
+        bits, big = self.bits, self.big
+        for b, n in self.old_runs:
+            bits[b : b + n] = bytes(n)
+        for b, c in self.old.items():
+            if c > 2:
+                bits[b] = 3
+                big[b] = c
+            else:
+                bits[b] = c
+                big.pop(b, None)
+        changed = list(self.old)
+        for b, n in self.old_runs:
+            changed.extend(range(b, b + n))
+        del bits[nr_blocks:]
+        for b in [b for b in big if b >= nr_blocks]:
+            del big[b]
+        self.nr_blocks = nr_blocks
+        self.nr_allocated = nr_allocated
+        self.bitmaps = bitmaps
+        self.ref_root = ref_root
+        self.old.clear()
+        self.old_runs.clear()
+        return changed
 
 
 class _DiskLowLevel(LowLevel):
@@ -175,6 +211,16 @@ class _DiskLowLevel(LowLevel):
             self._writeback(self.dirty[slot])
         self.dirty.clear()
         super().commit()
+
+    def _header(self):
+        return super()._header() + (self.index_root,)
+
+    def rollback(self) -> list[int]:
+        index_root = self._committed[4]
+        changed = super().rollback()
+        self.index_root = index_root
+        self.dirty.clear()
+        return changed
 
 
 class DiskSpaceMap:
@@ -243,13 +289,21 @@ class DiskSpaceMap:
         self.ll.commit()
         self.old_nr_blocks = self.ll.nr_blocks
 
+    def rollback(self) -> None:
+        """Re-open at the last commit (the cursor starts again at 0)."""
+        self.ll.rollback()
+        self.begin = 0
+        self.old_nr_blocks = self.ll.nr_blocks
+
 
 class MetadataSpaceMap:
     """The metadata space map (dm-space-map-metadata.c), which lives in the blocks it maps.
 
     Changes made while it is already changing itself (shadowing a bitmap allocates a
     block, which changes a bitmap...) are queued and applied when the outer change is
-    done, as the kernel's ``recursion_count`` and ``uncommitted`` ops do.
+    done, as the kernel's ``recursion_count`` and ``uncommitted`` ops do.  While it is being
+    created or extended it runs on the bootstrap allocator: blocks handed out in order from
+    ``begin``, counts queued.
     """
 
     def __init__(self) -> None:
@@ -262,8 +316,13 @@ class MetadataSpaceMap:
         self.index_block = 0
         self._recursing = False
         self._bops: list[tuple[int, int]] = []
-        self._bootstrap: int | None = None
+        self._bootstrap = False
         self.zeroed: list[int] = []
+        # struct threshold
+        self.threshold: int | None = None
+        self.threshold_fn = None
+        self._value: int | None = None
+        self._committed = None
 
     def __repr__(self) -> str:
         ll = self.ll
@@ -271,20 +330,19 @@ class MetadataSpaceMap:
 
     # dm_sm_metadata_create
     def create(self, tm, nr_blocks: int, superblock: int = 0) -> None:
-        """Format: index, ref-count root and bitmaps from a bootstrap allocator, then count them."""
+        """Format: index, ref-count root and bitmaps from the bootstrap allocator, then count them."""
         self.tm = tm
         self.begin = superblock + 1
-        self._bootstrap = self.begin
+        self._bootstrap = True
         nr_blocks = min(nr_blocks, MAX_METADATA_BLOCKS)
         ll = LowLevel(tm)
         self.ll = ll
         self.index_block = tm.new_block(_Block("index"))  # metadata_ll_init_index
         ll.ref_root = ll.ref_info.empty()
         ll.extend(nr_blocks)
-        self.begin = self._bootstrap
-        self._bootstrap = None
-        for b in range(superblock, self.begin):
-            self._mutate(b, +1)
+        self._bootstrap = False
+        self._bops.clear()
+        self._mutate_range(superblock, self.begin, +1)
         self.commit()
 
     @property
@@ -296,6 +354,8 @@ class MetadataSpaceMap:
         return self.old_nr_blocks - self.old_nr_allocated - self.allocated_this_transaction
 
     def get_count(self, b: int) -> int:
+        if self._bootstrap:
+            return 1 if b < self.begin else 0  # sm_bootstrap_get_count
         c = self.ll.get_count(b)
         if self._bops:
             for ob, delta in self._bops:
@@ -304,11 +364,13 @@ class MetadataSpaceMap:
         return c
 
     def new_block(self) -> int:
-        """sm_metadata_new_block."""
-        if self._bootstrap is not None:
-            # dm-space-map-metadata.c: sm_bootstrap_new_block -- linear, no counting yet
-            b = self._bootstrap
-            self._bootstrap += 1
+        """sm_metadata_new_block, then check_threshold."""
+        if self._bootstrap:
+            # dm-space-map-metadata.c: sm_bootstrap_new_block
+            if self.begin == self.ll.nr_blocks:
+                raise NoSpace
+            b = self.begin
+            self.begin += 1
             return b
         ll = self.ll
         try:
@@ -318,7 +380,24 @@ class MetadataSpaceMap:
         self.begin = b + 1
         self._mutate(b, +1)
         self.allocated_this_transaction += 1
+        self._check_threshold(self.nr_free())
         return b
+
+    def register_threshold(self, threshold: int, fn) -> None:
+        """sm_metadata_register_threshold_callback."""
+        self.threshold = threshold
+        self.threshold_fn = fn
+
+    def _check_threshold(self, value: int) -> None:
+        """dm-space-map-metadata.c: check_threshold -- fires on crossing downwards."""
+        t = self.threshold
+        if t is None:
+            return
+        below = value <= t
+        already = self._value is not None and self._value <= t
+        self._value = value
+        if below and not already and self.threshold_fn is not None:
+            self.threshold_fn()
 
     def inc(self, b: int) -> None:
         self._mutate(b, +1)
@@ -327,17 +406,24 @@ class MetadataSpaceMap:
         self._mutate(b, -1)
 
     def _mutate(self, b: int, delta: int) -> None:
-        if self._recursing:
+        if self._recursing or self._bootstrap:
             self._bops.append((b, delta))
             return
         self._recursing = True
         try:
             self._apply(b, delta)
-            while self._bops:
-                ob, od = self._bops.pop(0)
-                self._apply(ob, od)
+            self._apply_bops()
         finally:
             self._recursing = False
+
+    def _mutate_range(self, b: int, e: int, delta: int) -> None:
+        for x in range(b, e):
+            self._mutate(x, delta)
+
+    def _apply_bops(self) -> None:
+        while self._bops:
+            ob, od = self._bops.pop(0)
+            self._apply(ob, od)
 
     def _apply(self, b: int, delta: int) -> None:
         ll = self.ll
@@ -346,23 +432,61 @@ class MetadataSpaceMap:
         if new == 0:
             self.zeroed.append(b)
 
-    def extend(self, extra: int) -> None:
-        """sm_metadata_extend: new bitmaps come from the new area."""
-        self._recursing = True
+    def extend(self, extra: int, log=None) -> None:
+        """sm_metadata_extend: on the bootstrap allocator, every new block (new bitmaps,
+        shadows) comes from the new area; NoSpace when it runs out."""
+        ll = self.ll
+        old_len = ll.nr_blocks
+        self.begin = old_len
+        self._bootstrap = True
         try:
-            self.ll.extend(extra)
-            while self._bops:
-                ob, od = self._bops.pop(0)
-                self._apply(ob, od)
+            ll.extend(extra)
+            while True:
+                self._bops.extend((b, +1) for b in range(old_len, self.begin))
+                old_len = self.begin
+                self._recursing = True
+                try:
+                    self._apply_bops()
+                except NoSpace:
+                    if log is not None:
+                        log.emit("space map common", "dm_tm_shadow_block() failed")
+                        log.emit("space map metadata", "sm_metadata_extend: apply_bops failed")
+                    raise
+                finally:
+                    self._recursing = False
+                self._ll_commit()
+                if old_len == self.begin:
+                    break
         finally:
-            self._recursing = False
+            self._bootstrap = False
+
+    def _ll_commit(self) -> None:
+        """sm_ll_commit -> metadata_ll_commit: shadow the index block, if an entry changed."""
+        ll = self.ll
+        if not ll.bitmap_index_changed:
+            return
+        tm = self.tm
+        if self.index_block not in tm.shadows or self.get_count(self.index_block) > 1:
+            self.index_block, _ = tm.shadow_block(self.index_block)
+        ll.bitmap_index_changed = False
 
     def commit(self) -> None:
         """sm_metadata_commit: shadow the index block, then the current view becomes old."""
-        tm = self.tm
-        if self.index_block not in tm.shadows:
-            self.index_block, _ = tm.shadow_block(self.index_block)
+        self._ll_commit()
         self.ll.commit()
         self.old_nr_allocated = self.ll.nr_allocated
         self.old_nr_blocks = self.ll.nr_blocks
         self.allocated_this_transaction = 0
+        self._committed = (self.index_block,)
+
+    def rollback(self) -> list[int]:
+        """Re-open at the last commit: counts and index as committed, cursor at 0."""
+        changed = self.ll.rollback()
+        (self.index_block,) = self._committed
+        self._bops.clear()
+        self._recursing = False
+        self._bootstrap = False
+        self.allocated_this_transaction = 0
+        self.begin = 0
+        self.zeroed.clear()
+        return changed

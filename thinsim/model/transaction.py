@@ -81,3 +81,14 @@ class TransactionManager:
             if b in blocks and get(b) == 0:
                 del blocks[b]
         self.sm.zeroed.clear()
+
+    def rollback(self, changed) -> None:
+        """After the space map went back to its last commit: forget the shadows and the
+        blocks that exist only in the aborted transaction."""
+        self.shadows.clear()
+        get = self.sm.get_count
+        nr = self.sm.nr_blocks
+        blocks = self.blocks
+        for b in changed:
+            if b in blocks and (b >= nr or get(b) == 0):
+                del blocks[b]
