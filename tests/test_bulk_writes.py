@@ -1,9 +1,9 @@
 """Whole-block writes in big requests take a fast path; it must leave exactly what
 block-by-block writes leave."""
 
-from hypothesis import given, strategies as st
-
 from helpers import GiB, MiB, make_pool, make_thin
+from hypothesis import given
+from hypothesis import strategies as st
 
 BLOCK = 64 * 1024
 
@@ -35,7 +35,9 @@ def _signature(pool):
     lwm=st.sampled_from([0, 1000, 4000, 6000]),
     flush_between=st.booleans(),
 )
-def test_big_whole_block_writes_leave_the_metadata_block_by_block_writes_leave(runs, lwm, flush_between):
+def test_big_whole_block_writes_leave_the_metadata_block_by_block_writes_leave(
+    runs, lwm, flush_between
+):
     pools = [make_pool(data=512 * MiB, md=8 * MiB, lwm=lwm) for _ in range(2)]
     thins = [[make_thin(p, 0, GiB), make_thin(p, 1, GiB)] for p in pools]
     for dev, first, count in runs:

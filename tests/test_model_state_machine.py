@@ -3,10 +3,10 @@ step, and the data read back checked against a plain dictionary of what was writ
 
 import errno
 
+from helpers import KiB, MiB, make_pool
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from helpers import KiB, MiB, make_pool
 from thinsim.errors import ThinsimError
 from thinsim.model.thin import Thin
 
@@ -100,7 +100,13 @@ class PoolMachine(RuleBasedStateMachine):
         if dev in self.thins:
             self.thins.pop(dev).close()
 
-    @rule(dev=ids, block=blocks, start=st.integers(0, BLOCK // 512 - 1), sectors=st.integers(1, 300), fill=st.integers(1, 255))
+    @rule(
+        dev=ids,
+        block=blocks,
+        start=st.integers(0, BLOCK // 512 - 1),
+        sectors=st.integers(1, 300),
+        fill=st.integers(1, 255),
+    )
     @precondition(lambda self: self.pool is not None)
     def write(self, dev, block, start, sectors, fill):
         thin = self.thins.get(dev)

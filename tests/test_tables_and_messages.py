@@ -4,17 +4,35 @@ nothing."""
 import errno
 
 import pytest
-from hypothesis import given, strategies as st
-
 from helpers import make_pool, make_thin
+from hypothesis import given
+from hypothesis import strategies as st
+
 from thinsim.errors import ThinsimError
 from thinsim.model.pool import PoolTable
 
 words = st.one_of(
     st.sampled_from(
-        ["create_thin", "create_snap", "delete", "set_transaction_id", "reserve_metadata_snap",
-         "release_metadata_snap", "CREATE_THIN", "0", "1", "-1", "0x1", "16777215", "16777216",
-         "+2", "", "18446744073709551616", "skip_block_zeroing", "ignore_discard"]
+        [
+            "create_thin",
+            "create_snap",
+            "delete",
+            "set_transaction_id",
+            "reserve_metadata_snap",
+            "release_metadata_snap",
+            "CREATE_THIN",
+            "0",
+            "1",
+            "-1",
+            "0x1",
+            "16777215",
+            "16777216",
+            "+2",
+            "",
+            "18446744073709551616",
+            "skip_block_zeroing",
+            "ignore_discard",
+        ]
     ),
     st.text(min_size=0, max_size=12),
 )
@@ -50,8 +68,14 @@ def test_random_pool_tables_raise_only_thinsim_errors(argv):
         (["a", "b", "185", "0"], "Invalid block size"),
         (["a", "b", "2097280", "0"], "Invalid block size"),
         (["a", "b", "128", "-1"], "Invalid low water mark"),
-        (["a", "b", "128", "0", "5", "a", "b", "c", "d", "e"], "Invalid number of pool feature arguments"),
-        (["a", "b", "128", "0", "2", "skip_block_zeroing"], "Invalid number of pool feature arguments"),
+        (
+            ["a", "b", "128", "0", "5", "a", "b", "c", "d", "e"],
+            "Invalid number of pool feature arguments",
+        ),
+        (
+            ["a", "b", "128", "0", "2", "skip_block_zeroing"],
+            "Invalid number of pool feature arguments",
+        ),
         (["a", "b", "128", "0", "1", "zero"], "Unrecognised pool feature requested"),
     ],
 )

@@ -23,7 +23,9 @@ BLOCK = 64 << 10
 
 def _pool(data_bytes: int, md_bytes: int = 16 * GiB) -> Pool:
     table = PoolTable.parse(["/dev/loop0", "/dev/loop1", "128", "0"])
-    pool = Pool(table, length_sectors=data_bytes // 512, metadata_bytes=md_bytes, data_bytes=data_bytes)
+    pool = Pool(
+        table, length_sectors=data_bytes // 512, metadata_bytes=md_bytes, data_bytes=data_bytes
+    )
     pool.resume()
     return pool
 

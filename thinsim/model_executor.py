@@ -76,8 +76,16 @@ class ModelExecutor(Executor):
 
     # -- pool lifecycle -------------------------------------------------------------
 
-    def pool(self, *, md_bytes, data_bytes, length_sectors, block_size_sectors,
-             low_water_blocks, features) -> list[str]:
+    def pool(
+        self,
+        *,
+        md_bytes,
+        data_bytes,
+        length_sectors,
+        block_size_sectors,
+        low_water_blocks,
+        features,
+    ) -> list[str]:
         minor = self._minor()
         argv = self._argv(block_size_sectors, low_water_blocks, features)
         self.store = MemoryStore()  # fresh sparse files for every pool
@@ -113,8 +121,16 @@ class ModelExecutor(Executor):
         self.md_bytes, self.data_bytes = md_bytes, data_bytes
         return []
 
-    def reload(self, *, md_bytes, data_bytes, length_sectors, block_size_sectors,
-               low_water_blocks, features) -> list[str]:
+    def reload(
+        self,
+        *,
+        md_bytes,
+        data_bytes,
+        length_sectors,
+        block_size_sectors,
+        low_water_blocks,
+        features,
+    ) -> list[str]:
         pool = self._pool()
         pool.metadata_bytes = md_bytes
         pool.data_bytes = data_bytes
@@ -277,4 +293,4 @@ class ModelExecutor(Executor):
         return new
 
 
-__all__ = ["ModelExecutor", "SECTOR_SIZE"]
+__all__ = ["SECTOR_SIZE", "ModelExecutor"]

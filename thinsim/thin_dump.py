@@ -26,8 +26,10 @@ def dump_xml(pmd: PoolMetadata, *, metadata_snap: bool = False):
         nr_data_blocks = pmd.data_dev_size()
     time, trans_id, flags = sb
     lines = [
-        f'<superblock uuid="" time="{time}" transaction="{trans_id}" flags="{flags}" '
-        f'version="2" data_block_size="{pmd.data_block_size}" nr_data_blocks="{nr_data_blocks}">'
+        (
+            f'<superblock uuid="" time="{time}" transaction="{trans_id}" flags="{flags}" '
+            f'version="2" data_block_size="{pmd.data_block_size}" nr_data_blocks="{nr_data_blocks}">'
+        )
     ]
     details = pmd.all_details(details_root)
     roots = pmd.thin_roots(root)
@@ -40,7 +42,12 @@ def dump_xml(pmd: PoolMetadata, *, metadata_snap: bool = False):
         run = None  # [origin_begin, data_begin, length, time]
         for key, value in pmd.device_mappings(roots[dev]):
             data, t = value >> TIME_BITS, value & TIME_MASK
-            if run is not None and key == run[0] + run[2] and data == run[1] + run[2] and t == run[3]:
+            if (
+                run is not None
+                and key == run[0] + run[2]
+                and data == run[1] + run[2]
+                and t == run[3]
+            ):
                 run[2] += 1
                 continue
             if run is not None:

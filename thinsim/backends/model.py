@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import interface
-from ..model.pool import Clock, KernelLog, Pool as PoolTarget, PoolTable
+from ..model.pool import Clock, KernelLog, PoolTable
+from ..model.pool import Pool as PoolTarget
 from ..model.store import AccountingStore, DataStore, FileStore, MemoryStore
 from ..model.thin import Thin as ThinTarget
 
@@ -24,7 +25,7 @@ def make_store(store: str | DataStore, data_size: int) -> DataStore:
 
 
 class ModelThin(interface.Thin):
-    def __init__(self, pool: "ModelPool", target: ThinTarget, minor: int) -> None:
+    def __init__(self, pool: ModelPool, target: ThinTarget, minor: int) -> None:
         self.pool = pool
         self.target = target
         self.dev_id = target.dev_id
@@ -132,7 +133,9 @@ class ModelPool(interface.Pool):
     ) -> None:
         t = self.target
         new_data = self.data_size if data_size is None else max(data_size, self.data_size)
-        new_md = self.metadata_size if metadata_size is None else max(metadata_size, self.metadata_size)
+        new_md = (
+            self.metadata_size if metadata_size is None else max(metadata_size, self.metadata_size)
+        )
         if length_sectors is None:
             length_sectors = new_data // 512 if data_size is not None else self._length
         saved = (self._lwm, self._features)

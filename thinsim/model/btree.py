@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 NODE_HEADER_SIZE = 32
 METADATA_BLOCK_SIZE = 4096
@@ -33,7 +34,7 @@ INTERNAL_MAX_ENTRIES = calc_max_entries(8)  # 252
 class Node:
     """One btree node (struct btree_node).  ``values`` is an ``array('Q')`` for u64 values."""
 
-    __slots__ = ("leaf", "keys", "values", "max_entries", "value_size")
+    __slots__ = ("keys", "leaf", "max_entries", "value_size", "values")
 
     def __init__(self, leaf: bool, max_entries: int, value_size: int, keys=None, values=None):
         self.leaf = leaf
@@ -44,7 +45,7 @@ class Node:
             values = array("Q") if (value_size == 8 or not leaf) else []
         self.values = values
 
-    def copy(self) -> "Node":
+    def copy(self) -> Node:
         vals = self.values
         return Node(
             self.leaf,
@@ -75,7 +76,7 @@ class ValueType:
     overwrite that changes nothing (then the old value is not decremented).
     """
 
-    __slots__ = ("size", "inc", "dec", "equal")
+    __slots__ = ("dec", "equal", "inc", "size")
 
     def __init__(
         self,
@@ -170,8 +171,7 @@ class BTreeInfo:
         node = self.tm.read(root)
         if not node.leaf:
             i = bisect_right(node.keys, key) - 1
-            if i < 0:
-                i = 0
+            i = max(i, 0)
             if i >= len(node.keys):
                 return None
             r = self.lookup_next_single(node.values[i], key)
@@ -338,7 +338,7 @@ class BTreeInfo:
             node.values.insert(i + 1, value)
             return True
 
-    def _insert_raw(self, spine: "_Spine", root: int, vt: ValueType, key: int, i: int) -> int:
+    def _insert_raw(self, spine: _Spine, root: int, vt: ValueType, key: int, i: int) -> int:
         """dm-btree.c: btree_insert_raw -- walk one level, making room on the way down."""
         top = True
         while True:
@@ -346,9 +346,7 @@ class BTreeInfo:
             spine.step(b, node)
             if spine.parent is not None and i >= 0:
                 spine.parent.values[i] = b
-            if len(node.keys) == node.max_entries and not (
-                node.leaf and _contains(node.keys, key)
-            ):
+            if len(node.keys) == node.max_entries and not (node.leaf and _contains(node.keys, key)):
                 if top:
                     self._split_beneath(spine, vt)
                 else:
@@ -366,7 +364,7 @@ class BTreeInfo:
             i += 1
         return i
 
-    def _split_beneath(self, spine: "_Spine", vt: ValueType) -> None:
+    def _split_beneath(self, spine: _Spine, vt: ValueType) -> None:
         """dm-btree.c: btree_split_beneath -- the root keeps its block, gains two children."""
         pn = spine.node
         nr_left = len(pn.keys) // 2
@@ -380,7 +378,7 @@ class BTreeInfo:
         pn.keys = array("Q", (left.keys[0], right.keys[0]))
         pn.values = array("Q", (lb, rb))
 
-    def _rebalance_or_split(self, spine: "_Spine", vt: ValueType, pi: int, key: int) -> None:
+    def _rebalance_or_split(self, spine: _Spine, vt: ValueType, pi: int, key: int) -> None:
         """dm-btree.c: rebalance_or_split (SPACE_THRESHOLD = 8)."""
         tm = self.tm
         parent = spine.parent
@@ -580,8 +578,7 @@ class BTreeInfo:
             index = self._remove_nearest(spine, root, vt, key, 0)
             root = spine.root
             node = spine.node
-            if index < 0:
-                index = 0
+            index = max(index, 0)
             if index >= len(node.keys):
                 break
             k = node.keys[index]
@@ -624,7 +621,7 @@ class BTreeInfo:
             self._rebalance3(n, vt, i - 1)
 
     def _rebalance2(self, parent: Node, vt, li: int) -> None:
-        lb, left = self._shadow_child(parent, li, vt)
+        _, left = self._shadow_child(parent, li, vt)
         rb, right = self._shadow_child(parent, li + 1, vt)
         self.__rebalance2(parent, left, right, li + 1, rb)
 
@@ -644,7 +641,7 @@ class BTreeInfo:
             parent.keys[r_index] = right.keys[0]
 
     def _rebalance3(self, parent: Node, vt, li: int) -> None:
-        lb, left = self._shadow_child(parent, li, vt)
+        _, left = self._shadow_child(parent, li, vt)
         cb, center = self._shadow_child(parent, li + 1, vt)
         rb, right = self._shadow_child(parent, li + 2, vt)
         nr_left, nr_center, nr_right = len(left.keys), len(center.keys), len(right.keys)
@@ -673,7 +670,7 @@ class BTreeInfo:
 class _Spine:
     """struct shadow_spine: the last two nodes of a walk, and the root it started from."""
 
-    __slots__ = ("root", "block", "node", "parent_block", "parent")
+    __slots__ = ("block", "node", "parent", "parent_block", "root")
 
     def __init__(self) -> None:
         self.root = None

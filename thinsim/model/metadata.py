@@ -270,7 +270,12 @@ class PoolMetadata:
 
         self.in_service = True
         t = self.time
-        values = array("Q", range((data_begin << TIME_BITS) | t, ((data_begin + n) << TIME_BITS) | t, 1 << TIME_BITS))
+        values = array(
+            "Q",
+            range(
+                (data_begin << TIME_BITS) | t, ((data_begin + n) << TIME_BITS) | t, 1 << TIME_BITS
+            ),
+        )
         self.root = self.info.append_run(self.root, td.id, first_block, values)
         td.changed = True
         td.mapped_blocks += n
@@ -408,7 +413,7 @@ class PoolMetadata:
         return self.metadata_sm.ll.nr_allocated
 
 
-__all__ = ["PoolMetadata", "ThinDevice", "NoSpace", "MetadataNoSpace", "pack_block_time"]
+__all__ = ["MetadataNoSpace", "NoSpace", "PoolMetadata", "ThinDevice", "pack_block_time"]
 
 
 def _check_metadata(pmd: PoolMetadata) -> None:
@@ -463,10 +468,14 @@ def _check_metadata(pmd: PoolMetadata) -> None:
         walk(root, 2, True)
         walk(details_root, 1, False)
     for b in range(sm.nr_blocks):
-        assert sm.ll.get_count(b) == md.get(b, 0), f"metadata block {b}: {sm.ll.get_count(b)} != {md.get(b, 0)}"
+        assert sm.ll.get_count(b) == md.get(b, 0), (
+            f"metadata block {b}: {sm.ll.get_count(b)} != {md.get(b, 0)}"
+        )
     assert sm.ll.nr_allocated == len(md)
     for b in range(dll.nr_blocks):
-        assert dll.get_count(b) == data.get(b, 0), f"data block {b}: {dll.get_count(b)} != {data.get(b, 0)}"
+        assert dll.get_count(b) == data.get(b, 0), (
+            f"data block {b}: {dll.get_count(b)} != {data.get(b, 0)}"
+        )
     assert dll.nr_allocated == len(data)
     for ll in (sm.ll, dll):
         assert set(ll.big) == {b for b in range(ll.nr_blocks) if ll.bits[b] == 3}

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 
 from ..errors import ThinsimError, error_for
 from .metadata import (
+    MAX_DEV_ID,
     SECTORS_PER_MD_BLOCK,
     THIN_METADATA_MAX_SECTORS,
-    MAX_DEV_ID,
     PoolMetadata,
 )
 from .space_map import NoSpace
@@ -55,10 +55,8 @@ class Clock:
 
 def kstrtoull(s: str, limit: int = (1 << 64) - 1) -> int | None:
     """lib/kstrtox.c: kstrtoull base 10 -- an optional '+', digits, an optional '\\n'."""
-    if s.endswith("\n"):
-        s = s[:-1]
-    if s.startswith("+"):
-        s = s[1:]
+    s = s.removesuffix("\n")
+    s = s.removeprefix("+")
     if not s or not s.isascii() or not s.isdigit():
         return None
     v = int(s)
@@ -94,7 +92,7 @@ class PoolFeatures:
 THIN_METADATA_MAX_SECTORS_WARNING = 16 * (1024 * 1024 * 1024 >> 9)
 
 
-def warn_if_metadata_device_too_big(log: "KernelLog", metadata_bytes: int, name: str) -> None:
+def warn_if_metadata_device_too_big(log: KernelLog, metadata_bytes: int, name: str) -> None:
     """dm-thin.c: warn_if_metadata_device_too_big."""
     if metadata_bytes // SECTOR > THIN_METADATA_MAX_SECTORS_WARNING:
         log.emit(
@@ -129,8 +127,8 @@ class PoolTable:
         *,
         metadata_bytes: int | None = None,
         metadata_dev_name: str = "loop0",
-        log: "KernelLog | None" = None,
-    ) -> "PoolTable":
+        log: KernelLog | None = None,
+    ) -> PoolTable:
         """dm-thin.c: pool_ctr's argument checks, in the kernel's order.
 
         With ``metadata_bytes`` and ``log``, the warning for a metadata device past 16 GiB
@@ -263,9 +261,8 @@ class Pool:
 
     def load(self, table: PoolTable, length_sectors: int) -> None:
         """Load a table into the inactive slot (pool_ctr on an existing pool object)."""
-        if self.table is not None:
-            if table.features.discard_enabled != self.pf.discard_enabled:
-                raise TableError("Discard support cannot be disabled once enabled")
+        if self.table is not None and table.features.discard_enabled != self.pf.discard_enabled:
+            raise TableError("Discard support cannot be disabled once enabled")
         self.pending = (table, length_sectors)
         # pool_ctr: dm_pool_register_metadata_threshold, from the device's size now
         self.pmd.metadata_sm.register_threshold(
@@ -318,9 +315,7 @@ class Pool:
             self._resume()
         except ThinsimError as e:
             # dm-table.c: dm_table_resume_targets
-            self.log.emit(
-                "table", f"{self.name}: thin-pool: preresume failed, error = -{e.errno}"
-            )
+            self.log.emit("table", f"{self.name}: thin-pool: preresume failed, error = -{e.errno}")
             raise
 
     def _resume(self) -> None:
@@ -346,12 +341,15 @@ class Pool:
         sb_size = self.pmd.data_dev_size()
         if data_size < sb_size:
             self.log.emit(
-                "thin", f"{self.name}: pool target ({data_size} blocks) too small: expected {sb_size}"
+                "thin",
+                f"{self.name}: pool target ({data_size} blocks) too small: expected {sb_size}",
             )
             raise error_for(E.EINVAL)
         if data_size > sb_size:
             if self.pmd.needs_check:
-                self.log.emit("thin", f"{self.name}: unable to grow the data device until repaired.")
+                self.log.emit(
+                    "thin", f"{self.name}: unable to grow the data device until repaired."
+                )
                 return False
             if sb_size:
                 self.log.emit(
@@ -417,7 +415,9 @@ class Pool:
         """dm-thin.c: set_pool_mode."""
         old_mode = self.mode
         if new_mode == PM_WRITE and self.pmd.needs_check:
-            self.log.emit("thin", f"{self.name}: unable to switch pool to write mode until repaired.")
+            self.log.emit(
+                "thin", f"{self.name}: unable to switch pool to write mode until repaired."
+            )
             new_mode = old_mode if old_mode != new_mode else PM_READ_ONLY
         if old_mode == PM_FAIL:
             new_mode = old_mode
@@ -525,9 +525,7 @@ class Pool:
         try:
             self.pmd.create_snap(dev, origin)
         except (FileExistsError, KeyError) as e:
-            self.log.emit(
-                "thin", f"Creation of new snapshot {argv[1]} of device {argv[2]} failed."
-            )
+            self.log.emit("thin", f"Creation of new snapshot {argv[1]} of device {argv[2]} failed.")
             raise error_for(E.EEXIST if isinstance(e, FileExistsError) else E.ENODATA) from None
 
     def _msg_delete(self, argv) -> None:

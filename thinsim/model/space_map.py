@@ -35,7 +35,7 @@ class _Block:
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
-    def copy(self) -> "_Block":
+    def copy(self) -> _Block:
         return _Block(self.kind)
 
     def __repr__(self) -> str:
@@ -130,7 +130,9 @@ class LowLevel:
             b = self.find_common_free(0)
         end = min(b + limit, (b // ENTRIES_PER_BITMAP + 1) * ENTRIES_PER_BITMAP, self.nr_blocks)
         bits = self.bits
-        used = [i for i in (bits.find(1, b, end), bits.find(2, b, end), bits.find(3, b, end)) if i >= 0]
+        used = [
+            i for i in (bits.find(1, b, end), bits.find(2, b, end), bits.find(3, b, end)) if i >= 0
+        ]
         if used:
             end = min(used)
         if self.old:
@@ -201,9 +203,7 @@ class _DiskLowLevel(LowLevel):
         self.dirty[slot] = index
 
     def _writeback(self, index: int) -> None:
-        self.index_root, _ = self.index_info.insert(
-            self.index_root, (index,), self.bitmaps[index]
-        )
+        self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
 
     def commit(self) -> None:
         # dm-space-map-common.c: ie_cache_writeback, slot order
