@@ -65,7 +65,7 @@ def run_command(argv: list[str], *, check: bool = True) -> subprocess.CompletedP
     failure raises CommandError.  With ``check=False`` the result is returned as is.
     """
     log.debug("run: %s", shlex.join(argv))
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         log.debug("exit %d: %s", proc.returncode, proc.stderr.strip())
     if check and proc.returncode != 0:
@@ -187,8 +187,9 @@ class KernelExecutor(Executor):
             self.loops.append(dev)
             if dev != want:
                 raise CommandError(f"losetup gave {dev} for {path}, expected {want}")
-        table = table_line(length_sectors, *self.loops, block_size_sectors, low_water_blocks,
-                           features)
+        table = table_line(
+            length_sectors, *self.loops, block_size_sectors, low_water_blocks, features
+        )
         try:
             self._dm("create", POOL, "--table", table)
         except ThinsimError:
@@ -208,13 +209,15 @@ class KernelExecutor(Executor):
         low_water_blocks: str,
         features: list[str],
     ) -> list[str]:
-        for path, loop, size in zip((self.md_path, self.data_path), self.loops,
-                                    (md_bytes, data_bytes)):
+        for path, loop, size in zip(
+            (self.md_path, self.data_path), self.loops, (md_bytes, data_bytes)
+        ):
             if path.stat().st_size != size:
                 os.truncate(path, size)
                 run_command(["losetup", "-c", loop])
-        table = table_line(length_sectors, *self.loops, block_size_sectors, low_water_blocks,
-                           features)
+        table = table_line(
+            length_sectors, *self.loops, block_size_sectors, low_water_blocks, features
+        )
         self._dm("suspend", POOL)
         try:
             self._dm("reload", POOL, "--table", table)
@@ -396,9 +399,9 @@ class KernelExecutor(Executor):
             run_command(["dmsetup", "resume", name], check=False)
             if run_command(["dmsetup", "remove", "--retry", name], check=False).returncode:
                 run_command(["dmsetup", "remove", "--force", "--retry", name])
-        if POOL in names:
-            if run_command(["dmsetup", "remove", "--retry", POOL], check=False).returncode:
-                run_command(["dmsetup", "remove", "--force", "--retry", POOL])
+        pool_argv = ["dmsetup", "remove", "--retry", POOL]
+        if POOL in names and run_command(pool_argv, check=False).returncode:
+            run_command(["dmsetup", "remove", "--force", "--retry", POOL])
         self.thins = []
         self.pool_active = False
         self._detach()

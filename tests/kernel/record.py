@@ -20,9 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE)]
 
-from kernel_executor import KernelExecutor, run_command  # noqa: E402
+from kernel_executor import KernelExecutor, run_command
 
-from thinsim.scenario import parse, run  # noqa: E402
+from thinsim.scenario import parse, run
 
 SCENARIOS = HERE / "scenarios"
 WORKDIR = Path("/run/thinsim")
@@ -76,14 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         try:
             record(name, args.out, args.scenarios)
-        except Exception:
+        except Exception:  # noqa: BLE001 - report it, record the other scenarios
             traceback.print_exc()
             failed.append(name)
             print(f"FAILED {name}", file=sys.stderr, flush=True)
         else:
             print(f"recorded {name} in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
-    print(f"{len(names) - len(failed)}/{len(names)} scenarios in {time.monotonic() - start:.0f} s",
-          file=sys.stderr)
+    print(
+        f"{len(names) - len(failed)}/{len(names)} scenarios in {time.monotonic() - start:.0f} s",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 

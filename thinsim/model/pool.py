@@ -319,6 +319,12 @@ class Pool:
             raise
 
     def _resume(self) -> None:
+        # dm-ioctl.c: do_resume -- a live device with no new table is left alone; a new
+        # table is swapped in under a suspend
+        if not self.suspended:
+            if self.pending is None:
+                return
+            self.suspend()
         if self.pending is not None:
             self._bind_pending()
             new_mode = self.requested_pf.mode
