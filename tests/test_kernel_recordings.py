@@ -12,17 +12,26 @@ from thinsim.model_executor import ModelExecutor
 from thinsim.scenario import parse, run
 
 KERNEL = Path(__file__).parent / "kernel"
+# The walkthrough `make run` shows is recorded too (its scenario lives in examples/).
+SCENARIO_DIRS = (KERNEL / "scenarios", Path(__file__).parent.parent / "examples")
 RECORDED = sorted(p for p in (KERNEL / "recorded").glob("*.txt") if p.stem != "ENVIRONMENT")
 
 
+def _scenario(name: str) -> Path:
+    for folder in SCENARIO_DIRS:
+        if (folder / f"{name}.scn").exists():
+            return folder / f"{name}.scn"
+    raise FileNotFoundError(name)
+
+
 def test_recordings_exist_for_every_scenario():
-    scenarios = {p.stem for p in (KERNEL / "scenarios").glob("*.scn")}
+    scenarios = {p.stem for folder in SCENARIO_DIRS for p in folder.glob("*.scn")}
     assert scenarios, "no scenarios"
     assert scenarios <= {p.stem for p in RECORDED}
 
 
 @pytest.mark.parametrize("recorded", RECORDED, ids=lambda p: p.stem)
 def test_the_model_prints_what_the_kernel_printed(recorded):
-    scenario = KERNEL / "scenarios" / f"{recorded.stem}.scn"
+    scenario = _scenario(recorded.stem)
     transcript = run(parse(scenario.read_text()), ModelExecutor())
     assert transcript == recorded.read_text()
