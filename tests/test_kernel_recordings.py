@@ -35,3 +35,23 @@ def test_the_model_prints_what_the_kernel_printed(recorded):
     scenario = _scenario(recorded.stem)
     transcript = run(parse(scenario.read_text()), ModelExecutor())
     assert transcript == recorded.read_text()
+
+
+@pytest.mark.parametrize(
+    "name", ["discard_passdown", "discard_no_passdown", "zeroing", "provision_4k", "walkthrough"]
+)
+def test_a_real_sparse_data_file_takes_the_space_the_kernels_took(name, tmp_path):
+    """With the data on a real file, ``du`` is measured, not computed: hole punching for
+    passed-down discards and real zero writes must leave what tmpfs showed in the VM."""
+    from thinsim.model.store import FileStore
+
+    files = iter(range(1000))
+
+    def store():
+        return FileStore(tmp_path / f"data{next(files)}")
+
+    probe = FileStore(tmp_path / "probe", 1 << 20)
+    if not probe.supports_discard():
+        pytest.skip("this file system cannot punch holes")
+    transcript = run(parse(_scenario(name).read_text()), ModelExecutor(store))
+    assert transcript == (KERNEL / "recorded" / f"{name}.txt").read_text()

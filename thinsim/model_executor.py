@@ -23,16 +23,21 @@ DM_MAJOR = 254
 
 
 class ModelExecutor(Executor):
-    """The scenario language on a model pool with a memory data store."""
+    """The scenario language on a model pool.
 
-    def __init__(self) -> None:
+    ``store_factory`` makes the data store for each new pool: a fresh ``MemoryStore`` by
+    default; a ``FileStore`` on a real sparse file makes ``du`` a real measurement.
+    """
+
+    def __init__(self, store_factory=MemoryStore) -> None:
+        self.store_factory = store_factory
         self.log = KernelLog()
         self.clock = Clock()
         self._seen = 0
         self.pool_obj: Pool | None = None
         self.pool_minor: int | None = None
         self.thins: dict[int, tuple[Thin, int]] = {}
-        self.store = MemoryStore()
+        self.store = store_factory()
         self.md_bytes = 0
         self.data_bytes = 0
         self.no_space_timeout_secs = NO_SPACE_TIMEOUT_SECS
@@ -88,7 +93,7 @@ class ModelExecutor(Executor):
     ) -> list[str]:
         minor = self._minor()
         argv = self._argv(block_size_sectors, low_water_blocks, features)
-        self.store = MemoryStore()  # fresh sparse files for every pool
+        self.store = self.store_factory()  # fresh sparse files for every pool
         try:
             table = PoolTable.parse(argv, metadata_bytes=md_bytes, log=self.log)
             pool = Pool(

@@ -173,7 +173,9 @@ class FileStore(DataStore):
         """Whether the file's file system can punch holes (else a loop device on it
         advertises no discard)."""
         try:
-            _punch_hole(self.fd, os.fstat(self.fd).st_size, 0)
+            # a hole past the end of the file changes nothing but tells whether it can
+            end = -(-os.fstat(self.fd).st_size // 4096) * 4096
+            _punch_hole(self.fd, end, 4096)
         except OSError:
             return False
         return True
