@@ -17,6 +17,20 @@ def _scenario(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from .host.run import run_script
+
+    return run_script(args.script, args.args, args.host)
+
+
+def _shell(args) -> int:
+    import os
+
+    from .host.run import run_shell
+
+    return run_shell(args.host or os.path.expanduser("~/.thinsim/host"))
+
+
 def _bench(args) -> int:
     from .bench import run_all
 
@@ -35,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("scenario", help="run a scenario file on the model, print its transcript")
     p.add_argument("file")
     p.set_defaults(func=_scenario)
+    p = sub.add_parser("run", help="run a bash script on a simulated host")
+    p.add_argument("--host", help="the host's state folder (default: a fresh one)")
+    p.add_argument("script")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run)
+    p = sub.add_parser("shell", help="an interactive bash on a simulated host")
+    p.add_argument("--host", help="the host's state folder (default: ~/.thinsim/host)")
+    p.set_defaults(func=_shell)
     p = sub.add_parser("bench", help="measure the model's speed and memory")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--quick", action="store_true", help="smaller sizes (for a smoke run)")

@@ -42,6 +42,11 @@ class ThinDevice:
         return (self.mapped_blocks, self.transaction_id, self.creation_time, self.snapshotted_time)
 
 
+def _data_block_equal(a: int, b: int) -> bool:
+    """dm-thin-metadata.c: data_block_equal -- the same block, whatever the time."""
+    return (a >> TIME_BITS) == (b >> TIME_BITS)
+
+
 class MetadataNoSpace(Exception):
     """The metadata device has no free block (a real metadata operation failure)."""
 
@@ -87,12 +92,8 @@ class PoolMetadata:
 
     def _setup_btree_details(self) -> None:
         tm = self.tm
-        data_sm = self.data_sm
         data_vt = ValueType(
-            8,
-            inc=lambda vals: data_sm.inc_many([v >> TIME_BITS for v in vals]),
-            dec=lambda vals: data_sm.dec_many([v >> TIME_BITS for v in vals]),
-            equal=lambda a, b: (a >> TIME_BITS) == (b >> TIME_BITS),
+            8, inc=self._data_block_inc, dec=self._data_block_dec, equal=_data_block_equal
         )
         self.info = BTreeInfo(tm, 2, data_vt)
         self.bl_info = BTreeInfo(tm, 1, data_vt)
@@ -102,6 +103,14 @@ class PoolMetadata:
             ValueType(8, inc=tm.inc_many, dec=self._subtree_dec),
         )
         self.details_info = BTreeInfo(tm, 1, ValueType(24))
+
+    def _data_block_inc(self, values) -> None:
+        """dm-thin-metadata.c: data_block_inc."""
+        self.data_sm.inc_many([v >> TIME_BITS for v in values])
+
+    def _data_block_dec(self, values) -> None:
+        """dm-thin-metadata.c: data_block_dec."""
+        self.data_sm.dec_many([v >> TIME_BITS for v in values])
 
     def _subtree_dec(self, roots) -> None:
         for root in roots:

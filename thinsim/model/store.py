@@ -148,8 +148,9 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
 class FileStore(DataStore):
     """A real (sparse) file: pwrite/pread, and hole punching for passed-down discards."""
 
-    def __init__(self, path: str | os.PathLike, size: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, size: int | None = None, offset: int = 0) -> None:
         self.path = os.fspath(path)
+        self.offset = offset  # where the device starts in the file (losetup -o)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if size is not None and os.fstat(self.fd).st_size < size:
             os.ftruncate(self.fd, size)
@@ -157,17 +158,26 @@ class FileStore(DataStore):
     def __repr__(self) -> str:
         return f"FileStore({self.path!r})"
 
+    def __getstate__(self):
+        # a simulated host pickles its pools between commands: keep the path, not the fd
+        return {"path": self.path, "offset": self.offset}
+
+    def __setstate__(self, state):
+        self.path = state["path"]
+        self.offset = state.get("offset", 0)
+        self.fd = os.open(self.path, os.O_RDWR)
+
     def write(self, offset: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, offset)
+        os.pwrite(self.fd, data, self.offset + offset)
 
     def read(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.fd, length, offset)
+        data = os.pread(self.fd, length, self.offset + offset)
         if len(data) < length:
             data += bytes(length - len(data))
         return data
 
     def discard(self, offset: int, length: int) -> None:
-        _punch_hole(self.fd, offset, length)
+        _punch_hole(self.fd, self.offset + offset, length)
 
     def supports_discard(self) -> bool:
         """Whether the file's file system can punch holes (else a loop device on it

@@ -1,0 +1,101 @@
+"""``thinsim run`` and ``thinsim shell``: bash on a simulated host.
+
+The simulated commands come first on PATH as small shims that call back into thinsim with
+the host folder in ``THINSIM_HOST``.  Commands that are not simulated but could be pointed
+at a simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an
+argument names one, and otherwise runs the real command.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .state import is_device_path, open_host
+from .tools import COMMANDS, GUARDED, IO
+
+SHIM = """#!{python}
+import sys
+from thinsim.host.run import shim_main
+sys.exit(shim_main({name!r}, sys.argv[1:]))
+"""
+
+
+def make_shims(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in list(COMMANDS) + list(GUARDED):
+        path = folder / name
+        path.write_text(SHIM.format(python=sys.executable, name=name))
+        path.chmod(0o755)
+
+
+def _real(name: str) -> str | None:
+    shim_dir = os.environ.get("THINSIM_SHIMS", "")
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != shim_dir
+    )
+    return shutil.which(name, path=path)
+
+
+def _names_device(argv: list[str]) -> str | None:
+    for a in argv:
+        for part in (a, a.split("=", 1)[-1]):
+            if is_device_path(part):
+                return part
+    return None
+
+
+def shim_main(name: str, argv: list[str]) -> int:
+    host = os.environ.get("THINSIM_HOST")
+    if host is None:
+        sys.stderr.write(f"thinsim: {name}: THINSIM_HOST is not set\n")
+        return 1
+    if name in COMMANDS:
+        if name == "dd" and _names_device(argv) is None:
+            return _exec_real(name, argv)
+        with open_host(host) as state:
+            status = COMMANDS[name](state, argv, IO())
+        sys.stdout.flush()
+        return status
+    device = _names_device(argv)
+    if device is not None:
+        sys.stderr.write(
+            f"thinsim: {name} on {device} is not simulated: refused, so that it cannot reach "
+            "the real device\n"
+        )
+        return 1
+    return _exec_real(name, argv)
+
+
+def _exec_real(name: str, argv: list[str]) -> int:
+    real = _real(name)
+    if real is None:
+        sys.stderr.write(f"{name}: command not found\n")
+        return 127
+    os.execv(real, [name, *argv])
+    return 127  # not reached
+
+
+def run_script(script: str, args: list[str], host: str | None = None) -> int:
+    """Run ``script`` with bash on a simulated host; returns the script's exit status."""
+    with tempfile.TemporaryDirectory(prefix="thinsim-") as tmp:
+        host_dir = host or os.path.join(tmp, "host")
+        return _bash([script, *args], host_dir, Path(tmp) / "bin")
+
+
+def run_shell(host: str) -> int:
+    with tempfile.TemporaryDirectory(prefix="thinsim-") as tmp:
+        return _bash(["-i"], host, Path(tmp) / "bin")
+
+
+def _bash(argv: list[str], host: str, shims: Path) -> int:
+    make_shims(shims)
+    env = dict(os.environ)
+    env["THINSIM_HOST"] = os.path.abspath(host)
+    env["THINSIM_SHIMS"] = str(shims)
+    env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.call(["bash", *argv], env=env)
