@@ -92,10 +92,35 @@ def run_shell(host: str) -> int:
         return _bash(["-i"], host, Path(tmp) / "bin")
 
 
+PRIVATE_DEV = Path(__file__).with_name("private_dev.sh")
+
+
+def _isolation() -> list[str] | None:
+    """The command prefix that gives the script a private /dev in its own mount namespace
+    (a user namespace too when not root), or None where the kernel refuses."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    prefix = [unshare, "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix.insert(1, "--map-root-user")
+    probe = subprocess.run([*prefix, "sh", str(PRIVATE_DEV), "true"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    return [*prefix, "sh", str(PRIVATE_DEV)]
+
+
 def _bash(argv: list[str], host: str, shims: Path) -> int:
     make_shims(shims)
     env = dict(os.environ)
     env["THINSIM_HOST"] = os.path.abspath(host)
     env["THINSIM_SHIMS"] = str(shims)
     env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.call(["bash", *argv], env=env)
+    prefix = _isolation()
+    if prefix is None:
+        sys.stderr.write(
+            "thinsim: warning: no private /dev here (unshare refused); commands that are not "
+            "simulated are still refused device paths, but shell redirections are not\n"
+        )
+        prefix = []
+    return subprocess.call([*prefix, "bash", *argv], env=env)
