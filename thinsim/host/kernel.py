@@ -231,7 +231,12 @@ def _destroy(state: HostState, targets: list[Target]) -> None:
         elif t.type == "thin-pool" and isinstance(t.obj, Pool):
             if not _pool_used_elsewhere(state, t):
                 pool = t.obj
-                pool.suspend()
+                pool.suspend()  # dm_pool_metadata_close commits
+                loop = state.loops.get(t.md_loop)
+                if loop is not None and pool.pmd.commit_count:
+                    from ..model.disk import write_metadata
+
+                    write_metadata(pool.pmd, loop.backing_file, loop.offset)
                 pool.store.close()
 
 

@@ -168,7 +168,27 @@ def open_host(folder: str | os.PathLike, *, write: bool = True):
         yield state
         if write:
             state.stamp_log()
+            _write_committed_metadata(state)
             tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
+
+
+def _write_committed_metadata(state: HostState) -> None:
+    """Put every pool's metadata, as of its last commit, into its metadata file (in the
+    kernel's on-disk format, so that the real thin tools can read it)."""
+    from ..model.disk import write_metadata
+
+    for dev in state.dm.values():
+        for t in dev.live or []:
+            if t.type != "thin-pool" or t.obj is None:
+                continue
+            pmd = t.obj.pmd
+            if getattr(t, "written", None) == pmd.commit_count:
+                continue
+            loop = state.loops.get(t.md_loop)
+            if loop is None:
+                continue
+            write_metadata(pmd, loop.backing_file, loop.offset)
+            t.written = pmd.commit_count

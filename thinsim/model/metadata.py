@@ -61,6 +61,7 @@ class PoolMetadata:
         self.held_root = 0
         self.needs_check = False
         self.in_service = False
+        self.commit_count = 0
         self.devices: dict[int, ThinDevice] = {}  # in-core tds, newest first on commit
         self._format(nr_md_blocks)
         self._set_metadata_reserve()
@@ -376,6 +377,7 @@ class PoolMetadata:
         self.metadata_sm.commit()
         self.tm.commit()
         self._save_committed()
+        self.commit_count += 1
 
     def _save_committed(self) -> None:
         self._committed = (

@@ -1,0 +1,219 @@
+"""The metadata device's on-disk format, written from a model pool's metadata.
+
+Layouts from dm-thin-metadata.c (struct thin_disk_superblock, disk_device_details),
+persistent-data/dm-btree-internal.h (struct btree_node), dm-space-map-common.h
+(disk_index_entry, disk_metadata_index, disk_bitmap_header, disk_sm_root).  Every block
+is written at the block number the model gave it, which is the kernel's, with the
+kernel's checksums, so Debian's thin_check and thin_dump read the file as they read one
+a kernel wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from .btree import Node
+from .metadata import THIN_SUPERBLOCK_LOCATION, PoolMetadata
+from .space_map import ENTRIES_PER_BITMAP
+
+BLOCK = 4096
+THIN_SUPERBLOCK_MAGIC = 27022010
+THIN_VERSION = 2
+SUPERBLOCK_CSUM_XOR = 160774
+BTREE_CSUM_XOR = 121107
+INDEX_CSUM_XOR = 160478
+BITMAP_CSUM_XOR = 240779
+INTERNAL_NODE = 1
+LEAF_NODE = 2
+MAX_METADATA_BITMAPS = 255
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_TABLE = _crc32c_table()
+
+
+def crc32c_raw(data: bytes, crc: int = 0xFFFFFFFF) -> int:
+    """The Castagnoli CRC register after ``data`` (the kernel's crc32c(): no final xor)."""
+    table = _TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def bm_checksum(data: bytes, xor: int) -> int:
+    """persistent-data/dm-block-manager.c: dm_bm_checksum."""
+    return (crc32c_raw(data) ^ xor) & 0xFFFFFFFF
+
+
+def _seal(block: bytearray, xor: int) -> bytes:
+    struct.pack_into("<I", block, 0, bm_checksum(bytes(block[4:]), xor))
+    return bytes(block)
+
+
+def encode_node(b: int, node: Node) -> bytes:
+    """struct btree_node at block ``b``."""
+    buf = bytearray(BLOCK)
+    n = len(node.keys)
+    flags = LEAF_NODE if node.leaf else INTERNAL_NODE
+    vsize = node.value_size if node.leaf else 8
+    struct.pack_into("<IQIII", buf, 4, flags, b, n, node.max_entries, vsize)
+    keys_at = 32
+    struct.pack_into(f"<{n}Q", buf, keys_at, *node.keys)
+    values_at = keys_at + 8 * node.max_entries
+    vals = node.values
+    if vsize == 8:
+        struct.pack_into(f"<{n}Q", buf, values_at, *vals)
+    elif vsize == 4:
+        struct.pack_into(f"<{n}I", buf, values_at, *vals)
+    elif vsize == 24:
+        for i, (mapped, trans, ctime, stime) in enumerate(vals):
+            struct.pack_into("<QQII", buf, values_at + 24 * i, mapped, trans, ctime, stime)
+    else:
+        raise ValueError(f"no encoding for {vsize}-byte values")
+    return _seal(buf, BTREE_CSUM_XOR)
+
+
+def _bitmap_entries(ll, index: int) -> tuple[bytes, int, int]:
+    """The 2-bit entries of bitmap ``index``: (bits, nr_free, none_free_before)."""
+    start = index * ENTRIES_PER_BITMAP
+    counts = ll.bits[start : start + ENTRIES_PER_BITMAP]
+    n = len(counts)
+    words = bytearray((ENTRIES_PER_BITMAP * 2) // 8)
+    for i, c in enumerate(counts):
+        if c:
+            # dm-space-map-common.c: sm_set_bitmap -- bit 2i is the high bit, 2i+1 the low
+            bit = 2 * i
+            if c & 2:
+                words[bit >> 3] |= 1 << (bit & 7)
+            if c & 1:
+                words[(bit + 1) >> 3] |= 1 << ((bit + 1) & 7)
+    nr_free = counts.count(0)
+    first_free = counts.find(0)
+    return bytes(words), nr_free, (first_free if first_free >= 0 else n)
+
+
+def encode_bitmap(b: int, bits: bytes) -> bytes:
+    buf = bytearray(BLOCK)
+    struct.pack_into("<IQ", buf, 4, 0, b)
+    buf[16 : 16 + len(bits)] = bits
+    return _seal(buf, BITMAP_CSUM_XOR)
+
+
+def _index_entries(ll):
+    out = []
+    for i, b in enumerate(ll.bitmaps):
+        bits, nr_free, nfb = _bitmap_entries(ll, i)
+        out.append((b, bits, nr_free, nfb))
+    return out
+
+
+def encode_metadata_index(b: int, entries) -> bytes:
+    buf = bytearray(BLOCK)
+    struct.pack_into("<IQ", buf, 4, 0, b)
+    for i, (blocknr, _bits, nr_free, nfb) in enumerate(entries):
+        struct.pack_into("<QII", buf, 16 + 16 * i, blocknr, nr_free, nfb)
+    return _seal(buf, INDEX_CSUM_XOR)
+
+
+def _sm_root(ll, bitmap_root: int) -> bytes:
+    root = struct.pack("<QQQQ", ll.nr_blocks, ll.nr_allocated, bitmap_root, ll.ref_root)
+    return root + bytes(128 - len(root))
+
+
+def encode_superblock(
+    pmd: PoolMetadata, b: int, *, held_copy: bool = False, nr_md_blocks: int | None = None
+) -> bytes:
+    """struct thin_disk_superblock (a held copy has its space map roots wiped)."""
+    buf = bytearray(BLOCK)
+    flags = 1 if pmd.needs_check else 0
+    if held_copy:
+        time, trans_id, flags = pmd.held_superblock
+        root, details_root = pmd._held
+        held_root = 0
+        data_root = md_root = bytes(128)
+    else:
+        time, trans_id = pmd.time, pmd.trans_id
+        root, details_root = pmd.root, pmd.details_root
+        held_root = pmd.held_root
+        dll = pmd.data_sm.ll
+        data_root = _sm_root(dll, dll.index_root)
+        md_root = _sm_root(pmd.metadata_sm.ll, pmd.metadata_sm.index_block)
+    struct.pack_into("<IQ", buf, 4, flags, b)
+    struct.pack_into(
+        "<QIIQQ", buf, 32, THIN_SUPERBLOCK_MAGIC, THIN_VERSION, time, trans_id, held_root
+    )
+    buf[64:192] = data_root
+    buf[192:320] = md_root
+    md_blocks = (
+        getattr(pmd, "_sb_nr_blocks", pmd.metadata_sm.nr_blocks)
+        if nr_md_blocks is None
+        else nr_md_blocks
+    )
+    struct.pack_into(
+        "<QQIIQIII", buf, 320, root, details_root, pmd.data_block_size, 8, md_blocks, 0, 0, 0
+    )
+    # dm-thin-metadata.c: sb_prepare_for_write -- over the whole block after the csum
+    return _seal(buf, SUPERBLOCK_CSUM_XOR)
+
+
+def metadata_blocks(pmd: PoolMetadata) -> dict[int, bytes]:
+    """Every live metadata block as the kernel would have written it at the last commit."""
+    tm = pmd.tm
+    sm = pmd.metadata_sm
+    out: dict[int, bytes] = {}
+    md_entries = _index_entries(sm.ll)
+    for b, bits, _nf, _nfb in md_entries:
+        out[b] = encode_bitmap(b, bits)
+    out[sm.index_block] = encode_metadata_index(sm.index_block, md_entries)
+    dll = pmd.data_sm.ll
+    data_entries = _index_entries(dll)
+    for b, bits, _nf, _nfb in data_entries:
+        out[b] = encode_bitmap(b, bits)
+    index_values = {i: (blocknr, nf, nfb) for i, (blocknr, _b, nf, nfb) in enumerate(data_entries)}
+    for b, obj in tm.blocks.items():
+        if not isinstance(obj, Node) or sm.ll.get_count(b) == 0:
+            continue
+        if b in out:
+            continue
+        if obj.leaf and obj.value_size == 16:
+            # the data space map's index tree: values are disk_index_entry
+            out[b] = _encode_index_leaf(b, obj, index_values)
+        else:
+            out[b] = encode_node(b, obj)
+    if pmd.held_root:
+        out[pmd.held_root] = encode_superblock(pmd, pmd.held_root, held_copy=True)
+    out[THIN_SUPERBLOCK_LOCATION] = encode_superblock(pmd, THIN_SUPERBLOCK_LOCATION)
+    return out
+
+
+def _encode_index_leaf(b: int, node: Node, index_values) -> bytes:
+    buf = bytearray(BLOCK)
+    n = len(node.keys)
+    struct.pack_into("<IQIII", buf, 4, LEAF_NODE, b, n, node.max_entries, 16)
+    struct.pack_into(f"<{n}Q", buf, 32, *node.keys)
+    values_at = 32 + 8 * node.max_entries
+    for i, k in enumerate(node.keys):
+        blocknr, nr_free, nfb = index_values[k]
+        struct.pack_into("<QII", buf, values_at + 16 * i, blocknr, nr_free, nfb)
+    return _seal(buf, BTREE_CSUM_XOR)
+
+
+def write_metadata(pmd: PoolMetadata, path: str | os.PathLike, offset: int = 0) -> None:
+    """Write the model's committed metadata into the metadata device file."""
+    blocks = metadata_blocks(pmd)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for b in sorted(blocks):
+            os.pwrite(fd, blocks[b], offset + b * BLOCK)
+    finally:
+        os.close(fd)
