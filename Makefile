@@ -5,7 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean system-deps
+
+# Debian packages the tests use: Debian's own thin tools check the metadata files thinsim
+# writes.  Installed when missing and we are root (as on CI); otherwise those tests say so.
+system-deps:
+	@if ! command -v thin_check >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq thin-provisioning-tools) >/dev/null; \
+	fi
 
 $(BIN)/thinsim: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +23,7 @@ $(BIN)/thinsim: pyproject.toml
 run: $(BIN)/thinsim
 	$(BIN)/thinsim scenario examples/walkthrough.scn
 
-test: $(BIN)/thinsim
+test: $(BIN)/thinsim system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/thinsim
