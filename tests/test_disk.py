@@ -69,3 +69,49 @@ def test_debians_thin_dump_reads_the_held_metadata_snapshot_as_the_model_does(tm
     assert _tool("thin_check", str(path)).returncode == 0
     r = _tool("thin_dump", "-m", str(path))
     assert r.stdout == "\n".join(dump_xml(pool.target.pmd, metadata_snap=True)) + "\n"
+
+
+KERNEL_METADATA = os.path.join(os.path.dirname(__file__), "kernel", "metadata")
+
+
+@pytest.mark.parametrize("name", ["basic", "held"])
+def test_metadata_a_real_kernel_wrote_opens_in_the_model(name):
+    """tests/kernel/metadata/make.sh made these on Debian's 6.1 kernel; NAME.xml is what
+    Debian's thin_dump printed for them and NAME.status the pool's last status line."""
+    from thinsim.model.disk import read_metadata
+
+    md = os.path.join(KERNEL_METADATA, f"{name}.md")
+    pmd = read_metadata(md)
+    pmd._check()
+    with open(os.path.join(KERNEL_METADATA, f"{name}.xml")) as f:
+        assert "\n".join(dump_xml(pmd)) + "\n" == f.read()
+    with open(os.path.join(KERNEL_METADATA, f"{name}.status")) as f:
+        used, total = f.read().split()[4].split("/")
+    assert int(used) == pmd.live_metadata_blocks() + pmd.metadata_reserve
+    assert int(total) == pmd.metadata_dev_size()
+
+
+@needs_tools
+def test_a_pool_reopened_on_kernel_metadata_goes_on_and_stays_valid(tmp_path):
+    from thinsim.model.disk import read_metadata
+    from thinsim.model.pool import Pool, PoolTable
+
+    md = tmp_path / "meta"
+    md.write_bytes(open(os.path.join(KERNEL_METADATA, "basic.md"), "rb").read())
+    pmd = read_metadata(md)
+    table = PoolTable.parse(["7:0", "7:1", "128", "0"])
+    pool = Pool(
+        table, length_sectors=524288, metadata_bytes=2 * MiB, data_bytes=256 * MiB, metadata=pmd
+    )
+    pool.resume()
+    pool.message("create_thin 500")
+    pool.message("create_snap 501 0")
+    from thinsim.model.thin import Thin
+
+    thin = Thin(pool, 501, 524288)
+    thin.write(0, b"q" * BLOCK)
+    pool.commit()
+    pmd._check()
+    write_metadata(pmd, md)
+    assert _tool("thin_check", str(md)).returncode == 0
+    assert _tool("thin_dump", str(md)).stdout == "\n".join(dump_xml(pmd)) + "\n"

@@ -131,8 +131,7 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         pool.load(table, target.length)
         target.obj = pool
         return
-    key = (md.device, md.inode)
-    metadata = state.metadata.get(key)
+    metadata = _open_metadata(state, md, table)
     store = FileStore(data.backing_file, offset=data.offset)
     pool = Pool(
         table,
@@ -147,8 +146,24 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         data_dev_discards=store.supports_discard(),
         metadata=metadata,
     )
-    state.metadata[key] = pool.pmd
     target.obj = pool
+
+
+def _open_metadata(state: HostState, md: LoopDevice, table: PoolTable):
+    """__open_or_format_metadata: None (format) when the superblock is all zeroes, else
+    what the device holds."""
+    from ..model.disk import CorruptMetadata, read_metadata, superblock_is_blank
+
+    with open(md.backing_file, "rb") as f:
+        f.seek(md.offset)
+        head = f.read(512)
+    if superblock_is_blank(head):
+        return None
+    try:
+        return read_metadata(md.backing_file, md.offset)
+    except CorruptMetadata as e:
+        state.log.emit("thin metadata", str(e))
+        raise TableError("Error creating metadata object", E.EILSEQ) from None
 
 
 def _ctr_thin(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:

@@ -86,9 +86,6 @@ class HostState:
 
     loops: dict[int, LoopDevice] = field(default_factory=dict)
     dm: dict[str, DmDevice] = field(default_factory=dict)
-    # pool metadata by metadata file identity (st_dev, st_ino): what the metadata device
-    # holds, so that a pool re-created on the same files finds its thins again
-    metadata: dict[tuple[int, int], object] = field(default_factory=dict)
     log: KernelLog = field(default_factory=KernelLog)
     log_times: list[float] = field(default_factory=list)
     clock: Clock = field(default_factory=Clock)

@@ -217,3 +217,185 @@ def write_metadata(pmd: PoolMetadata, path: str | os.PathLike, offset: int = 0) 
             os.pwrite(fd, blocks[b], offset + b * BLOCK)
     finally:
         os.close(fd)
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+class CorruptMetadata(ValueError):
+    """The device does not hold valid dm-thin metadata."""
+
+
+def _check(block: bytes, xor: int, what: str, b: int) -> None:
+    want = struct.unpack_from("<I", block, 0)[0]
+    if bm_checksum(block[4:], xor) != want:
+        raise CorruptMetadata(f"bad checksum in {what} at block {b}")
+
+
+def superblock_is_blank(data: bytes) -> bool:
+    """dm-thin-metadata.c: __superblock_all_zeroes (the first 512 bytes)."""
+    return not any(data[:512])
+
+
+def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
+    """Open metadata a kernel (or thinsim) wrote: the state of its last commit, with the
+    allocation cursors at 0 as a freshly opened pool has them."""
+    from array import array
+
+    from .btree import BTreeInfo, Node as BNode, ValueType
+    from .metadata import TIME_BITS
+    from .space_map import DiskSpaceMap, LowLevel, MetadataSpaceMap, _Block, _DiskLowLevel
+    from .transaction import TransactionManager
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read()
+
+    def block(b: int) -> bytes:
+        data = raw[b * BLOCK : (b + 1) * BLOCK]
+        if len(data) < BLOCK:
+            raise CorruptMetadata(f"block {b} is beyond the end of the device")
+        return data
+
+    sb = block(0)
+    _check(sb, SUPERBLOCK_CSUM_XOR, "superblock", 0)
+    (flags,) = struct.unpack_from("<I", sb, 4)
+    magic, version, time, trans_id, held_root = struct.unpack_from("<QIIQQ", sb, 32)
+    if magic != THIN_SUPERBLOCK_MAGIC:
+        raise CorruptMetadata("bad magic in superblock")
+    d_nr, d_alloc, d_index, d_ref = struct.unpack_from("<QQQQ", sb, 64)
+    m_nr, m_alloc, m_index, m_ref = struct.unpack_from("<QQQQ", sb, 192)
+    root, details_root, data_block_size, _mbs, sb_md_blocks = struct.unpack_from("<QQIIQ", sb, 320)
+
+    sm = MetadataSpaceMap()
+    tm = TransactionManager(sm)
+    sm.tm = tm
+    tm.blocks[0] = _Block("superblock")
+
+    def read_node(b: int, kind: str) -> BNode:
+        data = block(b)
+        _check(data, BTREE_CSUM_XOR, "btree node", b)
+        nflags, _bnr, n, max_entries, vsize = struct.unpack_from("<IQIII", data, 4)
+        keys = array("Q", struct.unpack_from(f"<{n}Q", data, 32))
+        at = 32 + 8 * max_entries
+        leaf = bool(nflags & LEAF_NODE)
+        if not leaf or vsize == 8:
+            values = array("Q", struct.unpack_from(f"<{n}Q", data, at))
+        elif vsize == 4:
+            values = array("Q", struct.unpack_from(f"<{n}I", data, at))
+        elif vsize == 24:
+            values = [struct.unpack_from("<QQII", data, at + 24 * i) for i in range(n)]
+        elif vsize == 16:
+            values = array("Q", (struct.unpack_from("<Q", data, at + 16 * i)[0] for i in range(n)))
+        else:
+            raise CorruptMetadata(f"unexpected value size {vsize} at block {b}")
+        node = BNode(leaf, max_entries, vsize if leaf else 8, keys, values)
+        tm.blocks[b] = node
+        return node
+
+    def walk(b: int, levels: int, kind: str) -> None:
+        if b in tm.blocks:
+            return
+        node = read_node(b, kind)
+        if not node.leaf:
+            for child in node.values:
+                walk(child, levels, kind)
+        elif levels > 1:
+            for child in node.values:
+                walk(child, levels - 1, kind)
+
+    def load_bitmaps(ll, entries, nr_blocks):
+        ll.nr_blocks = nr_blocks
+        ll.bits = bytearray(nr_blocks)
+        ll.bitmaps = []
+        for i, bnr in enumerate(entries):
+            data = block(bnr)
+            _check(data, BITMAP_CSUM_XOR, "bitmap", bnr)
+            tm.blocks[bnr] = _Block("bitmap")
+            ll.bitmaps.append(bnr)
+            start = i * ENTRIES_PER_BITMAP
+            n = min(ENTRIES_PER_BITMAP, nr_blocks - start)
+            for e in range(n):
+                bit = 2 * e
+                hi = (data[16 + (bit >> 3)] >> (bit & 7)) & 1
+                lo = (data[16 + ((bit + 1) >> 3)] >> ((bit + 1) & 7)) & 1
+                v = (hi << 1) | lo
+                if v:
+                    ll.bits[start + e] = v
+        ll.nr_allocated = nr_blocks - ll.bits.count(0)
+
+    def load_big(ll):
+        walk(ll.ref_root, 1, "ref")
+        ll.big = {k: v for k, v in ll.ref_info.items(ll.ref_root)}
+
+    # metadata space map
+    index = block(m_index)
+    _check(index, INDEX_CSUM_XOR, "metadata index", m_index)
+    tm.blocks[m_index] = _Block("index")
+    nr_bitmaps = -(-m_nr // ENTRIES_PER_BITMAP)
+    md_entries = [struct.unpack_from("<Q", index, 16 + 16 * i)[0] for i in range(nr_bitmaps)]
+    mll = LowLevel(tm)
+    mll.ref_root = m_ref
+    load_bitmaps(mll, md_entries, m_nr)
+    load_big(mll)
+    sm.ll = mll
+    sm.index_block = m_index
+
+    # data space map
+    dll = object.__new__(_DiskLowLevel)
+    LowLevel.__init__(dll, tm)
+    dll.index_info = BTreeInfo(tm, 1, ValueType(16))
+    dll.index_root = d_index
+    dll.ref_root = d_ref
+    dll.dirty = {}
+    walk(d_index, 1, "index")
+    entries = [blocknr for _i, blocknr in sorted(dll.index_info.items(d_index))]
+    load_bitmaps(dll, entries, d_nr)
+    load_big(dll)
+    data_sm = object.__new__(DiskSpaceMap)
+    data_sm.ll = dll
+    data_sm.begin = 0
+    data_sm.old_nr_blocks = d_nr
+
+    pmd = object.__new__(PoolMetadata)
+    pmd.data_block_size = data_block_size
+    pmd.time = time
+    pmd.trans_id = trans_id
+    pmd.held_root = held_root
+    pmd.needs_check = bool(flags & 1)
+    pmd.in_service = False
+    pmd.commit_count = 0
+    pmd.devices = {}
+    pmd.tm = tm
+    pmd.metadata_sm = sm
+    pmd.data_sm = data_sm
+    pmd._sb_nr_blocks = sb_md_blocks
+    pmd._setup_btree_details()
+    pmd.root = root
+    pmd.details_root = details_root
+    walk(root, 2, "mapping")
+    walk(details_root, 1, "details")
+    if held_root:
+        held = block(held_root)
+        _check(held, SUPERBLOCK_CSUM_XOR, "metadata snapshot", held_root)
+        tm.blocks[held_root] = _Block("superblock")
+        (h_flags,) = struct.unpack_from("<I", held, 4)
+        _m, _v, h_time, h_trans, _h = struct.unpack_from("<QIIQQ", held, 32)
+        h_root, h_details = struct.unpack_from("<QQ", held, 320)
+        walk(h_root, 2, "mapping")
+        walk(h_details, 1, "details")
+        pmd._held = (h_root, h_details)
+        pmd.held_superblock = (h_time, h_trans, h_flags)
+    else:
+        pmd._held = None
+        pmd.held_superblock = None
+    # the committed view is this one
+    mll.commit()
+    dll.commit()
+    sm.old_nr_allocated = mll.nr_allocated
+    sm.old_nr_blocks = mll.nr_blocks
+    sm._committed = (m_index,)
+    pmd._set_metadata_reserve()
+    pmd._save_committed()
+    _ = TIME_BITS
+    return pmd
