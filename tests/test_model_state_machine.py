@@ -190,7 +190,7 @@ class PoolMachine(RuleBasedStateMachine):
     @invariant()
     def invariants_hold(self):
         if self.pool is not None:
-            self.pool.pmd._check()
+            self.pool._check()
 
     @invariant()
     def reads_return_what_was_written(self):

@@ -627,6 +627,23 @@ class Pool:
             + self.requested_pf.emit()
         )
 
+    def _check(self) -> None:
+        """Assert the invariants of the pool and everything under it."""
+        self.pmd._check()
+        assert self.mode in (
+            PM_WRITE,
+            PM_OUT_OF_DATA_SPACE,
+            PM_OUT_OF_METADATA_SPACE,
+            PM_READ_ONLY,
+            PM_FAIL,
+        )
+        assert self.pf.mode == self.mode
+        assert (
+            self.mode == PM_OUT_OF_DATA_SPACE
+        ) == self.out_of_data_space or self.mode > PM_OUT_OF_DATA_SPACE
+        for dev_id, thin in self.thins.items():
+            assert thin.td is self.pmd.devices.get(dev_id), dev_id
+
     # -- the data path -----------------------------------------------------------------
 
     def _wait_for_space(self) -> None:
