@@ -37,6 +37,7 @@ class ThinDevice:
     snapshotted_time: int
     open_count: int = 0
     changed: bool = False
+    aborted_with_changes: bool = False
 
     def details(self) -> tuple[int, int, int, int]:
         return (self.mapped_blocks, self.transaction_id, self.creation_time, self.snapshotted_time)
@@ -395,6 +396,9 @@ class PoolMetadata:
 
         The in-core thin devices are kept as they are (the kernel keeps its td list).
         """
+        for td in self.devices.values():
+            # __set_abort_with_changes_flags
+            td.aborted_with_changes = td.changed
         changed = self.metadata_sm.rollback()
         self.data_sm.rollback()
         self.tm.rollback(changed)

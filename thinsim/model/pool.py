@@ -245,6 +245,7 @@ class Pool:
             )
             raise TableError("Error creating metadata object")
         self.pmd = metadata
+        metadata.metadata_sm.log = self.log
         self.sectors_per_block = table.block_size
         self.block_bytes = table.block_size * SECTOR
         self.mode = PM_WRITE if not metadata.needs_check else PM_READ_ONLY
@@ -460,7 +461,11 @@ class Pool:
         """dm-thin.c: commit -- then check for metadata and data space."""
         if self.mode >= PM_OUT_OF_METADATA_SPACE:
             return
-        self.pmd.commit()
+        try:
+            self.pmd.commit()
+        except NoSpace:
+            self._metadata_operation_failed("dm_pool_commit_metadata", E.ENOSPC)
+            return
         if self.pmd.free_metadata_blocks() == 0 and self.mode < PM_OUT_OF_METADATA_SPACE:
             self.log.emit("thin", "No free metadata blocks")
             self._set_mode(PM_OUT_OF_METADATA_SPACE)
@@ -518,11 +523,11 @@ class Pool:
         dev = self._read_dev_id(argv[1])
         try:
             self.pmd.create_thin(dev)
-        except FileExistsError:
+        except (FileExistsError, NoSpace) as e:
             self.log.emit(
                 "thin", f"Creation of new thinly-provisioned device with id {argv[1]} failed."
             )
-            raise error_for(E.EEXIST) from None
+            raise error_for(E.EEXIST if isinstance(e, FileExistsError) else E.ENOSPC) from None
 
     def _msg_create_snap(self, argv) -> None:
         self._check_arg_count(argv, 3)
@@ -539,9 +544,10 @@ class Pool:
         dev = self._read_dev_id(argv[1])
         try:
             self.pmd.delete_thin(dev)
-        except (KeyError, BlockingIOError) as e:
+        except (KeyError, BlockingIOError, NoSpace) as e:
             self.log.emit("thin", f"Deletion of thin device {argv[1]} failed.")
-            raise error_for(E.EBUSY if isinstance(e, BlockingIOError) else E.ENODATA) from None
+            code = {BlockingIOError: E.EBUSY, KeyError: E.ENODATA}.get(type(e), E.ENOSPC)
+            raise error_for(code) from None
 
     def _msg_set_transaction_id(self, argv) -> None:
         self._check_arg_count(argv, 3)
@@ -572,6 +578,9 @@ class Pool:
             )
             self.log.emit("thin", "reserve_metadata_snap message failed.")
             raise error_for(E.EBUSY) from None
+        except NoSpace:
+            self.log.emit("thin", "reserve_metadata_snap message failed.")
+            raise error_for(E.ENOSPC) from None
 
     def _msg_release(self, argv) -> None:
         self._check_arg_count(argv, 1)
@@ -714,7 +723,7 @@ class Pool:
             if self.pf.zero_new_blocks and not whole:
                 store.zero(off, bb)
             store.write(off + within, data)
-            pmd.insert_block(td, vblock, b)
+            self._insert(td, vblock, b)
             return
         data_block, shared = r
         if shared:
@@ -724,9 +733,17 @@ class Pool:
             if not whole:
                 store.copy(data_block * bb, off, bb)
             store.write(off + within, data)
-            pmd.insert_block(td, vblock, b)
+            self._insert(td, vblock, b)
             return
         store.write(data_block * bb + within, data)
+
+    def _insert(self, td, vblock: int, data_block: int) -> None:
+        """process_prepared_mapping: a failed insert aborts the transaction; the bio fails."""
+        try:
+            self.pmd.insert_block(td, vblock, data_block)
+        except NoSpace:
+            self._metadata_operation_failed("dm_thin_insert_block", E.ENOSPC)
+            raise error_for(E.EIO) from None
 
     def write_whole_blocks(self, td, vblock: int, data) -> None:
         """Whole-block writes to consecutive virtual blocks from ``vblock``: what one
@@ -787,6 +804,14 @@ class Pool:
         if self.mode >= PM_OUT_OF_METADATA_SPACE or begin >= end:
             return
         pmd = self.pmd
+        try:
+            self._discard_blocks(td, begin, end)
+        except NoSpace:
+            self._metadata_operation_failed("dm_thin_remove_range", E.ENOSPC)
+            raise error_for(E.EIO) from None
+
+    def _discard_blocks(self, td, begin: int, end: int) -> None:
+        pmd = self.pmd
         if not self.pf.discard_passdown:
             pmd.remove_range(td, begin, end)
             return
@@ -825,8 +850,18 @@ class Pool:
                 data_sm.dec(b)
 
     def flush(self, td) -> None:
-        """A flush to a thin: commits if the thin changed in this transaction."""
+        """An empty flush bio to a thin (it carries sector 0).
+
+        In the read-only and out-of-data-space modes it takes __process_bio_read_only's
+        path: a write to an unmapped block 0 is unserviceable.  Then, if the thin changed in
+        this transaction, the pool commits (issue, process_deferred_bios); changes lost to an
+        aborted transaction fail it with EIO.
+        """
         if self.mode == PM_FAIL:
             raise error_for(E.EIO)
+        if self.mode != PM_WRITE and self.pmd.lookup(td, 0) is None:
+            self._unserviceable()
         if td.changed:
+            if td.aborted_with_changes:
+                raise error_for(E.EIO)
             self._commit()

@@ -323,6 +323,7 @@ class MetadataSpaceMap:
         self.threshold_fn = None
         self._value: int | None = None
         self._committed = None
+        self.log = None  # where "unable to allocate new metadata block" goes
 
     def __repr__(self) -> str:
         ll = self.ll
@@ -376,7 +377,12 @@ class MetadataSpaceMap:
         try:
             b = ll.find_common_free(self.begin)
         except NoSpace:
-            b = ll.find_common_free(0)
+            try:
+                b = ll.find_common_free(0)
+            except NoSpace:
+                if self.log is not None:
+                    self.log.emit("space map metadata", "unable to allocate new metadata block")
+                raise
         self.begin = b + 1
         self._mutate(b, +1)
         self.allocated_this_transaction += 1

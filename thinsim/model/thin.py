@@ -13,6 +13,26 @@ from .metadata import MAX_DEV_ID
 from .pool import PM_FAIL, SECTOR, Pool, TableError, kstrtoull
 
 
+def discard_bios(sector: int, nr_sects: int, granularity_sectors: int):
+    """block/blk-lib.c: __blkdev_issue_discard -- the bios a BLKDISCARD becomes.
+
+    A thin's discard granularity is its pool's block size.  The first bio runs to the next
+    granularity boundary as round_up() computes it, which assumes a power of two: for
+    block sizes like 384 sectors it stops mid-block, so that block is not discarded (seen
+    on Debian's 6.1).  Later bios are cut at round_down(UINT_MAX, granularity).
+    """
+    mask = granularity_sectors - 1
+    limit = (0xFFFFFFFF & ~(granularity_sectors * SECTOR - 1)) >> 9
+    u64 = (1 << 64) - 1
+    while nr_sects:
+        aligned = ((((sector - 1) & u64) | mask) + 1) & u64
+        req = aligned - sector if aligned != sector else limit
+        req = min(nr_sects, req)
+        yield sector, req
+        sector += req
+        nr_sects -= req
+
+
 class Thin:
     """One active thin device: ``dev_id`` in ``pool``, ``length_sectors`` long."""
 
@@ -67,8 +87,17 @@ class Thin:
             raise error_for(E.EIO, "beyond the end of the device")
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at byte ``offset``: provisions, breaks sharing or overwrites."""
-        self._check(offset, len(data))
+        """Write ``data`` at byte ``offset``: provisions, breaks sharing or overwrites.
+
+        As on a block device, a write that starts at or past the end fails with ENOSPC and
+        one that runs past it is cut short (block/fops.c: blkdev_write_iter).
+        """
+        if offset < 0:
+            raise error_for(E.EINVAL)
+        if offset >= self.size and data:
+            raise error_for(E.ENOSPC)
+        if offset + len(data) > self.size:
+            data = data[: self.size - offset]
         pool = self.pool
         bb = pool.block_bytes
         vblock, within = divmod(offset, bb)
@@ -88,25 +117,35 @@ class Thin:
             pool.write_block(self.td, vblock, within, bytes(view[start : start + n]))
 
     def read(self, offset: int, length: int) -> bytes:
-        """Read ``length`` bytes; unmapped blocks read as zeros and allocate nothing."""
-        self._check(offset, length)
+        """Read ``length`` bytes; unmapped blocks read as zeros and allocate nothing.
+
+        Reads stop at the end of the device, as on a block device."""
+        if offset < 0 or length < 0:
+            raise error_for(E.EINVAL)
+        length = max(0, min(length, self.size - offset))
         out = bytearray()
         for _start, vblock, within, n in self._pieces(offset, length):
             out += self.pool.read_block(self.td, vblock, within, n)
         return bytes(out)
 
     def discard(self, offset: int, length: int) -> None:
-        """Discard a byte range: only whole blocks inside it are unmapped."""
+        """BLKDISCARD of a byte range: only whole blocks inside each discard bio are
+        unmapped.  EOPNOTSUPP when the pool ignores discards; EINVAL when not sector
+        aligned or past the end."""
         pool = self.pool
         if not pool.pf.discard_enabled:
             raise error_for(E.EOPNOTSUPP)
-        if offset % SECTOR or length % SECTOR:
+        if offset % SECTOR or length % SECTOR or offset < 0 or length < 0:
             raise error_for(E.EINVAL)
-        self._check(offset, length)
-        bb = pool.block_bytes
-        begin = -(-offset // bb)
-        end = (offset + length) // bb
-        pool.discard_blocks(self.td, begin, end)
+        if offset + length > self.size:
+            raise error_for(E.EINVAL)
+        if not length:
+            return
+        spb = pool.sectors_per_block
+        for sector, nr in discard_bios(offset // SECTOR, length // SECTOR, spb):
+            begin = -(-sector // spb)
+            end = (sector + nr) // spb
+            pool.discard_blocks(self.td, begin, end)
 
     def flush(self) -> None:
         self.pool.flush(self.td)
