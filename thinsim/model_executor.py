@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno as E
 import hashlib
 
+from .dm import log_device_too_small, log_table_error
 from .errors import ThinsimError, error_for
 from .model.pool import (
     NO_SPACE_TIMEOUT_SECS,
@@ -58,9 +59,7 @@ class ModelExecutor(Executor):
         return m
 
     def _table_error(self, minor: int, target: str, e: TableError) -> None:
-        # dm-table.c: dm_table_add_target -- "%s: %s: %s (%pe)"
-        self.log.emit("table", f"{DM_MAJOR}:{minor}: {target}: {e.ti_error} (-{e.errno_name})")
-        self.log.emit("ioctl", "error adding target to table")
+        log_table_error(self.log, f"{DM_MAJOR}:{minor}", target, e)
 
     @staticmethod
     def _argv(block_size_sectors, low_water_blocks, features) -> list[str]:
@@ -110,14 +109,16 @@ class ModelExecutor(Executor):
             self._table_error(minor, "thin-pool", e)
             raise
         if length_sectors > data_bytes // SECTOR_SIZE:
-            # dm-table.c: device_area_is_invalid, after the target was constructed
-            self.log.emit(
-                "table",
-                f"{DM_MAJOR}:{minor}: loop1 too small for target: start=0, "
-                f"len={length_sectors}, dev_size={data_bytes // SECTOR_SIZE}",
+            # checked after the target was constructed
+            log_device_too_small(
+                self.log,
+                f"{DM_MAJOR}:{minor}",
+                "loop1",
+                0,
+                length_sectors,
+                data_bytes // SECTOR_SIZE,
+                first_table=True,
             )
-            self.log.emit("core", "Cannot calculate initial queue limits")
-            self.log.emit("ioctl", "unable to set up device queue for new table.")
             raise error_for(E.EINVAL)
         pool.no_space_timeout = self.no_space_timeout_secs
         pool.resume()
@@ -149,10 +150,14 @@ class ModelExecutor(Executor):
                 self._table_error(self.pool_minor, "thin-pool", e)
                 raise
             if length_sectors > data_bytes // SECTOR_SIZE:
-                self.log.emit(
-                    "table",
-                    f"{DM_MAJOR}:{self.pool_minor}: loop1 too small for target: start=0, "
-                    f"len={length_sectors}, dev_size={data_bytes // SECTOR_SIZE}",
+                log_device_too_small(
+                    self.log,
+                    f"{DM_MAJOR}:{self.pool_minor}",
+                    "loop1",
+                    0,
+                    length_sectors,
+                    data_bytes // SECTOR_SIZE,
+                    first_table=False,
                 )
                 pool.pending = None
                 raise error_for(E.EINVAL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno as E
 import os
 
+from ..dm import log_device_too_small, log_table_error
 from ..errors import ThinsimError, error_for
 from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_too_big
 from ..model.store import FileStore
@@ -211,8 +212,7 @@ def dm_load(state: HostState, dev: DmDevice, rows: list[tuple[int, int, str, str
         try:
             ctr(state, dev, target, params.split())
         except TableError as e:
-            state.log.emit("table", f"{dev.devno}: {ttype}: {e.ti_error} (-{e.errno_name})")
-            state.log.emit("ioctl", "error adding target to table")
+            log_table_error(state.log, dev.devno, ttype, e)
             _destroy(state, targets)
             raise
         targets.append(target)
@@ -221,14 +221,15 @@ def dm_load(state: HostState, dev: DmDevice, rows: list[tuple[int, int, str, str
         if t.type == "thin-pool":
             data = state.loops[t.data_loop]
             if t.start + t.length > data.size // SECTOR:
-                state.log.emit(
-                    "table",
-                    f"{dev.devno}: loop{data.number} too small for target: start={t.start}, "
-                    f"len={t.length}, dev_size={data.size // SECTOR}",
+                log_device_too_small(
+                    state.log,
+                    dev.devno,
+                    f"loop{data.number}",
+                    t.start,
+                    t.length,
+                    data.size // SECTOR,
+                    first_table=dev.live is None,
                 )
-                if dev.live is None:
-                    state.log.emit("core", "Cannot calculate initial queue limits")
-                    state.log.emit("ioctl", "unable to set up device queue for new table.")
                 if t.obj is not None:
                     t.obj.pending = None
                 _destroy(state, targets)
@@ -360,14 +361,14 @@ def dm_major() -> int:
 
 __all__ = [
     "ThinsimError",
-    "loop_attach",
-    "loop_set_capacity",
     "dm_create",
     "dm_load",
+    "dm_message",
+    "dm_remove",
     "dm_resume",
     "dm_suspend",
-    "dm_remove",
-    "dm_message",
+    "loop_attach",
+    "loop_set_capacity",
     "target_status",
     "warn_if_metadata_device_too_big",
 ]

@@ -242,7 +242,8 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     allocation cursors at 0 as a freshly opened pool has them."""
     from array import array
 
-    from .btree import BTreeInfo, Node as BNode, ValueType
+    from .btree import BTreeInfo, ValueType
+    from .btree import Node as BNode
     from .metadata import TIME_BITS
     from .space_map import DiskSpaceMap, LowLevel, MetadataSpaceMap, _Block, _DiskLowLevel
     from .transaction import TransactionManager
