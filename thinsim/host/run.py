@@ -104,7 +104,9 @@ def _isolation() -> list[str] | None:
     prefix = [unshare, "--mount", "--propagation", "private"]
     if os.geteuid() != 0:
         prefix.insert(1, "--map-root-user")
-    probe = subprocess.run([*prefix, "sh", str(PRIVATE_DEV), "true"], capture_output=True, check=False)
+    probe = subprocess.run(
+        [*prefix, "sh", str(PRIVATE_DEV), "true"], capture_output=True, check=False
+    )
     if probe.returncode != 0:
         return None
     return [*prefix, "sh", str(PRIVATE_DEV)]

@@ -261,11 +261,11 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     sb = block(0)
     _check(sb, SUPERBLOCK_CSUM_XOR, "superblock", 0)
     (flags,) = struct.unpack_from("<I", sb, 4)
-    magic, version, time, trans_id, held_root = struct.unpack_from("<QIIQQ", sb, 32)
+    magic, _version, time, trans_id, held_root = struct.unpack_from("<QIIQQ", sb, 32)
     if magic != THIN_SUPERBLOCK_MAGIC:
         raise CorruptMetadata("bad magic in superblock")
-    d_nr, d_alloc, d_index, d_ref = struct.unpack_from("<QQQQ", sb, 64)
-    m_nr, m_alloc, m_index, m_ref = struct.unpack_from("<QQQQ", sb, 192)
+    d_nr, _d_alloc, d_index, d_ref = struct.unpack_from("<QQQQ", sb, 64)
+    m_nr, _m_alloc, m_index, m_ref = struct.unpack_from("<QQQQ", sb, 192)
     root, details_root, data_block_size, _mbs, sb_md_blocks = struct.unpack_from("<QQIIQ", sb, 320)
 
     sm = MetadataSpaceMap()

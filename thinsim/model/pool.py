@@ -803,7 +803,6 @@ class Pool:
             raise error_for(E.EIO)
         if self.mode >= PM_OUT_OF_METADATA_SPACE or begin >= end:
             return
-        pmd = self.pmd
         try:
             self._discard_blocks(td, begin, end)
         except NoSpace:
