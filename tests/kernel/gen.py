@@ -327,6 +327,16 @@ class Gen:
         live = self.live()
         return self.rng.choice(live) if live else None
 
+    def resume_rearms_timer(self, error_if_no_space: bool | None = None) -> bool:
+        """Whether resuming the pool now (with that policy) would start the no-space timer.
+
+        A resume of a pool that is out of data space under a queue-mode table re-arms the
+        no_space_timeout; when it fires it logs the switch to error mode during whatever op is
+        running then."""
+        if error_if_no_space is None:
+            error_if_no_space = self.error_mode
+        return self.oos and not error_if_no_space
+
     def can_discard(self) -> bool:
         # Keep a block of margin: the rough model may miss an allocation.
         return not self.oos and self.free() > 1 and not self.read_only
@@ -442,6 +452,8 @@ def gen_mixed(g: Gen) -> None:
             else:
                 g.reserve()
         elif action == "suspend":
+            if g.resume_rearms_timer():
+                continue
             g.op("suspend")
             shows_root = not g.held or g.held_clean
             g.op(rng.choice(["status", "status_noflush"] if shows_root else ["events", "table"]))
@@ -591,6 +603,8 @@ def gen_space(g: Gen) -> None:
                 g.read(i, *g.rand_range(i, nblocks, 0.0))
         # Recover.
         how = rng.choice(["delete", "discard", "reload", "resume", "features"])
+        if how in ("resume", "features") and g.resume_rearms_timer():
+            how = "reload"  # grows the data device: back to write mode
         if how == "discard" and g.can_discard() and g.live():
             i = g.pick_live()
             g.discard(i, *g.rand_range(i, nblocks, 0.3))
@@ -603,7 +617,7 @@ def gen_space(g: Gen) -> None:
             g.status()
             g.op("events")
         elif how == "reload":
-            if g.nblocks < 64:
+            if g.nblocks < 64 or g.resume_rearms_timer():
                 g.reload_data(g.nblocks + rng.randint(1, 8))
             else:
                 g.op("reload")
@@ -620,6 +634,8 @@ def gen_space(g: Gen) -> None:
             new = [f for f in g.features if f != "error_if_no_space"]
             if "error_if_no_space" not in g.features:
                 new.append("error_if_no_space")
+            if g.resume_rearms_timer("error_if_no_space" in new):
+                continue
             lwm = rng.choice([g.lwm, 0, 1, 4])
             g.op(f"reload lwm={lwm} features={','.join(new)}")
             g.features, g.lwm = new, lwm

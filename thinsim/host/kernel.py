@@ -146,7 +146,10 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         data_dev_name=f"loop{data.number}",
         data_dev_discards=store.supports_discard(),
         metadata=metadata,
+        track_metadata_writes=True,
     )
+    if pool.pmd.tm.dirty is None:
+        pool.pmd.tm.dirty = set()
     target.obj = pool
 
 

@@ -113,6 +113,8 @@ def dmsetup(state: HostState, argv: list[str], io: IO) -> int:
             opts["noflush"] = True
         elif a in ("--retry", "--noudevsync", "--noudevrules", "--verifyudev", "-f", "--force"):
             opts[a.lstrip("-")] = True
+        elif a == "--tree":
+            opts["tree"] = True
         elif a in ("-c", "-C", "--columns"):
             opts["columns"] = True
         elif a in ("--noheadings",):
@@ -210,7 +212,14 @@ _dm_load = _dm_reload
 
 def _each_device(state, rest):
     if rest:
-        return [state.dm.get(n) for n in rest]
+        out = []
+        for n in rest:
+            dev = state.dm.get(n)
+            if dev is None and "/" in n:
+                found = state.device_by_path(n)
+                dev = found if isinstance(found, DmDevice) else None
+            out.append(dev)
+        return out
     return [state.dm[n] for n in sorted(state.dm)]
 
 
@@ -237,8 +246,7 @@ def _dm_remove(state, rest, opts, io) -> int:
     if not rest:
         return unsupported(io, "dmsetup", "remove without a name")
     status = 0
-    for name in rest:
-        dev = state.dm.get(name)
+    for name, dev in zip(rest, _each_device(state, rest)):
         if dev is None:
             status = _no_device(io)
             continue
@@ -305,9 +313,60 @@ def _dm_table(state, rest, opts, io) -> int:
     return _status_or_table(state, rest, opts, io, table=True)
 
 
+def _deps(state, dev) -> list:
+    """The devices a dm device's live table uses, in dmsetup deps order."""
+    deps = []
+    for t in dev.live or []:
+        if t.type == "thin-pool":
+            deps += [state.loops[t.data_loop], state.loops[t.md_loop]]
+        elif t.type == "thin":
+            deps.append(state.dm[t.pool_name])
+        elif t.type == "linear":
+            deps.append(t.obj[1])
+    return deps
+
+
+def _utf8() -> bool:
+    for var in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = os.environ.get(var)
+        if value:
+            return "utf-8" in value.lower() or "utf8" in value.lower()
+    return False
+
+
+def _dm_ls_tree(state, io) -> int:
+    """dmsetup ls --tree: every device nobody uses, with what it uses below it."""
+    used = {id(d) for dev in state.dm.values() for d in _deps(state, dev)}
+    roots = [state.dm[n] for n in sorted(state.dm) if id(state.dm[n]) not in used]
+    if not roots:
+        io.out("No devices found\n")
+        return 0
+    tee, last, bar = ("├─", "└─", "│  ") if _utf8() else ("|-", "`-", "|  ")
+
+    def label(dev) -> str:
+        name = dev.name if isinstance(dev, DmDevice) else ""
+        return f"{name} ({dev.devno})"
+
+    def children(dev, indent: str) -> None:
+        if not isinstance(dev, DmDevice):
+            return
+        deps = _deps(state, dev)
+        for i, d in enumerate(deps):
+            is_last = i == len(deps) - 1
+            io.out(f"{indent}{last if is_last else tee}{label(d)}\n")
+            children(d, indent + ("   " if is_last else bar))
+
+    for dev in roots:
+        io.out(label(dev) + "\n")
+        children(dev, " ")
+    return 0
+
+
 def _dm_ls(state, rest, opts, io) -> int:
     if rest:
         return unsupported(io, "dmsetup", "ls with arguments")
+    if opts.get("tree"):
+        return _dm_ls_tree(state, io)
     names = sorted(state.dm)
     target = opts.get("target")
     if target:
@@ -352,14 +411,7 @@ def _dm_deps(state, rest, opts, io) -> int:
     for dev in _each_device(state, rest):
         if dev is None:
             return _no_device(io)
-        deps = []
-        for t in dev.live or []:
-            if t.type == "thin-pool":
-                deps += [state.loops[t.data_loop].devno, state.loops[t.md_loop].devno]
-            elif t.type == "thin":
-                deps.append(state.dm[t.pool_name].devno)
-            elif t.type == "linear":
-                deps.append(t.obj[1].devno)
+        deps = [d.devno for d in _deps(state, dev)]
         pairs = "".join(" ({}, {})".format(*d.split(":")) for d in deps)
         prefix = f"{dev.name}: " if not rest else ""
         io.out(f"{prefix}{len(deps)} dependencies\t:{pairs}\n")
@@ -683,6 +735,9 @@ def dd(state: HostState, argv: list[str], io: IO) -> int:
                 records_in += 1
             else:
                 partial_in += 1
+                if "sync" in conv:
+                    # conv=sync pads every input block to ibs with zeros
+                    chunk = chunk + bytes(bs - len(chunk))
             try:
                 if out_dev is not None:
                     blockio.write(state, out_dev, out_pos, chunk)

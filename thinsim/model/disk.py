@@ -209,14 +209,21 @@ def _encode_index_leaf(b: int, node: Node, index_values) -> bytes:
 
 
 def write_metadata(pmd: PoolMetadata, path: str | os.PathLike, offset: int = 0) -> None:
-    """Write the model's committed metadata into the metadata device file."""
+    """Write the model's committed metadata into the metadata device file, and zeros where
+    the kernel would have written blocks freed since (so the sparse file's size on disk is
+    the kernel's).  From then on the blocks written are tracked."""
     blocks = metadata_blocks(pmd)
+    tm = pmd.tm
+    freed = sorted((tm.dirty or set()) - set(blocks))
     fd = os.open(path, os.O_RDWR)
     try:
         for b in sorted(blocks):
             os.pwrite(fd, blocks[b], offset + b * BLOCK)
+        for b in freed:
+            os.pwrite(fd, bytes(BLOCK), offset + b * BLOCK)
     finally:
         os.close(fd)
+    tm.dirty = set()
 
 
 # -- reading ----------------------------------------------------------------------------

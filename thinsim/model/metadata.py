@@ -55,7 +55,10 @@ class MetadataNoSpace(Exception):
 class PoolMetadata:
     """struct dm_pool_metadata."""
 
-    def __init__(self, nr_md_blocks: int, data_block_size: int) -> None:
+    def __init__(
+        self, nr_md_blocks: int, data_block_size: int, *, track_writes: bool = False
+    ) -> None:
+        self._track_writes = track_writes
         self.data_block_size = data_block_size
         self.time = 0
         self.trans_id = 0
@@ -78,6 +81,8 @@ class PoolMetadata:
     def _format(self, nr_md_blocks: int) -> None:
         sm = MetadataSpaceMap()
         tm = TransactionManager(sm)
+        if self._track_writes:
+            tm.dirty = set()
         self.tm = tm
         self.metadata_sm = sm
         tm.blocks[THIN_SUPERBLOCK_LOCATION] = _Block("superblock")

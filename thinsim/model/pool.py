@@ -216,6 +216,7 @@ class Pool:
         data_dev_name: str = "loop1",
         data_dev_discards: bool = True,
         metadata: PoolMetadata | None = None,
+        track_metadata_writes: bool = False,
     ) -> None:
         self.log = log if log is not None else KernelLog()
         self.clock = clock if clock is not None else Clock()
@@ -236,7 +237,7 @@ class Pool:
                 # __open_or_format_metadata: a blank device is not formatted read-only
                 raise TableError("Error creating metadata object", E.EPERM)
             nr_md = min(metadata_bytes // 4096, THIN_METADATA_MAX_SECTORS // SECTORS_PER_MD_BLOCK)
-            metadata = PoolMetadata(nr_md, table.block_size)
+            metadata = PoolMetadata(nr_md, table.block_size, track_writes=track_metadata_writes)
         elif metadata.data_block_size != table.block_size:
             self.log.emit(
                 "thin metadata",

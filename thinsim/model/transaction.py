@@ -18,6 +18,10 @@ class TransactionManager:
         self.sm = sm
         self.blocks: dict[int, Any] = {}
         self.shadows: set[int] = set()
+        # blocks written since the metadata device was last written (dm-bufio writes every
+        # dirty buffer, freed ones too, so they take space in a sparse metadata file);
+        # kept only when someone writes the device (None: not tracked)
+        self.dirty: set[int] | None = None
 
     def __repr__(self) -> str:
         return f"TransactionManager(blocks={len(self.blocks)})"
@@ -30,6 +34,8 @@ class TransactionManager:
         b = self.sm.new_block()
         self.blocks[b] = obj
         self.shadows.add(b)
+        if self.dirty is not None:
+            self.dirty.add(b)
         return b
 
     def shadow_block(self, orig: int) -> tuple[int, bool]:
@@ -48,6 +54,8 @@ class TransactionManager:
         sm.dec(orig)
         self.blocks[new] = self.blocks[orig].copy()
         self.shadows.add(new)
+        if self.dirty is not None:
+            self.dirty.add(new)
         return new, inc_children
 
     def unshared(self, b: int) -> bool:

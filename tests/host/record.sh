@@ -1,0 +1,39 @@
+#!/bin/sh
+# Record what the real host tools print for tests/host/scripts/*.sh, in one VM boot.
+#
+#   tests/host/record.sh [-o OUTDIR] [NAME...]
+#
+# Boots the stock Debian kernel under QEMU (TCG) with virtme-ng (see vm-recipe.md), with the
+# repository as the writable folder, and runs tests/host/record.py inside the guest for the
+# named scripts (default: all), writing tests/host/recorded/NAME.{out,err,rc} (or into OUTDIR)
+# and ENVIRONMENT.txt.  Every losetup/dmsetup runs inside the guest, never on this host.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+kernel=${THINSIM_KERNEL:-/boot/vmlinuz-6.1.0-56-amd64}
+out="$here/recorded"
+while getopts o: opt; do
+    case $opt in
+        o) out=$(mkdir -p "$OPTARG" && cd "$OPTARG" && pwd) ;;
+        *) echo "usage: $0 [-o OUTDIR] [NAME...]" >&2; exit 2 ;;
+    esac
+done
+shift $((OPTIND - 1))
+
+# The guest sees the host's root filesystem, so the same interpreter runs there.
+python=$(python3 -c 'import sys; print(sys.executable)')
+
+rwdirs="--rwdir $repo"
+case "$out/" in
+    "$repo"/*) ;;
+    *) rwdirs="$rwdirs --rwdir $out" ;;
+esac
+
+cmd="modprobe dm-thin-pool && modprobe loop && modprobe brd rd_nr=1 rd_size=2097152 && cd '$repo' && '$python' tests/host/record.py --environment --out '$out'"
+for name in "$@"; do
+    cmd="$cmd '$name'"
+done
+
+# shellcheck disable=SC2086  # rwdirs is a list of words
+exec vng --run "$kernel" --user root --memory 2G --cpus 2 --disable-kvm $rwdirs --exec "$cmd"
