@@ -327,9 +327,12 @@ def dm_message(state: HostState, dev: DmDevice, sector: int, text: str) -> None:
     """DM_TARGET_MSG."""
     if not dev.live:
         raise error_for(E.EINVAL)
-    target = dev.live[0]
-    if target.type != "thin-pool":
+    target = next((t for t in dev.live if t.start <= sector < t.start + t.length), None)
+    if target is None:
         state.log.emit("ioctl", "Target message sector outside device.")
+        raise error_for(E.EINVAL)
+    if target.type != "thin-pool":
+        state.log.emit("ioctl", "Target type does not support messages")
         raise error_for(E.EINVAL)
     target.obj.message(text)
 

@@ -69,8 +69,11 @@ _DM_COMMANDS = (
 )
 
 
-def _dm_ioctl_error(io: IO, op: str, name: str, e: ThinsimError) -> int:
-    io.err(f"device-mapper: {op} ioctl on {name}  failed: {os.strerror(e.errno)}\n")
+def _dm_ioctl_error(io: IO, op: str, name: str, e: ThinsimError, devno: str = "") -> int:
+    # libdm-iface.c: _do_dm_ioctl -- "on %s %s%s%.0d%s%.0d%s%s failed": the uuid, then
+    # "(major:minor)" when the task names the device by number (create's reload does)
+    io.err(f"device-mapper: {op} ioctl on {name} {f'({devno})' if devno else ''} failed: ")
+    io.err(f"{os.strerror(e.errno)}\n")
     io.err("Command failed.\n")
     return 1
 
@@ -131,6 +134,10 @@ def dmsetup(state: HostState, argv: list[str], io: IO) -> int:
             opts["uuid"] = argv[i + 1]
             i += 2
             continue
+        elif a in ("-j", "--major", "-m", "--minor"):
+            opts["major" if a in ("-j", "--major") else "minor"] = argv[i + 1]
+            i += 2
+            continue
         elif a.startswith("-") and len(a) > 1 and not args:
             return unsupported(io, "dmsetup", f"option {a}")
         else:
@@ -139,6 +146,12 @@ def dmsetup(state: HostState, argv: list[str], io: IO) -> int:
     if not args:
         return unsupported(io, "dmsetup", "running without a command")
     cmd, rest = args[0], args[1:]
+    if "minor" in opts:
+        # -j MAJOR -m MINOR name the device by number instead of by name
+        dev = state.device_by_path(f"{opts.get('major', 254)}:{opts['minor']}")
+        if not isinstance(dev, DmDevice):
+            return _no_device(io)
+        rest = [dev.name, *rest]
     if cmd not in _DM_COMMANDS:
         return unsupported(io, "dmsetup", f"command {cmd!r}")
     if "columns" in opts or "fields" in opts:
@@ -183,7 +196,7 @@ def _dm_create(state, rest, opts, io) -> int:
         kernel.dm_load(state, dev, rows)
     except ThinsimError as e:
         del state.dm[name]
-        return _dm_ioctl_error(io, "reload", name, e)
+        return _dm_ioctl_error(io, "reload", name, e, dev.devno)
     try:
         kernel.dm_resume(state, dev)
     except ThinsimError as e:
