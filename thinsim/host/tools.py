@@ -514,11 +514,17 @@ def losetup(state: HostState, argv: list[str], io: IO) -> int:
             kernel.loop_set_capacity(state, loop)
         return 0
     if list_all or assoc:
-        for n in sorted(state.loops):
+        # util-linux reads /sys/block, whose entries come in kernfs hash order
+        for n in sorted(state.loops, key=lambda n: (_kernfs_name_hash(f"loop{n}"), n)):
             loop = state.loops[n]
             if assoc and os.path.abspath(assoc) != loop.backing_file:
                 continue
-            io.out(f"{loop.path}: [{loop.device:04d}]:{loop.inode} ({loop.backing_file})\n")
+            extra = ""
+            if loop.offset:
+                extra += f", offset {loop.offset}"
+            if loop.sizelimit:
+                extra += f", sizelimit {loop.sizelimit}"
+            io.out(f"{loop.path}: [{loop.device:04d}]:{loop.inode} ({loop.backing_file}){extra}\n")
         return 0
     if find and not positional:
         io.out(f"/dev/loop{state.free_loop()}\n")
@@ -548,6 +554,17 @@ def losetup(state: HostState, argv: list[str], io: IO) -> int:
     if show:
         io.out(loop.path + "\n")
     return 0
+
+
+def _kernfs_name_hash(name: str) -> int:
+    """fs/kernfs/dir.c: kernfs_name_hash (no namespace)."""
+    h = 0
+    for c in name.encode():
+        h = ((h + (c << 4) + (c >> 4)) * 11) & 0xFFFFFFFFFFFFFFFF
+    h = ((h & 0xFFFFFFFF) * 0x61C88647) & 0xFFFFFFFF & 0x7FFFFFFF
+    if h < 2:
+        h += 2
+    return min(h, 0x7FFFFFFE)
 
 
 # -- blockdev, blkdiscard --------------------------------------------------------------------
