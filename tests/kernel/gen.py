@@ -16,6 +16,10 @@ Kinds:
   block reuse, reads and du.
 - ``metadata``: small metadata devices, many thins, metadata growth by various amounts,
   reserve / release of the metadata snapshot.
+- ``edges``: one of: block sizes that are not powers of two with discards at assorted
+  offsets; huge blocks (4-16 MiB, so writes split at 8 MiB inside a block); discards of more
+  than 1024 blocks at once, with snapshots sharing some; thin lengths that end inside a block;
+  a pool reloaded read_only with I/O, and transaction ids.
 
 The same seed and kind always give the same text.  The generator keeps a rough model of the
 pool (mappings, reference counts, sharing by time stamp, free space) only to stay clear of the
@@ -42,7 +46,7 @@ import sys
 from dataclasses import dataclass, field
 
 SECTOR = 512
-KINDS = ("mixed", "snapshots", "space", "features", "metadata")
+KINDS = ("mixed", "snapshots", "space", "features", "metadata", "edges")
 FEATURES = ("skip_block_zeroing", "ignore_discard", "no_discard_passdown", "error_if_no_space")
 
 
@@ -65,6 +69,7 @@ class Gen:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
+        self.number = 0  # the seed, for generators that take turns by it
         self.lines: list[str] = []
         self.pool_up = False
         self.thins: dict[int, Thin] = {}  # ids in the metadata
@@ -832,18 +837,262 @@ def gen_metadata(g: Gen) -> None:
     g.status()
 
 
+def _discard_spot(g: Gen, i: int) -> tuple[int, int]:
+    """A discard range inside thin ``i`` starting on a block boundary, a 64 KiB boundary, a
+    sector, or the device start, and ending on a block boundary, at the device end, or
+    anywhere."""
+    rng = g.rng
+    size = g.active[i] * SECTOR
+    nb = max(1, size // g.bbytes)
+    start = rng.choice(["block", "64k", "sector", "zero"])
+    if start == "block":
+        off = rng.randrange(nb) * g.bbytes
+    elif start == "64k":
+        off = rng.randrange(max(1, size // 65536)) * 65536
+    elif start == "sector":
+        off = rng.randrange(size // SECTOR) * SECTOR
+    else:
+        off = 0
+    off = min(off, size - SECTOR)
+    end = rng.choice(["block", "device", "any"])
+    if end == "block":
+        last = min(nb, off // g.bbytes + rng.randint(1, 6))
+        stop = max(off + SECTOR, last * g.bbytes)
+    elif end == "device":
+        stop = size
+    else:
+        stop = off + rng.randint(1, 6 * g.bbytes // SECTOR) * SECTOR
+    return off, min(stop, size) - off
+
+
+def _edges_odd_blocks(g: Gen) -> None:
+    rng = g.rng
+    bs = rng.choice([384, 640, 896, 1152, 1408, 1920, 2432, 3200])
+    nblocks = rng.randint(24, 64)
+    features = rng.choice([[], [], ["no_discard_passdown"], ["skip_block_zeroing"]])
+    g.pool(4 << 20, nblocks, bs, 0, features + ["error_if_no_space"])
+    ids = [g.create_thin() for _ in range(rng.randint(1, 2))]
+    for i in ids:
+        length = rng.randint(6, 16) * bs + rng.choice([0, 0, 8, bs // 2, bs - 8])
+        g.activate(i, length)
+    for _ in range(rng.randint(8, 16)):
+        i = g.pick_live()
+        size = g.active[i] * SECTOR
+        if rng.random() < 0.5:
+            g.write(i, 0, size)  # everything, so a discard has something to unmap
+        else:
+            g.write(i, *g.rand_range(i, 4, 0.5))
+        g.status()
+        if g.can_discard():
+            g.discard(i, *_discard_spot(g, i), commit=False)
+            g.op(f"thin_status {i}")
+            g.op("du")
+            g.status()
+        if rng.random() < 0.3:
+            j = g.create_snap(i)
+            if j in g.thins and rng.random() < 0.5:
+                g.activate(j, g.active[i])
+        if rng.random() < 0.3:
+            g.read(i, 0, size)
+    for i in g.live():
+        g.op(f"thin_status {i}")
+        g.read(i, 0, g.active[i] * SECTOR)
+    g.dump()
+    g.op("du")
+
+
+def _edges_huge_blocks(g: Gen) -> None:
+    rng = g.rng
+    bs = rng.choice([8192, 16384, 32768])
+    nblocks = rng.randint(8, 16)
+    features = rng.choice([[], ["skip_block_zeroing"], ["no_discard_passdown"]])
+    g.pool(4 << 20, nblocks, bs, rng.choice([0, 2]), features + ["error_if_no_space"])
+    i = g.create_thin()
+    g.activate(i, rng.randint(4, 8) * bs)
+    for _ in range(rng.randint(5, 9)):
+        what = rng.random()
+        b = rng.randrange(g.active[i] // bs)
+        if what < 0.3:
+            g.write(i, b * g.bbytes + rng.randrange(0, g.bbytes // 4096) * 4096, 4096)
+        elif what < 0.6:
+            # More than 8 MiB inside one block: two requests, the first one partial.
+            off = b * g.bbytes + rng.choice([0, 4096, 1 << 20])
+            length = min(g.bbytes - (off - b * g.bbytes), rng.choice([9 << 20, 12 << 20, g.bbytes]))
+            g.write(i, off, length)
+        else:
+            g.write(i, b * g.bbytes, min(2, g.active[i] // bs - b) * g.bbytes)
+        g.status()
+        g.read(i, b * g.bbytes, g.bbytes)
+        g.op("du")
+        if rng.random() < 0.4 and g.can_discard():
+            g.discard(i, *_discard_spot(g, i))
+            g.op(f"thin_status {i}")
+            g.op("du")
+        if rng.random() < 0.2:
+            j = g.create_snap(i)
+            g.activate(j, g.active[i])
+            g.write(j, b * g.bbytes + 8192, 8192)
+            g.status()
+            g.read(j, b * g.bbytes, g.bbytes)
+    g.op(f"thin_status {i}")
+    g.dump()
+    g.op("du")
+
+
+def _edges_big_discards(g: Gen) -> None:
+    rng = g.rng
+    bs = 128
+    nblocks = 4096
+    features = rng.choice([[], ["no_discard_passdown"]])
+    g.pool(8 << 20, nblocks, bs, 0, features)
+    a = g.create_thin()
+    n = rng.randint(1030, 1600)
+    g.activate(a, 2048 * bs)
+    # Mapped in two runs so that data blocks are not one contiguous range.
+    cut = rng.randint(100, n - 100)
+    g.write(a, cut * g.bbytes, (n - cut) * g.bbytes)
+    g.write(a, 0, cut * g.bbytes)
+    g.status()
+    g.op("du")
+    if rng.random() < 0.6:
+        s = g.create_snap(a)
+        g.activate(s, 2048 * bs)
+        g.write(a, *g.rand_range(a, 200, 0.0))
+        g.status()
+    for _ in range(rng.randint(2, 4)):
+        t = g.pick_live()
+        first = rng.randrange(0, 400)
+        length = rng.randint(1025, 1900) if rng.random() < 0.7 else rng.randint(300, 1024)
+        length = min(length, 2048 - first)
+        off = first * g.bbytes + rng.choice([0, 0, 4096])
+        g.discard(t, off, length * g.bbytes, commit=False)
+        g.op(f"thin_status {t}")
+        g.op("du")
+        g.status()
+    for t in g.live():
+        g.op(f"thin_status {t}")
+    g.dump()
+    g.op("du")
+
+
+def _edges_tails(g: Gen) -> None:
+    rng = g.rng
+    bs = pick_bs(rng, (3, 2, 2, 2))
+    nblocks = 64
+    features = rng.choice([[], ["skip_block_zeroing"], ["no_discard_passdown"]])
+    g.pool(4 << 20, nblocks, bs, 0, features + ["error_if_no_space"])
+    for _ in range(rng.randint(2, 3)):
+        i = g.create_thin()
+        tail = rng.choice([8, 16, bs // 2, bs - 8, 1])
+        g.activate(i, rng.randint(1, 6) * bs + tail)
+    for _ in range(rng.randint(8, 14)):
+        i = g.pick_live()
+        size = g.active[i] * SECTOR
+        last = size - size % g.bbytes  # start of the partial last block
+        what = rng.random()
+        if what < 0.35:
+            off = last + rng.randrange(0, (size - last) // SECTOR) * SECTOR
+            g.write(i, off, size - off)
+        elif what < 0.55:
+            g.write(i, 0, size)
+        elif what < 0.75 and g.can_discard():
+            g.discard(i, *_discard_spot(g, i))
+        elif what < 0.85:
+            j = g.create_snap(i)
+            g.activate(j, g.active[i])
+            g.write(j, last, size - last)
+        else:
+            g.read(i, last, size - last)
+        g.op(f"thin_status {i}")
+        g.maybe_status(0.6)
+    for i in g.live():
+        g.op(f"thin_status {i}")
+        g.read(i, 0, g.active[i] * SECTOR)
+    g.status()
+    g.dump()
+    g.op("du")
+
+
+def _edges_read_only(g: Gen) -> None:
+    rng = g.rng
+    bs = pick_bs(rng)
+    features = rng.choice([[], ["error_if_no_space"], ["no_discard_passdown"], ["skip_block_zeroing"]])
+    g.pool(4 << 20, 64, bs, 0, features)
+    tid = 0
+    a = g.create_thin()
+    b = g.create_thin()
+    g.activate(a, 16 * bs)
+    g.activate(b, 16 * bs)
+    g.write(a, g.bbytes, 3 * g.bbytes)
+    g.write(b, 0, 2 * g.bbytes)
+    s = g.create_snap(a)
+    new = tid + rng.randint(1, 5)
+    g.op(f"msg set_transaction_id {tid} {new}")
+    tid = new
+    g.status()
+    for _round in range(rng.randint(2, 3)):
+        g.op(f"reload features={','.join(features + ['read_only'])}")
+        g.status()
+        g.op("events")
+        for _ in range(rng.randint(4, 8)):
+            t = rng.choice(g.live())
+            what = rng.randrange(7)
+            if what == 0:
+                g.op(f"write {t} {fmt(rng.randrange(16) * g.bbytes)} 4k {g.seed()}")  # maybe unmapped
+            elif what == 1:
+                g.op(f"write {t} {fmt(g.bbytes)} 4k {g.seed()}")  # mapped in a (shared with s)
+            elif what == 2:
+                g.op(f"flush {t}")
+            elif what == 3:
+                g.op(f"discard {t} 0 {fmt(4 * g.bbytes)}")
+            elif what == 4:
+                g.read(t, 0, 4 * g.bbytes)
+            elif what == 5:
+                g.op(rng.choice([f"msg create_thin 77", f"msg set_transaction_id {tid} {tid + 1}",
+                                 "msg reserve_metadata_snap", f"msg delete {s}"]))
+            else:
+                g.op(f"thin_status {t}")
+            g.op("status")
+        g.op(f"reload features={','.join(features)}")
+        g.status()
+        g.op("events")
+        t = rng.choice(g.live())
+        g.op(f"write {t} {fmt(rng.randrange(16) * g.bbytes)} 4k {g.seed()}")
+        g.status()
+        old = rng.choice([tid, tid, tid + 3])  # a wrong old id fails (EINVAL)
+        g.op(f"msg set_transaction_id {old} {tid + 1}")
+        g.status()
+        if old == tid:
+            tid += 1
+    for t in g.live():
+        g.op(f"thin_status {t}")
+        g.read(t, 0, 16 * g.bbytes)
+    g.dump()
+
+
+EDGES = (_edges_odd_blocks, _edges_huge_blocks, _edges_big_discards, _edges_tails, _edges_read_only)
+
+
+def gen_edges(g: Gen) -> None:
+    sub = EDGES[g.number % len(EDGES)]  # round robin over the seeds
+    g.comment(sub.__name__.replace("_edges_", "edges: "))
+    sub(g)
+
+
 GENERATORS = {
     "mixed": gen_mixed,
     "snapshots": gen_snapshots,
     "space": gen_space,
     "features": gen_features,
     "metadata": gen_metadata,
+    "edges": gen_edges,
 }
 
 
 def generate(seed: int, kind: str) -> str:
     rng = random.Random(f"{kind}:{seed}")
     g = Gen(rng)
+    g.number = seed
     g.comment(f"generated: tests/kernel/gen.py --seed {seed} --kind {kind}")
     GENERATORS[kind](g)
     return g.text()

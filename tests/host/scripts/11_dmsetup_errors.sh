@@ -1,12 +1,12 @@
 # dmsetup error cases: bad tables, duplicate names, busy devices, missing devices.
 run() { printf '$ %s\n' "$*"; printf '$ %s\n' "$*" >&2; "$@"; echo "rc=$?"; }
-# create "bad" from a table; if the kernel accepts it after all, show it and remove it again
+# create a device from a table; if the kernel accepts it after all, show it and remove it again
 try_table() {
-    run dmsetup create bad --table "$1"
-    if dmsetup info bad >/dev/null 2>&1; then
-        run dmsetup status bad
+    run dmsetup create "$1" --table "$2"
+    if dmsetup info "$1" >/dev/null 2>&1; then
+        run dmsetup status "$1"
         udevadm settle
-        run dmsetup remove bad
+        run dmsetup remove "$1"
     fi
 }
 
@@ -15,29 +15,29 @@ dd if=/dev/zero of=data.img bs=1M count=0 seek=1024 status=none
 run losetup -f --show meta.img
 run losetup -f --show data.img
 # tables the kernel rejects (or dmsetup rejects before the kernel sees them)
-try_table "0 2097152 bogus-target /dev/loop0"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop1 128"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop1 100 1024"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop1 64 1024"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop1 4194304 1024"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 junk"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 1024 1 bogus_feature"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 1024 2 skip_block_zeroing"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop0 128 1024"
+try_table bad "0 2097152 bogus-target /dev/loop0"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop1 128"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop1 100 1024"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop1 64 1024"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop1 4194304 1024"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 junk"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 1024 1 bogus_feature"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 1024 2 skip_block_zeroing"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop0 128 1024"
 # loop7 exists (unattached, size 0): accepted; 7:99 makes the kernel create loop99
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop7 128 1024"
-try_table "0 2097152 thin-pool /dev/loop0 /dev/loop42 128 1024"
-try_table "0 2097152 thin-pool /dev/nonexistent /dev/loop1 128 1024"
-try_table "0 2097152 thin-pool 7:0 7:99 128 1024"
-try_table "0 4194304 thin-pool /dev/loop0 /dev/loop1 128 1024"
-try_table "0 2097152 linear /dev/loop1"
-try_table "0 2097152 linear /dev/loop1 junk"
-try_table "0 4194304 linear /dev/loop1 0"
-try_table "100 2048 linear /dev/loop1 0"
-try_table "0 0 linear /dev/loop1 0"
-try_table "junk"
-try_table "0 1024 thin /dev/mapper/nopool 0"
-try_table "0 1024 thin /dev/loop1 0"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop7 128 1024"
+try_table bad "0 2097152 thin-pool /dev/loop0 /dev/loop42 128 1024"
+try_table bad "0 2097152 thin-pool /dev/nonexistent /dev/loop1 128 1024"
+try_table bad "0 2097152 thin-pool 7:0 7:99 128 1024"
+try_table bad "0 4194304 thin-pool /dev/loop0 /dev/loop1 128 1024"
+try_table bad "0 2097152 linear /dev/loop1"
+try_table bad "0 2097152 linear /dev/loop1 junk"
+try_table bad "0 4194304 linear /dev/loop1 0"
+try_table bad "100 2048 linear /dev/loop1 0"
+try_table bad "0 0 linear /dev/loop1 0"
+try_table bad "junk"
+try_table bad "0 1024 thin /dev/mapper/nopool 0"
+try_table bad "0 1024 thin /dev/loop1 0"
 run dmsetup create "bad/name" --table "0 1024 linear /dev/loop1 0"
 run dmsetup create
 run dmsetup ls
@@ -58,12 +58,14 @@ run dmsetup create thin0 --table "0 1024 thin /dev/mapper/pool 0"
 run dmsetup message pool 0 "create_thin 0"
 run dmsetup create thin0 --table "0 1024 thin /dev/mapper/pool 0"
 run dmsetup create thin0 --table "0 1024 thin /dev/mapper/pool 0"
+# a second device on the same thin id is accepted
 run dmsetup create thin0b --table "0 1024 thin /dev/mapper/pool 0"
-run dmsetup create thinx --table "0 1024 thin /dev/mapper/pool 0 /dev/loop2"
-run dmsetup create thinx --table "0 1024 thin /dev/mapper/pool"
-run dmsetup create thinx --table "0 1024 thin /dev/mapper/pool 16777216"
-run dmsetup create thinx --table "0 1024 thin /dev/mapper/pool -1"
-run dmsetup create thinx --table "0 1024 thin /dev/mapper/pool abc"
+try_table thinx "0 1024 thin /dev/mapper/pool 0 /dev/loop2"
+try_table thinx "0 1024 thin /dev/mapper/pool"
+try_table thinx "0 1024 thin /dev/mapper/pool 16777216"
+try_table thinx "0 1024 thin /dev/mapper/pool -1"
+try_table thinx "0 1024 thin /dev/mapper/pool abc"
+try_table thinx "0 1024 thin /dev/mapper/pool 7"
 run dmsetup ls
 # busy devices
 run dmsetup remove pool
@@ -89,7 +91,7 @@ run dmsetup message pool 0
 run dmsetup message pool x create_thin 1
 udevadm settle
 run dmsetup remove hold
-run dmsetup remove thin0
+run dmsetup remove thin0 thin0b
 run dmsetup remove pool
 run dmsetup remove pool
 run losetup -D
