@@ -7,8 +7,6 @@ does not support says so on stderr and exits 1; it never pretends.
 
 from __future__ import annotations
 
-import errno as E
-import hashlib  # noqa: F401  (kept for tools that report checksums)
 import os
 import sys
 import time
@@ -271,8 +269,6 @@ def _dm_remove(state, rest, opts, io) -> int:
 
 
 def _dm_remove_all(state, rest, opts, io) -> int:
-    for name in sorted(state.dm, key=lambda n: -kernel.dm_open_count(state, state.dm[n])):
-        pass
     while state.dm:
         removable = [d for d in state.dm.values() if not kernel.dm_open_count(state, d)]
         if not removable:
@@ -718,7 +714,6 @@ def dd(state: HostState, argv: list[str], io: IO) -> int:
     skip = _dd_number(ops.get("skip", "0"))
     seek = _dd_number(ops.get("seek", "0"))
     conv = set(filter(None, ops.get("conv", "").split(",")))
-    oflag = set(filter(None, ops.get("oflag", "").split(",")))
     status = ops.get("status", "")
     src = ops.get("if")
     dst = ops.get("of")
@@ -789,9 +784,8 @@ def dd(state: HostState, argv: list[str], io: IO) -> int:
             else:
                 partial_out += 1
             n += 1
-        if err_text is None and ("fsync" in conv or "fdatasync" in conv):
-            if out_dev is not None:
-                blockio.flush(state, out_dev)
+        if err_text is None and out_dev is not None and ("fsync" in conv or "fdatasync" in conv):
+            blockio.flush(state, out_dev)
     finally:
         if src_f:
             src_f.close()
@@ -814,7 +808,6 @@ def dd(state: HostState, argv: list[str], io: IO) -> int:
                     size = f"{total} bytes copied"
                 rate = _human(total / elapsed, 1000)
                 io.err(f"{size}, {elapsed:.5g} s, {rate}/s\n")
-    _ = oflag
     return 1 if err_text is not None else 0
 
 
@@ -908,5 +901,3 @@ GUARDED = (
     "thin_trim",
     "thin_rmap",
 )
-
-_ = E
