@@ -7,9 +7,10 @@ care about: the scripts and the clean-up drive losetup and dmsetup on the whole 
 
 For each script NAME (default: every DIR/*.sh, sorted) it
 
-1. waits for udev, removes every dm device, detaches every loop device and deletes loop8 and
-   up (so the script's first ``losetup -f`` gives /dev/loop0, loop0 to loop7 exist as after
-   boot, and its first dm device gets minor 0);
+1. waits for udev, removes every dm device, detaches every loop device, deletes all loop
+   devices and adds loop0 to loop7 again (so the script's first ``losetup -f`` gives
+   /dev/loop0, loop0 to loop7 exist in their state after boot, and its first dm device gets
+   minor 0);
 2. makes a fresh ext4 file system on a RAM disk (/dev/ram0, brd), mounts it on /run/thinsim
    and runs ``bash NAME.sh`` in its empty folder /run/thinsim/work with a fixed environment
    (ENV below), stdin from /dev/null, stdout and stderr captured separately.  Not a tmpfs:
@@ -42,6 +43,7 @@ MOUNT = Path("/run/thinsim")  # a fresh ext4 on a RAM disk (brd), made for every
 WORKDIR = MOUNT / "work"  # the scripts' working folder, empty at the start
 RAMDISK = "/dev/ram0"  # record.sh loads brd with one 2 GiB RAM disk
 TIMEOUT = 300  # seconds per script
+LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81
 
 # The environment every script runs with: a Debian root shell's, minus anything the VM adds.
@@ -118,20 +120,31 @@ def clean_devices() -> None:
         time.sleep(0.2)
     else:
         raise RuntimeError(f"loop devices left: {loop_devices()}")
-    # Loop devices beyond the eight the module makes at load time appear when a script asks
-    # for more (losetup -f) or opens 7:N (a table naming 7:99): remove them, so every script
-    # starts from the state right after boot (loop0 to loop7, all free).
-    extra = [int(p.name[4:]) for p in Path("/sys/block").glob("loop*") if int(p.name[4:]) >= 8]
-    if extra:
-        fd = os.open("/dev/loop-control", os.O_RDWR)
-        try:
-            for number in extra:
+    # Delete every loop device and add loop0..loop7 again, so that each script starts with the
+    # devices as the module makes them at load time: a device keeps some queue limits from an
+    # earlier attachment (a pool on an unattached loop7 sees discard support only if loop7 was
+    # once attached to a file), and loop8 and up appear when a script asks for them
+    # (losetup -f) or opens 7:N (a table naming 7:99).
+    fd = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        for _ in range(50):
+            left = [int(p.name[4:]) for p in Path("/sys/block").glob("loop*")]
+            for number in left:
                 try:
                     fcntl.ioctl(fd, LOOP_CTL_REMOVE, number)
-                except OSError as exc:
-                    raise RuntimeError(f"cannot remove loop{number}: {exc}") from exc
-        finally:
-            os.close(fd)
+                except OSError:
+                    pass  # still open (udev); try again
+            if not list(Path("/sys/block").glob("loop*")):
+                break
+            sh(["udevadm", "settle"])
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"cannot delete loop devices: {left}")
+        for number in range(8):
+            fcntl.ioctl(fd, LOOP_CTL_ADD, number)
+    finally:
+        os.close(fd)
+    sh(["udevadm", "settle"])
     # A dd to a missing /dev/mapper/NAME creates a plain file there: remove such strays.
     for entry in Path("/dev/mapper").iterdir():
         if entry.name != "control" and not entry.is_symlink() and entry.is_file():

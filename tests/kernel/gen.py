@@ -20,6 +20,9 @@ Kinds:
   offsets; huge blocks (4-16 MiB, so writes split at 8 MiB inside a block); discards of more
   than 1024 blocks at once, with snapshots sharing some; thin lengths that end inside a block;
   a pool reloaded read_only with I/O, and transaction ids.
+- ``refcounts``: many snapshots of one origin, each writing into many leaves of the shared
+  mapping tree, so data and metadata reference counts go past 2 (the space maps' overflow
+  trees); then deletes in random order.
 
 The same seed and kind always give the same text.  The generator keeps a rough model of the
 pool (mappings, reference counts, sharing by time stamp, free space) only to stay clear of the
@@ -46,7 +49,7 @@ import sys
 from dataclasses import dataclass, field
 
 SECTOR = 512
-KINDS = ("mixed", "snapshots", "space", "features", "metadata", "edges")
+KINDS = ("mixed", "snapshots", "space", "features", "metadata", "edges", "refcounts")
 FEATURES = ("skip_block_zeroing", "ignore_discard", "no_discard_passdown", "error_if_no_space")
 
 
@@ -1079,6 +1082,50 @@ def gen_edges(g: Gen) -> None:
     sub(g)
 
 
+def gen_refcounts(g: Gen) -> None:
+    rng = g.rng
+    bs = pick_bs(rng, (6, 2, 1, 0))
+    n = rng.randint(260, 1100)  # origin blocks: 2 to 9 leaves
+    g.pool(rng.choice([4 << 20, 8 << 20]), 4096, bs, 0, [] if rng.random() < 0.7 else ["skip_block_zeroing"])
+    o = g.create_thin()
+    g.activate(o, 2048 * bs)
+    g.write(o, 0, n * g.bbytes)
+    g.status()
+    family = [o]
+    for _ in range(rng.randint(4, 14)):
+        parent = rng.choice(family) if rng.random() < 0.4 else o
+        if parent not in g.thins:
+            parent = rng.choice(sorted(g.thins))
+        s = g.create_snap(parent, suspend=False)
+        family.append(s)
+        if rng.random() < 0.5:
+            g.status()
+        # A few single-block writes spread over the tree: each copies a leaf.
+        t = s if rng.random() < 0.7 else parent
+        if t not in g.active:
+            g.activate(t, 2048 * bs)
+        step = rng.choice([63, 126, 200])
+        for b in range(rng.randrange(step), n, step):
+            g.write(t, b * g.bbytes + rng.choice([0, 4096]), 4096)
+        g.status()
+        if len(g.active) > 4:
+            victim = rng.choice([x for x in g.live() if x != o] or g.live())
+            g.remove(victim)
+    g.op(f"thin_status {o}")
+    g.dump()
+    order = sorted(g.thins)
+    rng.shuffle(order)
+    for t in order:
+        if t in g.active:
+            g.remove(t)
+        g.delete(t)
+        g.status()
+        if rng.random() < 0.2 and g.thins:
+            g.dump()
+    g.dump()
+    g.op("du")
+
+
 GENERATORS = {
     "mixed": gen_mixed,
     "snapshots": gen_snapshots,
@@ -1086,6 +1133,7 @@ GENERATORS = {
     "features": gen_features,
     "metadata": gen_metadata,
     "edges": gen_edges,
+    "refcounts": gen_refcounts,
 }
 
 
