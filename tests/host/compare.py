@@ -1,43 +1,46 @@
-"""Run every recorded host script on the simulated host and say which ones match the real
-host's stdout, stderr and exit status (after the recorder's masking).  A development tool
-for issue 3: the scripts run in /run/thinsim/work, as they did in the VM."""
+"""Run recorded host scripts (default: all) on the simulated host and say which ones match
+the real host's stdout, stderr and exit status after the recorder's masking.  A development
+tool: `python tests/host/compare.py [-d] [NAME...]` (-d prints the diffs)."""
 
-import os, sys, subprocess, shutil, difflib, re
+import difflib
+import os
+import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import RECORDED, SCRIPTS, recorded, run_simulated
 from record import mask
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REC = os.path.join(HERE, "recorded")
-SCR = os.path.join(HERE, "scripts")
-names = sys.argv[1:] or sorted(f[:-3] for f in os.listdir(SCR) if f.endswith(".sh"))
+args = sys.argv[1:]
+show = "-d" in args
+names = [a for a in args if a != "-d"] or sorted(p.stem for p in SCRIPTS.glob("*.sh"))
 ok = 0
 for n in names:
-    if not all(os.path.exists(f"{REC}/{n}.{x}") for x in ("out", "err", "rc")):
+    if not (RECORDED / f"{n}.rc").exists():
         continue
-    w = "/run/thinsim/work"
-    shutil.rmtree("/run/thinsim", ignore_errors=True)
-    os.makedirs(w)
-    env = {"PATH": os.environ["PATH"], "HOME": "/root", "LANG": "C.UTF-8"}
-    p = subprocess.run(
-        [sys.executable, "-m", "thinsim.cli", "run", f"{SCR}/{n}.sh"],
-        cwd=w,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    p = run_simulated(SCRIPTS / f"{n}.sh")
     out, err = mask(p.stdout), mask(p.stderr)
-    wo, we, wr = (open(f"{REC}/{n}.{x}").read() for x in ("out", "err", "rc"))
+    wo, we, wr = recorded(n)
     good = out == wo and err == we and str(p.returncode) == wr.strip()
     ok += good
-    d1 = sum(
-        1 for l in difflib.unified_diff(wo.splitlines(), out.splitlines(), n=0) if l[:1] in "+-"
-    )
-    d2 = sum(
-        1 for l in difflib.unified_diff(we.splitlines(), err.splitlines(), n=0) if l[:1] in "+-"
-    )
+    diffs = []
+    for what, want, got in (("stdout", wo, out), ("stderr", we, err)):
+        d = list(
+            difflib.unified_diff(
+                want.splitlines(),
+                got.splitlines(),
+                f"real {what}",
+                f"simulated {what}",
+                n=1,
+                lineterm="",
+            )
+        )
+        diffs.append(d)
+    d1, d2 = (sum(1 for line in d if line[:1] in "+-") for d in diffs)
     print(
-        f"{'OK ' if good else 'BAD'} {n}: stdout diff lines {d1}, stderr {d2}, rc {p.returncode} vs {wr.strip()}"
+        f"{'OK ' if good else 'BAD'} {n}: stdout diff lines {d1}, stderr {d2}, "
+        f"rc {p.returncode} vs {wr.strip()}"
     )
+    if show and not good:
+        for d in diffs:
+            print("\n".join(d))
 print(ok, "match")

@@ -1,0 +1,46 @@
+"""Run a recorded host script on the simulated host, where the VM ran it: in
+/run/thinsim/work, an empty folder on an ext4 file system.  Each run gets its own mount
+namespace with a private folder bound on /run/thinsim, so runs can go on side by side."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SCRIPTS = HERE / "scripts"
+RECORDED = HERE / "recorded"
+MOUNT = "/run/thinsim"  # record.py's MOUNT: paths under it appear in the output
+
+# Binds the private folder on /run/thinsim, then runs the script from /run/thinsim/work.
+_RUN = 'mkdir -p "$1" && mount --bind "$2" "$1" && cd "$1/work" && shift 2 && exec "$@"'
+
+
+def run_simulated(script: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run SCRIPT with ``thinsim run`` in a fresh /run/thinsim/work; return its result."""
+    private = tempfile.mkdtemp(prefix="thinsim-host-", dir=os.environ.get("TMPDIR", "/tmp"))
+    try:
+        os.mkdir(os.path.join(private, "work"))
+        env = {"PATH": os.environ["PATH"], "HOME": "/root", "LANG": "C.UTF-8"}
+        argv = [sys.executable, "-m", "thinsim.cli", "run", str(script)]
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", _RUN, "sh"]
+            + [MOUNT, private]
+            + argv,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def recorded(name: str) -> tuple[str, str, str]:
+    """The real host's stdout, stderr and exit status (as text) for script NAME."""
+    return tuple((RECORDED / f"{name}.{x}").read_text() for x in ("out", "err", "rc"))
