@@ -18,6 +18,7 @@ def thinsim_run(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
         cwd=tmp_path,
         capture_output=True,
         text=True,
+        check=False,
     )
 
 
@@ -62,3 +63,30 @@ def test_commands_the_host_does_not_simulate_never_reach_a_real_device_node(tmp_
     after = os.stat("/dev/loop0")
     assert stat.S_ISBLK(after.st_mode)
     assert (after.st_rdev, after.st_mtime) == (before.st_rdev, before.st_mtime)
+
+
+def test_dev_shows_the_simulated_devices_under_their_names_and_no_node_opens_a_real_device(
+    tmp_path,
+):
+    # What a real host shows (tests/host/recorded/04_seed_linear.out): /dev/mapper/control,
+    # a mapper/NAME symlink to ../dm-N per device, loop0-7 from boot; removed devices go.
+    r = thinsim_run(
+        tmp_path,
+        """
+truncate -s 100M disk.img
+losetup -f disk.img
+dmsetup create one --table "0 1000 linear /dev/loop0 0"
+dmsetup create two --table "0 1000 linear /dev/loop0 1000"
+dmsetup remove one
+ls /dev/mapper; readlink /dev/mapper/two; readlink -f /dev/mapper/two
+ls /dev | grep -E '^(loop|dm-)' | tr '\\n' ' '; echo
+test -b /dev/dm-1 && test -b /dev/loop0 && echo block devices
+echo hi > /dev/dm-1 || echo rc=$?
+""",
+    )
+    assert r.stdout == (
+        "control\ntwo\n../dm-1\n/dev/dm-1\n"
+        "dm-1 loop-control loop0 loop1 loop2 loop3 loop4 loop5 loop6 loop7 \n"
+        "block devices\nrc=1\n"
+    )
+    assert r.stderr.endswith("/dev/dm-1: No such device or address\n")

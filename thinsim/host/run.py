@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import devnodes
 from .state import is_device_path, open_host
 from .tools import COMMANDS, GUARDED, IO
 
@@ -59,6 +60,7 @@ def shim_main(name: str, argv: list[str]) -> int:
             return _exec_real(name, argv)
         with open_host(host) as state:
             status = COMMANDS[name](state, argv, IO())
+            devnodes.sync(state)
         sys.stdout.flush()
         return status
     device = _names_device(argv)
@@ -117,6 +119,7 @@ def _bash(argv: list[str], host: str, shims: Path) -> int:
     env = dict(os.environ)
     env["THINSIM_HOST"] = os.path.abspath(host)
     env["THINSIM_SHIMS"] = str(shims)
+    env["THINSIM_PYTHON"] = sys.executable
     env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
     prefix = _isolation()
     if prefix is None:

@@ -1,0 +1,87 @@
+"""Device nodes in the simulated host's private /dev, kept in step with its devices.
+
+On a real Debian host, /dev has loop0 to loop7 from the moment loop.ko loads (and loopN for
+every device made later), loop-control, mapper/control, a dm-N node for every device-mapper
+device and, from udev, a mapper/NAME symlink to ../dm-N.  Scripts look at them (`ls
+/dev/mapper`, `readlink -f`, `test -b`), so the private /dev that thinsim/host/private_dev.sh
+mounts gets the same names.
+
+The nodes must never reach a real device of the host: a node with the simulated numbers
+(254:0, 7:0) would open the host's own vda or loop0.  So every node here has major 0, which no
+driver registers: opening one fails with ENXIO ("No such device or address"), and reads and
+writes of simulated devices go through the simulated commands only.  `ls -l` therefore shows
+"0, N" where a real host shows "254, N": the one visible difference.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from .state import HostState, open_host
+
+DEV = "/dev"
+FIRST_LOOPS = 8  # loop.ko's max_loop default (CONFIG_BLK_DEV_LOOP_MIN_COUNT) on Debian
+_LOOP_BASE = 0  # minors under major 0: loops from 0, dm devices from 4096
+_DM_BASE = 4096
+
+
+def _node(path: str, minor: int, kind: int = stat.S_IFBLK) -> None:
+    if os.path.lexists(path):
+        return
+    os.mknod(path, kind | 0o660, os.makedev(0, minor))
+
+
+def _symlink(target: str, path: str) -> None:
+    if os.path.islink(path) and os.readlink(path) == target:
+        return
+    if os.path.lexists(path):
+        os.unlink(path)
+    os.symlink(target, path)
+
+
+def sync(state: HostState, dev: str = DEV) -> None:
+    """Make the private /dev show the host's loop and device-mapper devices.  Does nothing
+    unless thinsim mounted that /dev (THINSIM_PRIVATE_DEV names it)."""
+    if os.environ.get("THINSIM_PRIVATE_DEV") != dev:
+        return
+    try:
+        _sync(state, dev)
+    except PermissionError:
+        pass  # no mknod in a user namespace (thinsim run as non-root): names only matter less
+
+
+def _sync(state: HostState, dev: str) -> None:
+    mapper = os.path.join(dev, "mapper")
+    os.makedirs(mapper, exist_ok=True)
+    _node(os.path.join(dev, "loop-control"), 0, stat.S_IFCHR)
+    _node(os.path.join(mapper, "control"), 1, stat.S_IFCHR)
+    # Loop nodes stay once made, as on a real host (loop_add makes them; nothing here removes).
+    for n in set(range(FIRST_LOOPS)) | set(state.loops):
+        _node(os.path.join(dev, f"loop{n}"), _LOOP_BASE + n)
+    want = {d.minor: d.name for d in state.dm.values()}
+    for entry in os.listdir(dev):
+        if entry.startswith("dm-") and entry[3:].isdigit() and int(entry[3:]) not in want:
+            os.unlink(os.path.join(dev, entry))
+    names = set(want.values())
+    for entry in os.listdir(mapper):
+        if entry != "control" and entry not in names:
+            os.unlink(os.path.join(mapper, entry))
+    for minor, name in want.items():
+        _node(os.path.join(dev, f"dm-{minor}"), _DM_BASE + minor)
+        _symlink(f"../dm-{minor}", os.path.join(mapper, name))
+
+
+def main() -> int:
+    """Called by private_dev.sh once /dev is mounted: the nodes of THINSIM_HOST's devices."""
+    host = os.environ.get("THINSIM_HOST")
+    if host is None:
+        return 0
+    with open_host(host, write=False) as state:
+        sync(state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
