@@ -20,8 +20,11 @@ $(BIN)/thinsim: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# The seed study's walkthrough on the simulated host, in a fresh folder that is removed after.
 run: $(BIN)/thinsim
-	$(BIN)/thinsim scenario examples/walkthrough.scn
+	@work=$$(mktemp -d /tmp/thinsim-run.XXXXXX) && cd "$$work" && \
+		"$(CURDIR)/$(BIN)/thinsim" run "$(CURDIR)/examples/seed-walkthrough.sh"; \
+		rc=$$?; rm -rf "$$work"; exit $$rc
 
 test: $(BIN)/thinsim system-deps
 	$(BIN)/python -m pytest -q
