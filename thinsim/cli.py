@@ -43,7 +43,19 @@ def _bench(args) -> int:
     return 0
 
 
+def _vm(args) -> int:
+    from .vm import main
+
+    return main(args.rest)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vm"]:
+        # Everything after "vm" is thinsim vm's own (its COMMAND may look like options).
+        from .vm import main as vm_main
+
+        return vm_main(argv[1:])
     parser = argparse.ArgumentParser(prog="thinsim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("scenario", help="run a scenario file on the model, print its transcript")
@@ -61,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--quick", action="store_true", help="smaller sizes (for a smoke run)")
     p.set_defaults(func=_bench)
+    p = sub.add_parser(
+        "vm", help="run a command as root in a VM with a dm-thin kernel (thinsim vm -h)"
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_vm)
     args = parser.parse_args(argv)
     return args.func(args)
 

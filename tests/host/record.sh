@@ -3,7 +3,7 @@
 #
 #   tests/host/record.sh [-o OUTDIR] [NAME...]
 #
-# Boots the stock Debian kernel under QEMU (TCG) with virtme-ng (see vm-recipe.md), with the
+# Boots the stock Debian kernel with `thinsim vm` (thinsim/vm.py, vm-recipe.md), with the
 # repository as the writable folder, and runs tests/host/record.py inside the guest for the
 # named scripts (default: all), writing tests/host/recorded/NAME.{out,err,rc} (or into OUTDIR)
 # and ENVIRONMENT.txt.  Every losetup/dmsetup runs inside the guest, never on this host.
@@ -11,7 +11,6 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-kernel=${THINSIM_KERNEL:-/boot/vmlinuz-6.1.0-56-amd64}
 out="$here/recorded"
 while getopts o: opt; do
     case $opt in
@@ -30,10 +29,12 @@ case "$out/" in
     *) rwdirs="$rwdirs --rwdir $out" ;;
 esac
 
-cmd="modprobe dm-thin-pool && modprobe loop && modprobe brd rd_nr=1 rd_size=2097152 && cd '$repo' && '$python' tests/host/record.py --environment --out '$out'"
+cmd="cd '$repo' && '$python' tests/host/record.py --environment --out '$out'"
 for name in "$@"; do
     cmd="$cmd '$name'"
 done
 
+# thinsim vm boots the VM (TCG or KVM, whichever works here) with dm-thin and loop loaded.
 # shellcheck disable=SC2086  # rwdirs is a list of words
-exec vng --run "$kernel" --user root --memory 2G --cpus 2 --disable-kvm $rwdirs --exec "$cmd"
+cd "$repo"
+exec "$python" -m thinsim.cli vm $rwdirs --module 'brd rd_nr=1 rd_size=2097152' -- "$cmd"

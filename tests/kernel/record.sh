@@ -3,14 +3,13 @@
 #
 #   tests/kernel/record.sh [-o OUTDIR] [-v] [NAME...]
 #
-# Boots the stock Debian kernel under QEMU (TCG) with virtme-ng and runs record.py inside it
+# Boots the stock Debian kernel with `thinsim vm` (thinsim/vm.py) and runs record.py inside it
 # for the named scenarios (default: all), writing tests/kernel/recorded/NAME.txt (or
 # OUTDIR/NAME.txt) and ENVIRONMENT.txt.  Everything kernel-side happens inside the guest.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-kernel=${THINSIM_KERNEL:-/boot/vmlinuz-6.1.0-56-amd64}
 out="$here/recorded"
 verbose=""
 while getopts o:v opt; do
@@ -31,10 +30,12 @@ case "$out/" in
     *) rwdirs="$rwdirs --rwdir $out" ;;
 esac
 
-cmd="modprobe dm-thin-pool && modprobe loop && cd '$repo' && '$python' tests/kernel/record.py --environment $verbose --out '$out'"
+cmd="cd '$repo' && '$python' tests/kernel/record.py --environment $verbose --out '$out'"
 for name in "$@"; do
     cmd="$cmd '$name'"
 done
 
+# thinsim vm boots the VM (TCG or KVM, whichever works here) with dm-thin and loop loaded.
 # shellcheck disable=SC2086  # rwdirs is a list of words
-exec vng --run "$kernel" --user root --memory 2G --cpus 2 --disable-kvm $rwdirs --exec "$cmd"
+cd "$repo"
+exec "$python" -m thinsim.cli vm $rwdirs -- "$cmd"

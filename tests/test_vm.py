@@ -1,0 +1,137 @@
+"""thinsim vm: how the VM is chosen and set up.  The boot itself (a minute under TCG) runs only
+when THINSIM_BOOT_TESTS=1, since other tests and engineers share the machine's two cores."""
+
+import os
+import subprocess
+
+import pytest
+
+from thinsim import vm
+
+boot = pytest.mark.skipif(
+    os.environ.get("THINSIM_BOOT_TESTS") != "1", reason="boots a VM: set THINSIM_BOOT_TESTS=1"
+)
+
+
+def test_the_newest_kernel_image_is_booted_in_version_order(monkeypatch):
+    monkeypatch.delenv("THINSIM_KERNEL", raising=False)
+    images = ["/boot/vmlinuz-6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-10-amd64"]
+    monkeypatch.setattr(vm.glob, "glob", lambda pattern: images)
+    assert vm.kernel_image() == "/boot/vmlinuz-6.1.0-10-amd64"
+
+
+def test_a_missing_kernel_image_says_which_package_brings_it(monkeypatch):
+    monkeypatch.delenv("THINSIM_KERNEL", raising=False)
+    monkeypatch.setattr(vm.glob, "glob", lambda pattern: [])
+    with pytest.raises(vm.VMError, match="apt-get install linux-image-amd64"):
+        vm.kernel_image()
+
+
+def test_missing_vng_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(vm.shutil, "which", lambda name: None)
+    with pytest.raises(vm.VMError, match=r"pip install virtme-ng.*apt-get install qemu"):
+        vm.check_tools()
+
+
+def test_kvm_is_not_used_when_there_is_no_dev_kvm(monkeypatch):
+    monkeypatch.setattr(vm.os.path, "exists", lambda path: False)
+    assert vm.probe_kvm("/boot/vmlinuz") == (False, "/dev/kvm does not exist")
+
+
+def test_a_kvm_guest_that_dies_at_start_means_software_emulation(monkeypatch, tmp_path):
+    # What QEMU does on this project's machines: it aborts before the guest runs.
+    qemu = tmp_path / "qemu-system-x86_64"
+    qemu.write_text(
+        "#!/bin/sh\necho 'qemu-system-x86_64: error: failed to set MSR 0x10a'\nexit 134\n"
+    )
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(vm.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(vm.os, "access", lambda path, mode: True)
+    usable, why = vm.probe_kvm("/boot/vmlinuz")
+    assert not usable
+    assert why == (
+        "a KVM guest dies at start"
+        " (qemu exit 134: qemu-system-x86_64: error: failed to set MSR 0x10a)"
+    )
+
+
+def test_the_accelerator_can_be_forced(monkeypatch):
+    monkeypatch.setenv("THINSIM_VM_ACCEL", "tcg")
+    vm.accelerator.cache_clear()
+    assert vm.accelerator("/nonexistent") == "tcg"
+    vm.accelerator.cache_clear()
+
+
+def test_software_emulation_boots_with_kvm_disabled(monkeypatch):
+    monkeypatch.setenv("THINSIM_VM_ACCEL", "tcg")
+    monkeypatch.setattr(vm.shutil, "which", lambda name: "/usr/bin/" + name)
+    vm.accelerator.cache_clear()
+    argv = vm.vng_argv("true", kernel="/boot/k", rwdirs=["/a", "/a", "/b"], cwd="/c")
+    vm.accelerator.cache_clear()
+    assert argv[:10] == [
+        "vng", "--run", "/boot/k", "--user", "root", "--memory", "2G", "--cpus", "2",
+        "--disable-kvm",
+    ]  # fmt: skip
+    assert argv[10:14] == ["--rwdir", "/a", "--rwdir", "/b"]
+
+
+def test_the_guest_loads_dm_thin_and_loop_and_mounts_a_scratch_tmpfs_before_the_command():
+    line = vm.guest_script("echo 'a b'", cwd="/work x", modules=["brd rd_nr=1"], env={"A": "1 2"})
+    assert line == (
+        "{ modprobe dm-thin-pool && modprobe loop && modprobe brd rd_nr=1"
+        " && mkdir -p /run/thinsim-scratch"
+        " && mount -t tmpfs -o size=8g thinsim-scratch /run/thinsim-scratch; }"
+        " || { echo 'thinsim vm: guest set-up failed' >&2; exit 125; };"
+        " export THINSIM_SCRATCH=/run/thinsim-scratch THINSIM_IN_VM=1 A='1 2';"
+        " cd '/work x' && exec /bin/sh -c 'echo '\"'\"'a b'\"'\"''"
+    )
+
+
+def test_the_guest_script_runs_the_command_in_the_folder_with_its_environment(tmp_path):
+    # The same line under a plain sh, with the set-up commands stubbed: what the guest does.
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name in ("modprobe", "mount", "mkdir"):
+        (stubs / name).write_text("#!/bin/sh\nexit 0\n")
+        (stubs / name).chmod(0o755)
+    line = vm.guest_script("pwd; echo $A; echo e >&2; exit 3", cwd=str(tmp_path), env={"A": "1 2"})
+    env = {"PATH": f"{stubs}:/usr/bin:/bin"}
+    proc = subprocess.run(["sh", "-c", line], capture_output=True, text=True, env=env, check=False)
+    assert (proc.stdout, proc.stderr, proc.returncode) == (f"{tmp_path}\n1 2\n", "e\n", 3)
+
+
+def test_a_failed_guest_set_up_is_exit_status_125(tmp_path):
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "modprobe").write_text("#!/bin/sh\nexit 1\n")
+    (stubs / "modprobe").chmod(0o755)
+    line = vm.guest_script("echo never", cwd="/")
+    proc = subprocess.run(
+        ["sh", "-c", line],
+        capture_output=True,
+        text=True,
+        env={"PATH": f"{stubs}:/usr/bin:/bin"},
+        check=False,
+    )
+    assert (proc.stdout, proc.stderr, proc.returncode) == (
+        "",
+        "thinsim vm: guest set-up failed\n",
+        125,
+    )
+
+
+@boot
+def test_a_command_in_the_vm_sees_dm_thin_and_returns_its_output_and_status():
+    proc = vm.run("dmsetup targets | grep thin; echo to-stderr >&2; exit 7", timeout=600)
+    assert (proc.stdout, proc.stderr, proc.returncode) == (
+        "thin-pool        v1.22.0\nthin             v1.22.0\n",
+        "to-stderr\n",
+        7,
+    )
+
+
+@boot
+def test_backing_files_go_on_a_tmpfs_in_the_vm():
+    proc = vm.run('stat -f -c %T "$THINSIM_SCRATCH"', timeout=600)
+    assert (proc.stdout, proc.returncode) == ("tmpfs\n", 0)

@@ -1,0 +1,248 @@
+"""A real dm-thin kernel for hosts that have none: Debian's kernel booted with virtme-ng.
+
+    thinsim vm [--rwdir DIR]... [--module 'NAME ARGS']... -- COMMAND [ARG...]
+
+boots the newest ``/boot/vmlinuz-*-amd64`` (or ``$THINSIM_KERNEL``) under QEMU through
+``vng`` (see ../shared/docs/vm-recipe.md), and runs COMMAND inside the guest as root, in the
+caller's working folder, with ``dm-thin-pool`` and ``loop`` loaded and a fresh tmpfs mounted
+on :data:`SCRATCH` (``$THINSIM_SCRATCH`` in the guest) for backing files.  The guest sees the
+host's root file system read-only (the same Python, the same checkout); only ``--rwdir``
+folders are writable.  COMMAND's stdout, stderr and exit status are the command's own: vng
+passes them through.  One boot serves the whole COMMAND, so batch work into one call.
+
+Acceleration is detected, not assumed: KVM is used only when ``/dev/kvm`` is usable and a
+probe boot of the same kernel under KVM gets to the end of its boot (on some machines KVM
+guests die at start: ``failed to set MSR 0x10a``); otherwise QEMU emulates the CPU (TCG),
+about 20 s to boot and several times slower to run.  ``THINSIM_VM_ACCEL=kvm|tcg`` overrides.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCRATCH = "/run/thinsim-scratch"  # the guest's tmpfs for backing files
+SCRATCH_SIZE = "8g"  # a limit, not a reservation: tmpfs takes memory only as it fills
+MODULES = ("dm-thin-pool", "loop")
+MEMORY = "2G"
+CPUS = 2
+SETUP_FAILED = 125  # COMMAND's exit status when the guest could not be set up
+PROBE_TIMEOUT = 20  # seconds: a KVM boot to the root-mount panic takes one or two
+
+
+class VMError(RuntimeError):
+    """The VM cannot be started here; the message says what is missing and how to get it."""
+
+
+def _sort_key(path: str) -> list:
+    # Version order, as ``sort -V`` does: 6.1.0-10 after 6.1.0-9.
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
+
+
+def kernel_image() -> str:
+    """The kernel to boot: ``$THINSIM_KERNEL`` or the newest /boot/vmlinuz-*-amd64."""
+    if os.environ.get("THINSIM_KERNEL"):
+        return os.environ["THINSIM_KERNEL"]
+    images = sorted(glob.glob("/boot/vmlinuz-*-amd64"), key=_sort_key)
+    if not images:
+        raise VMError(
+            "no kernel image in /boot (vmlinuz-*-amd64): apt-get install linux-image-amd64 "
+            "(or set THINSIM_KERNEL)"
+        )
+    return images[-1]
+
+
+def check_tools() -> None:
+    """Raise :class:`VMError` naming what to install if vng or QEMU is missing."""
+    missing = []
+    if not shutil.which("vng"):
+        missing.append("vng (pip install virtme-ng)")
+    if not shutil.which("qemu-system-x86_64"):
+        missing.append("qemu-system-x86_64 (apt-get install qemu-system-x86)")
+    if missing:
+        raise VMError("cannot boot a VM, missing: " + ", ".join(missing))
+
+
+def probe_kvm(kernel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+    """Whether a KVM guest boots here, and why not.
+
+    Boots KERNEL under KVM with no root file system: a working guest runs its whole boot and
+    panics at the root mount (``panic=-1`` reboots at once, ``-no-reboot`` then ends QEMU).
+    A broken KVM either kills QEMU at start or hangs; both count as unusable.
+    """
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not readable and writable by this user"
+    with tempfile.TemporaryDirectory(prefix="thinsim-kvm-probe-") as tmp:
+        console = os.path.join(tmp, "console")
+        argv = [
+            "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "1",
+            "-display", "none", "-nodefaults", "-no-reboot", "-serial", f"file:{console}",
+            "-kernel", kernel, "-append", "console=ttyS0 panic=-1",
+        ]  # fmt: skip
+        log.info("kvm probe: %s", shlex.join(argv))
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return False, f"a KVM guest did not finish booting within {timeout:.0f} s"
+        try:
+            text = Path(console).read_text(errors="replace")
+        except FileNotFoundError:  # QEMU died before opening it
+            text = ""
+    if proc.returncode == 0 and "Kernel panic" in text:
+        return True, "a KVM guest boots"
+    first = out.decode(errors="replace").strip().splitlines()[:1]
+    return False, f"a KVM guest dies at start (qemu exit {proc.returncode}: {''.join(first)})"
+
+
+@functools.cache
+def accelerator(kernel: str | None = None) -> str:
+    """``"kvm"`` when KVM guests work here, else ``"tcg"`` (``$THINSIM_VM_ACCEL`` wins)."""
+    forced = os.environ.get("THINSIM_VM_ACCEL", "")
+    if forced in ("kvm", "tcg"):
+        return forced
+    usable, why = probe_kvm(kernel or kernel_image())
+    log.info("kvm %s: %s", "usable" if usable else "not usable", why)
+    return "kvm" if usable else "tcg"
+
+
+def guest_script(
+    command: str,
+    *,
+    cwd: str,
+    modules: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> str:
+    """The shell line the guest runs: load modules, mount the scratch tmpfs, run COMMAND."""
+    setup = [f"modprobe {m}" for m in (*MODULES, *modules)]
+    setup += [
+        f"mkdir -p {SCRATCH}",
+        f"mount -t tmpfs -o size={SCRATCH_SIZE} thinsim-scratch {SCRATCH}",
+    ]
+    exports = {"THINSIM_SCRATCH": SCRATCH, "THINSIM_IN_VM": "1", **(env or {})}
+    return (
+        "{ " + " && ".join(setup) + "; } || "
+        f"{{ echo 'thinsim vm: guest set-up failed' >&2; exit {SETUP_FAILED}; }}; "
+        + "export "
+        + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items())
+        + f"; cd {shlex.quote(cwd)} && exec /bin/sh -c {shlex.quote(command)}"
+    )
+
+
+def vng_argv(
+    command: str | Sequence[str],
+    *,
+    rwdirs: Sequence[str | os.PathLike] = (),
+    cwd: str | os.PathLike | None = None,
+    modules: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    kernel: str | None = None,
+    memory: str = MEMORY,
+    cpus: int = CPUS,
+) -> list[str]:
+    """The ``vng`` command line that runs COMMAND (a shell line, or an argv list) in a VM."""
+    check_tools()
+    kernel = kernel or kernel_image()
+    if not isinstance(command, str):
+        command = shlex.join(command)
+    cwd = os.path.abspath(cwd or os.getcwd())
+    # The guest runs the host's programs: give it the caller's PATH (virtual environments).
+    guest_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    guest_env.update(env or {})
+    argv = ["vng", "--run", kernel, "--user", "root", "--memory", memory, "--cpus", str(cpus)]
+    if accelerator(kernel) == "tcg":
+        argv.append("--disable-kvm")
+    for d in dict.fromkeys(os.path.abspath(d) for d in rwdirs):
+        argv += ["--rwdir", d]
+    argv += ["--exec", guest_script(command, cwd=cwd, modules=modules, env=guest_env)]
+    return argv
+
+
+def run(
+    command: str | Sequence[str],
+    *,
+    rwdirs: Sequence[str | os.PathLike] = (),
+    cwd: str | os.PathLike | None = None,
+    modules: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    capture: bool = True,
+    timeout: float | None = None,
+    kernel: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Boot a VM, run COMMAND inside as root (see the module docstring), and return its
+    stdout, stderr (text, when ``capture``; else they go to ours) and exit status.
+
+    ``modules`` are extra ``modprobe`` lines (``"brd rd_nr=1 rd_size=2097152"``); ``env``
+    extra environment for COMMAND.  On a timeout or an interrupt the whole VM is killed (no
+    QEMU is left running) and the exception propagates.
+    """
+    argv = vng_argv(command, rwdirs=rwdirs, cwd=cwd, modules=modules, env=env, kernel=kernel)
+    log.info("vm: %s", shlex.join(argv))
+    pipe = subprocess.PIPE if capture else None
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        # vng, QEMU and virtiofsd/9p helpers share the session started above.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        raise
+    decode = (lambda b: b.decode("utf-8", "surrogateescape")) if capture else (lambda b: b)
+    return subprocess.CompletedProcess(argv, proc.returncode, decode(out), decode(err))
+
+
+def main(argv: list[str]) -> int:
+    """``thinsim vm``: see the module docstring."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="thinsim vm", description=__doc__.splitlines()[0])
+    parser.add_argument("--rwdir", action="append", default=[], help="writable in the guest")
+    parser.add_argument(
+        "--module", action="append", default=[], help="also modprobe this (with arguments)"
+    )
+    parser.add_argument("--timeout", type=float, help="kill the VM after this many seconds")
+    parser.add_argument("--print-accel", action="store_true", help="say kvm or tcg, and exit")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        if args.print_accel:
+            print(accelerator())
+            return 0
+        if not command:
+            parser.error("no COMMAND (thinsim vm -- COMMAND)")
+        # One word is a shell line (like ssh); several are an argv.
+        line = command[0] if len(command) == 1 else shlex.join(command)
+        proc = run(line, rwdirs=args.rwdir, modules=args.module, capture=False,
+                   timeout=args.timeout)  # fmt: skip
+    except VMError as exc:
+        print(f"thinsim vm: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.TimeoutExpired:
+        print(f"thinsim vm: killed the VM after {args.timeout:.0f} s", file=sys.stderr)
+        return 124
+    return proc.returncode
