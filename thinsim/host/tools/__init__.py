@@ -13,6 +13,15 @@ from .dd import dd
 from .dmsetup import dmsetup
 from .losetup import losetup
 from .misc import dmesg, sync, udevadm
+from .thintools import (
+    thin_check,
+    thin_delta,
+    thin_dump,
+    thin_ls,
+    thin_metadata_size,
+    thin_repair,
+    thin_restore,
+)
 
 __all__ = ["COMMANDS", "GUARDED", "IO", "Unsupported", "unsupported"]
 
@@ -25,6 +34,13 @@ COMMANDS = {
     "dmesg": dmesg,
     "sync": sync,
     "udevadm": udevadm,
+    "thin_check": thin_check,
+    "thin_dump": thin_dump,
+    "thin_ls": thin_ls,
+    "thin_delta": thin_delta,
+    "thin_restore": thin_restore,
+    "thin_repair": thin_repair,
+    "thin_metadata_size": thin_metadata_size,
 }
 
 # Commands that are not simulated but must never be handed a simulated device.
@@ -70,13 +86,6 @@ GUARDED = (
     "lvcreate",
     "cryptsetup",
     "badblocks",
-    "thin_check",
-    "thin_dump",
-    "thin_ls",
-    "thin_delta",
-    "thin_restore",
-    "thin_repair",
-    "thin_metadata_size",
     "thin_trim",
     "thin_rmap",
 )

@@ -1,0 +1,37 @@
+"""Debian 12's thin-provisioning-tools 0.9.0, in Python: thin_check, thin_dump, thin_ls,
+thin_delta, thin_restore, thin_repair and thin_metadata_size, printing what the C++ prints.
+
+Each tool is a module with a ``main(prog, argv, io, files)`` that behaves as the command
+(``thinsim.host`` runs them as the simulated host's commands) and functions for Python use::
+
+    from thinsim.thin_tools import RealFiles
+    from thinsim.thin_tools.dump import dump_text
+    print(dump_text(RealFiles(), "meta.img"))
+
+The metadata is read as the C++ reads it (``metadata.py``); thin_restore builds metadata
+with the model (``thinsim.model``) so that a kernel opens it as its own.
+"""
+
+from __future__ import annotations
+
+from . import check, delta, dump, ls, metadata_size, repair, restore
+from .common import VERSION, Files, Output, RealFiles, ToolError
+
+TOOLS = {
+    "thin_check": check.main,
+    "thin_dump": dump.main,
+    "thin_ls": ls.main,
+    "thin_delta": delta.main,
+    "thin_restore": restore.main,
+    "thin_repair": repair.main,
+}
+
+__all__ = ["TOOLS", "VERSION", "Files", "Output", "RealFiles", "ToolError", "run_tool"]
+
+
+def run_tool(name: str, argv: list[str], io: Output | None = None, files: Files | None = None):
+    """Run tool ``name`` with ``argv`` (without the program name); returns the exit status."""
+    io = io or Output()
+    if name == "thin_metadata_size":
+        return metadata_size.main(name, argv, io)
+    return TOOLS[name](name, argv, io, files or RealFiles())

@@ -1,0 +1,388 @@
+"""thin_restore (thin_restore.cc, restore_emitter.cc, xml_format.cc, base/xml_utils.cc):
+metadata from thin_dump's XML, written onto a file or device.
+
+The XML is parsed with expat (pyexpat is the same library the C++ links), attributes are
+fetched in the order gcc evaluates the C++ call's arguments (right to left), so a broken
+file fails with the same message.  The metadata itself is built with the model
+(thinsim.model), the kernel's own btrees and space maps, so a kernel opens it as it opens
+what it wrote.
+"""
+
+from __future__ import annotations
+
+from xml.parsers import expat
+
+from .common import MD_BLOCK_SIZE, VERSION, Files, Output, ToolError
+from .dump import Emitter
+from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
+from .open import get_file_length, lexical_uint64, open_bm, parse_uint64
+
+MAX_METADATA_BLOCKS = 255 * ((MD_BLOCK_SIZE - 16) * 4)
+U32 = (1 << 32) - 1
+BAD_CAST = "bad lexical cast: source type value could not be interpreted as target"
+
+USAGE = (
+    "Usage: {prog} [options]\n"
+    "Options:\n"
+    "  {{-h|--help}}\n"
+    "  {{-i|--input}} <input xml file>\n"
+    "  {{-o|--output}} <output device or file>\n"
+    "  {{--transaction-id}} <natural>\n"
+    "  {{--data-block-size}} <natural>\n"
+    "  {{--nr-data-blocks}} <natural>\n"
+    "  {{-q|--quiet}}\n"
+    "  {{-V|--version}}\n"
+)
+
+LONGOPTS = [
+    LongOption("help", NO_ARGUMENT, "h"),
+    LongOption("input", REQUIRED_ARGUMENT, "i"),
+    LongOption("output", REQUIRED_ARGUMENT, "o"),
+    LongOption("transaction-id", REQUIRED_ARGUMENT, 1),
+    LongOption("data-block-size", REQUIRED_ARGUMENT, 2),
+    LongOption("nr-data-blocks", REQUIRED_ARGUMENT, 3),
+    LongOption("quiet", NO_ARGUMENT, "q"),
+    LongOption("version", NO_ARGUMENT, "V"),
+]
+
+EXPLAIN = (
+    "The output file should either be a block device,\n"
+    "or an existing file.  The file needs to be large\n"
+    "enough to hold the metadata."
+)
+
+
+class OverrideError(ToolError):
+    """override_error: a field the superblock lost and the command line must give."""
+
+
+class Overrides:
+    """override_options: --transaction-id, --data-block-size, --nr-data-blocks."""
+
+    def __init__(self, transaction_id=None, data_block_size=None, nr_data_blocks=None):
+        self.transaction_id = transaction_id
+        self.data_block_size = data_block_size
+        self.nr_data_blocks = nr_data_blocks
+
+    def get(self, name: str, value=None):
+        v = getattr(self, name)
+        if v is not None:
+            return v
+        if value is None:
+            raise OverrideError(name.replace("_", " "))
+        return value
+
+
+class OverrideEmitter(Emitter):
+    """override_emitter.cc: the superblock's fields the command line overrides."""
+
+    def __init__(self, inner: Emitter, overrides: Overrides) -> None:
+        self.inner = inner
+        self.o = overrides
+
+    def begin_superblock(self, uuid, time, trans_id, flags, version, data_block_size,
+                         nr_data_blocks, metadata_snap) -> None:  # fmt: skip
+        o = self.o
+        self.inner.begin_superblock(
+            uuid, time, o.get("transaction_id", trans_id), flags, version,
+            o.get("data_block_size", data_block_size), o.get("nr_data_blocks", nr_data_blocks),
+            metadata_snap,
+        )  # fmt: skip
+
+    def end_superblock(self) -> None:
+        self.inner.end_superblock()
+
+    def begin_device(self, *args) -> None:
+        self.inner.begin_device(*args)
+
+    def end_device(self) -> None:
+        self.inner.end_device()
+
+    def range_map(self, *args) -> None:
+        self.inner.range_map(*args)
+
+    def single_map(self, *args) -> None:
+        self.inner.single_map(*args)
+
+
+class Restorer(Emitter):
+    """restore_emitter.cc: builds the metadata as the events come; ``end_superblock``
+    commits.  ``pmd`` is the model's PoolMetadata once begun."""
+
+    def __init__(self, nr_metadata_blocks: int, warn=None) -> None:
+        if nr_metadata_blocks > MAX_METADATA_BLOCKS:
+            if warn is not None:
+                warn(f"truncating metadata device to {MAX_METADATA_BLOCKS} 4k blocks\n")
+            nr_metadata_blocks = MAX_METADATA_BLOCKS
+        self.nr_metadata_blocks = nr_metadata_blocks
+        self.pmd = None
+        self.in_superblock = False
+        self.committed = False
+        self.nr_data_blocks = 0
+        self.device = None
+        self.td = None
+
+    def begin_superblock(self, uuid, time, trans_id, flags, version, data_block_size,
+                         nr_data_blocks, metadata_snap) -> None:  # fmt: skip
+        from ..model.metadata import PoolMetadata
+
+        self.in_superblock = True
+        self.nr_data_blocks = nr_data_blocks
+        pmd = PoolMetadata(self.nr_metadata_blocks, data_block_size)
+        pmd.in_service = True
+        pmd.time = time
+        pmd.trans_id = trans_id
+        pmd.needs_check = bool((flags or 0) & 1)
+        pmd.resize_data_dev(nr_data_blocks)
+        self.pmd = pmd
+
+    def end_superblock(self) -> None:
+        if not self.in_superblock:
+            raise ToolError("missing superblock")
+        self.pmd.commit()
+        self.committed = True
+        self.in_superblock = False
+
+    def begin_device(self, dev_id, mapped_blocks, trans_id, creation_time, snap_time):
+        if not self.in_superblock:
+            raise ToolError("missing superblock")
+        pmd = self.pmd
+        if pmd.device_exists(dev_id):
+            raise ToolError("Device already exists")
+        pmd.create_thin(dev_id)
+        td = pmd.open_device(dev_id)
+        td.mapped_blocks = 0
+        td.transaction_id = trans_id
+        td.creation_time = creation_time & U32
+        td.snapshotted_time = snap_time & U32
+        td.changed = True
+        self.device, self.td = dev_id, td
+
+    def end_device(self) -> None:
+        self.pmd.close_device(self.td)
+        self.device = self.td = None
+
+    def range_map(self, origin_begin, data_begin, time, length) -> None:
+        for i in range(length):
+            self.single_map(origin_begin + i, data_begin + i, time)
+
+    def single_map(self, origin_block, data_block, time) -> None:
+        from ..model.metadata import pack_block_time
+
+        if self.device is None:
+            raise ToolError("not in device")
+        if data_block >= self.nr_data_blocks:
+            raise ToolError(
+                f"mapping beyond end of data device ({data_block} >= {self.nr_data_blocks})"
+            )
+        pmd = self.pmd
+        pmd.root, inserted = pmd.info.insert(
+            pmd.root, (self.device, origin_block), pack_block_time(data_block, time)
+        )
+        if inserted:
+            self.td.mapped_blocks += 1
+        pmd.data_sm.inc(data_block)
+
+    def blocks(self) -> dict[int, bytes]:
+        """The committed metadata's blocks, by block number."""
+        from ..model.disk import metadata_blocks
+
+        return metadata_blocks(self.pmd)
+
+
+def _attr(attrs: dict, key: str, kind: str):
+    if key not in attrs:
+        raise ToolError(f"could not find attribute: {key}")
+    return _cast(attrs[key], kind)
+
+
+def _opt_attr(attrs: dict, key: str, kind: str):
+    return _cast(attrs[key], kind) if key in attrs else None
+
+
+def _cast(text: str, kind: str):
+    if kind == "str":
+        return text
+    v = lexical_uint64(text)
+    if kind == "u32":
+        # lexical_cast<uint32_t>: a minus wraps within 32 bits; above 2^32 - 1 fails
+        s = text[1:] if text[:1] in "+-" else text
+        if v is None or not s or int(s) > U32:
+            raise ToolError(BAD_CAST)
+        return (-int(s)) & U32 if text[:1] == "-" else int(s)
+    if v is None:
+        raise ToolError(BAD_CAST)
+    return v
+
+
+def parse_xml(data: bytes, e: Emitter) -> None:
+    """tp::parse_xml: expat over the file in 4 KiB reads, tags to emitter events."""
+
+    def start(name, attrs) -> None:
+        if name == "superblock":
+            # gcc evaluates the arguments right to left
+            snap = _opt_attr(attrs, "metadata_snap", "u64")
+            nr = _attr(attrs, "nr_data_blocks", "u64")
+            dbs = _attr(attrs, "data_block_size", "u32")
+            version = _opt_attr(attrs, "version", "u32")
+            flags = _opt_attr(attrs, "flags", "u32")
+            trans = _attr(attrs, "transaction", "u64")
+            time = _attr(attrs, "time", "u64")
+            uuid = _attr(attrs, "uuid", "str")
+            e.begin_superblock(uuid, time, trans, flags, version, dbs, nr, snap)
+        elif name == "device":
+            snap_time = _attr(attrs, "snap_time", "u64")
+            ctime = _attr(attrs, "creation_time", "u64")
+            trans = _attr(attrs, "transaction", "u64")
+            mapped = _attr(attrs, "mapped_blocks", "u64")
+            dev = _attr(attrs, "dev_id", "u32")
+            e.begin_device(dev, mapped, trans, ctime, snap_time)
+        elif name == "range_mapping":
+            length = _attr(attrs, "length", "u64")
+            time = _attr(attrs, "time", "u32")
+            data = _attr(attrs, "data_begin", "u64")
+            origin = _attr(attrs, "origin_begin", "u64")
+            e.range_map(origin, data, time, length)
+        elif name == "single_mapping":
+            time = _attr(attrs, "time", "u32")
+            data = _attr(attrs, "data_block", "u64")
+            origin = _attr(attrs, "origin_block", "u64")
+            e.single_map(origin, data, time)
+        else:
+            raise ToolError("unknown tag type")
+
+    def end(name) -> None:
+        if name == "superblock":
+            e.end_superblock()
+        elif name == "device":
+            e.end_device()
+        elif name not in ("range_mapping", "single_mapping"):
+            raise ToolError("unknown tag close")
+
+    p = expat.ParserCreate()
+    p.StartElementHandler = start
+    p.EndElementHandler = end
+    pos = 0
+    while True:
+        chunk = data[pos : pos + 4096]
+        pos += len(chunk)
+        done = len(chunk) < 4096
+        try:
+            p.Parse(chunk, done)
+        except expat.ExpatError as err:
+            raise ToolError(
+                f"Parse error at line {p.CurrentLineNumber}:\n{expat.ErrorString(err.code)}\n"
+            ) from None
+        if done:
+            break
+
+
+def check_output_file_requirements(files: Files, path: str, err) -> None:
+    """base::check_output_file_requirements: an existing file of at least 32 KiB (any
+    size for a block device)."""
+    try:
+        info = files.stat(path)
+    except OSError:
+        err("Output file does not exist.\n\n")
+        raise ToolError(EXPLAIN) from None
+    if info.kind == "reg":
+        if not info.size:
+            err("Zero size output file.\n\n")
+            raise ToolError(EXPLAIN)
+        if info.size < 32 * 1024:
+            err("Output file too small.\n\n")
+            raise ToolError(EXPLAIN)
+
+
+def write_restored(files: Files, dev: str, source, overrides: Overrides, err) -> None:
+    """restore / repair: open the output, run ``source(emitter)``, write the blocks; on a
+    failure after the output was touched its superblock is zeroed, as the C++ does."""
+    bm = open_bm(files, dev, write=True)
+    touched = False
+    try:
+        restorer = None
+
+        def begin():
+            nonlocal touched, restorer
+            touched = True
+            if not bm.nr_blocks:
+                raise ToolError("Metadata is not large enough for superblock.")
+            restorer = Restorer(bm.nr_blocks, err)
+            return OverrideEmitter(restorer, overrides)
+
+        source(begin)
+        if restorer is not None and restorer.committed:
+            for b, block in sorted(restorer.blocks().items()):
+                bm.handle.pwrite(b * MD_BLOCK_SIZE, block)
+    except ToolError:
+        if touched:
+            bm.handle.pwrite(0, bytes(MD_BLOCK_SIZE))
+        raise
+    finally:
+        bm.handle.close()
+
+
+def restore(files: Files, xml_path: str, dev: str, overrides: Overrides | None = None,
+            err=None) -> None:  # fmt: skip
+    """thin_restore -i XML_PATH -o DEV (raises ToolError as the tool fails)."""
+
+    def source(begin) -> None:
+        try:
+            files.stat(xml_path)
+        except OSError:
+            raise ToolError("Couldn't stat file") from None
+        e = begin()
+        get_file_length(files, xml_path)
+        parse_xml(files.read_text(xml_path), e)
+
+    write_restored(files, dev, source, overrides or Overrides(), err or (lambda t: None))
+
+
+def main(prog: str, argv: list[str], io: Output, files: Files) -> int:
+    """``thin_restore ARGV``."""
+    usage = USAGE.format(prog="thin_restore")
+    inp = outp = ""
+    ov = Overrides()
+    opts, operands = getopt_long(prog, argv, "hi:o:qV", LONGOPTS)
+    try:
+        for c, arg in opts:
+            if c == "h":
+                io.out(usage)
+                return 0
+            if c == "i":
+                inp = arg
+            elif c == "o":
+                outp = arg
+            elif c == 1:
+                ov.transaction_id = parse_uint64(arg, "transaction id")
+            elif c == 2:
+                ov.data_block_size = parse_uint64(arg, "data block size") & U32
+            elif c == 3:
+                ov.nr_data_blocks = parse_uint64(arg, "nr data blocks")
+            elif c == "q":
+                pass
+            elif c == "V":
+                io.out(f"{VERSION}\n")
+                return 0
+            else:
+                io.err(f"{arg}\n{usage}")
+                return 1
+    except ToolError as e:
+        io.err(f"{e}\n{usage}")
+        return 1
+    if operands:
+        io.err(usage)
+        return 1
+    if not inp:
+        io.err("No input file provided.\n\n" + usage)
+        return 1
+    if not outp:
+        io.err("No output file provided.\n\n" + usage)
+        return 1
+    try:
+        check_output_file_requirements(files, outp, io.err)
+        restore(files, inp, outp, ov, io.err)
+    except ToolError as e:
+        io.err(f"{e}\n")
+        return 1
+    return 0
