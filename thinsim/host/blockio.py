@@ -11,6 +11,68 @@ from .kernel import device_size
 from .state import DmDevice, HostState, LoopDevice
 
 
+def lookup_path(state: HostState, path: str):
+    """The simulated block device a file name opens (/dev/loopN, /dev/mapper/NAME,
+    /dev/dm-N, relative names too), or None.  An existing loop device that is not bound
+    opens as a device of size 0."""
+    p = os.path.normpath(os.path.join(os.getcwd(), path))
+    if p.startswith("/dev/loop") and p[9:].isdigit() and p[9:] == str(int(p[9:])):
+        n = int(p[9:])
+        if n in state.loops:
+            return state.loops[n]
+        if n in getattr(state, "loop_nodes", range(8)):
+            return LoopDevice(n, "", 0, 0)
+        return None
+    if p.startswith("/dev/mapper/"):
+        dev = state.dm.get(p[12:])
+    elif p.startswith("/dev/dm-") and p[8:].isdigit() and p[8:] == str(int(p[8:])):
+        dev = next((d for d in state.dm.values() if d.minor == int(p[8:])), None)
+    else:
+        return None
+    if dev is None or not getattr(dev, "disk_added", True):
+        return None  # no node: udev makes it with the device's first table
+    return dev
+
+
+# dm-thin.c: COMMIT_PERIOD.  The simulated host has no wall clock for the pool: each
+# command is taken to start more than a second after the one before (as in the VM the
+# recordings come from, where every command takes that long under TCG), and everything
+# one command does to happen within one second.
+def worker_commit(state: HostState, pool) -> None:
+    """process_deferred_bios: with no flush queued the worker still commits when the
+    transaction changed and COMMIT_PERIOD has passed since the last commit (so the first
+    provisioning write of a command commits right away, later ones wait for a flush)."""
+    seq = getattr(state, "command_seq", 0)
+    if getattr(pool, "host_commit_count", None) != pool.pmd.commit_count:
+        pool.host_commit_count = pool.pmd.commit_count
+        pool.host_commit_seq = seq
+    if getattr(pool, "host_commit_seq", -1) >= seq or pool.suspended:
+        return
+    if any(td.changed for td in pool.pmd.devices.values()):
+        pool.commit()
+        pool.host_commit_count = pool.pmd.commit_count
+        pool.host_commit_seq = seq
+
+
+def new_command(state: HostState) -> None:
+    """A command starts, more than a second after the last one: do_waker has run the
+    worker meanwhile, which committed any pool whose transaction changed."""
+    seq = getattr(state, "command_seq", 0)
+    for dev in state.dm.values():
+        for t in dev.live or []:
+            pool = t.obj
+            if t.type != "thin-pool" or pool is None:
+                continue
+            if getattr(pool, "host_commit_count", None) != pool.pmd.commit_count:
+                pool.host_commit_count = pool.pmd.commit_count
+                pool.host_commit_seq = seq
+            if not pool.suspended and any(td.changed for td in pool.pmd.devices.values()):
+                pool.commit()
+                pool.host_commit_count = pool.pmd.commit_count
+                pool.host_commit_seq = seq
+    state.command_seq = seq + 1
+
+
 def _loop_file(loop: LoopDevice):
     return os.open(loop.backing_file, os.O_RDWR if not loop.read_only else os.O_RDONLY)
 
@@ -19,6 +81,8 @@ def read(state: HostState, dev, offset: int, length: int) -> bytes:
     size = device_size(state, dev)
     length = max(0, min(length, size - offset))
     if isinstance(dev, LoopDevice):
+        if not length:
+            return b""
         fd = _loop_file(dev)
         try:
             data = os.pread(fd, length, dev.offset + offset)
@@ -66,7 +130,10 @@ def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: byte
             if piece is None:
                 out += thin.read(rel, n)
             else:
-                thin.write(rel, piece)
+                try:
+                    thin.write(rel, piece)
+                finally:
+                    worker_commit(state, thin.pool)
         elif t.type == "thin-pool":
             # pool_map: I/O to the pool device goes straight to the data device
             under = state.loops[t.data_loop]
@@ -99,7 +166,10 @@ def discard(state: HostState, dev, offset: int, length: int) -> None:
         return
     for t in _targets(dev):
         if t.type == "thin":
-            t.obj.discard(offset - t.start * 512, length)
+            try:
+                t.obj.discard(offset - t.start * 512, length)
+            finally:
+                worker_commit(state, t.obj.pool)
         else:
             raise error_for(E.EOPNOTSUPP)
 

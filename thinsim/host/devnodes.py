@@ -66,7 +66,8 @@ def _sync(state: HostState, dev: str) -> None:
             os.unlink(os.path.join(dev, entry))
     names = set(want.values())
     for entry in os.listdir(mapper):
-        if entry != "control" and entry not in names:
+        # only udev's symlinks go; a plain file there (a dd to a missing name) stays
+        if entry not in names and os.path.islink(os.path.join(mapper, entry)):
             os.unlink(os.path.join(mapper, entry))
     for minor, name in want.items():
         _node(os.path.join(dev, f"dm-{minor}"), _DM_BASE + minor)

@@ -37,6 +37,7 @@ class LoopDevice:
     autoclear: bool = False
     size: int = 0  # capacity in bytes, fixed at attach and at ``losetup -c``
     dio: bool = False
+    partscan: bool = False
 
     @property
     def path(self) -> str:
@@ -90,6 +91,9 @@ class HostState:
     log_times: list[float] = field(default_factory=list)
     clock: Clock = field(default_factory=Clock)
     boot_time: float = field(default_factory=time.time)
+    # loop devices that exist, bound or not: loop0-7 from loop.ko's load, more from
+    # LOOP_CTL_GET_FREE / LOOP_CTL_ADD (losetup); none goes away
+    loop_nodes: set[int] = field(default_factory=lambda: set(range(8)))
 
     def __repr__(self) -> str:
         return f"HostState(loops={sorted(self.loops)}, dm={sorted(self.dm)})"
@@ -162,6 +166,10 @@ def open_host(folder: str | os.PathLike, *, write: bool = True):
                 state = pickle.load(f)
         else:
             state = HostState()
+        if write:
+            from .blockio import new_command
+
+            new_command(state)  # the pool's periodic commit between commands
         yield state
         if write:
             state.stamp_log()
