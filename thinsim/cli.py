@@ -18,9 +18,33 @@ def _scenario(args) -> int:
 
 
 def _run(args) -> int:
+    if args.backend == "kernel":
+        from .host.real import RealHostError, run_scripts
+        from .vm import VMError
+
+        if args.host:
+            print("thinsim run: --host is for the simulated host", file=sys.stderr)
+            return 2
+        try:
+            (result,) = run_scripts([(args.script, args.args)])
+        except (RealHostError, VMError) as exc:
+            print(f"thinsim run: {exc}", file=sys.stderr)
+            return 2
+        if args.mask:
+            result = result.masked()
+        sys.stdout.buffer.write(result.stdout.encode("utf-8", "surrogateescape"))
+        sys.stderr.buffer.write(result.stderr.encode("utf-8", "surrogateescape"))
+        return result.returncode if isinstance(result.returncode, int) else 124
+
     from .host.run import run_script
 
     return run_script(args.script, args.args, args.host)
+
+
+def _diff(args) -> int:
+    from .host.diff import main
+
+    return main(args.scripts, args.timeout)
 
 
 def _shell(args) -> int:
@@ -61,11 +85,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("scenario", help="run a scenario file on the model, print its transcript")
     p.add_argument("file")
     p.set_defaults(func=_scenario)
-    p = sub.add_parser("run", help="run a bash script on a simulated host")
+    p = sub.add_parser("run", help="run a bash script on a simulated host (or the real one)")
+    p.add_argument(
+        "--backend",
+        choices=("sim", "kernel"),
+        default="sim",
+        help="kernel: on the real tools, in a fresh /run/thinsim/work (in a VM when this host "
+        "has no dm-thin)",
+    )
+    p.add_argument("--mask", action="store_true", help="kernel: mask dd timings, dmesg times")
     p.add_argument("--host", help="the host's state folder (default: a fresh one)")
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)
+    p = sub.add_parser(
+        "diff", help="run scripts on the simulated and the real host, diff their outputs"
+    )
+    p.add_argument("--timeout", type=float, default=300, help="seconds per script and side")
+    p.add_argument("scripts", nargs="+", metavar="SCRIPT")
+    p.set_defaults(func=_diff)
     p = sub.add_parser("shell", help="an interactive bash on a simulated host")
     p.add_argument("--host", help="the host's state folder (default: ~/.thinsim/host)")
     p.set_defaults(func=_shell)

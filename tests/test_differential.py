@@ -1,0 +1,491 @@
+"""The model against the real kernel: the same random operations on both, compared after
+every step.
+
+One hypothesis ``RuleBasedStateMachine`` drives two backends through the interface (create
+thin, snapshot, delete, activate and remove thins, write, read, discard, flush, grow data and
+metadata, out of data space) and after every step compares the pool's status line (which
+commits, so the kernel's one-second periodic commit never decides anything), the active
+thins' status lines, the data just written or discarded as read back, the errors (class and
+errno), thin_dump's mappings under a metadata snapshot and the data file's allocated size.
+
+Every step is also written down as bash for the real tools: a failure prints, after
+shrinking, a short script that ``thinsim diff SCRIPT`` runs on the simulated and the real
+host.
+
+``test_the_model_agrees_with_the_kernel`` (marker ``kernel``) needs root and dm-thin: run it
+inside ``thinsim vm``.  ``THINSIM_DIFF_EXAMPLES`` and ``THINSIM_DIFF_STEPS`` tune its size.
+``test_the_differential_machine_runs_on_the_model`` puts the model on both sides: it checks
+the machine itself (rules, script writing) on every ordinary run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+from collections.abc import Callable
+
+import pytest
+from hypothesis import note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from thinsim.backends.model import ModelPool
+from thinsim.errors import ThinsimError
+from thinsim.thin_dump import dump_xml
+
+SECTOR = 512
+MiB = 1 << 20
+
+# -- the two sides ----------------------------------------------------------------------
+
+
+class Side:
+    """One backend's pool and active thins, and what the comparison reads from it."""
+
+    name = "?"
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.thins = {}
+
+    def dump(self) -> str:
+        raise NotImplementedError
+
+    def allocated(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class ModelSide(Side):
+    name = "model"
+
+    @classmethod
+    def make(cls, *args, **kwargs) -> ModelSide:
+        # A memory store counts allocated 4 KiB pages as tmpfs does under the kernel's file.
+        return cls(ModelPool(*args, store="memory", **kwargs))
+
+    def dump(self) -> str:
+        self.pool.reserve_metadata_snap()
+        try:
+            return "".join(
+                line + "\n" for line in dump_xml(self.pool.target.pmd, metadata_snap=True)
+            )
+        finally:
+            self.pool.release_metadata_snap()
+
+    def allocated(self) -> int:
+        return self.pool.target.store.allocated_bytes()
+
+
+class KernelSide(Side):
+    name = "kernel"
+
+    @classmethod
+    def make(cls, *args, **kwargs) -> KernelSide:
+        from thinsim.backends.kernel import KernelPool
+
+        return cls(KernelPool(*args, **kwargs))
+
+    def dump(self) -> str:
+        return self.pool.metadata_dump()
+
+    def allocated(self) -> int:
+        return self.pool.allocated_bytes()
+
+
+def outcome(fn: Callable):
+    """(result, None) or (None, (error class, errno)) of calling fn."""
+    try:
+        return fn(), None
+    except ThinsimError as e:
+        return None, (type(e).__name__, e.errno)
+
+
+MAPPING = re.compile(
+    r'<(single|range)_mapping origin_(?:begin|block)="(\d+)" data_(?:begin|block)="(\d+)"'
+    r'(?: length="(\d+)")? time="(\d+)"/>'
+)
+
+
+def expanded(xml: str) -> list[str]:
+    """thin_dump's XML with every range_mapping written out block by block: a divergence in
+    one block shows as one line, whatever runs the two sides grouped it into."""
+    out = []
+    for line in xml.splitlines():
+        m = MAPPING.search(line)
+        if not m:
+            out.append(line.strip())
+            continue
+        _, origin, data, length, time = m.groups()
+        for i in range(int(length or 1)):
+            out.append(f"{int(origin) + i} -> {int(data) + i} time {time}")
+    return out
+
+
+# -- the script a failure prints ----------------------------------------------------------
+
+
+def table(data_size, bs, lwm, features) -> str:
+    line = f"0 {data_size // SECTOR} thin-pool /dev/loop0 /dev/loop1 {bs} {lwm}"
+    if features:
+        line += f" {len(features)} " + " ".join(features)
+    return line
+
+
+def fill(seed: int, length: int) -> bytes:
+    """What a write puts: one byte value (the script makes it with head and tr)."""
+    return bytes([seed]) * length
+
+
+class Script:
+    """The steps so far as bash for the real tools (thinsim diff runs it on both hosts)."""
+
+    def __init__(self) -> None:
+        self.lines = ["# thinsim diff this: the differential state machine's failing steps"]
+        self.patterns: set[tuple[int, int]] = set()
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def pattern(self, seed: int, length: int) -> str:
+        name = f"fill{seed}_{length}"
+        if (seed, length) not in self.patterns:
+            self.patterns.add((seed, length))
+            self.add(f"head -c {length} /dev/zero | tr '\\000' '\\{seed:03o}' > {name}")
+        return name
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+
+def pieces(offset: int, length: int, block: int):
+    """The requests the kernel backend issues for one I/O: split at data-block boundaries."""
+    pos, end = offset, offset + length
+    while pos < end:
+        nxt = min(end, (pos // block + 1) * block)
+        yield pos, nxt - pos
+        pos = nxt
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+FEATURES = ("skip_block_zeroing", "ignore_discard", "no_discard_passdown", "error_if_no_space")
+BLOCK_SIZES = (128, 256, 384, 1024)  # sectors; 384 is not a power of two (discard splitting)
+IDS = st.integers(0, 5)
+
+
+class Differential(RuleBasedStateMachine):
+    """Subclasses set ``sides`` to the two factories compared (the first is the reference)."""
+
+    sides: tuple[type[Side], type[Side]] = (ModelSide, ModelSide)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = self.b = None
+        self.script = Script()
+        self.created: set[int] = set()  # thin ids the pool holds (as the model says)
+        self.active: dict[int, int] = {}  # thin id -> length in bytes
+
+    # -- comparing ----------------------------------------------------------------------
+
+    def fail(self, what: str, a, b) -> None:
+        script = self.script.text()
+        note(script)
+        raise AssertionError(
+            f"{what} differ:\n  {self.a.name}: {a!r}\n  {self.b.name}: {b!r}\n"
+            f"Reproduce with `thinsim diff SCRIPT`, SCRIPT being:\n{script}"
+        )
+
+    def both(self, what: str, fn: Callable[[Side], object]):
+        """Do fn on both sides; they must agree on its result or error; return the result."""
+        try:
+            ra = outcome(lambda: fn(self.a))
+            rb = outcome(lambda: fn(self.b))
+        except Exception as e:
+            script = self.script.text()
+            note(script)
+            raise AssertionError(f"{what} raised {e!r}; the script so far:\n{script}") from e
+        if ra != rb:
+            self.fail(what, ra, rb)
+        return ra
+
+    def check_pool(self) -> None:
+        self.script.add("dmsetup status pool")
+        self.both("pool status", lambda s: s.pool.status())
+        for dev_id in sorted(self.active):
+            self.script.add(f"dmsetup status thin{dev_id}")
+            self.both(f"thin{dev_id} status", lambda s, d=dev_id: s.thins[d].status())
+
+    def check_all(self) -> None:
+        self.check_pool()
+        self.script.add(
+            "dmsetup message pool 0 reserve_metadata_snap",
+            "thin_dump -m /dev/loop0",
+            "dmsetup message pool 0 release_metadata_snap",
+            "stat -c 'allocated %b blocks' data",
+        )
+        da, db = self.a_dump_and_b_dump()
+        if da != db:
+            ea, eb = expanded(da), expanded(db)
+            if ea != eb:
+                diff = [(i, x, y) for i, (x, y) in enumerate(zip(ea, eb)) if x != y][:3]
+                self.fail("thin_dump -m mappings", (len(ea), diff), (len(eb), diff))
+            self.fail("thin_dump -m text", da, db)
+        self.both("allocated bytes of the data file", lambda s: s.allocated())
+
+    def a_dump_and_b_dump(self):
+        (da, ea), (db, eb) = (outcome(s.dump) for s in (self.a, self.b))
+        if ea != eb:
+            self.fail("thin_dump -m errors", ea, eb)
+        return da, db
+
+    def read_back(self, dev_id: int, offset: int, length: int) -> None:
+        self.script.add(
+            f"dd if=/dev/mapper/thin{dev_id} bs={length} count=1 skip={offset} "
+            "iflag=direct,skip_bytes status=none | md5sum"
+        )
+        self.both(
+            f"md5 of thin{dev_id} [{offset}, +{length})",
+            lambda s: hashlib.md5(s.thins[dev_id].read(offset, length)).hexdigest(),
+        )
+
+    # -- the pool -------------------------------------------------------------------------
+
+    @initialize(
+        bs=st.sampled_from(BLOCK_SIZES),
+        data_blocks=st.integers(6, 40),
+        md_mib=st.sampled_from([2, 4]),
+        lwm=st.integers(0, 8),
+        features=st.lists(st.sampled_from(FEATURES), unique=True, max_size=3),
+    )
+    def make_pool(self, bs, data_blocks, md_mib, lwm, features):
+        self.bs = bs
+        self.block = bs * SECTOR
+        self.data_size = data_blocks * self.block
+        self.md_size = md_mib * MiB
+        self.lwm = lwm
+        self.features = features
+        self.script.add(
+            "set -u",
+            f"truncate -s {self.md_size} md",
+            f"truncate -s {self.data_size} data",
+            "losetup -f --show md",
+            "losetup -f --show data",
+            f'dmsetup create pool --table "{table(self.data_size, bs, lwm, features)}"',
+        )
+        args = (self.data_size, self.md_size, bs, lwm, features)
+        self.a = self.sides[0].make(*args)
+        self.b = self.sides[1].make(*args)
+        self.check_all()
+
+    def teardown(self) -> None:
+        for side in (self.a, self.b):
+            if side is not None:
+                side.close()
+
+    def free_blocks(self) -> int:
+        # "... TRANSACTION USED_META/TOTAL USED_DATA/TOTAL ..." from the model's status
+        used, total = self.a.pool.status(noflush=True).split()[5].split("/")
+        return int(total) - int(used)
+
+    @rule(dev_id=IDS)
+    def create_thin(self, dev_id):
+        self.script.add(f"dmsetup message pool 0 create_thin {dev_id}")
+        _, err = self.both(f"create_thin {dev_id}", lambda s: s.pool.create_thin(dev_id))
+        if err is None:
+            self.created.add(dev_id)
+        self.check_pool()
+
+    @rule(dev_id=IDS, origin=IDS)
+    def create_snap(self, dev_id, origin):
+        self.script.add(f"dmsetup message pool 0 create_snap {dev_id} {origin}")
+        _, err = self.both(
+            f"create_snap {dev_id} {origin}", lambda s: s.pool.create_snap(dev_id, origin)
+        )
+        if err is None:
+            self.created.add(dev_id)
+        self.check_pool()
+
+    @rule(dev_id=IDS)
+    def delete(self, dev_id):
+        self.script.add(f"dmsetup message pool 0 delete {dev_id}")
+        _, err = self.both(f"delete {dev_id}", lambda s: s.pool.delete(dev_id))
+        if err is None:
+            self.created.discard(dev_id)
+        self.check_all()
+
+    @precondition(lambda self: len(self.active) < 3 and self.created - set(self.active))
+    @rule(data=st.data(), blocks=st.integers(1, 48), extra_sectors=st.sampled_from([0, 0, 0, 8]))
+    def activate(self, data, blocks, extra_sectors):
+        dev_id = data.draw(st.sampled_from(sorted(self.created - set(self.active))))
+        length = blocks * self.block + extra_sectors * SECTOR
+        self.script.add(
+            f'dmsetup create thin{dev_id} --table "0 {length // SECTOR} thin /dev/mapper/pool '
+            f'{dev_id}"'
+        )
+
+        def activate(s):
+            s.thins[dev_id] = s.pool.activate(dev_id, length)
+
+        _, err = self.both(f"activate thin{dev_id}", activate)
+        if err is None:
+            self.active[dev_id] = length
+        self.check_pool()
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data())
+    def deactivate(self, data):
+        dev_id = data.draw(st.sampled_from(sorted(self.active)))
+        self.script.add(f"dmsetup remove thin{dev_id}")
+        self.both(f"remove thin{dev_id}", lambda s: s.thins.pop(dev_id).deactivate())
+        del self.active[dev_id]
+        self.check_pool()
+
+    # -- I/O --------------------------------------------------------------------------------
+
+    def draw_range(self, data, dev_id, max_blocks=4):
+        """A sector-aligned range in thin dev_id: mostly whole blocks, sometimes ragged."""
+        length = self.active[dev_id]
+        first = data.draw(st.integers(0, max(0, length // self.block)), label="block")
+        count = data.draw(st.integers(1, max_blocks), label="blocks")
+        offset, size = first * self.block, count * self.block
+        if data.draw(st.booleans(), label="ragged"):
+            offset += data.draw(st.integers(0, self.bs - 1), label="head sectors") * SECTOR
+            size = data.draw(st.integers(1, count * self.bs), label="sectors") * SECTOR
+        return offset, size
+
+    def queue_mode_could_block(self, offset, size) -> bool:
+        # Without error_if_no_space a write that runs out of data space is queued for
+        # no_space_timeout (60 s) in the kernel: only issue writes that surely fit.
+        if "error_if_no_space" in self.features:
+            return False
+        blocks = len({p // self.block for p, _ in pieces(offset, size, self.block)})
+        return blocks > self.free_blocks()
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data(), seed=st.integers(1, 255))
+    def write(self, data, seed):
+        dev_id = data.draw(st.sampled_from(sorted(self.active)))
+        offset, size = self.draw_range(data, dev_id)
+        if self.queue_mode_could_block(offset, size):
+            return
+        payload = fill(seed, size)
+        name = self.script.pattern(seed, size)
+        dds = [
+            f"dd if={name} of=/dev/mapper/thin{dev_id} bs={n} count=1 skip={pos - offset} "
+            f"seek={pos} iflag=skip_bytes oflag=direct,seek_bytes status=none"
+            for pos, n in pieces(offset, size, self.block)
+        ]
+        self.script.add(" && ".join(dds))
+        self.both(
+            f"write thin{dev_id} [{offset}, +{size})",
+            lambda s: s.thins[dev_id].write(offset, payload),
+        )
+        self.check_pool()
+        end = min(offset + size, self.active[dev_id])
+        if end > offset:
+            self.read_back(dev_id, offset, end - offset)
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data())
+    def discard(self, data):
+        dev_id = data.draw(st.sampled_from(sorted(self.active)))
+        offset, size = self.draw_range(data, dev_id, max_blocks=6)
+        self.script.add(f"blkdiscard -o {offset} -l {size} /dev/mapper/thin{dev_id}")
+        self.both(
+            f"discard thin{dev_id} [{offset}, +{size})",
+            lambda s: s.thins[dev_id].discard(offset, size),
+        )
+        self.check_all()
+        end = min(offset + size, self.active[dev_id])
+        if end > offset:
+            self.read_back(dev_id, offset, end - offset)
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data())
+    def flush(self, data):
+        dev_id = data.draw(st.sampled_from(sorted(self.active)))
+        self.script.add(f"sync /dev/mapper/thin{dev_id}")
+        self.both(f"flush thin{dev_id}", lambda s: s.thins[dev_id].flush())
+        self.check_pool()
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data())
+    def read_whole_thin(self, data):
+        dev_id = data.draw(st.sampled_from(sorted(self.active)))
+        self.read_back(dev_id, 0, self.active[dev_id])
+
+    # -- resizing -------------------------------------------------------------------------
+
+    def reload_lines(self) -> list[str]:
+        return [
+            "dmsetup suspend pool",
+            f'dmsetup reload pool --table "{table(self.data_size, self.bs, self.lwm, self.features)}"',
+            "dmsetup resume pool",
+        ]
+
+    @rule(more=st.integers(1, 16))
+    def grow_data(self, more):
+        self.data_size += more * self.block
+        self.script.add(
+            f"truncate -s {self.data_size} data", "losetup -c /dev/loop1", *self.reload_lines()
+        )
+        size = self.data_size
+        self.both("grow data", lambda s: s.pool.reload(data_size=size))
+        self.check_all()
+
+    @rule(more_mib=st.integers(1, 2))
+    def grow_metadata(self, more_mib):
+        self.md_size += more_mib * MiB
+        self.script.add(
+            f"truncate -s {self.md_size} md", "losetup -c /dev/loop0", *self.reload_lines()
+        )
+        size = self.md_size
+        self.both("grow metadata", lambda s: s.pool.reload(metadata_size=size))
+        self.check_all()
+
+    @invariant()
+    def events_agree(self):
+        if self.a is not None:
+            self.both("event_nr", lambda s: s.pool.event_nr)
+
+
+def run_machine(sides, max_examples: int, steps: int) -> None:
+    machine = type("Machine", (Differential,), {"sides": sides})
+    machine.TestCase.settings = settings(
+        max_examples=max_examples, stateful_step_count=steps, deadline=None
+    )
+    machine.TestCase().runTest()
+
+
+def test_the_differential_machine_runs_on_the_model():
+    run_machine((ModelSide, ModelSide), max_examples=15, steps=12)
+
+
+@pytest.mark.kernel
+def test_the_model_agrees_with_the_kernel():
+    from thinsim.backends.kernel import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"CI must run the differential test on the kernel, but: {reason}")
+        pytest.skip(reason)
+    run_machine(
+        (ModelSide, KernelSide),
+        max_examples=int(os.environ.get("THINSIM_DIFF_EXAMPLES", "200")),
+        steps=int(os.environ.get("THINSIM_DIFF_STEPS", "12")),
+    )
+
+
+__all__ = ["Differential", "expanded", "shlex"]

@@ -1,0 +1,104 @@
+"""thinsim run --backend kernel and thinsim diff, without a VM: the masking, the diff text,
+the simulated side's private /run/thinsim/work, and the way results come back from the VM."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from thinsim import vm
+from thinsim.host import diff, real
+from thinsim.host.real import Result, mask
+
+
+def test_dd_timings_and_dmesg_timestamps_are_masked_and_nothing_else():
+    text = (
+        "10485760 bytes (10 MB, 10 MiB) copied, 0.0123 s, 853 MB/s\n"
+        "1 byte copied, 0.000123 s, 8.1 kB/s\n"
+        "[   12.930224] device-mapper: uevent: version 1.0.3\n"
+        "copied, 0.5 s\n"
+    )
+    assert mask(text) == (
+        "10485760 bytes (10 MB, 10 MiB) copied, <time>\n"
+        "1 byte copied, <time>\n"
+        "[<time>] device-mapper: uevent: version 1.0.3\n"
+        "copied, 0.5 s\n"
+    )
+
+
+def test_identical_runs_give_an_empty_diff_even_when_dd_took_other_times():
+    a = Result("5 bytes copied, 0.1 s, 50 B/s\n", "", 0)
+    b = Result("5 bytes copied, 0.3 s, 17 B/s\n", "", 0)
+    assert diff.unified("s.sh", a, b) == ""
+
+
+def test_the_diff_goes_from_the_real_host_to_the_simulated_one_stream_by_stream():
+    real_run = Result("a\nb\n", "", 0)
+    simulated = Result("a\nc", "oops\n", 1)
+    assert diff.unified("s.sh", real_run, simulated) == (
+        "--- real s.sh (stdout)\n"
+        "+++ simulated s.sh (stdout)\n"
+        "@@ -1,2 +1,2 @@\n"
+        " a\n"
+        "-b\n"
+        "+c\n"
+        "\\ No newline at end of file\n"
+        "--- real s.sh (stderr)\n"
+        "+++ simulated s.sh (stderr)\n"
+        "@@ -0,0 +1 @@\n"
+        "+oops\n"
+        "--- real s.sh (exit status)\n"
+        "+++ simulated s.sh (exit status)\n"
+        "@@ -1 +1 @@\n"
+        "-0\n"
+        "+1\n"
+    )
+
+
+def test_the_simulated_run_is_in_an_empty_run_thinsim_work_with_the_recorders_environment(
+    tmp_path,
+):
+    script = tmp_path / "s.sh"
+    script.write_text('pwd; ls -A; echo "$HOME $LANG $USER"; echo to-stderr >&2; exit 3\n')
+    got = diff.run_simulated(script)
+    assert got == Result("/run/thinsim/work\n/root C.UTF-8 root\n", "to-stderr\n", 3)
+
+
+def test_diff_of_a_missing_script_says_so_and_exits_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinsim.cli", "diff", str(tmp_path / "none.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (proc.stdout, proc.stderr, proc.returncode) == (
+        "",
+        f"thinsim diff: {tmp_path / 'none.sh'}: no such script\n",
+        2,
+    )
+
+
+def test_without_dm_thin_here_the_scripts_run_in_one_vm_and_come_back_in_order(
+    monkeypatch, tmp_path
+):
+    # The VM is played by running the guest's entry point here, with a fake run_here.
+    boots = []
+
+    def fake_vm_run(argv, rwdirs, modules, capture):
+        boots.append((modules, rwdirs))
+        assert argv[:3] == [sys.executable, "-m", "thinsim.host.real"]
+        jobs = json.loads(Path(argv[3]).read_text())["jobs"]
+        assert [Path(s).name for s, _ in jobs] == ["a.sh", "b.sh"]
+        real._guest_main(argv[3:])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(real, "in_vm", lambda: False)
+    monkeypatch.setattr(real, "dm_thin_here", lambda: "not root")
+    monkeypatch.setattr(vm, "run", fake_vm_run)
+    monkeypatch.setattr(
+        real, "run_here", lambda s, a, t: Result(f"ran {s.name} {a}\n", "", len(s.name))
+    )
+    results = real.run_scripts([(tmp_path / "a.sh", ["x"]), (tmp_path / "b.sh", [])])
+    assert results == [Result("ran a.sh ['x']\n", "", 4), Result("ran b.sh []\n", "", 4)]
+    assert len(boots) == 1
+    assert boots[0][0] == ["brd rd_nr=1 rd_size=2097152"]

@@ -1,0 +1,105 @@
+"""``thinsim diff``: run scripts on the simulated host and on the real one, and show where
+they part.
+
+Both sides run a script the same way (thinsim/host/real.py): ``bash SCRIPT`` in an empty
+/run/thinsim/work with the same fixed environment.  The simulated run gets that folder
+privately: its own mount namespace with a fresh folder bound on /run/thinsim, so runs can go
+on side by side and the host's /run is left alone.  Outputs are compared after
+:func:`thinsim.host.real.mask` (dd timings, dmesg timestamps).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .real import ENV, MOUNT, TIMEOUT, Result, run_scripts
+
+# Binds the private folder on /run/thinsim, then runs the command from /run/thinsim/work.
+_PRIVATE = 'mkdir -p "$1" && mount --bind "$2" "$1" && cd "$1/work" && shift 2 && exec "$@"'
+
+
+def run_simulated(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT) -> Result:
+    """Run SCRIPT with ``thinsim run`` in a private, empty /run/thinsim/work."""
+    private = tempfile.mkdtemp(prefix="thinsim-sim-", dir=os.environ.get("TMPDIR", "/tmp"))
+    try:
+        os.mkdir(os.path.join(private, "work"))
+        unshare = ["unshare", "--mount", "--propagation", "private"]
+        if os.geteuid() != 0:
+            unshare.insert(1, "--map-root-user")
+        argv = [*unshare, "sh", "-c", _PRIVATE, "sh", str(MOUNT), private]
+        argv += [sys.executable, "-m", "thinsim.cli", "run", str(script), *args]
+        # thinsim run gives the script THINSIM_PYTHON anyway; its private /dev needs it first.
+        env = {**ENV, "THINSIM_PYTHON": sys.executable}
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, env=env, stdin=subprocess.DEVNULL, timeout=timeout,
+                check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            return Result(_text(exc.stdout), _text(exc.stderr), "timeout")
+        return Result(_text(proc.stdout), _text(proc.stderr), proc.returncode)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _text(data: bytes | None) -> str:
+    return (data or b"").decode("utf-8", "surrogateescape")
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n\\ No newline at end of file\n"
+    return lines
+
+
+def unified(name: str, real: Result, simulated: Result) -> str:
+    """The unified diff from the real host's output to the simulated host's (empty when they
+    agree): stdout, stderr and the exit status, each under its own header."""
+    real, simulated = real.masked(), simulated.masked()
+    out = []
+    for what, a, b in (
+        ("stdout", real.stdout, simulated.stdout),
+        ("stderr", real.stderr, simulated.stderr),
+        ("exit status", f"{real.returncode}\n", f"{simulated.returncode}\n"),
+    ):
+        out += difflib.unified_diff(
+            _lines(a), _lines(b), f"real {name} ({what})", f"simulated {name} ({what})"
+        )
+    return "".join(out)
+
+
+def diff_scripts(scripts: Sequence[str | Path], timeout: float = TIMEOUT) -> tuple[str, int]:
+    """Run every script on both hosts (the real ones in one VM boot where needed); return the
+    diffs and how many scripts differ."""
+    paths = [Path(s).resolve() for s in scripts]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such script")
+    real = run_scripts([(p, []) for p in paths], timeout=timeout)
+    text, differing = [], 0
+    for path, r in zip(paths, real, strict=True):
+        d = unified(str(path), r, run_simulated(path, timeout=timeout))
+        differing += bool(d)
+        text.append(d)
+    return "".join(text), differing
+
+
+def main(scripts: Sequence[str], timeout: float = TIMEOUT) -> int:
+    """``thinsim diff``: print the diffs; exit 0 only when every script agrees."""
+    try:
+        text, differing = diff_scripts(scripts, timeout)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"thinsim diff: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    if len(scripts) > 1:
+        print(f"{len(scripts) - differing}/{len(scripts)} scripts identical", file=sys.stderr)
+    return 1 if differing else 0
