@@ -271,8 +271,8 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     magic, _version, time, trans_id, held_root = struct.unpack_from("<QIIQQ", sb, 32)
     if magic != THIN_SUPERBLOCK_MAGIC:
         raise CorruptMetadata("bad magic in superblock")
-    d_nr, _d_alloc, d_index, d_ref = struct.unpack_from("<QQQQ", sb, 64)
-    m_nr, _m_alloc, m_index, m_ref = struct.unpack_from("<QQQQ", sb, 192)
+    d_nr, d_alloc, d_index, d_ref = struct.unpack_from("<QQQQ", sb, 64)
+    m_nr, m_alloc, m_index, m_ref = struct.unpack_from("<QQQQ", sb, 192)
     root, details_root, data_block_size, _mbs, sb_md_blocks = struct.unpack_from("<QQIIQ", sb, 320)
 
     sm = MetadataSpaceMap()
@@ -312,7 +312,7 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
             for child in node.values:
                 walk(child, levels - 1, kind)
 
-    def load_bitmaps(ll, entries, nr_blocks):
+    def load_bitmaps(ll, entries, nr_blocks, nr_allocated):
         ll.nr_blocks = nr_blocks
         ll.bits = bytearray(nr_blocks)
         ll.bitmaps = []
@@ -330,7 +330,9 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
                 v = (hi << 1) | lo
                 if v:
                     ll.bits[start + e] = v
-        ll.nr_allocated = nr_blocks - ll.bits.count(0)
+        # dm-space-map-common.c: sm_ll_open_*: the count is the root's, not the bitmaps'
+        # (thin_restore's differ by the empty mapping root it frees after its commit)
+        ll.nr_allocated = nr_allocated
 
     def load_big(ll):
         walk(ll.ref_root, 1, "ref")
@@ -344,7 +346,7 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     md_entries = [struct.unpack_from("<Q", index, 16 + 16 * i)[0] for i in range(nr_bitmaps)]
     mll = LowLevel(tm)
     mll.ref_root = m_ref
-    load_bitmaps(mll, md_entries, m_nr)
+    load_bitmaps(mll, md_entries, m_nr, m_alloc)
     load_big(mll)
     sm.ll = mll
     sm.index_block = m_index
@@ -358,7 +360,7 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     dll.dirty = {}
     walk(d_index, 1, "index")
     entries = [blocknr for _i, blocknr in sorted(dll.index_info.items(d_index))]
-    load_bitmaps(dll, entries, d_nr)
+    load_bitmaps(dll, entries, d_nr, d_alloc)
     load_big(dll)
     data_sm = object.__new__(DiskSpaceMap)
     data_sm.ll = dll

@@ -147,8 +147,10 @@ def delta_text(files: Files, path: str, snap1: int, snap2: int, *, verbose=False
         bm.handle.close()
     snap = f'" metadata_snap="{sb.metadata_snap}' if sb.metadata_snap else ""
     lines = [
-        (f'<superblock uuid="" time="{sb.time}" transaction="{sb.trans_id}" '
-        f'data_block_size="{sb.data_block_size}" nr_data_blocks="{nr_data_blocks}{snap}">'),
+        (
+            f'<superblock uuid="" time="{sb.time}" transaction="{sb.trans_id}" '
+            f'data_block_size="{sb.data_block_size}" nr_data_blocks="{nr_data_blocks}{snap}">'
+        ),
         f'  <diff left="{snap1}" right="{snap2}">',
     ]
     pieces = diff(maps[0], maps[1])

@@ -106,68 +106,76 @@ class OverrideEmitter(Emitter):
 
 
 class Restorer(Emitter):
-    """restore_emitter.cc: builds the metadata as the events come; ``end_superblock``
-    commits.  ``pmd`` is the model's PoolMetadata once begun."""
+    """restore_emitter.cc: builds the metadata as the events come (writer.py, the C++'s
+    own layout); ``end_superblock`` commits."""
 
     def __init__(self, nr_metadata_blocks: int, warn=None) -> None:
+        from .writer import MetadataWriter
+
         if nr_metadata_blocks > MAX_METADATA_BLOCKS:
             if warn is not None:
                 warn(f"truncating metadata device to {MAX_METADATA_BLOCKS} 4k blocks\n")
             nr_metadata_blocks = MAX_METADATA_BLOCKS
-        self.nr_metadata_blocks = nr_metadata_blocks
-        self.pmd = None
+        self.md = MetadataWriter(nr_metadata_blocks)
         self.in_superblock = False
         self.committed = False
         self.nr_data_blocks = 0
         self.device = None
-        self.td = None
+        self.details = None
+        self.mapping = None
+        # the restorer's empty mapping tree, cloned for every device
+        from .writer import BTree
+
+        self.empty_mapping = BTree(self.md.tm, 8)
 
     def begin_superblock(self, uuid, time, trans_id, flags, version, data_block_size,
                          nr_data_blocks, metadata_snap) -> None:  # fmt: skip
-        from ..model.metadata import PoolMetadata
-
         self.in_superblock = True
         self.nr_data_blocks = nr_data_blocks
-        pmd = PoolMetadata(self.nr_metadata_blocks, data_block_size)
-        pmd.in_service = True
-        pmd.time = time
-        pmd.trans_id = trans_id
-        pmd.needs_check = bool((flags or 0) & 1)
-        pmd.resize_data_dev(nr_data_blocks)
-        self.pmd = pmd
+        sb = self.md.sb
+        sb.uuid = uuid.encode()[:16].ljust(16, b"\0")
+        sb.time = time & U32
+        sb.trans_id = trans_id
+        sb.flags = flags or 0
+        sb.version = version if version is not None else 1
+        sb.data_block_size = data_block_size
+        sb.metadata_snap = metadata_snap or 0
+        self.md.data_sm.extend(nr_data_blocks)
 
     def end_superblock(self) -> None:
         if not self.in_superblock:
             raise ToolError("missing superblock")
-        self.pmd.commit()
+        self.md.commit()
         self.committed = True
         self.in_superblock = False
 
     def begin_device(self, dev_id, mapped_blocks, trans_id, creation_time, snap_time):
+        from .writer import BTree
+
         if not self.in_superblock:
             raise ToolError("missing superblock")
-        pmd = self.pmd
-        if pmd.device_exists(dev_id):
+        if self.md.details.lookup(dev_id) is not None:
             raise ToolError("Device already exists")
-        pmd.create_thin(dev_id)
-        td = pmd.open_device(dev_id)
-        td.mapped_blocks = 0
-        td.transaction_id = trans_id
-        td.creation_time = creation_time & U32
-        td.snapshotted_time = snap_time & U32
-        td.changed = True
-        self.device, self.td = dev_id, td
+        self.details = [0, trans_id, creation_time & U32, snap_time & U32]
+        # single_mapping_tree::clone: the empty root gains a reference
+        self.md.tm.sm.inc(self.empty_mapping.root)
+        self.mapping = BTree(self.md.tm, 8, self.empty_mapping.root)
+        self.device = dev_id
 
     def end_device(self) -> None:
-        self.pmd.close_device(self.td)
-        self.device = self.td = None
+        import struct
+
+        key = self.device
+        self.md.details.insert(key, struct.pack("<QQII", *self.details))
+        self.md.mappings.insert(key, struct.pack("<Q", self.mapping.root))
+        self.device = None
 
     def range_map(self, origin_begin, data_begin, time, length) -> None:
         for i in range(length):
             self.single_map(origin_begin + i, data_begin + i, time)
 
     def single_map(self, origin_block, data_block, time) -> None:
-        from ..model.metadata import pack_block_time
+        import struct
 
         if self.device is None:
             raise ToolError("not in device")
@@ -175,19 +183,18 @@ class Restorer(Emitter):
             raise ToolError(
                 f"mapping beyond end of data device ({data_block} >= {self.nr_data_blocks})"
             )
-        pmd = self.pmd
-        pmd.root, inserted = pmd.info.insert(
-            pmd.root, (self.device, origin_block), pack_block_time(data_block, time)
-        )
-        if inserted:
-            self.td.mapped_blocks += 1
-        pmd.data_sm.inc(data_block)
+        value = struct.pack("<Q", ((data_block << 24) | (time & 0xFFFFFF)) & ((1 << 64) - 1))
+        if self.mapping.insert(origin_block, value):
+            self.details[0] += 1
+        self.md.data_sm.inc(data_block)
+
+    def finish(self) -> None:
+        """~restorer: the empty tree's own reference goes, after the commit."""
+        self.md.tm.sm.dec(self.empty_mapping.root)
 
     def blocks(self) -> dict[int, bytes]:
-        """The committed metadata's blocks, by block number."""
-        from ..model.disk import metadata_blocks
-
-        return metadata_blocks(self.pmd)
+        """The blocks written, by block number."""
+        return self.md.blocks()
 
 
 def _attr(attrs: dict, key: str, kind: str):
@@ -311,6 +318,8 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err) ->
             return OverrideEmitter(restorer, overrides)
 
         source(begin)
+        if restorer is not None:
+            restorer.finish()
         if restorer is not None and restorer.committed:
             for b, block in sorted(restorer.blocks().items()):
                 bm.handle.pwrite(b * MD_BLOCK_SIZE, block)
