@@ -154,24 +154,35 @@ def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: byte
 
 
 def discard(state: HostState, dev, offset: int, length: int) -> None:
-    """BLKDISCARD."""
+    """BLKDISCARD (after blk_ioctl_discard's checks)."""
     if isinstance(dev, LoopDevice):
         from ..model.store import _punch_hole
 
+        if not dev.backing_file:
+            return
         fd = _loop_file(dev)
         try:
             _punch_hole(fd, dev.offset + offset, length)
         finally:
             os.close(fd)
         return
+    pos, end = offset, offset + length
     for t in _targets(dev):
+        t_start, t_end = t.start * 512, (t.start + t.length) * 512
+        if pos >= t_end or pos >= end:
+            continue
+        n = min(end, t_end) - pos
         if t.type == "thin":
             try:
-                t.obj.discard(offset - t.start * 512, length)
+                t.obj.discard(pos - t_start, n)
             finally:
                 worker_commit(state, t.obj.pool)
+        elif t.type == "linear":
+            _, under, start = t.obj
+            discard(state, under, start * 512 + pos - t_start, n)
         else:
             raise error_for(E.EOPNOTSUPP)
+        pos += n
 
 
 def flush(state: HostState, dev) -> None:
@@ -185,8 +196,19 @@ def flush(state: HostState, dev) -> None:
 
 
 def supports_discard(state: HostState, dev) -> bool:
+    """Whether the device's queue takes discards (max_discard_sectors != 0): a loop device
+    on a file, a thin whose pool does not ignore discards, a linear device over either."""
     if isinstance(dev, LoopDevice):
         return True
-    return bool(dev.live) and all(
-        t.type == "thin" and t.obj.pool.pf.discard_enabled for t in dev.live
-    )
+    if not dev.live:
+        return False
+    for t in dev.live:
+        if t.type == "thin":
+            if not t.obj.pool.pf.discard_enabled:
+                return False
+        elif t.type == "linear":
+            if not supports_discard(state, t.obj[1]):
+                return False
+        else:
+            return False
+    return True
