@@ -14,7 +14,6 @@ from thinsim.host.tools.dd import human
 from thinsim.host.tools.getopt import NO, REQUIRED, GetoptError, Long, getopt_long
 from thinsim.host.tools.losetup import _kernfs_name_hash, losetup
 
-
 TRY = "Try 'losetup --help' for more information.\n"
 
 
@@ -84,8 +83,7 @@ def test_losetup_list_of_an_unbound_device_shows_an_empty_row(files):
         (["-d", "/dev/loop99"], "losetup: /dev/loop99: failed to use device: No such device\n"),
         (
             ["-d"],
-            "losetup: option requires an argument -- 'd'
-" + TRY,
+            "losetup: option requires an argument -- 'd'\n" + TRY,
         ),
         (
             ["-c", "/dev/loop3"],
