@@ -102,3 +102,16 @@ def test_without_dm_thin_here_the_scripts_run_in_one_vm_and_come_back_in_order(
     assert results == [Result("ran a.sh ['x']\n", "", 4), Result("ran b.sh []\n", "", 4)]
     assert len(boots) == 1
     assert boots[0][0] == ["brd rd_nr=1 rd_size=2097152"]
+
+
+def test_backing_file_device_and_inode_numbers_do_not_count_as_a_difference():
+    # The VM keeps the files on an ext4 on /dev/ram0; the simulated host on its own disk.
+    real_run = Result("/dev/loop0: [0256]:13 (/run/thinsim/work/a)\n", "", 0)
+    simulated = Result("/dev/loop0: [65024]:2171201 (/run/thinsim/work/a)\n", "", 0)
+    assert diff.unified("s.sh", real_run, simulated) == ""
+
+
+def test_a_different_backing_file_path_still_counts():
+    real_run = Result("/dev/loop0: [0256]:13 (/run/thinsim/work/a)\n", "", 0)
+    simulated = Result("/dev/loop0: [0256]:13 (/run/thinsim/work/b)\n", "", 0)
+    assert diff.unified("s.sh", real_run, simulated) != ""

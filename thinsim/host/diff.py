@@ -62,8 +62,10 @@ def _lines(text: str) -> list[str]:
 
 def unified(name: str, real: Result, simulated: Result) -> str:
     """The unified diff from the real host's output to the simulated host's (empty when they
-    agree): stdout, stderr and the exit status, each under its own header."""
-    real, simulated = real.masked(), simulated.masked()
+    agree): stdout, stderr and the exit status, each under its own header.  Both are masked
+    (dd timings, dmesg timestamps) and the backing files' device and inode numbers, which
+    depend on the file system each host keeps its files on, are replaced by placeholders."""
+    real, simulated = real.normalised(), simulated.normalised()
     out = []
     for what, a, b in (
         ("stdout", real.stdout, simulated.stdout),
