@@ -13,9 +13,9 @@ import os
 from ..dm import log_device_too_small, log_table_error
 from ..errors import ThinsimError, error_for
 from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_too_big
-from ..model.store import FileStore
+from ..model.store import FileStore, MemoryStore
 from ..model.thin import Thin
-from .state import DM_MAJOR, DmDevice, HostState, LoopDevice, Target
+from .state import DM_MAJOR, LOOP_MAJOR, DmDevice, HostState, LoopDevice, Target
 
 SECTOR = 512
 
@@ -54,10 +54,11 @@ def loop_attach(
 
 
 def loop_in_use(state: HostState, loop: LoopDevice) -> bool:
+    """Whether a device-mapper table (live or inactive) holds the loop device open."""
     return any(
-        t.obj is not None and loop.number in getattr(t, "loops", ())
-        for d in state.dm.values()
-        for t in (d.live or [])
+        isinstance(d, LoopDevice) and d.number == loop.number
+        for dev in state.dm.values()
+        for d in table_devices(state, dev)
     )
 
 
@@ -81,47 +82,169 @@ def device_size(state: HostState, dev) -> int:
 
 # -- device-mapper ----------------------------------------------------------------------
 
+DM_DRIVER_VERSION = (4, 47, 0)
+# dm_get_target_version/list_versions: the registered targets, newest registration first
+# (dm-thin-pool.ko loaded after the built-in striped, linear and error).
+TARGET_VERSIONS = (
+    ("thin-pool", (1, 22, 0)),
+    ("thin", (1, 22, 0)),
+    ("striped", (1, 6, 0)),
+    ("linear", (1, 4, 0)),
+    ("error", (1, 5, 0)),
+)
+# Targets a Debian 12 kernel has (built in, or as a module it would load on first use)
+# that the simulation does not implement: a table or request naming one is refused.
+UNSIMULATED_TARGETS = frozenset(
+    [
+        "striped",
+        "zero",
+        "mirror",
+        "snapshot",
+        "snapshot-origin",
+        "snapshot-merge",
+        "crypt",
+        "raid",
+        "cache",
+        "cache-cleaner",
+        "era",
+        "delay",
+        "flakey",
+        "multipath",
+        "integrity",
+        "verity",
+        "writecache",
+        "clone",
+        "dust",
+        "ebs",
+        "log-writes",
+        "switch",
+        "unstriped",
+        "vdo",
+        "zoned",
+    ]
+)
 
-def dm_create(state: HostState, name: str, uuid: str = "") -> DmDevice:
-    """DM_DEV_CREATE."""
-    if name in state.dm or (uuid and any(d.uuid == uuid for d in state.dm.values())):
+
+class NotSimulated(Exception):
+    """The kernel would do this, the simulation does not (the caller refuses)."""
+
+
+def _unbound_loop(number: int) -> LoopDevice:
+    """A loop device node with no backing file: it opens, with size 0."""
+    return LoopDevice(number, "", 0, 0)
+
+
+def lookup_device(state: HostState, path: str):
+    """dm-table.c: dm_get_device's lookup (lookup_bdev, else "major:minor"), then the open:
+    a LoopDevice (bound, or unbound with size 0), a DmDevice, or None (-ENODEV).  Opening
+    7:N for a loop device that does not exist yet makes the loop driver create it."""
+    nodes = getattr(state, "loop_nodes", None)
+    if nodes is None:
+        nodes = set(range(8))
+    p = os.path.normpath(path) if path.startswith("/") else path
+    if p.startswith("/dev/loop") and p[9:].isdigit() and p[9:] == str(int(p[9:])):
+        n = int(p[9:])
+        if n in state.loops:
+            return state.loops[n]
+        return _unbound_loop(n) if n in nodes else None
+    if p.startswith("/dev/mapper/"):
+        dev = state.dm.get(p[12:])
+        return dev if dev is not None and has_mapper_node(dev) else None
+    if p.startswith("/dev/dm-") and p[8:].isdigit():
+        dev = dm_by_minor(state, int(p[8:]))
+        return dev if dev is not None and dev.disk_added else None
+    if p.startswith("/"):
+        return None
+    major, sep, minor = path.partition(":")
+    if not (sep and major.isdigit() and minor.isdigit()):
+        return None
+    major_n, minor_n = int(major), int(minor)
+    if major_n == LOOP_MAJOR and minor_n < (1 << 20):
+        if minor_n in state.loops:
+            return state.loops[minor_n]
+        if isinstance(nodes, set):
+            nodes.add(minor_n)  # loop_probe: the open creates loopN
+        return _unbound_loop(minor_n)
+    if major_n == DM_MAJOR:
+        dev = dm_by_minor(state, minor_n)
+        return dev if dev is not None and dev.disk_added else None
+    return None
+
+
+def has_mapper_node(dev: DmDevice) -> bool:
+    """udev makes /dev/mapper/NAME once the device has a disk (its first table load)."""
+    return dev.disk_added
+
+
+def dm_by_minor(state: HostState, minor: int) -> DmDevice | None:
+    return next((d for d in state.dm.values() if d.minor == minor), None)
+
+
+def dm_by_uuid(state: HostState, uuid: str) -> DmDevice | None:
+    return next((d for d in state.dm.values() if d.uuid == uuid), None)
+
+
+def blkdev_name(state: HostState, devno: str) -> str | None:
+    """The kernel name of a block device (/sys/dev/block/M:N), None if there is none."""
+    major, _, minor = devno.partition(":")
+    if int(major) == LOOP_MAJOR:
+        nodes = getattr(state, "loop_nodes", set(range(8)))
+        n = int(minor)
+        return f"loop{n}" if n in nodes or n in state.loops else None
+    dev = dm_by_minor(state, int(minor))
+    return f"dm-{dev.minor}" if dev is not None and dev.disk_added else None
+
+
+def dm_create(state: HostState, name: str, uuid: str = "", minor: int | None = None) -> DmDevice:
+    """DM_DEV_CREATE (dm_hash_insert): EBUSY for a name or uuid in use or a taken minor."""
+    if "/" in name:
+        state.log.emit("ioctl", "invalid device name")
+        raise error_for(E.EINVAL)
+    if name in state.dm or (uuid and dm_by_uuid(state, uuid) is not None):
         raise error_for(E.EBUSY)
-    dev = DmDevice(name, state.free_dm_minor(), uuid)
+    if minor is not None and dm_by_minor(state, minor) is not None:
+        raise error_for(E.EBUSY)
+    dev = DmDevice(name, state.free_dm_minor() if minor is None else minor, uuid)
     state.dm[name] = dev
     return dev
 
 
-def _pool_for_metadata(state: HostState, loop: LoopDevice):
-    """__pool_find: the live pool object whose metadata device is ``loop``, if any."""
+def _pool_for_metadata(state: HostState, md_devno: str):
+    """__pool_find: the live pool object whose metadata device is ``md_devno``, if any."""
     for d in state.dm.values():
         for t in (d.live or []) + (d.inactive or []):
-            if t.type == "thin-pool" and t.obj is not None and t.md_loop == loop.number:
+            if t.type == "thin-pool" and t.obj is not None and t.md_devno == md_devno:
                 return d, t
     return None, None
 
 
+def _open(state: HostState, target: Target, path: str, error: str, errno: int = E.ENODEV):
+    dev = lookup_device(state, path)
+    if dev is None:
+        raise TableError(error, errno)
+    target.devs.append(f"{LOOP_MAJOR}:{dev.number}" if isinstance(dev, LoopDevice) else dev.devno)
+    return dev
+
+
 def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
     log = state.log
-    md = state.device_by_path(argv[0]) if len(argv) >= 4 else None
-    if len(argv) >= 4 and argv[0] != argv[1]:
-        # the table's own checks come first (pool_ctr), then the devices
-        try:
-            PoolTable.parse(argv)
-        except TableError:
-            pass
-    md_bytes = md.size if isinstance(md, LoopDevice) else None
-    table = PoolTable.parse(argv, metadata_bytes=md_bytes, log=log)
-    if not isinstance(md, LoopDevice):
-        raise TableError("Error opening metadata block device", E.ENODEV)
-    data = state.device_by_path(argv[1])
-    if not isinstance(data, LoopDevice):
-        raise TableError("Error getting data device", E.ENODEV)
-    other_dev, other = _pool_for_metadata(state, md)
-    if other is not None and other_dev is not dev:
-        raise TableError("metadata device already in use by a pool", E.EBUSY)
+    # pool_ctr: argument count, distinct devices and features first, then the devices,
+    # then block size and low water mark
+    PoolTable.parse(argv[:2] + ["128", "0"] + argv[4:] if len(argv) >= 4 else argv)
+    md = _open(state, target, argv[0], "Error opening metadata block device")
+    data = _open(state, target, argv[1], "Error getting data device")
+    table = PoolTable.parse(
+        argv, metadata_bytes=md.size, metadata_dev_name=f"loop{md.number}", log=log
+    )
+    if not md.backing_file:
+        raise NotSimulated("a pool on an unattached metadata loop device")
     target.md_loop = md.number
     target.data_loop = data.number
+    target.md_devno, target.data_devno = target.devs[0], target.devs[1]
     target.loops = (md.number, data.number)
+    other_dev, other = _pool_for_metadata(state, target.md_devno)
+    if other is not None and other_dev is not dev:
+        raise TableError("metadata device already in use by a pool", E.EBUSY)
     if other is not None:
         # a reload of the same pool: the pool object is kept
         pool = other.obj
@@ -133,7 +256,11 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         target.obj = pool
         return
     metadata = _open_metadata(state, md, table)
-    store = FileStore(data.backing_file, offset=data.offset)
+    if data.backing_file:
+        store = FileStore(data.backing_file, offset=data.offset)
+        discards = store.supports_discard()
+    else:
+        store, discards = MemoryStore(), False  # an unattached loop device: size 0
     pool = Pool(
         table,
         length_sectors=target.length,
@@ -144,7 +271,7 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         clock=state.clock,
         name=dev.devno,
         data_dev_name=f"loop{data.number}",
-        data_dev_discards=store.supports_discard(),
+        data_dev_discards=discards,
         metadata=metadata,
         track_metadata_writes=True,
     )
@@ -172,74 +299,155 @@ def _open_metadata(state: HostState, md: LoopDevice, table: PoolTable):
 
 def _ctr_thin(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
     dev_id = Thin.parse(argv)
-    pool_dev = state.device_by_path(argv[0])
-    if not isinstance(pool_dev, DmDevice) or not pool_dev.live:
+    pool_dev = _open(state, target, argv[0], "Error opening pool device")
+    if not isinstance(pool_dev, DmDevice):
         raise TableError("Couldn't get pool mapped device", E.EINVAL)
-    pt = pool_dev.live[0]
-    if pt.type != "thin-pool" or pt.obj is None:
+    pt = next(
+        (
+            t
+            for t in (pool_dev.live or []) + (pool_dev.inactive or [])
+            if t.type == "thin-pool" and t.obj is not None
+        ),
+        None,
+    )
+    if pt is None:
         raise TableError("Couldn't find pool object", E.EINVAL)
     pool: Pool = pt.obj
     if pool.suspended:
         raise TableError("Unable to activate thin device while pool is suspended", E.EINVAL)
+    origin = None
+    if len(argv) > 2:
+        # thin_ctr opens the external origin after the pool; reads of unprovisioned
+        # blocks would come from it, which the model does not do (see target.origin)
+        origin = _open(state, target, argv[2], "Error opening origin device")
     thin = Thin(pool, dev_id, target.length, pool_dev=pool_dev.devno)
+    target.origin = None if origin is None else target.devs[-1]
     target.obj = thin
     target.pool_name = pool_dev.name
+    target.pool_minor = pool_dev.minor
 
 
 def _ctr_linear(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
     if len(argv) != 2:
         raise TableError("Invalid argument count")
-    under = state.device_by_path(argv[0])
-    try:
-        start = int(argv[1])
-    except ValueError:
-        raise TableError("Invalid device sector") from None
-    if under is None:
-        raise TableError("Device lookup failed", E.ENODEV)
+    start = _sscanf_llu(argv[1])
+    if start is None:
+        raise TableError("Invalid device sector")
+    under = _open(state, target, argv[0], "Device lookup failed")
     target.obj = ("linear", under, start)
 
 
-_CTRS = {"thin-pool": _ctr_thin_pool, "thin": _ctr_thin, "linear": _ctr_linear}
+def _ctr_error(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
+    target.obj = ("error",)
 
 
-def dm_load(state: HostState, dev: DmDevice, rows: list[tuple[int, int, str, str]]) -> None:
-    """DM_TABLE_LOAD: construct every target into the inactive table."""
-    targets = []
+def _sscanf_llu(text: str) -> int | None:
+    """sscanf(argv, "%llu%c", ...) == 1: digits after optional space and sign, nothing
+    after them."""
+    s = text.lstrip()
+    body = s[1:] if s[:1] in "+-" else s
+    if not body.isdigit() or not body.isascii():
+        return None
+    value = int(body) & ((1 << 64) - 1)
+    return (-value) & ((1 << 64) - 1) if s[:1] == "-" else value
+
+
+_CTRS = {
+    "thin-pool": _ctr_thin_pool,
+    "thin": _ctr_thin,
+    "linear": _ctr_linear,
+    "error": _ctr_error,
+}
+
+
+def _device_area_checks(state: HostState, dev: DmDevice, targets: list[Target]) -> bool:
+    """dm-table.c: device_area_is_invalid over each target's iterate_devices; logs the
+    first device too small and returns False."""
+    for t in targets:
+        if t.type == "thin-pool":
+            areas = [(t.data_devno, 0, t.length)]
+        elif t.type == "linear":
+            under, start = t.obj[1], t.obj[2]
+            areas = [(t.devs[0], start, t.length)]
+        else:
+            continue
+        for devno, start, length in areas:
+            under = _resolve_devno(state, devno)
+            size = device_size(state, under) // SECTOR if under is not None else 0
+            if size and start + length > size:  # a device of size 0 is not checked
+                name = blkdev_name(state, devno) or devno
+                log_device_too_small(
+                    state.log, dev.devno, name, start, length, size, first_table=not dev.disk_added
+                )
+                return False
+    return True
+
+
+def _resolve_devno(state: HostState, devno: str):
+    major, _, minor = devno.partition(":")
+    if int(major) == LOOP_MAJOR:
+        return state.loops.get(int(minor)) or _unbound_loop(int(minor))
+    return dm_by_minor(state, int(minor))
+
+
+def dm_load(
+    state: HostState,
+    dev: DmDevice,
+    rows: list[tuple[int, int, str, str]],
+    *,
+    read_only: bool = False,
+) -> None:
+    """DM_TABLE_LOAD (table_load): build the table target by target (dm_table_add_target),
+    set the device up on its first table, and put the table in the inactive slot."""
+    targets: list[Target] = []
     for start, length, ttype, params in rows:
         target = Target(start, length, ttype, params)
-        ctr = _CTRS.get(ttype)
-        if ctr is None:
-            state.log.emit("table", f"{dev.devno}: {ttype}: unknown target type")
-            state.log.emit("ioctl", "error adding target to table")
-            raise error_for(E.EINVAL)
+        target.devs = []
         try:
+            if not length:
+                state.log.emit("table", f"{dev.devno}: zero-length target")
+                state.log.emit("ioctl", "error adding target to table")
+                raise error_for(E.EINVAL)
+            if ttype in UNSIMULATED_TARGETS:
+                raise NotSimulated(f"the {ttype} target")
+            ctr = _CTRS.get(ttype)
+            if ctr is None:
+                state.log.emit("table", f"{dev.devno}: {ttype}: unknown target type")
+                state.log.emit("ioctl", "error adding target to table")
+                raise error_for(E.EINVAL)
+            prev = targets[-1] if targets else None
+            if start != (prev.start + prev.length if prev else 0):
+                raise TableError("Gap in table")
             ctr(state, dev, target, params.split())
         except TableError as e:
             log_table_error(state.log, dev.devno, ttype, e)
             _destroy(state, targets)
             raise
+        except (ThinsimError, NotSimulated):
+            _destroy(state, targets)
+            raise
         targets.append(target)
-    # dm-table.c: device_area_is_invalid
-    for t in targets:
-        if t.type == "thin-pool":
-            data = state.loops[t.data_loop]
-            if t.start + t.length > data.size // SECTOR:
-                log_device_too_small(
-                    state.log,
-                    dev.devno,
-                    f"loop{data.number}",
-                    t.start,
-                    t.length,
-                    data.size // SECTOR,
-                    first_table=dev.live is None,
-                )
-                if t.obj is not None:
+    if not dev.disk_added:
+        # dm_setup_md_queue: the first table's queue limits (device areas) decide now
+        if not _device_area_checks(state, dev, targets):
+            for t in targets:
+                if t.type == "thin-pool" and t.obj is not None:
                     t.obj.pending = None
-                _destroy(state, targets)
-                raise error_for(E.EINVAL)
+            _destroy(state, targets)
+            raise error_for(E.EINVAL)
+        dev.disk_added = True
     if dev.inactive:
         _destroy(state, dev.inactive)
     dev.inactive = targets
+    dev.inactive_ro = read_only
+
+
+def dm_clear(state: HostState, dev: DmDevice) -> None:
+    """DM_TABLE_CLEAR: drop the inactive table."""
+    if dev.inactive is not None:
+        _destroy(state, dev.inactive)
+    dev.inactive = None
+    dev.inactive_ro = False
 
 
 def _destroy(state: HostState, targets: list[Target]) -> None:
@@ -247,16 +455,17 @@ def _destroy(state: HostState, targets: list[Target]) -> None:
     for t in targets:
         if t.type == "thin" and isinstance(t.obj, Thin):
             t.obj.close()
-        elif t.type == "thin-pool" and isinstance(t.obj, Pool):
-            if not _pool_used_elsewhere(state, t):
-                pool = t.obj
-                pool.suspend()  # dm_pool_metadata_close commits
-                loop = state.loops.get(t.md_loop)
-                if loop is not None and pool.pmd.commit_count:
-                    from ..model.disk import write_metadata
+        elif (
+            t.type == "thin-pool" and isinstance(t.obj, Pool) and not _pool_used_elsewhere(state, t)
+        ):
+            pool = t.obj
+            pool.suspend()  # dm_pool_metadata_close commits
+            loop = state.loops.get(t.md_loop)
+            if loop is not None and pool.pmd.commit_count:
+                from ..model.disk import write_metadata
 
-                    write_metadata(pool.pmd, loop.backing_file, loop.offset)
-                pool.store.close()
+                write_metadata(pool.pmd, loop.backing_file, loop.offset)
+            pool.store.close()
 
 
 def _pool_used_elsewhere(state: HostState, target: Target) -> bool:
@@ -267,29 +476,37 @@ def _pool_used_elsewhere(state: HostState, target: Target) -> bool:
     )
 
 
-def dm_suspend(state: HostState, dev: DmDevice) -> None:
+def dm_suspend(state: HostState, dev: DmDevice, *, noflush: bool = False) -> None:
     """DM_DEV_SUSPEND with the suspend flag: presuspend/postsuspend of the live targets."""
-    if dev.suspended or dev.live is None:
-        dev.suspended = dev.suspended or dev.live is not None
+    if dev.suspended:
         return
-    for t in dev.live:
+    for t in dev.live or []:
         if t.type == "thin-pool":
             t.obj.suspend()
     dev.suspended = True
 
 
 def dm_resume(state: HostState, dev: DmDevice) -> None:
-    """DM_DEV_SUSPEND without the flag: swap in the inactive table, then resume."""
+    """DM_DEV_SUSPEND without the flag (do_resume): swap in the inactive table, then
+    resume."""
     if dev.inactive is not None:
-        if not dev.suspended and dev.live is not None:
+        new, new_ro = dev.inactive, dev.inactive_ro
+        dev.inactive, dev.inactive_ro = None, False
+        if not dev.suspended:
             dm_suspend(state, dev)
+        # dm_swap_table: the new table's queue limits (dm_calculate_queue_limits)
+        if dev.live is not None and not _device_area_checks(state, dev, new):
+            for t in new:
+                if t.type == "thin-pool" and t.obj is not None:
+                    t.obj.pending = None
+            _destroy(state, new)
+            raise error_for(E.EINVAL)
         old = dev.live
-        dev.live, dev.inactive = dev.inactive, None
+        dev.live = new
+        dev.read_only = new_ro
+        dev.read_ahead = _default_read_ahead(state, dev)
         if old:
-            _destroy(
-                state, [t for t in old if t.obj is not dev.live[0].obj or t.type != "thin-pool"]
-            )
-        dev.suspended = True
+            _destroy(state, [t for t in old if t.type != "thin-pool" or t.obj is not new[0].obj])
     if not dev.suspended:
         return
     for t in dev.live or []:
@@ -298,22 +515,79 @@ def dm_resume(state: HostState, dev: DmDevice) -> None:
     dev.suspended = False
 
 
+def _io_opt(state: HostState, dev) -> int:
+    """The queue's optimal I/O size in bytes (the targets' io_hints, stacked)."""
+    if not isinstance(dev, DmDevice):
+        return 0
+    opt = 0
+    for t in dev.live or []:
+        if t.type in ("thin-pool", "thin"):
+            pool = t.obj if t.type == "thin-pool" else t.obj.pool
+            value = pool.block_bytes
+        elif t.type == "linear":
+            value = _io_opt(state, t.obj[1])
+        else:
+            value = 0
+        if value:
+            opt = value if not opt else opt * value // _gcd(opt, value)
+    return opt
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def _default_read_ahead(state: HostState, dev: DmDevice) -> int:
+    """blk-settings.c: disk_update_readahead -- twice the optimal I/O size, at least
+    VM_READAHEAD_PAGES (128 KiB); in sectors."""
+    return max(2 * _io_opt(state, dev), 128 * 1024) // SECTOR
+
+
+def table_devnos(dev: DmDevice, *, inactive: bool = False) -> list[str]:
+    """DM_TABLE_DEPS: the devices a table uses, as dm_table's device list holds them (each
+    new device at the head, so the last opened first)."""
+    seen: list[str] = []
+    for t in (dev.inactive if inactive else dev.live) or []:
+        for d in getattr(t, "devs", ()):
+            if d not in seen:
+                seen.append(d)
+    return seen[::-1]
+
+
+def table_devices(state: HostState, dev: DmDevice) -> list:
+    """The devices the mapped device holds open: md->table_devices, shared by its live
+    and inactive tables."""
+    out = []
+    for devno in dict.fromkeys(table_devnos(dev) + table_devnos(dev, inactive=True)):
+        d = _resolve_devno(state, devno)
+        if d is not None:
+            out.append(d)
+    return out
+
+
 def dm_open_count(state: HostState, dev: DmDevice) -> int:
-    """How many live tables hold this device open (thins on a pool)."""
-    n = 0
-    for d in state.dm.values():
-        for t in d.live or []:
-            if t.type == "thin" and getattr(t, "pool_name", None) == dev.name:
-                n += 1
-            if t.type == "linear" and isinstance(t.obj, tuple) and t.obj[1] is dev:
-                n += 1
-    return n
+    """How many opens the device has: one for each mapped device whose tables use it."""
+    return sum(
+        1
+        for d in state.dm.values()
+        if d is not dev and dev.devno in table_devnos(d) + table_devnos(d, inactive=True)
+    )
 
 
-def dm_remove(state: HostState, dev: DmDevice) -> None:
-    """DM_DEV_REMOVE: EBUSY while open."""
+def dm_remove(state: HostState, dev: DmDevice, *, deferred: bool = False) -> None:
+    """DM_DEV_REMOVE: EBUSY while open (a deferred remove is then only marked)."""
     if dm_open_count(state, dev):
+        if deferred:
+            dev.deferred_remove = True
+            return
         raise error_for(E.EBUSY)
+    _remove(state, dev)
+    _run_deferred_removes(state)
+
+
+def _remove(state: HostState, dev: DmDevice) -> None:
     targets = (dev.live or []) + (dev.inactive or [])
     if dev.live and not dev.suspended:
         for t in dev.live:
@@ -321,10 +595,101 @@ def dm_remove(state: HostState, dev: DmDevice) -> None:
                 t.obj.suspend()
     del state.dm[dev.name]
     _destroy(state, targets)
+    _autoclear_loops(state)
 
 
-def dm_message(state: HostState, dev: DmDevice, sector: int, text: str) -> None:
-    """DM_TARGET_MSG."""
+def _run_deferred_removes(state: HostState) -> None:
+    """dm_deferred_remove: devices marked for a deferred remove go on their last close."""
+    again = True
+    while again:
+        again = False
+        for d in list(state.dm.values()):
+            if d.deferred_remove and not dm_open_count(state, d):
+                _remove(state, d)
+                again = True
+
+
+def _autoclear_loops(state: HostState) -> None:
+    """A loop device detached while held (LO_FLAGS_AUTOCLEAR) goes on its last close."""
+    for n, loop in list(state.loops.items()):
+        if loop.autoclear and not loop_in_use(state, loop):
+            del state.loops[n]
+
+
+def dm_remove_all(state: HostState) -> None:
+    """DM_REMOVE_ALL (dm_hash_remove_all, keeping open devices): remove every device
+    nobody holds, again until none goes."""
+    again = True
+    while again:
+        again = False
+        for d in sorted(state.dm.values(), key=lambda d: d.name):
+            if d.name in state.dm and not dm_open_count(state, d):
+                _remove(state, d)
+                again = True
+
+
+def dm_rename(state: HostState, dev_name: str, new: str, *, uuid: bool = False) -> DmDevice:
+    """DM_DEV_RENAME (dev_rename, dm_hash_rename)."""
+    if not new or "/" in new and not uuid:
+        state.log.emit(
+            "ioctl",
+            "Invalid new mapped device name or uuid string supplied."
+            if not new
+            else "invalid device name",
+        )
+        raise error_for(E.EINVAL)
+    taken = dm_by_uuid(state, new) if uuid else state.dm.get(new)
+    if taken is not None:
+        state.log.emit(
+            "ioctl",
+            f"Unable to change {'uuid' if uuid else 'name'} on mapped device {dev_name} "
+            f"to one that already exists: {new}",
+        )
+        raise error_for(E.EBUSY)
+    dev = state.dm.get(dev_name)
+    if dev is None:
+        state.log.emit(
+            "ioctl",
+            f"Unable to rename non-existent device, {dev_name} to {'uuid ' if uuid else ''}{new}",
+        )
+        raise error_for(E.ENXIO)
+    if uuid:
+        if dev.uuid:
+            state.log.emit(
+                "ioctl",
+                f"Unable to change uuid of mapped device {dev_name} to {new} because uuid "
+                f"is already set to {dev.uuid}",
+            )
+            raise error_for(E.EINVAL)
+        dev.uuid = new
+    else:
+        del state.dm[dev_name]
+        dev.name = new
+        state.dm[new] = dev
+        for d in state.dm.values():
+            for t in (d.live or []) + (d.inactive or []):
+                if getattr(t, "pool_name", None) == dev_name:
+                    t.pool_name = new
+    if dev.live is not None:
+        dev.event_nr += 1  # dm_table_event: wakes event waiters
+    return dev
+
+
+def dm_message(state: HostState, dev: DmDevice, sector: int, text: str) -> str:
+    """DM_TARGET_MSG; returns the target's response (none of these targets gives one)."""
+    argv = text.split()
+    if not argv:
+        state.log.emit("ioctl", "Empty message received.")
+        raise error_for(E.EINVAL)
+    if argv[0].startswith("@"):
+        if argv[0].lower() == "@cancel_deferred_remove":
+            if len(argv) != 1:
+                state.log.emit("ioctl", "Invalid arguments for @cancel_deferred_remove")
+                raise error_for(E.EINVAL)
+            dev.deferred_remove = False
+            return ""
+        if argv[0].lower().startswith("@stats_"):
+            raise NotSimulated("dm statistics (@stats messages)")
     if not dev.live:
         raise error_for(E.EINVAL)
     target = next((t for t in dev.live if t.start <= sector < t.start + t.length), None)
@@ -335,21 +700,33 @@ def dm_message(state: HostState, dev: DmDevice, sector: int, text: str) -> None:
         state.log.emit("ioctl", "Target type does not support messages")
         raise error_for(E.EINVAL)
     target.obj.message(text)
+    return ""
 
 
-def target_status(state: HostState, t: Target, *, table: bool, noflush: bool = False) -> str:
+def target_status(
+    state: HostState, t: Target, *, table: bool, noflush: bool = False, ima: bool = False
+) -> str:
+    """A target's status (STATUSTYPE_INFO), table (STATUSTYPE_TABLE) or IMA text."""
+    if ima:
+        if t.type == "linear":
+            # dm-linear.c: linear_status, STATUSTYPE_IMA
+            return (
+                f"target_name=linear,target_version=1.4.0,device_name={t.devs[0]},start={t.obj[2]};"
+            )
+        return ""
     if t.type == "thin-pool":
         pool: Pool = t.obj
         if table:
-            md, data = state.loops[t.md_loop].devno, state.loops[t.data_loop].devno
-            return pool.table_params(md, data)
+            return pool.table_params(t.md_devno, t.data_devno)
         return pool.status(noflush=noflush or pool.suspended)
     if t.type == "thin":
         thin: Thin = t.obj
-        return thin.table_params() if table else thin.status()
+        if not table:
+            return thin.status()
+        origin = getattr(t, "origin", None)
+        return thin.table_params() + (f" {origin}" if origin else "")
     if t.type == "linear":
-        _, under, start = t.obj
-        return f"{under.devno} {start}" if table else ""
+        return f"{t.devs[0]} {t.obj[2]}" if table else ""
     return ""
 
 
@@ -366,11 +743,15 @@ def dm_major() -> int:
 
 
 __all__ = [
+    "NotSimulated",
     "ThinsimError",
+    "dm_clear",
     "dm_create",
     "dm_load",
     "dm_message",
     "dm_remove",
+    "dm_remove_all",
+    "dm_rename",
     "dm_resume",
     "dm_suspend",
     "loop_attach",

@@ -71,6 +71,12 @@ class DmDevice:
     suspended: bool = False
     event_nr: int = 0
     read_only: bool = False
+    # dm-ioctl.c/dm.c facts dmsetup shows: the inactive table's mode, a pending deferred
+    # remove, the gendisk's existence (added at the first table load) and its read-ahead
+    inactive_ro: bool = False
+    deferred_remove: bool = False
+    disk_added: bool = False
+    read_ahead: int = 256
 
     @property
     def devno(self) -> str:
