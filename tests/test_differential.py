@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 import shlex
+import time
 from collections.abc import Callable
 
 import pytest
@@ -148,14 +149,22 @@ def fill(seed: int, length: int) -> bytes:
 
 
 class Script:
-    """The steps so far as bash for the real tools (thinsim diff runs it on both hosts)."""
+    """The steps so far as bash for the real tools (thinsim diff runs it on both hosts), and
+    as a scenario (tests/kernel/README.md) to record under tests/kernel/scenarios."""
 
     def __init__(self) -> None:
         self.lines = ["# thinsim diff this: the differential state machine's failing steps"]
+        self.scn = ["# from tests/test_differential.py: a divergence it found"]
         self.patterns: set[tuple[int, int]] = set()
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
+
+    def op(self, *ops: str) -> None:
+        self.scn.extend(ops)
+
+    def scenario(self) -> str:
+        return "".join(line + "\n" for line in self.scn)
 
     def pattern(self, seed: int, length: int) -> str:
         name = f"fill{seed}_{length}"
@@ -195,15 +204,22 @@ class Differential(RuleBasedStateMachine):
         self.script = Script()
         self.created: set[int] = set()  # thin ids the pool holds (as the model says)
         self.active: dict[int, int] = {}  # thin id -> length in bytes
+        self.steps = 0
+        self.started = time.monotonic()
 
     # -- comparing ----------------------------------------------------------------------
 
+    def reproduce(self) -> str:
+        text = (
+            f"Reproduce with `thinsim diff SCRIPT`, SCRIPT being:\n{self.script.text()}\n"
+            f"As a scenario for tests/kernel/scenarios:\n{self.script.scenario()}"
+        )
+        note(text)
+        return text
+
     def fail(self, what: str, a, b) -> None:
-        script = self.script.text()
-        note(script)
         raise AssertionError(
-            f"{what} differ:\n  {self.a.name}: {a!r}\n  {self.b.name}: {b!r}\n"
-            f"Reproduce with `thinsim diff SCRIPT`, SCRIPT being:\n{script}"
+            f"{what} differ:\n  {self.a.name}: {a!r}\n  {self.b.name}: {b!r}\n" + self.reproduce()
         )
 
     def both(self, what: str, fn: Callable[[Side], object]):
@@ -212,19 +228,19 @@ class Differential(RuleBasedStateMachine):
             ra = outcome(lambda: fn(self.a))
             rb = outcome(lambda: fn(self.b))
         except Exception as e:
-            script = self.script.text()
-            note(script)
-            raise AssertionError(f"{what} raised {e!r}; the script so far:\n{script}") from e
+            raise AssertionError(f"{what} raised {e!r}\n" + self.reproduce()) from e
         if ra != rb:
             self.fail(what, ra, rb)
         return ra
 
     def check_pool(self) -> None:
         self.script.add("dmsetup status pool")
+        self.script.op("status", *(f"thin_status {d}" for d in sorted(self.active)), "events")
         self.both("pool status", lambda s: s.pool.status())
         for dev_id in sorted(self.active):
             self.script.add(f"dmsetup status thin{dev_id}")
             self.both(f"thin{dev_id} status", lambda s, d=dev_id: s.thins[d].status())
+        self.script.add("dmsetup info -c --noheadings -o events pool")
 
     def check_all(self) -> None:
         self.check_pool()
@@ -234,6 +250,7 @@ class Differential(RuleBasedStateMachine):
             "dmsetup message pool 0 release_metadata_snap",
             "stat -c 'allocated %b blocks' data",
         )
+        self.script.op("dump", "du")
         da, db = self.a_dump_and_b_dump()
         if da != db:
             ea, eb = expanded(da), expanded(db)
@@ -254,6 +271,7 @@ class Differential(RuleBasedStateMachine):
             f"dd if=/dev/mapper/thin{dev_id} bs={length} count=1 skip={offset} "
             "iflag=direct,skip_bytes status=none | md5sum"
         )
+        self.script.op(f"read {dev_id} {offset} {length}")
         self.both(
             f"md5 of thin{dev_id} [{offset}, +{length})",
             lambda s: hashlib.md5(s.thins[dev_id].read(offset, length)).hexdigest(),
@@ -283,6 +301,10 @@ class Differential(RuleBasedStateMachine):
             "losetup -f --show data",
             f'dmsetup create pool --table "{table(self.data_size, bs, lwm, features)}"',
         )
+        self.script.op(
+            f"pool md={self.md_size} data={self.data_size} bs={bs} lwm={lwm}"
+            + (f" features={','.join(features)}" if features else "")
+        )
         args = (self.data_size, self.md_size, bs, lwm, features)
         self.a = self.sides[0].make(*args)
         self.b = self.sides[1].make(*args)
@@ -292,6 +314,10 @@ class Differential(RuleBasedStateMachine):
         for side in (self.a, self.b):
             if side is not None:
                 side.close()
+        if os.environ.get("THINSIM_DIFF_LOG"):
+            # Progress and cost per example, for tuning example counts (not an assertion).
+            with open(os.environ["THINSIM_DIFF_LOG"], "a") as log:
+                log.write(f"example: {self.steps} steps, {time.monotonic() - self.started:.2f} s\n")
 
     def free_blocks(self) -> int:
         # "... TRANSACTION USED_META/TOTAL USED_DATA/TOTAL ..." from the model's status
@@ -301,6 +327,7 @@ class Differential(RuleBasedStateMachine):
     @rule(dev_id=IDS)
     def create_thin(self, dev_id):
         self.script.add(f"dmsetup message pool 0 create_thin {dev_id}")
+        self.script.op(f"msg create_thin {dev_id}")
         _, err = self.both(f"create_thin {dev_id}", lambda s: s.pool.create_thin(dev_id))
         if err is None:
             self.created.add(dev_id)
@@ -309,6 +336,7 @@ class Differential(RuleBasedStateMachine):
     @rule(dev_id=IDS, origin=IDS)
     def create_snap(self, dev_id, origin):
         self.script.add(f"dmsetup message pool 0 create_snap {dev_id} {origin}")
+        self.script.op(f"msg create_snap {dev_id} {origin}")
         _, err = self.both(
             f"create_snap {dev_id} {origin}", lambda s: s.pool.create_snap(dev_id, origin)
         )
@@ -319,6 +347,7 @@ class Differential(RuleBasedStateMachine):
     @rule(dev_id=IDS)
     def delete(self, dev_id):
         self.script.add(f"dmsetup message pool 0 delete {dev_id}")
+        self.script.op(f"msg delete {dev_id}")
         _, err = self.both(f"delete {dev_id}", lambda s: s.pool.delete(dev_id))
         if err is None:
             self.created.discard(dev_id)
@@ -333,6 +362,7 @@ class Differential(RuleBasedStateMachine):
             f'dmsetup create thin{dev_id} --table "0 {length // SECTOR} thin /dev/mapper/pool '
             f'{dev_id}"'
         )
+        self.script.op(f"thin {dev_id} {length // SECTOR}")
 
         def activate(s):
             s.thins[dev_id] = s.pool.activate(dev_id, length)
@@ -347,6 +377,7 @@ class Differential(RuleBasedStateMachine):
     def deactivate(self, data):
         dev_id = data.draw(st.sampled_from(sorted(self.active)))
         self.script.add(f"dmsetup remove thin{dev_id}")
+        self.script.op(f"remove_thin {dev_id}")
         self.both(f"remove thin{dev_id}", lambda s: s.thins.pop(dev_id).deactivate())
         del self.active[dev_id]
         self.check_pool()
@@ -387,6 +418,7 @@ class Differential(RuleBasedStateMachine):
             for pos, n in pieces(offset, size, self.block)
         ]
         self.script.add(" && ".join(dds))
+        self.script.op(f"write_nosync {dev_id} {offset} {size} {seed}")
         self.both(
             f"write thin{dev_id} [{offset}, +{size})",
             lambda s: s.thins[dev_id].write(offset, payload),
@@ -402,6 +434,7 @@ class Differential(RuleBasedStateMachine):
         dev_id = data.draw(st.sampled_from(sorted(self.active)))
         offset, size = self.draw_range(data, dev_id, max_blocks=6)
         self.script.add(f"blkdiscard -o {offset} -l {size} /dev/mapper/thin{dev_id}")
+        self.script.op(f"discard {dev_id} {offset} {size}")
         self.both(
             f"discard thin{dev_id} [{offset}, +{size})",
             lambda s: s.thins[dev_id].discard(offset, size),
@@ -416,6 +449,7 @@ class Differential(RuleBasedStateMachine):
     def flush(self, data):
         dev_id = data.draw(st.sampled_from(sorted(self.active)))
         self.script.add(f"sync /dev/mapper/thin{dev_id}")
+        self.script.op(f"flush {dev_id}")
         self.both(f"flush thin{dev_id}", lambda s: s.thins[dev_id].flush())
         self.check_pool()
 
@@ -440,6 +474,7 @@ class Differential(RuleBasedStateMachine):
         self.script.add(
             f"truncate -s {self.data_size} data", "losetup -c /dev/loop1", *self.reload_lines()
         )
+        self.script.op(f"reload data={self.data_size}")
         size = self.data_size
         self.both("grow data", lambda s: s.pool.reload(data_size=size))
         self.check_all()
@@ -450,12 +485,14 @@ class Differential(RuleBasedStateMachine):
         self.script.add(
             f"truncate -s {self.md_size} md", "losetup -c /dev/loop0", *self.reload_lines()
         )
+        self.script.op(f"reload md={self.md_size}")
         size = self.md_size
         self.both("grow metadata", lambda s: s.pool.reload(metadata_size=size))
         self.check_all()
 
     @invariant()
     def events_agree(self):
+        self.steps += 1
         if self.a is not None:
             self.both("event_nr", lambda s: s.pool.event_nr)
 
