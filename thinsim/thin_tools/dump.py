@@ -197,7 +197,8 @@ def metadata_dump(
             if not skip_mappings:
                 runs = _MappingRuns(e)
                 try:
-                    md.mappings(root, lambda p, v: runs.add(p[0], *block_time(v)), damage)
+                    md.mappings(root, lambda p, v: runs.add(p[0], *block_time(v)), damage,
+                                ignore_non_fatal=True)  # fmt: skip
                 finally:
                     runs.end()
         except ToolError as exc:
@@ -209,7 +210,7 @@ def metadata_dump(
 
     from .metadata import visit_values
 
-    visit_values(md.bm, sb.data_mapping_root, 1, 8, device, damage)
+    visit_values(md.bm, sb.data_mapping_root, 1, 8, device, damage, ignore_non_fatal=True)
     e.end_superblock()
 
 

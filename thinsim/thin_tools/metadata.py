@@ -578,14 +578,14 @@ class Metadata:
     nr_data_blocks: int | None = None  # None: the data space map was not opened
     details: dict = field(default_factory=dict)
 
-    def device_details(self, on_damage) -> dict[int, DeviceDetails]:
+    def device_details(self, on_damage, ignore_non_fatal=False) -> dict[int, DeviceDetails]:
         out: dict[int, DeviceDetails] = {}
 
         def value(path, raw):
             out[path[0]] = DeviceDetails.unpack(raw)
 
         visit_values(self.bm, self.sb.device_details_root, 1, DEVICE_DETAILS_SIZE, value,
-                     on_damage)  # fmt: skip
+                     on_damage, ignore_non_fatal)  # fmt: skip
         return out
 
     def device_roots(self, on_damage) -> dict[int, int]:
@@ -598,9 +598,9 @@ class Metadata:
         visit_values(self.bm, self.sb.data_mapping_root, 1, 8, value, on_damage)
         return out
 
-    def mappings(self, root: int, on_value, on_damage) -> None:
+    def mappings(self, root: int, on_value, on_damage, ignore_non_fatal=False) -> None:
         """Every mapping of one device: ``on_value((virtual block,), value)``."""
-        visit_values(self.bm, root, 1, 8, on_value, on_damage)
+        visit_values(self.bm, root, 1, 8, on_value, on_damage, ignore_non_fatal)
 
     def lookup_device(self, dev_id: int) -> int | None:
         return lookup(self.bm, self.sb.data_mapping_root, dev_id, 8)

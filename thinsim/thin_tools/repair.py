@@ -4,6 +4,9 @@ line's overrides when it is unreadable."""
 
 from __future__ import annotations
 
+import struct
+
+from ..model.disk import BTREE_CSUM_XOR, bm_checksum
 from .common import VERSION, Files, Output, ToolError
 from .dump import Emitter, metadata_dump
 from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
@@ -40,26 +43,247 @@ LONGOPTS = [
 ]
 
 
-def _trees_readable(bm: BlockManager, sb: Superblock) -> bool:
-    """get_dev_ids and get_map_ids: both trees walk without damage."""
+def _fail(_d) -> None:
+    raise ToolError("metadata contains errors")
 
-    def fail(_d) -> None:
-        raise ToolError("damaged")
 
+def get_dev_ids(bm: BlockManager, root: int) -> set[int] | None:
+    """metadata_dumper.cc: get_dev_ids -- None when the walk meets damage."""
+    ids: set[int] = set()
     try:
-        visit_values(bm, sb.device_details_root, 1, 24, lambda p, v: None, fail)
-        visit_values(bm, sb.data_mapping_root, 2, 8, lambda p, v: None, fail)
-    except ToolError:
-        return False
+        visit_values(bm, root, 1, 24, lambda p, v: ids.add(p[0]), _fail, True)
+    except (ToolError, struct.error, IndexError, ValueError):
+        return None
+    return ids
+
+
+def get_map_ids(bm: BlockManager, root: int) -> set[int] | None:
+    """metadata_dumper.cc: get_map_ids (the top level of the mapping tree)."""
+    ids: set[int] = set()
+    try:
+        visit_values(bm, root, 2, 8, lambda p, v: ids.add(p[0]), _fail, True)
+    except (ToolError, struct.error, IndexError, ValueError):
+        return None
+    return ids
+
+
+TOP_LEVEL, BOTTOM_LEVEL, DEVICE_DETAILS = 0, 1, 2
+
+
+class NodeInfo:
+    """metadata_dumper.cc: node_info."""
+
+    __slots__ = (
+        "age",
+        "b",
+        "key_high",
+        "key_low",
+        "nr_mappings",
+        "time_counts",
+        "type",
+        "valid",
+        "values",
+    )  # fmt: skip
+
+    def __init__(self, b: int = 0) -> None:
+        self.valid = True
+        self.type = TOP_LEVEL
+        self.b = b
+        self.values = 0
+        self.key_low = 0
+        self.key_high = 0
+        self.age = 0
+        self.time_counts: dict[int, int] = {}
+        self.nr_mappings = 0
+
+
+def _cmp_time_counts(lhs: NodeInfo, rhs: NodeInfo) -> bool:
+    a = sorted(lhs.time_counts.items(), reverse=True)
+    b = sorted(rhs.time_counts.items(), reverse=True)
+    for lt, lc in a:
+        for rt, rc in b:
+            if lt > rt:
+                return True
+            if rt > lt:
+                return False
+            if lc > rc:
+                return True
+            if rc > lc:
+                return False
     return True
+
+
+class Gatherer:
+    """metadata_dumper.cc: gatherer -- classifies every block that could be a btree node
+    and picks the device details and mapping roots that agree best."""
+
+    def __init__(self, bm: BlockManager) -> None:
+        self.bm = bm
+        self.nr_blocks = bm.nr_blocks
+        self.referenced: set[int] = set()
+        self.examined: set[int] = set()
+        self.infos: dict[int, NodeInfo] = {}
+
+    def find_best_roots(self):
+        for b in range(self.nr_blocks):
+            self.get_info(b)
+        mapping_roots, device_roots = [], []
+        for b in range(self.nr_blocks):
+            if b in self.referenced:
+                continue
+            info = self.get_info(b)
+            if info.valid:
+                if info.type == TOP_LEVEL:
+                    mapping_roots.append(info)
+                elif info.type == DEVICE_DETAILS:
+                    device_roots.append(info)
+        pairs = self._compatible(device_roots, mapping_roots)
+        if not pairs:
+            return None
+        d, m = pairs[0]
+        return m, d, max(self._time(d), self._time(m))
+
+    def _time(self, b: int) -> int:
+        info = self.infos.get(b)
+        return info.age if info is not None else 0
+
+    def _compatible(self, device_roots, mapping_roots):
+        import functools
+
+        pairs = [
+            (di, mi)
+            for di in device_roots
+            for mi in mapping_roots
+            if di.values == mi.values and di.nr_mappings == mi.nr_mappings
+        ]
+
+        def order(p, q) -> int:
+            # std::sort with cmp_time_counts on the device roots' counts
+            before, after = _cmp_time_counts(p[0], q[0]), _cmp_time_counts(q[0], p[0])
+            return -1 if before and not after else (1 if after and not before else 0)
+
+        pairs.sort(key=functools.cmp_to_key(order))
+        ds = {b: get_dev_ids(self.bm, b) for b in sorted({p[0].b for p in pairs})}
+        ms = {b: get_map_ids(self.bm, b) for b in sorted({p[1].b for p in pairs})}
+        return [
+            (p[0].b, p[1].b) for p in pairs if ds[p[0].b] is not None and ms[p[1].b] is not None
+        ]
+
+    def _is_node(self, b: int) -> bool:
+        data = self.bm.raw(b)
+        if not any(data):
+            return False
+        return bm_checksum(data[4:], BTREE_CSUM_XOR) == struct.unpack_from("<I", data, 0)[0]
+
+    def get_info(self, b: int) -> NodeInfo:
+        if b in self.examined:
+            info = self.infos.get(b)
+            if info is None:
+                info = NodeInfo(b)
+                info.valid = False
+            return info
+        self.examined.add(b)
+        info = self._get_info(b)
+        if info.valid:
+            self.infos[b] = info
+        return info
+
+    def _get_info(self, b: int) -> NodeInfo:
+        if b >= self.nr_blocks or not self._is_node(b):
+            info = NodeInfo(b)
+            info.valid = False
+            return info
+        data = self.bm.raw(b)
+        flags, _blocknr, nr, max_entries, vsize = struct.unpack_from("<IQIII", data, 4)
+        keys = [_u64(data, 32 + 8 * i) for i in range(nr)]
+        if flags & 1:
+            return self._internal(b, data, nr, max_entries, keys)
+        return self._leaf(b, data, nr, max_entries, vsize, keys)
+
+    def _internal(self, b, data, nr, max_entries, keys) -> NodeInfo:
+        info = NodeInfo(b)
+        key_low = 0
+        values = 0
+        children = [_u64(data, 32 + 8 * max_entries + 8 * i) for i in range(nr)]
+        for i, c in enumerate(children):
+            child = self.get_info(c)
+            if not child.valid:
+                info.valid = False
+                break
+            if i == 0:
+                info.type = child.type
+            elif info.type != child.type:
+                info.valid = False
+                break
+            if key_low and child.key_low <= key_low:
+                info.valid = False
+                break
+            key_low = child.key_high
+            values += child.values
+            _merge(info.time_counts, child.time_counts)
+            info.age = max(info.age, child.age)
+            info.nr_mappings += child.nr_mappings
+        if info.valid:
+            info.values = values
+            self.referenced.update(children)
+        return info
+
+    def _leaf(self, b, data, nr, max_entries, vsize, keys) -> NodeInfo:
+        info = NodeInfo(b)
+        info.values = nr
+        at = 32 + 8 * max_entries
+        if vsize == 24:
+            info.type = DEVICE_DETAILS
+            if nr:
+                info.key_low, info.key_high = keys[0], keys[-1]
+            for i in range(nr):
+                mapped, _trans, ctime, stime = struct.unpack_from(
+                    "<QQII", _pad(data, at + 24 * i, 24)
+                )
+                info.age = max(info.age, ctime, stime)
+                info.nr_mappings += mapped
+        elif vsize == 8:
+            values = [_u64(data, at + 8 * i) for i in range(nr)]
+            if nr:
+                info.key_low, info.key_high = keys[0], keys[-1]
+            if all(v < self.nr_blocks for v in values):
+                info.type = TOP_LEVEL
+                for v in values:
+                    child = self.get_info(v)
+                    if not child.valid or child.type != BOTTOM_LEVEL:
+                        info.valid = False
+                        return info
+                    info.age = max(info.age, child.age)
+                    _merge(info.time_counts, child.time_counts)
+                    info.nr_mappings += child.nr_mappings
+                self.referenced.update(values)
+            else:
+                info.type = BOTTOM_LEVEL
+                for v in values:
+                    t = v & 0xFFFFFF
+                    info.time_counts[t] = info.time_counts.get(t, 0) + 1
+                    info.age = max(info.age, t)
+                info.nr_mappings = nr
+        return info
+
+
+def _pad(data: bytes, at: int, n: int) -> bytes:
+    return data[at : at + n].ljust(n, b"\0")
+
+
+def _u64(data: bytes, at: int) -> int:
+    return struct.unpack("<Q", _pad(data, at, 8))[0]
+
+
+def _merge(lhs: dict, rhs: dict) -> None:
+    for t, c in rhs.items():
+        lhs[t] = lhs.get(t, 0) + c
 
 
 def metadata_repair(bm: BlockManager, e: Emitter, overrides: Overrides | None = None) -> None:
     """thin_provisioning::metadata_repair."""
     overrides = overrides or Overrides()
     try:
-        if not bm.nr_blocks:
-            raise ToolError("Metadata is not large enough for superblock.")
         try:
             sb = read_superblock(bm)
         except ToolError:
@@ -70,11 +294,17 @@ def metadata_repair(bm: BlockManager, e: Emitter, overrides: Overrides | None = 
                 data_block_size=overrides.get("data_block_size"),
             )
             overrides.get("nr_data_blocks")
-        if not _trees_readable(bm, sb):
-            raise ToolError(
-                "thinsim: finding the best roots in damaged metadata (find_better_roots_) "
-                "is not simulated"
-            )
+        if not bm.nr_blocks:
+            raise ToolError("Metadata is not large enough for superblock.")
+        if get_dev_ids(bm, sb.device_details_root) is None or (
+            get_map_ids(bm, sb.data_mapping_root) is None
+        ):
+            # find_better_roots_
+            found = Gatherer(bm).find_best_roots()
+            if found is not None:
+                sb.metadata_snap = 0
+                sb.data_mapping_root, sb.device_details_root, sb.time = found
+                sb.metadata_nr_blocks = bm.nr_blocks
         from .restore import OverrideEmitter
 
         metadata_dump(Metadata(bm, sb), OverrideEmitter(e, overrides), repair=True)

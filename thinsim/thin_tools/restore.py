@@ -306,8 +306,8 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err) ->
     failure after the output was touched its superblock is zeroed, as the C++ does."""
     bm = open_bm(files, dev, write=True)
     touched = False
+    restorer = None
     try:
-        restorer = None
 
         def begin():
             nonlocal touched, restorer
@@ -318,17 +318,28 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err) ->
             return OverrideEmitter(restorer, overrides)
 
         source(begin)
-        if restorer is not None:
-            restorer.finish()
-        if restorer is not None and restorer.committed:
-            for b, block in sorted(restorer.blocks().items()):
-                bm.handle.pwrite(b * MD_BLOCK_SIZE, block)
     except ToolError:
+        if restorer is not None:
+            # the block cache writes back what the transaction touched (the restorer's
+            # destructor has run); zero_superblock then wipes the superblock
+            restorer.finish()
+            _write_blocks(bm, restorer.blocks(), skip_superblock=True)
         if touched:
             bm.handle.pwrite(0, bytes(MD_BLOCK_SIZE))
         raise
+    else:
+        if restorer is not None:
+            restorer.finish()
+            _write_blocks(bm, restorer.blocks(), skip_superblock=not restorer.committed)
     finally:
         bm.handle.close()
+
+
+def _write_blocks(bm, blocks: dict[int, bytes], *, skip_superblock: bool) -> None:
+    for b, block in sorted(blocks.items()):
+        if b == 0 and skip_superblock:
+            continue
+        bm.handle.pwrite(b * MD_BLOCK_SIZE, block)
 
 
 def restore(files: Files, xml_path: str, dev: str, overrides: Overrides | None = None,

@@ -115,8 +115,7 @@ def _bitmap_ie(ie: list[int], bit: int, old: int, new: int) -> None:
             ie[1] += 1
     if not was_free and new == 0:
         ie[0] += 1
-        if bit < ie[1]:
-            ie[1] = bit
+        ie[1] = min(ie[1], bit)
 
 
 def _max_entries(value_size: int) -> int:
@@ -437,6 +436,10 @@ class MetadataWriter:
         for i in range(len(sm.bitmaps)):
             last = i == len(sm.bitmaps) - 1
             sm.entries.append([nr_blocks - ENTRIES_PER_BLOCK * i if last else ENTRIES_PER_BLOCK, 0])
+        # create_metadata_sm commits here: the index block holds these entries until the
+        # restore's own commit
+        self._index_entries = [list(e) for e in sm.entries]
+        self._superblock = None
         used = [b for b in range(nr_blocks) if sm.counts[b]]
         core = {b: sm.counts[b] for b in used}
         sm.counts = bytearray(nr_blocks)
@@ -490,7 +493,8 @@ class MetadataWriter:
         for i, (nr_free, nfb) in enumerate(self._index_entries):
             struct.pack_into("<QII", index, 16 + 16 * i, sm.bitmaps[i], nr_free, nfb)
         out[self.md_index] = _seal(index, self.md_index, INDEX_CSUM_XOR)
-        out[0] = self._superblock
+        if self._superblock is not None:
+            out[0] = self._superblock
         return out
 
 
