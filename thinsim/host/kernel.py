@@ -509,7 +509,9 @@ def dm_resume(state: HostState, dev: DmDevice) -> None:
             _destroy(state, [t for t in old if t.type != "thin-pool" or t.obj is not new[0].obj])
     if not dev.suspended:
         return
-    for t in dev.live or []:
+    if not dev.live:
+        raise error_for(E.EINVAL)  # dm_resume: nothing to resume without a table
+    for t in dev.live:
         if t.type == "thin-pool":
             t.obj.resume()  # may raise: the new table stays live, the device suspended
     dev.suspended = False

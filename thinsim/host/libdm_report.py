@@ -327,6 +327,64 @@ class Report:
         (")", "pe"),
     )
     _OP_CMP = ("=~", "!~", "=", "!=", ">=", ">", "<=", "<")
+    _OP_CMP_DESC = (
+        ("=~", "Matching regular expression. [regex]"),
+        ("!~", "Not matching regular expression. [regex]"),
+        ("=", "Equal to. [number, size, percent, string, string list, time]"),
+        ("!=", "Not equal to. [number, size, percent, string, string_list, time]"),
+        (">=", "Greater than or equal to. [number, size, percent, time]"),
+        (">", "Greater than. [number, size, percent, time]"),
+        ("<=", "Less than or equal to. [number, size, percent, time]"),
+        ("<", "Less than. [number, size, percent, time]"),
+        ("since", "Since specified time (same as '>='). [time]"),
+        ("after", "After specified time (same as '>'). [time]"),
+        ("until", "Until specified time (same as '<='). [time]"),
+        ("before", "Before specified time (same as '<'). [time]"),
+    )
+    _OP_LOG_DESC = (
+        ("&&", "All fields must match"),
+        (",", "All fields must match"),
+        ("||", "At least one field must match"),
+        ("#", "At least one field must match"),
+        ("!", "Logical negation"),
+        ("(", "Left parenthesis"),
+        (")", "Right parenthesis"),
+        ("[", "List start"),
+        ("]", "List end"),
+        ("{", "List subset start"),
+        ("}", "List subset end"),
+    )
+
+    def _display_selection_help(self) -> None:
+        """_display_selection_help (dmsetup has no reserved values)."""
+        w = self.warn
+        w("Selection operands")
+        w("------------------")
+        w("  field               - Reporting field.")
+        w("  number              - Non-negative integer value.")
+        w(
+            "  size                - Floating point value with units, 'm' unit used by "
+            "default if not specified."
+        )
+        w("  percent             - Non-negative integer with or without % suffix.")
+        w("  string              - Characters quoted by ' or \" or unquoted.")
+        w("  string list         - Strings enclosed by [ ] or { } and elements delimited by either")
+        w(
+            '                        "all items must match" or "at least one item must '
+            'match" operator.'
+        )
+        w("  regular expression  - Characters quoted by ' or \" or unquoted.")
+        w(" ")
+        w("Selection operators")
+        w("-------------------")
+        w("  Comparison operators:")
+        for op, desc in self._OP_CMP_DESC:
+            w(f"    {op:>6}  - {desc}")
+        w(" ")
+        w("  Logical and grouping operators:")
+        for op, desc in self._OP_LOG_DESC:
+            w(f"    {op:>4}  - {desc}")
+        w(" ")
 
     def _tok_log(self, s: str, expect: tuple[str, ...]) -> tuple[str | None, str]:
         s = s.lstrip()
@@ -413,12 +471,24 @@ class Report:
             self.warn(f"Selection field is uncomparable: {name}.")
             return self._sel_bad(s)
         rest = rest.lstrip()
-        op = next((o for o in self._OP_CMP if rest.startswith(o)), None)
+        op = next((o for o, _ in self._OP_CMP_DESC if rest.startswith(o)), None)
         if op is None:
-            return self._not_simulated(s)
+            self._display_selection_help()
+            self.warn(f"Unrecognised comparison operator: {rest}")
+            return self._sel_bad(s)
+        if op in ("since", "after", "until", "before"):
+            self._display_selection_help()
+            self.warn(f"Operator can be used only with time fields: {s}")
+            return self._sel_bad(s)
         rest = rest[len(op) :].lstrip()
+        if not rest:
+            self._display_selection_help()
+            self.warn("Missing value after operator")
+            return self._sel_bad(s)
         if op in (">=", ">", "<=", "<") and not ft.flags & (NUM | SIZ):
-            return self._not_simulated(s)
+            self._display_selection_help()
+            self.warn(f"Operator can be used only with number, size, time or percent fields: {s}")
+            return self._sel_bad(s)
         quote = rest[:1] if rest[:1] in ("'", '"') else ""
         if quote:
             end = rest.find(quote, 1)

@@ -541,10 +541,10 @@ class Dmsetup:
         major = ident.get("major") or 0
         minor = ident.get("minor") or 0
         devno = f"({major}:{minor})" if major > 0 else ""
-        self.err(
-            f"device-mapper: {op} ioctl on {ident.get('name', '')} {ident.get('uuid', '')}"
-            f"{devno} failed: {os.strerror(errno)}"
-        )
+        # the ioctl carries the names as libdm mangled them (\\xNN for what udev refuses)
+        name = _mangle(ident.get("name", ""), "auto")
+        uuid = _mangle(ident.get("uuid", ""), "auto")
+        self.err(f"device-mapper: {op} ioctl on {name} {uuid}{devno} failed: {os.strerror(errno)}")
 
     def find(self, op: str, ident: dict, quiet_missing: bool = False) -> DmDevice | None:
         """Run the lookup part of an ioctl: ENXIO is reported (or, for info/status/mknodes,
@@ -1361,19 +1361,25 @@ class Dmsetup:
         dev_name = args[0] if len(args) == 2 else None
         new = args[-1]
         ident = self.task_device(dev_name, "rename")
-        if not self.on("setuuid") and "/" in new:
-            self.err(f'Name "{new}" invalid. It contains "/".')
-            return False
-        if "name" not in ident:
-            # dm-ioctl.c: a rename names the device by its name; the uuid or number gives none
-            self.ioctl_error("rename", ident, 22)
-            return False
+        if not self.on("setuuid"):
+            # dm_task_set_newname
+            if "/" in new:
+                self.err(f'Name "{new}" invalid. It contains "/".')
+                return False
+            if len(new) >= 128:
+                self.err(f'Name "{new}" too long')
+                return False
+            if not new:
+                self.err("Non empty new name is required.")
+                return False
+        # dm-ioctl.c: dev_rename finds the device by its name only (a uuid or number names
+        # none, so the kernel finds nothing)
         self.kernel_call(
             "rename",
             ident,
             kernel.dm_rename,
             self.state,
-            ident["name"],
+            ident.get("name", ""),
             new,
             uuid=bool(self.on("setuuid")),
         )
