@@ -60,18 +60,33 @@ def _sync(state: HostState, dev: str) -> None:
     # Loop nodes stay once made, as on a real host (loop_add makes them; nothing here removes).
     for n in set(range(FIRST_LOOPS)) | set(state.loops):
         _node(os.path.join(dev, f"loop{n}"), _LOOP_BASE + n)
-    want = {d.minor: d.name for d in state.dm.values()}
+    # a dm device has a disk (dm-N) from its first table load, and udev's mapper/NAME link
+    # from then on; one without a table has neither unless `dmsetup mknodes` made the node
+    want = {d.minor: d.name for d in state.dm.values() if d.disk_added}
+    made = {d.name: d.minor for d in state.dm.values() if getattr(d, "mknod", False)}
     for entry in os.listdir(dev):
         if entry.startswith("dm-") and entry[3:].isdigit() and int(entry[3:]) not in want:
             os.unlink(os.path.join(dev, entry))
-    names = set(want.values())
+    names = set(want.values()) | set(made)
     for entry in os.listdir(mapper):
-        # only udev's symlinks go; a plain file there (a dd to a missing name) stays
-        if entry not in names and os.path.islink(os.path.join(mapper, entry)):
-            os.unlink(os.path.join(mapper, entry))
+        # only udev's symlinks and libdm's nodes go; a plain file there (a dd to a missing
+        # name) stays
+        path = os.path.join(mapper, entry)
+        if entry not in names and (os.path.islink(path) or _is_block(path)):
+            os.unlink(path)
     for minor, name in want.items():
         _node(os.path.join(dev, f"dm-{minor}"), _DM_BASE + minor)
         _symlink(f"../dm-{minor}", os.path.join(mapper, name))
+    for name, minor in made.items():
+        if name not in want.values():
+            _node(os.path.join(mapper, name), _DM_BASE + minor)
+
+
+def _is_block(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def main() -> int:

@@ -172,8 +172,9 @@ def lookup_device(state: HostState, path: str):
 
 
 def has_mapper_node(dev: DmDevice) -> bool:
-    """udev makes /dev/mapper/NAME once the device has a disk (its first table load)."""
-    return dev.disk_added
+    """udev makes /dev/mapper/NAME once the device has a disk (its first table load);
+    libdm's dm_mknodes makes a node for one without (``mknod``)."""
+    return dev.disk_added or getattr(dev, "mknod", False)
 
 
 def dm_by_minor(state: HostState, minor: int) -> DmDevice | None:
@@ -299,6 +300,12 @@ def _open_metadata(state: HostState, md: LoopDevice, table: PoolTable):
 
 def _ctr_thin(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
     dev_id = Thin.parse(argv)
+    origin = None
+    if len(argv) > 2:
+        # thin_ctr opens an external origin before the pool; reads of unprovisioned blocks
+        # would come from it, which the model does not do (see target.origin)
+        _open(state, target, argv[2], "Error opening origin device")
+        origin = target.devs[-1]
     pool_dev = _open(state, target, argv[0], "Error opening pool device")
     if not isinstance(pool_dev, DmDevice):
         raise TableError("Couldn't get pool mapped device", E.EINVAL)
@@ -315,13 +322,8 @@ def _ctr_thin(state: HostState, dev: DmDevice, target: Target, argv: list[str]) 
     pool: Pool = pt.obj
     if pool.suspended:
         raise TableError("Unable to activate thin device while pool is suspended", E.EINVAL)
-    origin = None
-    if len(argv) > 2:
-        # thin_ctr opens the external origin after the pool; reads of unprovisioned
-        # blocks would come from it, which the model does not do (see target.origin)
-        origin = _open(state, target, argv[2], "Error opening origin device")
     thin = Thin(pool, dev_id, target.length, pool_dev=pool_dev.devno)
-    target.origin = None if origin is None else target.devs[-1]
+    target.origin = origin
     target.obj = thin
     target.pool_name = pool_dev.name
     target.pool_minor = pool_dev.minor

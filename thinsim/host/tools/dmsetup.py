@@ -486,6 +486,9 @@ class Dmsetup:
     def set_name(self, name: str, task: str) -> str:
         """dm_task_set_name: a path names an existing device by its node."""
         if "/" not in name:
+            if len(name.encode()) >= 128:  # DM_NAME_LEN
+                self.err(f'Name "{name}" too long.')
+                raise _Fail
             return name
         if task == "create":
             self.err(f'Name "{name}" invalid. It contains "/".')
@@ -575,7 +578,13 @@ class Dmsetup:
         dev = info.dev
         if dev.disk_added:
             return dev.read_ahead
-        self.err(f"/dev/mapper/{dev.name}: open failed: No such file or directory")
+        # no disk, so no bdi in sysfs; the node (if mknodes made one) opens no device
+        why = (
+            "No such device or address"
+            if getattr(dev, "mknod", False)
+            else ("No such file or directory")
+        )
+        self.err(f"/dev/mapper/{dev.name}: open failed: {why}")
         return None
 
     def device_get_name(self, devno: str, prefer_kernel: bool) -> str | None:
@@ -1024,6 +1033,7 @@ class Dmsetup:
         if os.path.basename(words[0]) in ("dmsetup", "losetup", "dd", "blockdev", "blkdiscard"):
             self.io.err("thinsim: dmsetup: --exec of a simulated command is not simulated\n")
             return False
+        self._mknodes(name)
         self.io.stdout.flush()
         try:
             subprocess.call([*words, f"/dev/mapper/{name}"])
@@ -1468,7 +1478,20 @@ class Dmsetup:
         return True
 
     def _cmd_mknodes(self, cmd, args, name, multiple) -> bool:
-        return True  # udev keeps the simulated /dev in step already
+        """dm_mknodes: a /dev/mapper node for the device (every device without a name) that
+        udev has not linked (one without a table)."""
+        self._mknodes(args[0] if args else None)
+        return True
+
+    def _mknodes(self, name: str | None) -> None:
+        if name is None:
+            devices = list(self.state.dm.values())
+        else:
+            dev = self.state.dm.get(name)
+            devices = [dev] if dev is not None else []
+        for dev in devices:
+            if not dev.disk_added:
+                dev.mknod = True
 
     def _cmd_mangle(self, cmd, args, name, multiple) -> bool:
         if name is None:
