@@ -401,6 +401,9 @@ def dm_load(
 ) -> None:
     """DM_TABLE_LOAD (table_load): build the table target by target (dm_table_add_target),
     set the device up on its first table, and put the table in the inactive slot."""
+    if not rows:
+        state.log.emit("ioctl", "populate_table: no targets specified")
+        raise error_for(E.EINVAL)
     targets: list[Target] = []
     for start, length, ttype, params in rows:
         target = Target(start, length, ttype, params)

@@ -550,8 +550,12 @@ class Report:
             if prop.implicit:
                 text, sort = "1", 1  # "selected": fixed after the selection below
             else:
+                obj = get_object(ft.type)
+                if obj is None:
+                    self.warn(f"_do_report_object: no data assigned to field {ft.id}")
+                    raise ReportFieldError("")
                 try:
-                    text, sort = ft.fn(get_object(ft.type))
+                    text, sort = ft.fn(obj)
                 except ReportFieldError as e:
                     if str(e):
                         self.warn(str(e))
