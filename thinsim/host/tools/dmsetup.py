@@ -697,7 +697,7 @@ class Dmsetup:
                 cmd = _BY_NAME["info"]
             if self.on("columns") and not self._report_init(cmd[0]):
                 return 1
-            if self.on("count") or self.on("interval"):
+            if (self.on("count") and _atoi(self.args["count"]) != 1) or self.on("interval"):
                 return unsupported(self.io, "dmsetup", "repeated reports (--count/--interval)")
         multiple = bool(
             cmd[4] and len(args) != 1 and (args or (not self.on("uuid") and not self.on("major")))
@@ -1104,8 +1104,8 @@ class Dmsetup:
             value = 0
         if self.read_ahead_min and dev.read_ahead >= value:
             return
-        # the bdi keeps whole kilobytes
-        dev.read_ahead = (value + 1) // 2 * 2
+        # libdm writes bdi/read_ahead_kb (rounded up); the bdi keeps whole 4 KiB pages
+        dev.read_ahead = ((value + 1) // 2 >> 2) * 8
 
     def _cmd_suspend(self, cmd, args, name, multiple) -> bool:
         return self._simple("suspend", name or (args[0] if args else None))
