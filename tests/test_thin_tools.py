@@ -28,6 +28,10 @@ from thinsim.thin_tools.metadata import Superblock
 
 MiB, GiB, BLOCK = 1 << 20, 1 << 30, 64 << 10
 KERNEL_METADATA = Path(__file__).parent / "kernel" / "metadata"
+# deeper trees, hundreds of thins, data shared three ways, a held snapshot:
+# tests/thin_tools_metadata/make.sh ran in the VM on Debian's kernel
+MORE_KERNEL_METADATA = Path(__file__).parent / "thin_tools_metadata"
+KERNEL_MADE = ["deep", "many", "shared-held"]
 HAVE_TOOLS = shutil.which("thin_check") is not None
 pytestmark = pytest.mark.skipif(
     not HAVE_TOOLS and not os.environ.get("CI"),
@@ -164,6 +168,8 @@ def corpus():
     _write(_scattered(_model_pool(8 * MiB)), d / "scattered.md", 8 * MiB)
     for name in ("basic", "held"):
         shutil.copy(KERNEL_METADATA / f"{name}.md", d / f"kernel-{name}.md")
+    for name in KERNEL_MADE:
+        shutil.copy(MORE_KERNEL_METADATA / f"{name}.md", d / f"kernel-{name}.md")
     shutil.copy(d / "busy.md", d / "needs-check.md")
     _set_flags(d / "needs-check.md", 1)
     (d / "zero.md").write_bytes(bytes(4 * MiB))
@@ -212,7 +218,9 @@ def corpus():
     shutil.rmtree(d, ignore_errors=True)
 
 
-GOOD = ["busy", "held", "scattered", "kernel-basic", "kernel-held", "needs-check"]
+GOOD = ["busy", "held", "scattered", "kernel-basic", "kernel-held", "needs-check"] + [
+    f"kernel-{name}" for name in KERNEL_MADE
+]
 DAMAGED = [
     f"{src}-{name}"
     for src in ("busy", "scattered")
@@ -299,7 +307,7 @@ def test_thin_dump_prints_what_debians_prints(corpus, name, opts):
     agree(corpus, "thin_dump", *opts, _path(name))
 
 
-@pytest.mark.parametrize("name", ["held", "kernel-held"])
+@pytest.mark.parametrize("name", ["held", "kernel-held", "kernel-shared-held"])
 def test_thin_dump_through_the_named_snapshot_block_is_debians(corpus, name):
     snap = Superblock.unpack((corpus / _path(name)).read_bytes()[:4096]).metadata_snap
     agree(corpus, "thin_dump", f"-m{snap}", _path(name))
@@ -337,7 +345,7 @@ def test_thin_ls_prints_debians_table(corpus, name, opts):
 # -- thin_delta -----------------------------------------------------------------------------
 
 DELTA_PAIRS = [("0", "1"), ("1", "0"), ("3", "4"), ("4", "3"), ("0", "0"), ("2", "9999"),
-               ("8", "3"), ("140", "2"), ("-1", "0"), ("+3", "4")]  # fmt: skip
+               ("8", "3"), ("140", "2"), ("-1", "0"), ("+3", "4"), ("7", "10"), ("9", "8"), ("2", "1")]  # fmt: skip
 
 
 @pytest.mark.parametrize("verbose", [[], ["--verbose"]], ids=["", "verbose"])
@@ -347,7 +355,7 @@ def test_thin_delta_prints_debians_differences(corpus, name, pair, verbose):
     agree(corpus, "thin_delta", *verbose, "--snap1", pair[0], "--thin2", pair[1], _path(name))
 
 
-@pytest.mark.parametrize("name", ["held", "kernel-held", "busy"])
+@pytest.mark.parametrize("name", ["held", "kernel-held", "busy", "kernel-shared-held"])
 def test_thin_delta_through_the_metadata_snapshot_is_debians(corpus, name):
     agree(corpus, "thin_delta", "-m", "--snap1", "0", "--snap2", "1", _path(name))
     agree(corpus, "thin_delta", "-m7", "--snap1", "3", "--snap2", "3", _path(name))
@@ -594,3 +602,16 @@ def test_the_corpus_is_on_a_file_system_that_takes_o_direct(corpus):
     # the real tools open with O_DIRECT, which Debian 12's tmpfs refuses
     assert not _on_tmpfs(str(corpus))
     assert stat.S_ISREG(os.stat(corpus / "busy.md").st_mode)
+
+
+@pytest.mark.parametrize("name", KERNEL_MADE)
+def test_the_model_opens_what_a_kernel_wrote_as_debians_thin_dump_reads_it(corpus, name):
+    from thinsim.model.disk import read_metadata
+    from thinsim.thin_dump import dump_xml
+
+    pmd = read_metadata(corpus / f"kernel-{name}.md")
+    pmd._check()
+    assert "\n".join(dump_xml(pmd)) + "\n" == real(corpus, "thin_dump", f"kernel-{name}.md")[0]
+    used, total = (MORE_KERNEL_METADATA / f"{name}.status").read_text().split()[4].split("/")
+    assert int(used) == pmd.live_metadata_blocks() + pmd.metadata_reserve
+    assert int(total) == pmd.metadata_dev_size()
