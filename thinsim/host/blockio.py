@@ -7,6 +7,7 @@ import os
 
 from ..errors import error_for
 from ..model.thin import Thin
+from . import external_origin
 from .kernel import device_size
 from .state import DmDevice, HostState, LoopDevice
 
@@ -127,11 +128,15 @@ def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: byte
         piece = None if data is None else data[pos - offset : pos - offset + n]
         if t.type == "thin":
             thin: Thin = t.obj
+            origin = getattr(t, "origin", None)
             if piece is None:
-                out += thin.read(rel, n)
+                out += external_origin.read(state, t, rel, n) if origin else thin.read(rel, n)
             else:
                 try:
-                    thin.write(rel, piece)
+                    if origin:
+                        external_origin.write(state, t, rel, piece)
+                    else:
+                        thin.write(rel, piece)
                 finally:
                     worker_commit(state, thin.pool)
         elif t.type == "thin-pool":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,9 @@ def _exec_real(name: str, argv: list[str]) -> int:
     if real is None:
         sys.stderr.write(f"{name}: command not found\n")
         return 127
+    # Python ignores SIGPIPE and exec keeps ignored signals: give the real command the
+    # default back, or `cat file | head` would print "write error: Broken pipe"
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.execv(real, [name, *argv])
     return 127  # not reached
 
