@@ -2,9 +2,12 @@
 the simulated side's private /run/thinsim/work, and the way results come back from the VM."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from thinsim import vm
 from thinsim.host import diff, real
@@ -115,3 +118,44 @@ def test_a_different_backing_file_path_still_counts():
     real_run = Result("/dev/loop0: [0256]:13 (/run/thinsim/work/a)\n", "", 0)
     simulated = Result("/dev/loop0: [0256]:13 (/run/thinsim/work/b)\n", "", 0)
     assert diff.unified("s.sh", real_run, simulated) != ""
+
+
+SCRIPT = """\
+truncate -s 64M md data
+losetup -f --show md >/dev/null
+losetup -f --show data >/dev/null
+dmsetup create pool --table "0 131072 thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup message pool 0 create_thin 1
+dmsetup create thin1 --table "0 8192 thin /dev/mapper/pool 1"
+dd if=/dev/zero of=/dev/mapper/thin1 bs=64k count=3 oflag=direct conv=fsync
+dmsetup status thin1
+pwd
+"""
+
+
+@pytest.mark.kernel
+def test_on_a_host_with_dm_thin_a_script_leaves_no_device_behind_and_the_hosts_own_alone(
+    tmp_path, monkeypatch
+):
+    reason = real.dm_thin_here()
+    if reason is not None:
+        pytest.skip(f"needs root and dm-thin ({reason}): run inside thinsim vm")
+    # A device the host had before: the script's clean-up must not touch it.
+    subprocess.run(["dmsetup", "create", "theirs", "--table", "0 8 zero"], check=True)
+    try:
+        monkeypatch.delenv("THINSIM_IN_VM", raising=False)
+        # The guest's root is read-only: the private folder goes on its scratch tmpfs.
+        monkeypatch.setenv("THINSIM_REAL_DIR", os.environ.get("THINSIM_SCRATCH", "/tmp"))
+        script = tmp_path / "s.sh"
+        script.write_text(SCRIPT)
+        loops_before = real.loop_devices()
+        got = real.run_scripts([(script, [])])[0].masked()
+        assert got == Result(
+            "0 8192 thin 384 383\n/run/thinsim/work\n",
+            "3+0 records in\n3+0 records out\n196608 bytes (197 kB, 192 KiB) copied, <time>\n",
+            0,
+        )
+        assert real.dm_devices() == ["theirs"]
+        assert real.loop_devices() == loops_before
+    finally:
+        subprocess.run(["dmsetup", "remove", "theirs"], check=False)

@@ -12,7 +12,8 @@ Where it runs:
   (so ``losetup -f`` gives /dev/loop0 and the first dm device gets minor 0), a fresh ext4 on
   the RAM disk /dev/ram0 (brd) mounted on :data:`MOUNT`, the kernel log cleared;
 - on a host that has dm-thin, as root: the host's own devices are left alone.  The script
-  gets a private mount namespace with a fresh folder on /var/tmp bound on :data:`MOUNT`;
+  gets a private mount namespace with a fresh folder on /var/tmp (``$THINSIM_REAL_DIR``)
+  bound on :data:`MOUNT`;
   afterwards only the dm and loop devices that appeared during the script are removed;
   the kernel log is not cleared;
 - anywhere else: through ``thinsim vm`` (one boot for all the scripts given).
@@ -348,7 +349,8 @@ def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT
     remove the dm and loop devices that appeared while it ran."""
     dm_before, loop_before = set(dm_devices()), set(loop_devices())
     # /var/tmp: a disk file system, where O_DIRECT works (the thin tools use it).
-    private = tempfile.mkdtemp(prefix="thinsim-real-", dir="/var/tmp")
+    where = os.environ.get("THINSIM_REAL_DIR", "/var/tmp")
+    private = tempfile.mkdtemp(prefix="thinsim-real-", dir=where)
     try:
         os.mkdir(os.path.join(private, "work"))
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _PRIVATE, "sh"]
