@@ -4,9 +4,11 @@ says what it finds the way the C++ does."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
-from .common import VERSION, Files, Output, ToolError
+from ..model.disk import BITMAP_CSUM_XOR, INDEX_CSUM_XOR, bm_checksum
+from .common import MD_BLOCK_SIZE, VERSION, Files, Output, ToolError
 from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .metadata import (
     DEVICE_DETAILS_SIZE,
@@ -339,14 +341,15 @@ def check_metadata(files: Files, path: str, opts: CheckOptions, quiet: bool, io:
             raise ToolError("No metadata snapshot found.")
     bm = open_bm(files, path, excl=not opts.use_metadata_snap)
     try:
-        err, counted = _check(bm, sb_location, opts, out, info)
+        err, expected = _check(bm, sb_location, opts, out, info)
     finally:
         bm.handle.close()
+    counted = expected is not None and bool(expected.counts)
     if opts.fix_metadata_leaks:
         if not counted:
             out.line("metadata has not been fully examined")
         elif err == NON_FATAL:
-            raise ToolError("thinsim: thin_check: --auto-repair of leaked blocks is not simulated")
+            err = _fix_leaks(files, path, expected, out)
     if opts.fix_metadata_leaks or opts.clear_needs_check:
         if not counted:
             out.line("metadata has not been fully examined")
@@ -363,22 +366,22 @@ def _check(bm, sb_location, opts: CheckOptions, out: Nested, info: Nested):
         head = bm.raw(0)
         if head.startswith((b"<superblock", b"<?xml", b"<!DOCTYPE")):
             out.line("This looks like XML.  thin_check only checks the binary metadata format.")
-        return err, False
+        return err, None
     sb = read_superblock(bm, sb_location)
     if opts.override_mapping_root is not None:
         sb.data_mapping_root = opts.override_mapping_root
     info.line(f"TRANSACTION_ID={sb.trans_id}\nMETADATA_FREE_BLOCKS={bm.nr_blocks - 1}")
     if not opts.space_map_full:
-        return max(err, _examine_data_mappings(bm, sb, opts, out)), False
+        return max(err, _examine_data_mappings(bm, sb, opts, out)), None
     # the data space map is opened (its root only) before the walk
     err = max(err, _examine_data_mappings(bm, sb, opts, out))
     if err == FATAL:
-        return err, False
+        return err, None
     out.line("checking space map counts")
     with out.push():
         bc = Counter()
         if not count_metadata(bm, sb, bc, lambda text: out.write(text + "\n")):
-            return FATAL, False
+            return FATAL, bc
         sm = MetadataSpaceMap(bm, sb.metadata_space_map_root)
         for b, actual in enumerate(sm.counts()):
             expected = bc.get(b)
@@ -388,7 +391,56 @@ def _check(bm, sb_location, opts: CheckOptions, out: Nested, info: Nested):
                     f"but got {actual}"
                 )
                 err = max(err, NON_FATAL if actual > expected else FATAL)
-    return err, bool(bc.counts)
+    return err, bc
+
+
+def _fix_leaks(files: Files, path: str, expected: Counter, out: Nested) -> int:
+    """metadata_checker::fix_metadata_leaks: blocks the space map counts once or twice
+    that nothing references are freed in place (the space map's own blocks are marked
+    shadowed), the index and the superblock's root follow; anything else is left."""
+    bm = open_bm(files, path, write=True)
+    try:
+        sb_raw = bm.read(0, superblock_validator)
+        sb = Superblock.unpack(sb_raw)
+        sm = MetadataSpaceMap(bm, sb.metadata_space_map_root)
+        err = NO_ERROR
+        leaked = []
+        for b, actual in enumerate(sm.counts()):
+            want = expected.get(b)
+            if actual == want:
+                continue
+            if actual < want:
+                err = FATAL
+                break
+            if want or actual >= 3:
+                err = max(err, NON_FATAL)
+            elif actual > 0:
+                leaked.append(b)
+        if err != NO_ERROR:
+            return err
+        bitmaps: dict[int, bytearray] = {}
+        index = bytearray(bm.read(sm.root.bitmap_root, index_validator))
+        for b in leaked:
+            i, bit = divmod(b, ENTRIES_PER_BITMAP)
+            blocknr = sm.entries[i]
+            data = bitmaps.setdefault(blocknr, bytearray(bm.read(blocknr, bitmap_validator)))
+            data[16 + (2 * bit >> 3)] &= ~(1 << (2 * bit & 7))
+            data[16 + ((2 * bit + 1) >> 3)] &= ~(1 << ((2 * bit + 1) & 7))
+            # bitmap::insert: a block freed
+            nr_free, nfb = struct.unpack_from("<II", index, 16 + 16 * i + 8)
+            struct.pack_into("<II", index, 16 + 16 * i + 8, nr_free + 1, min(nfb, bit))
+        for blocknr, data in bitmaps.items():
+            struct.pack_into("<I", data, 0, bm_checksum(bytes(data[4:]), BITMAP_CSUM_XOR))
+            bm.handle.pwrite(blocknr * MD_BLOCK_SIZE, bytes(data))
+        struct.pack_into("<I", index, 0, bm_checksum(bytes(index[4:]), INDEX_CSUM_XOR))
+        bm.handle.pwrite(sm.root.bitmap_root * MD_BLOCK_SIZE, bytes(index))
+        sm.root.nr_allocated -= len(leaked)
+        sb.metadata_space_map_root = sm.root.pack()
+        bm.handle.pwrite(0, sb.pack(sb_raw))
+    finally:
+        bm.handle.close()
+    out.line("fixed metadata leaks")
+    return NO_ERROR
 
 
 def _examine_data_mappings(bm, sb, opts: CheckOptions, out: Nested) -> int:
@@ -406,7 +458,7 @@ def _clear_needs_check(files: Files, path: str, out: Nested) -> None:
         if not sb.needs_check:
             return
         sb.flags &= ~1
-        bm.handle.pwrite(0, sb.pack())
+        bm.handle.pwrite(0, sb.pack(bm.raw(0)))
     finally:
         bm.handle.close()
     out.line("cleared needs_check flag")

@@ -162,9 +162,10 @@ class Superblock:
             compat, compat_ro, incompat,
         )  # fmt: skip
 
-    def pack(self) -> bytes:
-        """The block with its checksum (sb_validator::prepare)."""
-        buf = bytearray(MD_BLOCK_SIZE)
+    def pack(self, base: bytes | None = None) -> bytes:
+        """The block with its checksum (sb_validator::prepare), over ``base`` (the block
+        as read: write_superblock keeps the bytes past the structure)."""
+        buf = bytearray(base if base is not None else MD_BLOCK_SIZE)
         struct.pack_into("<IQ", buf, 4, self.flags, self.blocknr)
         buf[16:32] = self.uuid
         struct.pack_into(
