@@ -88,6 +88,7 @@ class Report:
         field_prefixes: bool,
         quoted: bool,
         sort_keys: str,
+        columns_as_rows: bool = False,
         selection: str | None,
         warn: Callable[[str], None],
         out: Callable[[str], None],
@@ -100,6 +101,11 @@ class Report:
         self.field_prefixes = field_prefixes
         self.quoted = quoted
         self.sort_required = buffered
+        # with columns as rows libdm buffers and never aligns
+        self.columns_as_rows = columns_as_rows
+        if columns_as_rows:
+            self.aligned = False
+            self.sort_required = True
         self.warn = warn
         self.out = out
         self.props: list[_Prop] = []
@@ -481,33 +487,57 @@ class Report:
             self.warn(f"Operator can be used only with time fields: {s}")
             return self._sel_bad(s)
         rest = rest[len(op) :].lstrip()
-        if not rest:
-            self._display_selection_help()
-            self.warn("Missing value after operator")
-            return self._sel_bad(s)
         if op in (">=", ">", "<=", "<") and not ft.flags & (NUM | SIZ):
             self._display_selection_help()
             self.warn(f"Operator can be used only with number, size, time or percent fields: {s}")
             return self._sel_bad(s)
-        quote = rest[:1] if rest[:1] in ("'", '"') else ""
-        if quote:
-            end = rest.find(quote, 1)
-            if end < 0:
-                self.warn("Missing end quote.")
+        if op in ("=~", "!~"):
+            # _tok_value_regex
+            if not rest:
+                self.warn(f"Regular expression expected for selection field {ft.id}")
                 return self._sel_bad(s)
-            value, rest = rest[1:end], rest[end + 1 :]
-        else:
-            m = re.match(r"[^ &,|#()]*", rest)
-            value, rest = m.group(0), rest[len(m.group(0)) :]
-        if ft.flags & (NUM | SIZ) and op not in ("=~", "!~"):
-            if not re.fullmatch(r"\d+", value):
+            close = {"(": ")", "{": "}", "[": "]", '"': '"', "'": "'"}.get(rest[0], "")
+            value, rest = self._tok_string(rest[1:] if close else rest, close)
+            if value is None:
+                self.warn(f"Failed to parse regex value for selection field {ft.id}.")
+                return self._sel_bad(s)
+            if not ft.flags & STR:
+                # _create_field_selection refuses it (no syntax error report follows)
+                self.warn(f"dm_report: incompatible comparison type for selection field {ft.id}")
+                return None, s
+        elif ft.flags & (NUM | SIZ):
+            m = re.match(r"\d*(\.\d*)?", rest)
+            if not m.group(0) or m.group(1):
+                if not m.group(0):
+                    self.warn(f"Failed to parse numeric value for selection field {ft.id}.")
+                    return self._sel_bad(s)
                 return self._not_simulated(s)
-            value = int(value)
+            value, rest = int(m.group(0)), rest[len(m.group(0)) :]
+        else:
+            close = rest[:1] if rest[:1] in ("'", '"') else ""
+            value, rest = self._tok_string(rest[1:] if close else rest, close)
+            if value is None:
+                self.warn(f"Failed to parse string value for selection field {ft.id}.")
+                return self._sel_bad(s)
         prop = next((p for p in self.props if p.implicit == implicit and p.num == num), None)
         if prop is None:
             prop = self._add_field(num, implicit, hidden=True)
             self.report_types |= ft.type
         return ("item", prop, op, value), rest
+
+    def _tok_string(self, s: str, close: str):
+        """_tok_value_string: up to the closing quote, else up to a space or a logical
+        operator (&&, ',', ||, #, ')'); (None, s) for a missing end quote."""
+        if close:
+            end = s.find(close)
+            if end < 0:
+                self.warn("Missing end quote.")
+                return None, s
+            return s[:end], s[end + 1 :]
+        i = 0
+        while i < len(s) and s[i] != " " and not s.startswith(("&&", ",", "||", "#", ")"), i):
+            i += 1
+        return s[:i], s[i:]
 
     def _not_simulated(self, s: str):
         self.warn(f"thinsim: dmsetup: that selection ({s}) is not simulated")
@@ -607,6 +637,9 @@ class Report:
         self._recalculate()
         if self.sort_required and self.keys_count:
             self._sort()
+        if self.columns_as_rows:
+            self._output_as_rows()
+            return
         if not self.headings_printed:
             self.headings_printed = True
             if self.headings:
@@ -623,6 +656,21 @@ class Report:
         self.rows = []
         for prop in self.props:
             prop.width = self._ftype(prop).width
+
+    def _output_as_rows(self) -> None:
+        """_output_as_rows: one line per field, its heading then every row's value."""
+        for prop in self.props:
+            if prop.hidden:
+                continue
+            line = ""
+            if self.headings:
+                line += self._ftype(prop).heading + self.separator
+            values = [
+                self._field_text(prop, next(f[1] for f in row.fields if f[0] is prop))
+                for row in self.rows
+            ]
+            self.out(line + self.separator.join(values) + "\n")
+        self.rows = []
 
     def _field_text(self, prop: _Prop, text: str) -> str:
         out = ""

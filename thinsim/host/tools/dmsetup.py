@@ -140,6 +140,98 @@ def usage_text() -> str:
     return "".join(lines)
 
 
+_INDENT = "\n\t    "
+_AREA_OPTS = "[--areas <nr_areas>] [--areasize <size>] "
+_REGION_OPTS = "[--start <start> [--length <len>]" + _INDENT + _AREA_OPTS
+_ID_OPTS = "[--programid <id>] [--userdata <data> ] "
+_SELECT_OPTS = "[--programid <id>] [--regionid <id>] "
+_EXTRA_OPTS = "[--bounds histogram_boundaries] [--precise] "
+_FILE_MONITOR_OPTS = "[--nomonitor] [--follow mode]"
+_GROUP_ID_OPT = "--groupid <id> "
+_ALL_PROGS_OPT = "[--allprograms|--programid id] "
+_ALL_REGIONS_OPT = "[--allregions|--regionid id] "
+_ALL_DEVICES_OPT = "[--alldevices|<device>...] "
+_ALL_PROGS_REGIONS_DEVICES = (
+    _ALL_PROGS_OPT + _INDENT + _ALL_REGIONS_OPT + _INDENT + _ALL_DEVICES_OPT
+)
+_DM_REPORT_OPTS = (
+    "[-o <fields>] [-O|--sort <sort_fields>]"
+    + _INDENT
+    + "[-S|--select <selection>] [--nameprefixes]"
+    + _INDENT
+    + "[--noheadings] [--separator <separator>]"
+)
+# dmsetup.c: _stats_subcommands (name, help)
+_STATS_COMMANDS = [
+    ("help", ""),
+    ("clear", _ALL_REGIONS_OPT + _ALL_DEVICES_OPT),
+    (
+        "create",
+        _REGION_OPTS
+        + _INDENT
+        + _ID_OPTS
+        + _INDENT
+        + _EXTRA_OPTS
+        + _INDENT
+        + "[--segments] "
+        + _ALL_DEVICES_OPT,
+    ),
+    (
+        "create",
+        "--filemap [--nogroup] "
+        + _FILE_MONITOR_OPTS
+        + _INDENT
+        + _ID_OPTS
+        + _INDENT
+        + _EXTRA_OPTS
+        + "<file_path>",
+    ),
+    ("delete", _ALL_PROGS_REGIONS_DEVICES),
+    ("group", "[--alias NAME] --regions <regions>" + _INDENT + _ALL_PROGS_OPT + _ALL_DEVICES_OPT),
+    ("list", _ALL_PROGS_OPT + _ALL_REGIONS_OPT),
+    ("print", "[--clear] " + _ALL_PROGS_REGIONS_DEVICES),
+    (
+        "report",
+        "[--interval <seconds>] [--count <cnt>]"
+        + _INDENT
+        + "[--units <u>] "
+        + _SELECT_OPTS
+        + _INDENT
+        + _DM_REPORT_OPTS
+        + _INDENT
+        + _ALL_PROGS_OPT
+        + "[<device>...]",
+    ),
+    ("ungroup", _GROUP_ID_OPT + _ALL_PROGS_OPT + _INDENT + _ALL_DEVICES_OPT),
+    ("update_filemap", _GROUP_ID_OPT + _INDENT + _FILE_MONITOR_OPTS + " <file_path>"),
+    ("version", ""),
+]
+_STATS_SUBCOMMANDS = {name for name, _ in _STATS_COMMANDS}
+
+
+def stats_usage_text() -> str:
+    """dmsetup.c: _stats_usage (as "dmsetup stats")."""
+    lines = [
+        "Usage:\n\n"  # noqa: ISC004
+        "dmsetup stats\n"
+        "        [-h|--help]\n"
+        "        [-v|--verbose [-v|--verbose ...]]\n"
+        "        [--areas <nr_areas>] [--areasize <size>]\n"
+        "        [--userdata <data>] [--clear]\n"
+        "        [--count <count>] [--interval <seconds>]\n"
+        "        [-o <fields>] [-O|--sort <sort_fields>]\n"
+        "\t      [--programid <id>]\n"
+        "        [--start <start>] [--length <length>]\n"
+        "        [--segments] [--units <units>]\n\n"
+    ]
+    lines += [f"\t{name} {help_}\n" for name, help_ in _STATS_COMMANDS]
+    lines.append(
+        "\n<device> may be device name or (if only one) -u <uuid> or -j <major> -m <minor>\n"
+        "<fields> are comma-separated.  Use 'help -c' for list.\n\n"
+    )
+    return "".join(lines)
+
+
 # -- getopt_long (glibc), with dmsetup's option table -------------------------------------
 
 _SHORTOPTS = "cCfG:hj:m:M:no:O:rS:u:U:vy"
@@ -796,9 +888,6 @@ class Dmsetup:
         separator, aligned, headings, prefixes = " ", True, True, False
         if self.on("noheadings"):
             separator, aligned, headings = ":", False, False
-        if self.on("rows"):
-            self.io.err("thinsim: dmsetup: --rows is not simulated\n")
-            return False
         if self.on("nameprefixes"):
             aligned, prefixes = False, True
         opt = "help" if help_ else self.args.get("options") if self.on("options") else None
@@ -828,6 +917,7 @@ class Dmsetup:
                 field_prefixes=prefixes,
                 quoted=not self.on("unquoted"),
                 sort_keys=keys,
+                columns_as_rows=bool(self.on("rows")),
                 selection=selection,
                 warn=self.err,
                 out=self.out,
@@ -1640,8 +1730,21 @@ class Dmsetup:
     _cmd_udevreleasecookie = _cmd_udevcreatecookie
 
     def _stats(self, args: list[str]) -> int:
-        """dmsetup stats: only ``list`` (there are never any regions to list)."""
+        """dmsetup stats: help, version and list (there are never any regions: the
+        simulation has no dm statistics); the other subcommands are refused."""
         sub = args[0]
+        self.sw["columns"] = self.sw.get("columns", 0) + 1
+        if sub not in _STATS_SUBCOMMANDS:
+            self.err("Unknown stats command.")
+            self._stats_help()
+            self.err("Command failed.")
+            return 1
+        if sub == "help":
+            self._stats_help()
+            return 0
+        if sub == "version":
+            self._cmd_version(None, [], None, False)
+            return 0
         if sub != "list":
             return unsupported(self.io, "dmsetup", f"stats {sub}")
         for name in args[1:]:
@@ -1652,6 +1755,13 @@ class Dmsetup:
                 self.err("Command failed.")
                 return 1
         return 0
+
+    def _stats_help(self) -> None:
+        """_stats_help: the stats usage, then (stats always report in columns) the field
+        list."""
+        self.io.err(stats_usage_text())
+        self._report_init("stats-help", help_=True)
+        self.report = None
 
     # -- ls --tree (dmsetup.c tree drawing over libdm-deptree.c) ------------------------------
 
