@@ -136,7 +136,8 @@ def _unbound_loop(number: int) -> LoopDevice:
 
 def lookup_device(state: HostState, path: str):
     """dm-table.c: dm_get_device's lookup (lookup_bdev, else "major:minor"), then the open:
-    a LoopDevice (bound, or unbound with size 0), a DmDevice, or None (-ENODEV).  Opening
+    a LoopDevice (bound, or unbound with size 0), a DmDevice, None (-ENODEV) or NO_DISK
+    (a device number nothing answers: -ENXIO).  Opening
     7:N for a loop device that does not exist yet makes the loop driver create it."""
     nodes = getattr(state, "loop_nodes", None)
     if nodes is None:
@@ -167,8 +168,13 @@ def lookup_device(state: HostState, path: str):
         return _unbound_loop(minor_n)
     if major_n == DM_MAJOR:
         dev = dm_by_minor(state, minor_n)
-        return dev if dev is not None and dev.disk_added else None
-    return None
+        if dev is not None and dev.disk_added:
+            return dev
+    # blkdev_get_by_dev: a device number with no disk behind it
+    return NO_DISK
+
+
+NO_DISK = "ENXIO"
 
 
 def has_mapper_node(dev: DmDevice) -> bool:
@@ -221,8 +227,8 @@ def _pool_for_metadata(state: HostState, md_devno: str):
 
 def _open(state: HostState, target: Target, path: str, error: str, errno: int = E.ENODEV):
     dev = lookup_device(state, path)
-    if dev is None:
-        raise TableError(error, errno)
+    if dev is None or dev is NO_DISK:
+        raise TableError(error, E.ENXIO if dev is NO_DISK else errno)
     target.devs.append(f"{LOOP_MAJOR}:{dev.number}" if isinstance(dev, LoopDevice) else dev.devno)
     return dev
 
@@ -256,6 +262,11 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         pool.load(table, target.length)
         target.obj = pool
         return
+    if any(
+        t.type == "thin-pool" and t.obj is not None for t in (dev.live or []) + (dev.inactive or [])
+    ):
+        # __pool_find: this mapped device already binds a pool on other devices
+        raise TableError("different pool cannot replace a pool", E.EINVAL)
     metadata = _open_metadata(state, md, table)
     if data.backing_file:
         store = FileStore(data.backing_file, offset=data.offset)
