@@ -525,7 +525,16 @@ def test_thin_restore_command_line_is_debians(corpus, args):
     assert (corpus / "target.img").read_bytes() == target
 
 
-@pytest.mark.parametrize("name", GOOD + ["busy-leaf-csum", "zero", "missing", "small"])
+@pytest.mark.parametrize(
+    "name",
+    GOOD
+    + ["zero", "missing", "small"]
+    + [
+        f"{src}-{d}"
+        for src in ("busy", "scattered")
+        for d in ("sb-csum", "details-csum", "top-csum", "leaf-csum")
+    ],
+)
 @pytest.mark.parametrize("opts", [[], ["--transaction-id", "4", "--data-block-size", "128",
                                        "--nr-data-blocks", "9000"]], ids=["", "overrides"])  # fmt: skip
 def test_thin_repair_writes_what_debians_writes(corpus, name, opts):
