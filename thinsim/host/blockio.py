@@ -35,6 +35,17 @@ def lookup_path(state: HostState, path: str):
     return dev
 
 
+def read_only(dev) -> bool:
+    """bdev_read_only: BLKROSET's flag (blockdev --setro) or the disk's (a loop device
+    set up with -r, a device-mapper device with a read-only table)."""
+    return bool(getattr(dev, "bd_read_only", False) or getattr(dev, "read_only", False))
+
+
+def suspended(dev) -> bool:
+    """Whether I/O to the device would wait (a suspended dm device queues every bio)."""
+    return isinstance(dev, DmDevice) and dev.suspended
+
+
 # dm-thin.c: COMMIT_PERIOD.  The simulated host has no wall clock for the pool: each
 # command is taken to start more than a second after the one before (as in the VM the
 # recordings come from, where every command takes that long under TCG), and everything

@@ -41,20 +41,15 @@ def _pool_block_bytes(state: HostState, dev) -> int | None:
     return None
 
 
-def _read_only(dev) -> bool:
-    """bdev_read_only: BLKROSET's flag or the disk's (loop -r, a read-only dm table)."""
-    return bool(getattr(dev, "bd_read_only", False) or getattr(dev, "read_only", False))
-
-
 def _read_ahead(dev) -> int:
     """BLKRAGET: the bdi's read-ahead in sectors (256 unless set)."""
     return getattr(dev, "read_ahead", 256)
 
 
-def _init_blocksize(size: int) -> int:
+def _init_blocksize(size: int, logical: int = SECTOR) -> int:
     """block/bdev.c: set_init_blocksize -- the largest power of two up to a page that
-    divides the size."""
-    bsize = SECTOR
+    divides the size, from the logical block size up."""
+    bsize = logical
     while bsize < PAGE_SIZE:
         if size & bsize:
             break
@@ -67,14 +62,15 @@ def _ioctl(state: HostState, dev, name: str) -> int | None:
     size = kernel.device_size(state, dev)
     block = _pool_block_bytes(state, dev)
     if name == "BLKROGET":
-        return int(_read_only(dev))
+        return int(blockio.read_only(dev))
     if name == "BLKDISCARDZEROES":
         return 0  # always 0 since 5.x
+    logical = getattr(dev, "block_size", SECTOR)  # losetup -b
     if name in ("BLKSSZGET", "BLKPBSZGET"):
-        return SECTOR
+        return logical
     if name == "BLKIOMIN":
         if block is None:
-            return SECTOR
+            return logical
         # pool_io_hints: max_sectors when the block size is a multiple of it
         return MAX_SECTORS * SECTOR if block % (MAX_SECTORS * SECTOR) == 0 else block
     if name == "BLKIOOPT":
@@ -84,7 +80,7 @@ def _ioctl(state: HostState, dev, name: str) -> int | None:
     if name == "BLKSECTGET":
         return MAX_SECTORS
     if name == "BLKBSZGET":
-        return _init_blocksize(size)
+        return _init_blocksize(size, logical)
     if name == "BLKGETSIZE":
         return size // SECTOR
     if name == "BLKGETSIZE64":
@@ -270,10 +266,11 @@ class _Blockdev:
         if isinstance(dev, tuple):
             self.warnx(f"ioctl error on {path}")
             return
-        ro = "ro" if _read_only(dev) else "rw"
+        ro = "ro" if blockio.read_only(dev) else "rw"
         size = kernel.device_size(self.state, dev)
+        logical = getattr(dev, "block_size", SECTOR)
         self.io.out(
-            f"{ro} {_read_ahead(dev):5d} {SECTOR:5d} {_init_blocksize(size):5d} "
+            f"{ro} {_read_ahead(dev):5d} {logical:5d} {_init_blocksize(size, logical):5d} "
             f"{0:15d} {size:15d}   {path}\n"
         )
 
@@ -379,16 +376,17 @@ def blkdiscard(state: HostState, argv: list[str], io: IO) -> int:
     if not force and _held(state, dev):
         return errx(f"cannot open {path}: {os.strerror(E.EBUSY)}")
     blksize = kernel.device_size(state, dev)
-    if offset % SECTOR:
-        return errx(f"{path}: offset {offset} is not aligned to sector size {SECTOR}")
+    secsize = getattr(dev, "block_size", SECTOR)  # BLKSSZGET
+    if offset % secsize:
+        return errx(f"{path}: offset {offset} is not aligned to sector size {secsize}")
     if offset > blksize:
         return errx(f"{path}: offset is greater than device size")
     end = offset + length
     if end > ULLONG_MAX or end > blksize:
         end = blksize
     length = step if step > 0 else end - offset
-    if length % SECTOR:
-        return errx(f"{path}: length {length} is not aligned to sector size {SECTOR}")
+    if length % secsize:
+        return errx(f"{path}: length {length} is not aligned to sector size {secsize}")
     if force:
         io.err("blkdiscard: Operation forced, data will be lost!\n")
     start = offset

@@ -17,7 +17,7 @@ import time
 
 from ...errors import ThinsimError
 from .. import blockio, kernel
-from ..state import HostState, LoopDevice, is_device_path
+from ..state import HostState, is_device_path
 from .common import IO, unsupported
 
 PROG = "dd"
@@ -258,6 +258,8 @@ class _DeviceFile:
         self.dsync = dsync
         self.pos = 0
         self.wb_error: int | None = None  # a failed writeback, reported by fsync
+        # O_DIRECT I/O must be aligned to the logical block size (losetup -b)
+        self.logical = getattr(dev, "block_size", SECTOR)
 
     @property
     def size(self) -> int:
@@ -267,7 +269,8 @@ class _DeviceFile:
         size = self.size
         if self.pos >= size:
             return b""
-        if self.direct and (self.pos % SECTOR or n % SECTOR):
+        _check_not_suspended(self.dev)
+        if self.direct and (self.pos % self.logical or n % self.logical):
             raise OSError(E.EINVAL, os.strerror(E.EINVAL))
         n = min(n, size - self.pos)
         try:
@@ -278,14 +281,15 @@ class _DeviceFile:
         return data
 
     def write(self, data: bytes) -> int:
-        if isinstance(self.dev, LoopDevice) and self.dev.read_only:
+        if blockio.read_only(self.dev):
             raise OSError(E.EPERM, os.strerror(E.EPERM))
         size = self.size
         if self.pos >= size:
             raise OSError(E.ENOSPC, os.strerror(E.ENOSPC))
-        if self.direct and (self.pos % SECTOR or len(data) % SECTOR):
+        if self.direct and (self.pos % self.logical or len(data) % self.logical):
             raise OSError(E.EINVAL, os.strerror(E.EINVAL))
         n = min(len(data), size - self.pos)
+        _check_not_suspended(self.dev)
         try:
             blockio.write(self.state, self.dev, self.pos, bytes(data[:n]))
         except ThinsimError as e:
@@ -314,6 +318,7 @@ class _DeviceFile:
         raise OSError(E.EINVAL, os.strerror(E.EINVAL))
 
     def fsync(self) -> None:
+        _check_not_suspended(self.dev)
         error, self.wb_error = self.wb_error, None
         try:
             blockio.flush(self.state, self.dev)
@@ -326,6 +331,16 @@ class _DeviceFile:
 
     def close(self) -> None:
         pass
+
+
+def _check_not_suspended(dev) -> None:
+    if blockio.suspended(dev):
+        # the bio would wait in the suspended device until a resume: dd would hang
+        raise _NotSimulated("I/O to a suspended device (it waits for a resume)")
+
+
+class _NotSimulated(Exception):
+    pass
 
 
 # -- the command ------------------------------------------------------------------------
@@ -418,8 +433,11 @@ def dd(state: HostState, argv: list[str], io: IO) -> int:
         return run.main(argv)
     except _Quit as q:
         return q.status
+    except _NotSimulated as e:
+        return unsupported(io, PROG, str(e))
     except _Usage as u:
-        io.err(f"{PROG}: {u}\n")
+        if str(u):
+            io.err(f"{PROG}: {u}\n")
         io.err(f"Try '{PROG} --help' for more information.\n")
         return 1
     finally:
@@ -534,9 +552,10 @@ class _DD:
         }
         count_b = skip_b = seek_b = False
         for arg in argv:
+            if arg.startswith("--") and arg != "--":
+                raise _Usage(f"unrecognized option '{arg}'")
             if arg.startswith("-") and arg != "-":
-                self.error(f"unrecognized option '{arg}'")
-                raise _Usage("") from None
+                raise _Usage(f"invalid option -- '{arg[1]}'")
             name, eq, val = arg.partition("=")
             if not eq:
                 raise _Usage(f"unrecognized operand {quote(arg)}")

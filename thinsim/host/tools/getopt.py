@@ -59,12 +59,12 @@ def getopt_long(
             exact = [o for o in longopts if o.name == name]
             matches = exact or [o for o in longopts if o.name.startswith(name)]
             if not matches:
-                raise GetoptError(f"unrecognized option '--{name}'")
+                raise GetoptError(f"unrecognized option '--{body}'")
             if len(matches) > 1 and any(
                 (o.has_arg, o.val) != (matches[0].has_arg, matches[0].val) for o in matches
             ):
                 names = "".join(f" '--{o.name}'" for o in matches)
-                raise GetoptError(f"option '--{name}' is ambiguous; possibilities:{names}")
+                raise GetoptError(f"option '--{body}' is ambiguous; possibilities:{names}")
             opt = matches[0]
             if eq:
                 if opt.has_arg == NO:

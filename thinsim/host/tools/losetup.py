@@ -251,7 +251,7 @@ class Losetup:
                 # no loop/partscan while unbound: loopmod_supports_partscan() says 1
                 value = ("1" if loop.partscan else "0") if loop else "1"
             elif col == COL_LOGSEC:
-                value = str(SECTOR)
+                value = str(getattr(loop, "block_size", SECTOR))
             cells.append(value)
         return cells
 
@@ -380,6 +380,8 @@ class Losetup:
             return E.ENOTTY  # not a loop device: the loop ioctls are unknown to it
         if n in self.state.loops:
             return E.EBUSY
+        if flags.get("block_size") and _validate_block_size(flags["block_size"]):
+            return E.EINVAL  # LOOP_CONFIGURE, then LOOP_SET_FD + LOOP_SET_BLOCK_SIZE, refuse it
         # loop_validate_file: a regular file or a block device
         if stat.S_ISDIR(st.st_mode) or not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             return E.EINVAL
@@ -394,11 +396,19 @@ class Losetup:
         loop.backing_file = filename
         loop.dio = flags.get("dio", False)
         loop.partscan = flags.get("partscan", False)
+        if flags.get("block_size"):
+            loop.block_size = flags["block_size"]
         return 0
 
 
 class _Unsupported(Exception):
     pass
+
+
+def _validate_block_size(size: int) -> int:
+    """blk_validate_block_size: a power of two from 512 to the page size, else EINVAL."""
+    ok = SECTOR <= size <= 4096 and size & (size - 1) == 0
+    return 0 if ok else E.EINVAL
 
 
 def _leading_int(text: str) -> int | None:
@@ -488,6 +498,7 @@ def _main(lc: Losetup, argv: list[str]) -> int:
     listing = False
     set_dio = use_dio = False
     set_blocksize = False
+    blocksize = 0
     excl_st = [0] * len(EXCL)
     operands: list[str] = []
     try:
@@ -497,7 +508,10 @@ def _main(lc: Losetup, argv: list[str]) -> int:
                 act = A_SHOW
             elif c == "b":
                 set_blocksize = True
-                return unsupported(lc.io, PROG, "option --sector-size")
+                try:
+                    blocksize = _strtosize(optarg)
+                except ValueError:
+                    lc.err(f"failed to parse logical block size: '{optarg}'", E.EINVAL)
             elif c in ("c", "d"):
                 act = A_SET_CAPACITY if c == "c" else A_DELETE
                 if not lc.is_loopdev(optarg):
@@ -614,6 +628,8 @@ def _main(lc: Losetup, argv: list[str]) -> int:
     if act == A_CREATE:
         if no_overlap:
             return unsupported(lc.io, PROG, "option --nooverlap")
+        if blocksize:
+            lo_flags["block_size"] = blocksize
         res = lc.create_loop(lo_flags, offset, sizelimit, file)
         if res == 0:
             if showdev:
@@ -660,6 +676,14 @@ def _main(lc: Losetup, argv: list[str]) -> int:
             res = 1
         else:
             loop.dio = use_dio
+    elif act == A_SET_BLOCKSIZE:
+        loop = lc.bound()
+        errno = E.ENXIO if loop is None else _validate_block_size(blocksize)
+        if errno:
+            lc.warn(f"{lc.device}: set logical block size failed", errno)
+            res = 1
+        else:
+            loop.block_size = blocksize
     else:
         lc.warnx("bad usage")
         lc.io.err(f"Try '{PROG} --help' for more information.\n")
