@@ -72,3 +72,9 @@ def backend(request):
     b = Backend(request.param)
     yield b
     b.close()
+
+
+@pytest.fixture
+def kernel():
+    """For tests that drive the real kernel only: skip (fail in CI) where it is missing."""
+    require_kernel()

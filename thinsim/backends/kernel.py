@@ -53,7 +53,7 @@ from .dmtools import (
     run_command,
     unavailable_reason,
 )
-from .ledger import Ledger, dm_exists_as_ours, dm_uuid, recover, remove_dm, teardown
+from .ledger import Ledger, dm_uuid, our_dm_devices, recover, remove_dm, teardown
 
 __all__ = [
     "VM_HINT",
@@ -319,9 +319,11 @@ class KernelPool(interface.Pool):
         self._loops: list[str] = []  # [metadata loop, data loop]
         self._buffer = mmap.mmap(-1, MAX_REQUEST)  # page aligned, as O_DIRECT wants
         self._closed = False
-        self._ledger = Ledger(self.token)
         _install_hooks()
-        _OPEN[id(self)] = self
+        # No interrupt between writing the ledger and registering for teardown at exit.
+        with _SignalsHeld():
+            self._ledger = Ledger(self.token)
+            _OPEN[id(self)] = self
         try:
             self._make(workdir, metadata_file, data_file, adopt_files)
         except BaseException:
@@ -411,20 +413,19 @@ class KernelPool(interface.Pool):
         dmsetup("message", self.name, "0", "--", *words)
 
     def activate(self, dev_id: int, length: int) -> KernelThin:
-        name = f"thinsim-{self.token}-thin{dev_id}"
-        n = 1
-        while name in self._thins:  # the kernel lets one thin be active twice
-            name = f"thinsim-{self.token}-thin{dev_id}.{n}"
-            n += 1
+        role, n = f"thin{dev_id}", 1
+        while f"thinsim-{self.token}-{role}" in self._thins:  # a thin may be active twice
+            role, n = f"thin{dev_id}.{n}", n + 1
+        name = f"thinsim-{self.token}-{role}"
         thin = KernelThin(self, dev_id, length, name)
         table = f"0 {length // SECTOR} thin /dev/mapper/{self.name} {dev_id}"
         self._ledger.add("dm", name)
         try:
-            dmsetup("create", name, "--uuid", dm_uuid(self.token, name), "--table", table)
+            dmsetup("create", name, "--uuid", dm_uuid(self.token, role), "--table", table)
         except BaseException:
             # dmsetup removes a device whose table load failed; make sure of it.
             with _SignalsHeld():
-                if dm_exists_as_ours(name, self.token):
+                if name in our_dm_devices(self.token):
                     remove_dm(name)
                 self._ledger.add("-dm", name)
             raise

@@ -29,7 +29,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,35 +119,42 @@ class Ledger:
 # -- tearing down -------------------------------------------------------------------------
 
 
-def dm_exists_as_ours(name: str, token: str) -> bool:
-    """Whether dm device ``name`` exists and its UUID says this ledger made it."""
-    proc = run_command(["dmsetup", "info", "-c", "--noheadings", "-o", "uuid", name], check=False)
-    if proc.returncode != 0:
-        return False
-    uuid = proc.stdout.strip()
-    if not uuid.startswith(dm_uuid(token, "")):
-        log.warning("not removing dm device %s: its uuid %r is not ours", name, uuid)
-        return False
-    return True
+def our_dm_devices(token: str) -> dict[str, bool]:
+    """The dm devices whose UUID says ledger ``token`` made them: name -> suspended.
+
+    One ``dmsetup info`` for all devices rather than one per name."""
+    proc = run_command(
+        [
+            "dmsetup", "info", "-c", "--noheadings", "--separator", " ",
+            "-o", "name,uuid,suspended",
+        ],
+        check=False,
+    )  # fmt: skip
+    found = {}
+    for line in proc.stdout.splitlines():
+        words = line.split(" ")
+        if len(words) == 3 and words[1].startswith(dm_uuid(token, "")):
+            found[words[0]] = words[2] == "Suspended"
+    return found
 
 
 def settle() -> None:
-    """Wait for udev to finish with new or changed devices (udev probing holds them open)."""
-    run_command(["udevadm", "settle"], check=False)
+    """Wait for udev to finish with new or changed devices (udev probing holds them open).
+    Without udev there is nothing to wait for."""
+    if shutil.which("udevadm"):
+        run_command(["udevadm", "settle"], check=False)
 
 
 def remove_dm(name: str, attempts: int = 5) -> None:
-    """``dmsetup remove --retry NAME``, again after ``udevadm settle`` while it is busy
-    (udev's blkid probe briefly opens a new device), ``--force`` as the last resort."""
-    last = None
-    for _ in range(attempts):
-        settle()
-        last = run_command(["dmsetup", "remove", "--retry", name], check=False)
-        if last.returncode == 0 or "No such device or address" in last.stderr:
+    """``dmsetup remove --retry NAME``; while it stays busy (udev's blkid probe briefly opens
+    a new device), again after ``udevadm settle``; ``--force`` as the last resort."""
+    for attempt in range(attempts):
+        if attempt:
+            settle()
+            time.sleep(0.2 * attempt)
+        proc = run_command(["dmsetup", "remove", "--retry", name], check=False)
+        if proc.returncode == 0 or "Device does not exist" in proc.stderr:
             return
-        if "Device does not exist" in last.stderr:
-            return
-        time.sleep(0.2)
     run_command(["dmsetup", "remove", "--force", "--retry", name])
 
 
@@ -161,9 +168,12 @@ def backing_file(dev: str) -> str | None:
 
 
 def loops_on(path: str) -> list[str]:
-    """Loop devices attached to ``path`` (``losetup -j``)."""
-    proc = run_command(["losetup", "-j", path], check=False)
-    return [m.group(1) for m in re.finditer(r"^(/dev/loop\d+):", proc.stdout, re.MULTILINE)]
+    """Loop devices attached to ``path`` (what ``losetup -j`` says, read from sysfs)."""
+    devs = []
+    for entry in Path("/sys/block").glob("loop*"):
+        if backing_file(entry.name) == path:
+            devs.append(f"/dev/{entry.name}")
+    return devs
 
 
 def detach_loop(dev: str, path: str) -> None:
@@ -171,7 +181,6 @@ def detach_loop(dev: str, path: str) -> None:
     kernel has let it go (a detach while udev holds it open only sets autoclear)."""
     if backing_file(dev) != path:
         return
-    settle()
     run_command(["losetup", "-d", dev], check=False)
     for _ in range(200):
         if backing_file(dev) != path:
@@ -183,14 +192,16 @@ def detach_loop(dev: str, path: str) -> None:
 def teardown(entries: Entries) -> list[str]:
     """Remove what ``entries`` lists, newest first; return what was removed (for logs)."""
     done = []
-    ours = [n for n in entries.dms if dm_exists_as_ours(n, entries.token)]
-    # A suspended pool would hang the removal of its thins: resume everything first,
-    # oldest (the pool) first.
-    for name in ours:
-        run_command(["dmsetup", "resume", name], check=False)
-    for name in reversed(ours):
-        remove_dm(name)
-        done.append(f"dm {name}")
+    ours = our_dm_devices(entries.token) if entries.dms else {}
+    # A suspended pool would hang the removal of its thins: resume first, oldest (the pool)
+    # first.
+    for name in entries.dms:
+        if ours.get(name):
+            run_command(["dmsetup", "resume", name], check=False)
+    for name in reversed(entries.dms):
+        if name in ours:
+            remove_dm(name)
+            done.append(f"dm {name}")
     candidates = dict(entries.loops)
     for path in entries.files:
         # The attach may have happened without its ledger line (killed in between): ask the
