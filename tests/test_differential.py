@@ -13,7 +13,12 @@ shrinking, a short script that ``thinsim diff SCRIPT`` runs on the simulated and
 host.
 
 ``test_the_model_agrees_with_the_kernel`` (marker ``kernel``) needs root and dm-thin: run it
-inside ``thinsim vm``.  ``THINSIM_DIFF_EXAMPLES`` and ``THINSIM_DIFF_STEPS`` tune its size.
+inside ``thinsim vm``.  ``THINSIM_DIFF_EXAMPLES`` (default 200) and ``THINSIM_DIFF_STEPS``
+(default 12) tune its size; ``THINSIM_DIFF_LOG=FILE`` appends each example's steps and
+seconds.  Measured in the VM under software emulation on the project's 2-core machine, with
+other VMs running beside it: 200 examples (234 runs) in 36 minutes, median 6.6 s per run,
+mean 9.1 s, about 1 s per step; most of it is dmsetup and losetup processes (0.1-0.3 s
+each under emulation) in pool set-up, activation, messages and reloads.
 ``test_the_differential_machine_runs_on_the_model`` puts the model on both sides: it checks
 the machine itself (rules, script writing) on every ordinary run.
 """
