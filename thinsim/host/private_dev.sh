@@ -12,10 +12,6 @@ for d in pts shm; do mkdir "/dev/$d"; mount --bind "$real/$d" "/dev/$d"; done
 ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin; ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr
 mkdir /dev/mapper
 umount -l "$real"; rmdir "$real"
-# a private /sys/block too (thinsim/host/sysfs.py fills it): the simulated devices' attributes
-if [ -d /sys/block ] && mount -t tmpfs -o mode=755,size=4m thinsim-sys /sys/block 2>/dev/null; then
-  export THINSIM_PRIVATE_SYS=/sys/block
-fi
 # loop0-7, control nodes and the nodes of devices a persistent host already has
 export THINSIM_PRIVATE_DEV=/dev
 "${THINSIM_PYTHON:-python3}" -m thinsim.host.devnodes
