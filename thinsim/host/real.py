@@ -76,7 +76,7 @@ def mask(text: str) -> str:
 
 
 # -- the backing file's device and inode numbers ------------------------------------------
-# (the same as tests/host/harness.py's, which compares with the recordings)
+# (tests/host/harness.py uses it too, to compare with the recordings)
 #
 # losetup prints the device and inode of each loop device's backing file: "[0256]:13" in
 # `losetup -a`, `-j` and `losetup DEV` (printf "[%04jd]:%ju", st_dev as the kernel encodes it
@@ -114,8 +114,10 @@ def normalise(text: str) -> str:
                     stop = tokens[i + 1][0] - 1 if i + 1 < len(tokens) else len(line)
                     columns.append((start, stop, name))
             continue
-        if not columns or not line.startswith("/dev/loop"):
-            columns = [] if not line.startswith("/dev/loop") else columns
+        if not line.startswith("/dev/loop"):
+            columns = []  # the table ended
+            continue
+        if not columns:
             continue
         for start, end, name in sorted(columns, reverse=True):
             cell = line[start:end].strip()

@@ -255,21 +255,27 @@ class Losetup:
             cells.append(value)
         return cells
 
+    def devices_of(self, file: str | None, offset: int, check_offset: bool):
+        """The bound devices, current in turn; only those FILE backs when FILE is given
+        (losetup.c: the loopcxt_is_used loop, retried with the canonical path once)."""
+        st = _stat(file) if file else None
+        cn_file = None
+        for loop in self.used_devices():
+            if file:
+                used = self.is_used(loop, st, cn_file or file, offset, check_offset)
+                if not used and cn_file is None:
+                    cn_file = _canonicalize(file)
+                    used = self.is_used(loop, st, cn_file, offset, check_offset)
+                if not used:
+                    continue
+            yield loop
+
     def show_table(self, columns, file: str | None, offset: int, check_offset: bool) -> int:
         rows = []
         if self.device is not None:
             rows.append(self.row(columns))
         else:
-            st = _stat(file) if file else None
-            cn_file = None
-            for loop in self.used_devices():
-                if file:
-                    used = self.is_used(loop, st, cn_file or file, offset, check_offset)
-                    if not used and cn_file is None:
-                        cn_file = _canonicalize(file)
-                        used = self.is_used(loop, st, cn_file, offset, check_offset)
-                    if not used:
-                        continue
+            for _loop in self.devices_of(file, offset, check_offset):
                 rows.append(self.row(columns))
             self.device = None
         self.io.out(
@@ -285,16 +291,7 @@ class Losetup:
         return 0
 
     def show_all_loops(self, file: str | None, offset: int, check_offset: bool) -> int:
-        st = _stat(file) if file else None
-        cn_file = None
-        for loop in self.used_devices():
-            if file:
-                used = self.is_used(loop, st, cn_file or file, offset, check_offset)
-                if not used and cn_file is None:
-                    cn_file = _canonicalize(file)
-                    used = self.is_used(loop, st, cn_file, offset, check_offset)
-                if not used:
-                    continue
+        for _loop in self.devices_of(file, offset, check_offset):
             self.printf_loopdev()
         self.device = None
         return 0
