@@ -59,6 +59,16 @@ class Backend:
         self.pools.append(pool)
         return pool
 
+    def devices(self, pool) -> tuple[str, str, str]:
+        """MAJOR:MINOR of the pool's metadata and data devices and of the pool itself, as its
+        tables name them.  The model's are always 7:0 7:1 254:0 (a fresh host); the kernel's
+        are whatever the host gave, so the tests hold on a host that has devices of its own."""
+        if self.name == "model":
+            return "7:0", "7:1", "254:0"
+        paths = (pool.metadata_dev, pool.data_dev, f"/dev/mapper/{pool.name}")
+        numbers = (os.stat(p).st_rdev for p in paths)
+        return tuple(f"{os.major(n)}:{os.minor(n)}" for n in numbers)
+
     def close(self) -> None:
         for pool in reversed(self.pools):
             pool.close()

@@ -4,6 +4,7 @@ its thin_dump prints what the model's thin_dump prints."""
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_a_pool_reopened_on_kernel_metadata_goes_on_and_stays_valid(tmp_path):
     from thinsim.model.pool import Pool, PoolTable
 
     md = tmp_path / "meta"
-    md.write_bytes(open(os.path.join(KERNEL_METADATA, "basic.md"), "rb").read())
+    md.write_bytes(Path(KERNEL_METADATA, "basic.md").read_bytes())
     pmd = read_metadata(md)
     table = PoolTable.parse(["7:0", "7:1", "128", "0"])
     pool = Pool(

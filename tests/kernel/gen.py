@@ -163,7 +163,7 @@ class Gen:
     # -- allocation (sm_disk: first free block at or after the cursor, wrapping) ----------
 
     def alloc(self) -> int | None:
-        for b in list(range(self.cursor, self.nblocks)) + list(range(0, self.cursor)):
+        for b in list(range(self.cursor, self.nblocks)) + list(range(self.cursor)):
             if self.refs[b] == 0:
                 self.refs[b] = 1
                 self.cursor = b + 1
@@ -1051,7 +1051,7 @@ def _edges_read_only(g: Gen) -> None:
             elif what == 4:
                 g.read(t, 0, 4 * g.bbytes)
             elif what == 5:
-                g.op(rng.choice([f"msg create_thin 77", f"msg set_transaction_id {tid} {tid + 1}",
+                g.op(rng.choice(["msg create_thin 77", f"msg set_transaction_id {tid} {tid + 1}",
                                  "msg reserve_metadata_snap", f"msg delete {s}"]))
             else:
                 g.op(f"thin_status {t}")
