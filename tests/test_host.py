@@ -4,22 +4,36 @@ reaches the real host's devices."""
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from thinsim.host.run import this_thinsim
 
-def thinsim_run(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
+HOST = Path(__file__).parent / "host"
+
+
+def thinsim_run(tmp_path: Path, script: str, env=None) -> subprocess.CompletedProcess:
+    """``thinsim run`` of this checkout (``python -m`` from TMP_PATH would import whichever
+    thinsim is installed)."""
     path = tmp_path / "script.sh"
     path.write_text(script)
     return subprocess.run(
-        [sys.executable, "-m", "thinsim.cli", "run", str(path)],
+        this_thinsim("thinsim.cli", "run", str(path)),
         cwd=tmp_path,
         capture_output=True,
         text=True,
+        env=env,
         check=False,
     )
+
+
+def decoy_thinsim(tmp_path: Path) -> str:
+    """A folder with a thinsim package that fails on import: another checkout's install."""
+    package = tmp_path / "decoy" / "thinsim"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise SystemExit('the decoy thinsim was imported')\n")
+    return str(package.parent)
 
 
 def test_the_exit_status_of_run_is_the_scripts(tmp_path):
@@ -90,3 +104,94 @@ echo hi > /dev/dm-1 || echo rc=$?
         "block devices\nrc=1\n"
     )
     assert r.stderr.endswith("/dev/dm-1: No such device or address\n")
+
+
+LOOPS = "loop0 loop1 loop2 loop3 loop4 loop5 loop6 loop7 "
+LOOP_NUMBERS = "7:0 7:1 7:2 7:3 7:4 7:5 7:6 7:7 "
+
+
+def test_sys_shows_the_simulated_block_devices_where_the_kernel_puts_them_and_no_real_one(
+    tmp_path,
+):
+    # 6.1 keeps loop and dm devices' folders in /sys/devices/virtual/block; /sys/block,
+    # /sys/class/block and /sys/dev/block (by MAJOR:MINOR) link to them.  The real host's own
+    # devices (this machine's loop0, vda ...) appear nowhere, and a loop device's loop/ folder
+    # exists only while it is bound.
+    r = thinsim_run(
+        tmp_path,
+        """
+truncate -s 4M meta.img; truncate -s 64M data.img
+losetup -f meta.img; losetup -f data.img
+dmsetup create pool --table "0 131072 thin-pool /dev/loop0 /dev/loop1 128 0"
+for d in block class/block dev/block devices/virtual/block; do ls /sys/$d | tr '\\n' ' '; echo; done
+readlink /sys/block/loop0 /sys/class/block/dm-0 /sys/dev/block/254:0
+cat /sys/dev/block/7:1/loop/backing_file /sys/class/block/dm-0/dm/name /sys/block/dm-0/dev
+ls /sys/block/loop1 | tr '\\n' ' '; echo
+dmsetup remove pool; losetup -d /dev/loop1
+ls /sys/block | tr '\\n' ' '; echo; ls /sys/dev/block | tr '\\n' ' '; echo
+ls /sys/block/loop1 | tr '\\n' ' '; echo
+""",
+    )
+    assert (r.stderr, r.returncode) == ("", 0)
+    assert r.stdout.splitlines() == [
+        f"dm-0 {LOOPS}",
+        f"dm-0 {LOOPS}",
+        f"254:0 {LOOP_NUMBERS}",
+        f"dm-0 {LOOPS}",
+        "../devices/virtual/block/loop0",
+        "../../devices/virtual/block/dm-0",
+        "../../devices/virtual/block/dm-0",
+        f"{tmp_path}/data.img",
+        "pool",
+        "254:0",
+        "dev loop queue removable ro size ",
+        LOOPS,
+        LOOP_NUMBERS,
+        "dev queue removable ro size ",
+    ]
+
+
+def test_every_sysfs_folder_that_names_block_devices_is_the_simulated_hosts_own(tmp_path):
+    # a tmpfs each, so no path under /sys reads, or writes, a real device's attributes
+    r = thinsim_run(
+        tmp_path,
+        "stat -f -c %T /sys/block /sys/class/block /sys/dev/block /sys/devices/virtual/block\n",
+    )
+    assert (r.stdout, r.stderr) == ("tmpfs\n" * 4, "")
+
+
+def test_every_process_of_a_run_imports_the_thinsim_that_started_it(tmp_path):
+    # A decoy thinsim first on PYTHONPATH plays another checkout's install: the run's shims
+    # and its /dev set-up must not import it (a clone's tests once ran an older install).
+    env = {**os.environ, "PYTHONPATH": decoy_thinsim(tmp_path)}
+    r = thinsim_run(
+        tmp_path, "truncate -s 1M f.img; losetup -f --show f.img; ls /sys/block/loop0/loop\n", env
+    )
+    assert (r.stdout, r.stderr) == (
+        "/dev/loop0\nautoclear\nbacking_file\ndio\noffset\npartscan\nsizelimit\n",
+        "",
+    )
+
+
+def test_a_run_keeps_its_private_dev_when_the_python3_on_path_has_no_thinsim(tmp_path):
+    # private_dev.sh sets /dev up with thinsim run's own python, in the probe too
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    r = thinsim_run(tmp_path, "ls /sys/block | tr '\\n' ' '; ls /dev/mapper\n", env)
+    assert (r.stdout, r.stderr) == (f"{LOOPS}control\n", "")
+
+
+def test_the_recordings_harness_runs_this_checkouts_thinsim_whatever_is_installed(
+    tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(HOST))
+    from harness import run_simulated
+
+    monkeypatch.setenv("PYTHONPATH", decoy_thinsim(tmp_path))
+    script = tmp_path / "s.sh"
+    script.write_text("pwd; cat /sys/block/loop3/size\n")
+    r = run_simulated(script)
+    assert (r.stdout, r.stderr, r.returncode) == ("/run/thinsim/work\n0\n", "", 0)

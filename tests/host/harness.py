@@ -11,9 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from thinsim.host.real import normalise  # the backing files' device and inode numbers
-
 HERE = Path(__file__).parent
+# This checkout's thinsim, also when compare.py runs from here and another one is installed
+sys.path.insert(0, str(HERE.parent.parent))
+
+from thinsim.host.real import normalise  # the backing files' device and inode numbers
+from thinsim.host.run import this_thinsim
+
 SCRIPTS = HERE / "scripts"
 RECORDED = HERE / "recorded"
 MOUNT = "/run/thinsim"  # record.py's MOUNT: paths under it appear in the output
@@ -28,9 +32,9 @@ def run_simulated(script: Path, timeout: float = 300) -> subprocess.CompletedPro
     try:
         os.mkdir(os.path.join(private, "work"))
         env = {"PATH": os.environ["PATH"], "HOME": "/root", "LANG": "C.UTF-8"}
-        if "PYTHONPATH" in os.environ:  # a checkout other than the installed one
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        argv = [sys.executable, "-m", "thinsim.cli", "run", str(script)]
+        # the thinsim these tests came with (python -m from /run/thinsim/work would import
+        # whichever thinsim is installed: another checkout's)
+        argv = this_thinsim("thinsim.cli", "run", str(script))
         p = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", _RUN, "sh"]
             + [MOUNT, private]

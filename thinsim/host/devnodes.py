@@ -44,6 +44,9 @@ def _symlink(target: str, path: str) -> None:
 def sync(state: HostState, dev: str = DEV) -> None:
     """Make the private /dev show the host's loop and device-mapper devices.  Does nothing
     unless thinsim mounted that /dev (THINSIM_PRIVATE_DEV names it)."""
+    from . import sysfs
+
+    sysfs.sync(state)  # the private /sys/block, when there is one
     if os.environ.get("THINSIM_PRIVATE_DEV") != dev:
         return
     try:

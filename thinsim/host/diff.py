@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .real import ENV, MOUNT, TIMEOUT, Result, run_scripts
+from .run import this_thinsim
 
 # Binds the private folder on /run/thinsim, then runs the command from /run/thinsim/work.
 _PRIVATE = 'mkdir -p "$1" && mount --bind "$2" "$1" && cd "$1/work" && shift 2 && exec "$@"'
@@ -34,7 +35,7 @@ def run_simulated(script: Path, args: Sequence[str] = (), timeout: float = TIMEO
         if os.geteuid() != 0:
             unshare.insert(1, "--map-root-user")
         argv = [*unshare, "sh", "-c", _PRIVATE, "sh", str(MOUNT), private]
-        argv += [sys.executable, "-m", "thinsim.cli", "run", str(script), *args]
+        argv += this_thinsim("thinsim.cli", "run", str(script), *args)
         # thinsim run gives the script THINSIM_PYTHON anyway; its private /dev needs it first.
         env = {**ENV, "THINSIM_PYTHON": sys.executable}
         try:

@@ -12,7 +12,20 @@ for d in pts shm; do mkdir "/dev/$d"; mount --bind "$real/$d" "/dev/$d"; done
 ln -s /proc/self/fd /dev/fd; ln -s /proc/self/fd/0 /dev/stdin; ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr
 mkdir /dev/mapper
 umount -l "$real"; rmdir "$real"
-# loop0-7, control nodes and the nodes of devices a persistent host already has
+# The sysfs folders that name block devices get a tmpfs each too (thinsim/host/sysfs.py fills
+# them with the simulated devices), so no path under /sys shows a real loop or dm device, or
+# lets a write reach one.  A folder that cannot be hidden ends the set-up here (set -e):
+# thinsim run then says it has no private /dev.  An inherited THINSIM_PRIVATE_SYS means nothing.
+unset THINSIM_PRIVATE_SYS
+if [ -d /sys/block ]; then
+  for d in block class/block dev/block devices/virtual/block; do
+    if [ -d "/sys/$d" ]; then mount -t tmpfs -o mode=755,size=4m thinsim-sys "/sys/$d"; fi
+  done
+  export THINSIM_PRIVATE_SYS=/sys
+fi
+# loop0-7, control nodes and the nodes of devices a persistent host already has; with thinsim
+# run's own python and thinsim (the package this file is in), not one found elsewhere
 export THINSIM_PRIVATE_DEV=/dev
-"${THINSIM_PYTHON:-python3}" -m thinsim.host.devnodes
+"${THINSIM_PYTHON:-python3}" -c 'import sys; sys.path.insert(0, sys.argv[1])
+from thinsim.host.devnodes import main; sys.exit(main())' "$(dirname "$0")/../.."
 exec "$@"

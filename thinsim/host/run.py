@@ -20,18 +20,30 @@ from . import devnodes
 from .state import is_device_path, open_host
 from .tools import COMMANDS, GUARDED, IO
 
+# The folder this thinsim is imported from.  Every process a run starts imports thinsim from
+# here, not whichever thinsim its python would find (an install of another checkout).
+ROOT = str(Path(__file__).resolve().parents[2])
+
 SHIM = """#!{python}
 import sys
+sys.path.insert(0, {root!r})
 from thinsim.host.run import shim_main
 sys.exit(shim_main({name!r}, sys.argv[1:]))
 """
+
+
+def this_thinsim(module: str, *args: str) -> list[str]:
+    """The argv that runs MODULE's main(ARGS) with this python and this thinsim, wherever it
+    runs from (``python -m`` would import the thinsim installed, from another folder)."""
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); from {module} import main; sys.exit(main())"
+    return [sys.executable, "-c", code, *args]
 
 
 def make_shims(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in list(COMMANDS) + list(GUARDED):
         path = folder / name
-        path.write_text(SHIM.format(python=sys.executable, name=name))
+        path.write_text(SHIM.format(python=sys.executable, root=ROOT, name=name))
         path.chmod(0o755)
 
 
@@ -102,16 +114,20 @@ PRIVATE_DEV = Path(__file__).with_name("private_dev.sh")
 
 
 def _isolation() -> list[str] | None:
-    """The command prefix that gives the script a private /dev in its own mount namespace
-    (a user namespace too when not root), or None where the kernel refuses."""
+    """The command prefix that gives the script a private /dev and /sys block folders in its
+    own mount namespace (a user namespace too when not root), or None where the kernel
+    refuses."""
     unshare = shutil.which("unshare")
     if unshare is None:
         return None
     prefix = [unshare, "--mount", "--propagation", "private"]
     if os.geteuid() != 0:
         prefix.insert(1, "--map-root-user")
+    # this python, as in the run (python3 on PATH may have no thinsim); no host to load
+    env = {k: v for k, v in os.environ.items() if k != "THINSIM_HOST"}
+    env["THINSIM_PYTHON"] = sys.executable
     probe = subprocess.run(
-        [*prefix, "sh", str(PRIVATE_DEV), "true"], capture_output=True, check=False
+        [*prefix, "sh", str(PRIVATE_DEV), "true"], capture_output=True, env=env, check=False
     )
     if probe.returncode != 0:
         return None
@@ -128,8 +144,9 @@ def _bash(argv: list[str], host: str, shims: Path) -> int:
     prefix = _isolation()
     if prefix is None:
         sys.stderr.write(
-            "thinsim: warning: no private /dev here (unshare refused); commands that are not "
-            "simulated are still refused device paths, but shell redirections are not\n"
+            "thinsim: warning: no private /dev or /sys here (unshare refused); commands that "
+            "are not simulated are still refused device paths, but shell redirections are not, "
+            "and /sys shows the real devices\n"
         )
         prefix = []
     return subprocess.call([*prefix, "bash", *argv], env=env)

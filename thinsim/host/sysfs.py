@@ -1,0 +1,185 @@
+"""The block devices' part of sysfs in the simulated host's private mount namespace: a
+directory for every loop and device-mapper device with the attribute files scripts read (`cat
+/sys/block/dm-1/queue/discard_granularity`), kept in step with the devices after every
+simulated command.
+
+thinsim/host/private_dev.sh mounts a tmpfs ("thinsim-sys") on each sysfs folder that names
+block devices (/sys/block, /sys/class/block, /sys/dev/block, /sys/devices/virtual/block) and
+sets THINSIM_PRIVATE_SYS.  That hides the real host's loop and dm devices everywhere a path
+could reach them, so a script neither sees a real loop0 where the simulated one should be nor
+writes a real device's attributes.  The layout is the kernel's: the device folders live in
+devices/virtual/block, the other three folders hold symlinks to them.  Nothing is written
+unless /proc/self/mountinfo shows thinsim's tmpfs on /sys/block: never the real sysfs.
+
+Values are what Debian 12's 6.1 kernel shows: queue limits as loop.c and dm-thin.c
+(pool_io_hints, thin_io_hints) set them; loop/ exists only while a loop device is bound.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from . import kernel
+from .state import DmDevice, HostState, LoopDevice
+
+SECTOR = 512
+MAX_SECTORS_KB = 1280
+LOOP_MAX_DISCARD = (0xFFFFFFFF >> 9) << 9  # loop_config_discard: UINT_MAX >> 9 sectors
+THIN_MAX_DISCARD = 2048 * 1024 * 16 * SECTOR  # thin_io_hints: 16 GiB
+FS_BLOCK = 4096  # the backing file system's block size: a loop device's discard granularity
+
+
+def _queue(state: HostState, dev) -> dict[str, str]:
+    from .tools.blockdev import _ioctl, _pool_block_bytes
+
+    logical = getattr(dev, "block_size", SECTOR)
+    granularity = max_discard = 0
+    if isinstance(dev, LoopDevice):
+        if dev.number in state.loops:
+            granularity, max_discard = FS_BLOCK, LOOP_MAX_DISCARD
+    else:
+        block = _pool_block_bytes(state, dev)
+        thins = [t for t in dev.live or [] if t.type in ("thin", "thin-pool")]
+        if (
+            thins
+            and block
+            and all(t.obj.pool.pf.discard_enabled for t in thins if t.type == "thin")
+        ):
+            pools = [t.obj for t in thins if t.type == "thin-pool"]
+            if all(p.pf.discard_enabled for p in pools):
+                granularity, max_discard = block, THIN_MAX_DISCARD
+    return {
+        "logical_block_size": str(logical),
+        "physical_block_size": str(logical),
+        "hw_sector_size": str(logical),
+        "minimum_io_size": str(_ioctl(state, dev, "BLKIOMIN")),
+        "optimal_io_size": str(_ioctl(state, dev, "BLKIOOPT")),
+        "discard_granularity": str(granularity),
+        "discard_max_bytes": str(max_discard),
+        "discard_max_hw_bytes": str(max_discard),
+        "discard_zeroes_data": "0",
+        "max_sectors_kb": str(MAX_SECTORS_KB),
+        "read_ahead_kb": str(getattr(dev, "read_ahead", 256) // 2),
+        "rotational": "0",
+    }
+
+
+def _attributes(state: HostState, dev) -> dict[str, str]:
+    size = kernel.device_size(state, dev) // SECTOR
+    ro = getattr(dev, "bd_read_only", False) or getattr(dev, "read_only", False)
+    files = {"size": str(size), "ro": "1" if ro else "0", "removable": "0"}
+    files.update({f"queue/{k}": v for k, v in _queue(state, dev).items()})
+    if isinstance(dev, LoopDevice):
+        files["dev"] = f"7:{dev.number}"
+        if dev.number in state.loops:
+            files.update(
+                {
+                    "loop/backing_file": dev.backing_file,
+                    "loop/offset": str(dev.offset),
+                    "loop/sizelimit": str(dev.sizelimit),
+                    "loop/autoclear": "1" if dev.autoclear else "0",
+                    "loop/partscan": "1" if dev.partscan else "0",
+                    "loop/dio": "1" if dev.dio else "0",
+                }
+            )
+    else:
+        files["dev"] = dev.devno
+        files["dm/name"] = dev.name
+        files["dm/uuid"] = dev.uuid
+        files["dm/suspended"] = "1" if dev.suspended else "0"
+    return files
+
+
+SYS = "/sys"
+SOURCE = "thinsim-sys"  # private_dev.sh's tmpfs
+DEVICES = "devices/virtual/block"  # where the kernel keeps loop and dm devices' folders
+LINKS = ("block", "class/block", "dev/block")  # symlinks to them, by name or MAJOR:MINOR
+
+
+def private_mounts(root: str = SYS) -> set[str]:
+    """Which of the block-device folders under ROOT have thinsim's tmpfs on top in this mount
+    namespace (the last mount on a point is the one seen)."""
+    top: dict[str, bool] = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields, _, tail = line.partition(" - ")
+                point = fields.split()[4].replace("\\040", " ")
+                fstype, source = (tail.split() + ["", ""])[:2]
+                top[point] = fstype == "tmpfs" and source == SOURCE
+    except OSError:
+        return set()
+    return {d for d in (DEVICES, *LINKS) if top.get(os.path.join(root, d))}
+
+
+def _devices(state: HostState) -> dict[str, object]:
+    """Every device with a disk: loop0-7 and the other loop nodes made, bound or not, and
+    each dm device from its first table load (dm.c adds the gendisk then)."""
+    devices: dict[str, object] = {}
+    for n in sorted(set(getattr(state, "loop_nodes", range(8))) | set(state.loops)):
+        devices[f"loop{n}"] = state.loops.get(n) or LoopDevice(n, "", 0, 0)
+    for dev in state.dm.values():
+        if isinstance(dev, DmDevice) and getattr(dev, "disk_added", True):
+            devices[f"dm-{dev.minor}"] = dev
+    return devices
+
+
+def sync(state: HostState, root: str = SYS) -> None:
+    """Rewrite the private block-device folders; does nothing unless THINSIM_PRIVATE_SYS names
+    ROOT and thinsim's tmpfs is on ROOT/block."""
+    if os.environ.get("THINSIM_PRIVATE_SYS") != root:
+        return
+    mounted = private_mounts(root)
+    if "block" not in mounted:
+        return  # the real sysfs: not ours to write
+    # a host without devices/virtual/block keeps the folders in /sys/block itself
+    home = DEVICES if DEVICES in mounted else "block"
+    devices = _devices(state)
+    try:
+        _write_folders(state, os.path.join(root, home), devices)
+        for folder in LINKS:
+            if folder in mounted and folder != home:
+                names = {
+                    dev.devno if folder == "dev/block" else name: name
+                    for name, dev in devices.items()
+                }
+                _write_links(os.path.join(root, folder), os.path.join(root, home), names)
+    except OSError:
+        pass  # a full tmpfs: the names just stay unseen
+
+
+def _write_folders(state: HostState, base: str, devices: dict[str, object]) -> None:
+    for entry in os.listdir(base):
+        if entry not in devices:
+            _remove(os.path.join(base, entry))
+    for name, dev in devices.items():
+        folder = os.path.join(base, name)
+        shutil.rmtree(os.path.join(folder, "loop"), ignore_errors=True)
+        for rel, value in _attributes(state, dev).items():
+            path = os.path.join(folder, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(value + "\n")
+
+
+def _write_links(folder: str, home: str, names: dict[str, str]) -> None:
+    """FOLDER's symlinks: each key of NAMES links to the device folder named by its value."""
+    for entry in os.listdir(folder):
+        if entry not in names:
+            _remove(os.path.join(folder, entry))
+    for entry, name in names.items():
+        path = os.path.join(folder, entry)
+        target = os.path.relpath(os.path.join(home, name), folder)
+        if os.path.islink(path) and os.readlink(path) == target:
+            continue
+        _remove(path)
+        os.symlink(target, path)
+
+
+def _remove(path: str) -> None:
+    """Whatever is at PATH (what a script may have put there too: a file, a folder)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
