@@ -13,12 +13,14 @@ run out of data space, in error_if_no_space and in queue mode) and, in half the 
 metadata device of 64 or 96 KiB (16 or 24 blocks) that a few thins, snapshots and writes
 exhaust (the pool goes read-only).  Queue mode is safe because the test sets dm_thin_pool's
 ``no_space_timeout`` to 1 s while it runs: a write held for want of space fails after a
-second, as the model's simulated clock has it fail at once.
+second, as the model's simulated clock has it fail at once.  Most examples start with thin 0
+created and active, so that I/O comes early.
 
 The mappings are compared after every step without a process: on the kernel side the
 reserve and release messages go through the DM_TARGET_MSG ioctl, BLKFLSBUF drops the metadata
 loop device's stale pages, and the port of thin_dump 0.9.0 (``thinsim.thin_tools.dump``)
-reads the snapshot in this process.  Once per example, at the end, Debian's ``thin_dump -m``
+reads the snapshot in this process (checking each block's crc32c with the kernel's, through an
+AF_ALG socket, and each distinct block once).  Once per example, at the end, Debian's ``thin_dump -m``
 reads the same snapshot and must print what the port printed.
 
 Every step is also written down as bash for the real tools: a failure prints, after
@@ -29,12 +31,16 @@ host, and the same steps as a scenario to record under tests/kernel/scenarios.
 inside ``thinsim vm``.  ``THINSIM_DIFF_EXAMPLES`` (default 200) and ``THINSIM_DIFF_STEPS``
 (default 12) tune its size; ``THINSIM_DIFF_LOG=FILE`` appends each example's steps, seconds,
 metadata size and final status; ``THINSIM_DIFF_SCRIPTS=DIR`` keeps every example's script.
-Measured in the VM under software emulation on the project's 2-core machine, with another
-VM running beside it, in one boot alternating with the version that dumped only after
-discards, in a rule of its own and at the end (10 examples each): median 13.0 s per example
-against 12.9 s; a step's dump and comparison (both sides) 0.12 s on average, Debian's
-thin_dump at the end 0.3 s.  Most of an example is dmsetup and losetup processes (0.1-0.3 s
-each under emulation) in pool set-up, activation, messages and reloads.
+Measured in the VM under software emulation on the project's 2-core machine (THINSIM_DIFF_LOG;
+a run is one hypothesis example, shrinking runs included): alone on the machine, 40 examples
+(51 runs) in 5 minutes, median 3.1 s per run (3.5 s for runs of 12 steps); a step's dump
+costs 0.036 s on the kernel side (two messages, BLKFLSBUF, the port) and 0.002 s on the
+model's; Debian's thin_dump at the end 0.2 s.  In one boot alternating with the version that
+dumped with four processes only after discards, in a rule and at the end: that version 4.3 s
+(23 runs; 6.4 s for 12 steps), this one 4.0 s (7 runs; 4.6 s).  With another VM beside it:
+14.2 s against 11.6 s (20 runs each), a step's dump 0.12 s.  Most of an example is dmsetup
+and losetup processes (0.1-0.3 s each under emulation) in pool set-up, activation, messages,
+reloads and teardown.
 ``test_the_differential_machine_runs_on_the_model`` puts the model on both sides: it checks
 the machine itself (rules, script writing) on every ordinary run.
 """
