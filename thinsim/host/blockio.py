@@ -46,43 +46,54 @@ def suspended(dev) -> bool:
     return isinstance(dev, DmDevice) and dev.suspended
 
 
-# dm-thin.c: COMMIT_PERIOD.  The simulated host has no wall clock for the pool: each
-# command is taken to start more than a second after the one before (as in the VM the
-# recordings come from, where every command takes that long under TCG), and everything
-# one command does to happen within one second.
+# dm-thin.c: COMMIT_PERIOD (one second).  The simulated host has no wall clock for the pool;
+# it counts commands instead, as they ran in the VM the recordings come from (TCG): one
+# command takes about half a second (dd 0.4 s, dmsetup 0.5 to 0.8 s), so the period has
+# passed once a whole command has run since the pool's last periodic or flush commit, and
+# not yet in the command right after it (a dd right after another dd's fsync).
+COMMIT_PERIOD_COMMANDS = 2
+
+
+def _period_passed(state: HostState, pool) -> bool:
+    """need_commit_due_to_time: COMMIT_PERIOD has passed since last_commit_jiffies."""
+    now = getattr(state, "command_seq", 0)
+    return now - getattr(pool, "host_commit_seq", now) >= COMMIT_PERIOD_COMMANDS
+
+
+def _worker_committed(state: HostState, pool, before: int) -> None:
+    """process_deferred_bios sets last_commit_jiffies after each commit it makes (for a
+    flush or a FUA write, or for time); the other commits (messages, status, suspend,
+    resize) leave it alone."""
+    if pool.pmd.commit_count != before:
+        pool.host_commit_seq = getattr(state, "command_seq", 0)
+
+
 def worker_commit(state: HostState, pool) -> None:
     """process_deferred_bios: with no flush queued the worker still commits when the
-    transaction changed and COMMIT_PERIOD has passed since the last commit (so the first
-    provisioning write of a command commits right away, later ones wait for a flush)."""
-    seq = getattr(state, "command_seq", 0)
-    if getattr(pool, "host_commit_count", None) != pool.pmd.commit_count:
-        pool.host_commit_count = pool.pmd.commit_count
-        pool.host_commit_seq = seq
-    if getattr(pool, "host_commit_seq", -1) >= seq or pool.suspended:
+    transaction changed and COMMIT_PERIOD has passed since its last commit (so the first
+    provisioning write of a command commits right away when the pool has not committed for
+    a while, later ones wait for a flush)."""
+    if pool.suspended or not _period_passed(state, pool):
         return
     if any(td.changed for td in pool.pmd.devices.values()):
         pool.commit()
-        pool.host_commit_count = pool.pmd.commit_count
-        pool.host_commit_seq = seq
+        pool.host_commit_seq = getattr(state, "command_seq", 0)
 
 
 def new_command(state: HostState) -> None:
-    """A command starts, more than a second after the last one: do_waker has run the
-    worker meanwhile, which committed any pool whose transaction changed."""
-    seq = getattr(state, "command_seq", 0)
+    """A command starts.  A pool created since the last command set last_commit_jiffies
+    then (pool_create); do_waker has woken the worker every second meanwhile, which
+    committed any pool whose transaction changed if COMMIT_PERIOD had passed."""
+    now = getattr(state, "command_seq", 0) + 1
+    state.command_seq = now
     for dev in state.dm.values():
         for t in dev.live or []:
             pool = t.obj
             if t.type != "thin-pool" or pool is None:
                 continue
-            if getattr(pool, "host_commit_count", None) != pool.pmd.commit_count:
-                pool.host_commit_count = pool.pmd.commit_count
-                pool.host_commit_seq = seq
-            if not pool.suspended and any(td.changed for td in pool.pmd.devices.values()):
-                pool.commit()
-                pool.host_commit_count = pool.pmd.commit_count
-                pool.host_commit_seq = seq
-    state.command_seq = seq + 1
+            if not hasattr(pool, "host_commit_seq"):
+                pool.host_commit_seq = now - 1
+            worker_commit(state, pool)
 
 
 def _loop_file(loop: LoopDevice):
@@ -143,12 +154,14 @@ def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: byte
             if piece is None:
                 out += external_origin.read(state, t, rel, n) if origin else thin.read(rel, n)
             else:
+                before = thin.pool.pmd.commit_count
                 try:
                     if origin:
                         external_origin.write(state, t, rel, piece)
                     else:
                         thin.write(rel, piece)
                 finally:
+                    _worker_committed(state, thin.pool, before)
                     worker_commit(state, thin.pool)
         elif t.type == "thin-pool":
             # pool_map: I/O to the pool device goes straight to the data device
@@ -189,9 +202,11 @@ def discard(state: HostState, dev, offset: int, length: int) -> None:
             continue
         n = min(end, t_end) - pos
         if t.type == "thin":
+            before = t.obj.pool.pmd.commit_count
             try:
                 t.obj.discard(pos - t_start, n)
             finally:
+                _worker_committed(state, t.obj.pool, before)
                 worker_commit(state, t.obj.pool)
         elif t.type == "linear":
             _, under, start = t.obj
@@ -206,7 +221,9 @@ def flush(state: HostState, dev) -> None:
     if isinstance(dev, DmDevice):
         for t in dev.live or []:
             if t.type == "thin":
+                before = t.obj.pool.pmd.commit_count
                 t.obj.flush()
+                _worker_committed(state, t.obj.pool, before)
             elif t.type == "thin-pool":
                 t.obj.commit()
 
