@@ -3,6 +3,7 @@ when THINSIM_BOOT_TESTS=1, since other tests and engineers share the machine's t
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -135,3 +136,24 @@ def test_a_command_in_the_vm_sees_dm_thin_and_returns_its_output_and_status():
 def test_backing_files_go_on_a_tmpfs_in_the_vm():
     proc = vm.run('stat -f -c %T "$THINSIM_SCRATCH"', timeout=600)
     assert (proc.stdout, proc.returncode) == ("tmpfs\n", 0)
+
+
+# QEMU opens the guest's stdout as a file (chardev file,path=/proc/self/fd/1), with O_TRUNC.
+GUEST = "open('/proc/self/fd/1', 'w').write('guest out\\n'); print('guest err', file=__import__('sys').stderr)"
+RUN_AS_QEMU = f"""
+import sys
+from thinsim import vm
+vm.vng_argv = lambda *a, **k: [sys.executable, "-c", {GUEST!r}]
+print("before the boot", flush=True)
+sys.exit(vm.run("true", capture=False).returncode)
+"""
+
+
+def test_the_vms_output_follows_what_was_printed_before_the_boot_in_a_log_file(tmp_path):
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN_AS_QEMU], stdout=out, stderr=subprocess.PIPE, check=False
+        )
+    assert (proc.returncode, proc.stderr) == (0, b"guest err\n")
+    assert log.read_text() == "before the boot\nguest out\n"

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -197,12 +198,20 @@ def run(
     """
     argv = vng_argv(command, rwdirs=rwdirs, cwd=cwd, modules=modules, env=env, kernel=kernel)
     log.info("vm: %s", shlex.join(argv))
-    pipe = subprocess.PIPE if capture else None
+    # Always pipes: QEMU opens the guest's stdout as a file, /proc/self/fd/1, with O_TRUNC, so
+    # a log file our stdout was redirected to would lose everything written before the boot.
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, start_new_session=True
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=timeout)
+        if capture:
+            out, err = proc.communicate(timeout=timeout)
+        else:
+            out, err = _forward(proc, timeout)
     except BaseException:
         # vng, QEMU and virtiofsd/9p helpers share the session started above.
         try:
@@ -213,6 +222,29 @@ def run(
         raise
     decode = (lambda b: b.decode("utf-8", "surrogateescape")) if capture else (lambda b: b)
     return subprocess.CompletedProcess(argv, proc.returncode, decode(out), decode(err))
+
+
+def _copy(src, dst) -> None:
+    for chunk in iter(lambda: src.read1(65536), b""):
+        dst.write(chunk)
+        dst.flush()
+
+
+def _forward(proc: subprocess.Popen, timeout: float | None) -> tuple[None, None]:
+    """Copy the VM's output to ours as it comes; wait for the VM (TimeoutExpired after
+    ``timeout`` seconds, the VM still running)."""
+    threads = [
+        threading.Thread(target=_copy, args=(proc.stdout, sys.stdout.buffer), daemon=True),
+        threading.Thread(target=_copy, args=(proc.stderr, sys.stderr.buffer), daemon=True),
+    ]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for t in threads:
+        t.start()
+    proc.wait(timeout=timeout)
+    for t in threads:
+        t.join()
+    return None, None
 
 
 def main(argv: list[str]) -> int:
