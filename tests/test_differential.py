@@ -21,8 +21,8 @@ The mappings are compared after every step without a process: on the kernel side
 reserve and release messages go through the DM_TARGET_MSG ioctl, BLKFLSBUF drops the metadata
 loop device's stale pages, and the port of thin_dump 0.9.0 (``thinsim.thin_tools.dump``)
 reads the snapshot in this process (checking each block's crc32c with the kernel's, through an
-AF_ALG socket, and each distinct block once).  Once per example, at the end, Debian's ``thin_dump -m``
-reads the same snapshot and must print what the port printed.
+AF_ALG socket, and each distinct block once).  Once per example, at the end, Debian's
+``thin_dump -m`` reads the same snapshot and must print what the port printed.
 
 Every step is also written down as bash for the real tools: a failure prints, after
 shrinking, a short script that ``thinsim diff SCRIPT`` runs on the simulated and the real
@@ -33,17 +33,16 @@ inside ``thinsim vm``.  ``THINSIM_DIFF_EXAMPLES`` (default 200) and ``THINSIM_DI
 (default 12) tune its size; ``THINSIM_DIFF_LOG=FILE`` appends each example's steps, seconds,
 metadata size and final status; ``THINSIM_DIFF_SCRIPTS=DIR`` keeps every example's script.
 Measured in the VM under software emulation on the project's 2-core machine (THINSIM_DIFF_LOG;
-a run is one hypothesis example, shrinking runs included; THINSIM_DIFF_SMALL_MD=1): alone on the machine, 40 examples
-(51 runs) in 5 minutes, median 3.1 s per run (3.5 s for runs of 12 steps); a step's dump
-costs 0.036 s on the kernel side (two messages, BLKFLSBUF, the port) and 0.002 s on the
-model's; Debian's thin_dump at the end 0.2 s.  In one boot alternating with the version that
-dumped with four processes only after discards, in a rule and at the end: that version 4.3 s
-(23 runs; 6.4 s for 12 steps), this one 4.0 s (7 runs; 4.6 s).  With another VM beside it:
-14.2 s against 11.6 s (20 runs each), a step's dump 0.12 s.  Without the small metadata
-devices, alone: 30 examples (34 runs) in 103 s, median 2.4 s per run, a step's dump 0.011 s.
-Most of an example is dmsetup
-and losetup processes (0.1-0.3 s each under emulation) in pool set-up, activation, messages,
-reloads and teardown.
+a run is one hypothesis example, shrinking runs included).  Default operations, alone on the
+machine: 30 examples (34 runs) in 103 s, median 2.4 s per run, a step's dump 0.011 s.  With
+THINSIM_DIFF_SMALL_MD=1, alone: 40 examples (51 runs) in 5 minutes, median 3.1 s per run
+(3.5 s for runs of 12 steps), a step's dump 0.036 s on the kernel side (two messages,
+BLKFLSBUF, the port) and 0.002 s on the model's; Debian's thin_dump at the end 0.2 s.  In one
+boot alternating with the version that dumped with four processes only after discards, in a
+rule and at the end: that version 4.3 s (23 runs; 6.4 s for 12 steps), this one 4.0 s
+(7 runs; 4.6 s).  With another VM beside it: 14.2 s against 11.6 s (20 runs each), a step's
+dump 0.12 s.  Most of an example is dmsetup and losetup processes (0.1-0.3 s each under
+emulation) in pool set-up, activation, messages, reloads and teardown.
 ``test_the_differential_machine_runs_on_the_model`` puts the model on both sides: it checks
 the machine itself (rules, script writing) on every ordinary run.
 """
