@@ -33,14 +33,7 @@ def test_recordings_exist_for_every_scenario():
 # Divergences the differential test found that the model does not follow yet.  Each is held
 # as a strict expected failure: the test goes red the day the model prints the recording, so
 # the entry must then be removed.
-KNOWN_DIVERGENCES = {
-    "diff_md_full_abort_data": "metadata runs out at the flush's commit: the kernel fails the "
-    "fsync with EIO and the abort gives the data block back (0/9 used); the model's write "
-    "succeeds and keeps it (1/9)",
-    "diff_md_full_write_run": "a multi-block write that runs metadata out: the model's batched "
-    "whole-block path (thin.py write_whole_blocks) maps two blocks and uses 15/16 metadata "
-    "blocks where the kernel maps one and uses 12/16",
-}
+KNOWN_DIVERGENCES: dict[str, str] = {}
 
 
 def _marked(recorded: Path):

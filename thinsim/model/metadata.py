@@ -375,10 +375,20 @@ class PoolMetadata:
     # -- commit ----------------------------------------------------------------------
 
     def commit(self) -> None:
-        """__commit_transaction (nothing is written before the first change)."""
+        """__commit_transaction (nothing is written before the first change).
+
+        NoSpace when a step that allocates metadata blocks fails (a details insert, the
+        data space map's index writeback, the metadata index shadow).  The superblock is
+        then not written, and the abort that follows re-opens the last commit that wrote
+        it, even where the kernel had already run sm_disk_commit in core.  So here every
+        step that can fail runs before either space map forgets its last commit.
+        """
         if not self.in_service:
             return
         self._write_changed_details()
+        self.data_sm.pre_commit()
+        self.metadata_sm.pre_commit()
+        # nothing below allocates: the transaction is written
         self.data_sm.commit()
         self.metadata_sm.commit()
         self.tm.commit()

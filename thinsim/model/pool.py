@@ -458,24 +458,31 @@ class Pool:
 
     # -- commit ----------------------------------------------------------------------
 
-    def _commit(self) -> None:
-        """dm-thin.c: commit -- then check for metadata and data space."""
+    def _commit(self) -> bool:
+        """dm-thin.c: commit -- then check for metadata and data space.
+
+        False where the kernel's commit() returns an error: the pool is read-only (or out
+        of metadata space, or failed), or the commit itself failed and was aborted.  The
+        callers that act on it (a flush's bios, alloc_data_block) fail; the others ignore
+        it, as the kernel's ``(void) commit(pool)`` callers do."""
         if self.mode >= PM_OUT_OF_METADATA_SPACE:
-            return
+            return False
         try:
             self.pmd.commit()
         except NoSpace:
             self._metadata_operation_failed("dm_pool_commit_metadata", E.ENOSPC)
-            return
+            return False
         if self.pmd.free_metadata_blocks() == 0 and self.mode < PM_OUT_OF_METADATA_SPACE:
             self.log.emit("thin", "No free metadata blocks")
             self._set_mode(PM_OUT_OF_METADATA_SPACE)
         if self.mode == PM_OUT_OF_DATA_SPACE and self.pmd.free_data_blocks():
             self._set_mode(PM_WRITE)
+        return True
 
-    def commit(self) -> None:
-        """Commit the current transaction, as the kernel does on a flush."""
-        self._commit()
+    def commit(self) -> bool:
+        """Commit the current transaction, as the kernel does on a flush (or for time).
+        False when it failed (see ``_commit``)."""
+        return self._commit()
 
     # -- messages ----------------------------------------------------------------------
 
@@ -679,7 +686,9 @@ class Pool:
             self.low_water_triggered = True
             self._event()
         if not free:
-            self._commit()
+            # commit to see if that frees some space; a failed commit ends it here
+            if not self._commit():
+                raise NoSpace
             free = pmd.free_data_blocks()
             if not free:
                 self._set_mode(PM_OUT_OF_DATA_SPACE)
@@ -689,8 +698,11 @@ class Pool:
         except NoSpace:
             self._set_mode(PM_OUT_OF_DATA_SPACE)
             raise
-        if not pmd.free_metadata_blocks():
-            self._commit()
+        if not pmd.free_metadata_blocks() and not self._commit():
+            # "commit before we use up the metadata reserve": when that commit fails the
+            # transaction (and the block just allocated) is aborted and the bio is not
+            # provisioned (provision_block -> retry_bios_on_resume: EIO once read-only)
+            raise NoSpace
         return b
 
     def _unserviceable(self) -> None:
@@ -781,8 +793,15 @@ class Pool:
         highest = pmd.highest_mapped(td)
         if highest is not None and vb <= highest:
             return 0
-        if pmd.free_metadata_blocks() < 512:
+        free_md = pmd.free_metadata_blocks()
+        if free_md < 512:
             return 0
+        # The one-block path commits (alloc_data_block) or fails (an insert) at the block
+        # where free metadata runs out; a bulk step must end before that can happen.  A
+        # step of n blocks takes far fewer than n / 32 + 64 metadata blocks (new leaves
+        # hold at least a third of 252 entries, a sequential fill closes them at 248; the
+        # rest is a few shadows), so with this cap metadata stays free to the step's end.
+        limit = min(limit, (free_md - 64) * 32)
         free = pmd.free_data_blocks()
         if not self.low_water_triggered:
             # the allocation that sees free <= low water mark raises the event: leave it
@@ -864,4 +883,6 @@ class Pool:
         if td.changed:
             if td.aborted_with_changes:
                 raise error_for(E.EIO)
-            self._commit()
+            if not self._commit():
+                # process_deferred_bios: the flush bios of a failed commit end with EIO
+                raise error_for(E.EIO)

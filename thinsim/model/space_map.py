@@ -205,11 +205,16 @@ class _DiskLowLevel(LowLevel):
     def _writeback(self, index: int) -> None:
         self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
 
+    def writeback(self) -> None:
+        """dm-space-map-common.c: ie_cache_writeback, slot order (NoSpace if the index
+        btree cannot grow; the entries stay cached)."""
+        dirty = self.dirty
+        for slot in sorted(dirty):
+            self._writeback(dirty[slot])
+        dirty.clear()
+
     def commit(self) -> None:
-        # dm-space-map-common.c: ie_cache_writeback, slot order
-        for slot in sorted(self.dirty):
-            self._writeback(self.dirty[slot])
-        self.dirty.clear()
+        self.writeback()
         super().commit()
 
     def _header(self):
@@ -283,6 +288,11 @@ class DiskSpaceMap:
 
     def extend(self, extra: int) -> None:
         self.ll.extend(extra)
+
+    def pre_commit(self) -> None:
+        """The part of sm_disk_commit that allocates (the index writeback), run before
+        anything is committed so that a failure leaves the last commit to go back to."""
+        self.ll.writeback()
 
     def commit(self) -> None:
         """sm_disk_commit: write the index back; the current view becomes the old one."""
@@ -475,6 +485,10 @@ class MetadataSpaceMap:
         if self.index_block not in tm.shadows or self.get_count(self.index_block) > 1:
             self.index_block, _ = tm.shadow_block(self.index_block)
         ll.bitmap_index_changed = False
+
+    def pre_commit(self) -> None:
+        """The part of sm_metadata_commit that allocates (shadowing the index block)."""
+        self._ll_commit()
 
     def commit(self) -> None:
         """sm_metadata_commit: shadow the index block, then the current view becomes old."""
