@@ -149,10 +149,15 @@ def sync(state: HostState, root: str = SYS) -> None:
         pass  # a full tmpfs: the names just stay unseen
 
 
+def _prune(folder: str, keep) -> None:
+    """Remove every entry of FOLDER whose name is not in KEEP (devices gone since last time)."""
+    for entry in os.listdir(folder):
+        if entry not in keep:
+            _remove(os.path.join(folder, entry))
+
+
 def _write_folders(state: HostState, base: str, devices: dict[str, object]) -> None:
-    for entry in os.listdir(base):
-        if entry not in devices:
-            _remove(os.path.join(base, entry))
+    _prune(base, devices)
     for name, dev in devices.items():
         folder = os.path.join(base, name)
         shutil.rmtree(os.path.join(folder, "loop"), ignore_errors=True)
@@ -165,9 +170,7 @@ def _write_folders(state: HostState, base: str, devices: dict[str, object]) -> N
 
 def _write_links(folder: str, home: str, names: dict[str, str]) -> None:
     """FOLDER's symlinks: each key of NAMES links to the device folder named by its value."""
-    for entry in os.listdir(folder):
-        if entry not in names:
-            _remove(os.path.join(folder, entry))
+    _prune(folder, names)
     for entry, name in names.items():
         path = os.path.join(folder, entry)
         target = os.path.relpath(os.path.join(home, name), folder)
