@@ -109,6 +109,8 @@ def read(state: HostState, dev, offset: int, length: int) -> bytes:
         fd = _loop_file(dev)
         try:
             data = os.pread(fd, length, dev.offset + offset)
+        except OSError:
+            raise error_for(E.EIO) from None  # loop_handle_cmd: -EIO
         finally:
             os.close(fd)
         return data + bytes(length - len(data))
@@ -124,9 +126,17 @@ def write(state: HostState, dev, offset: int, data: bytes) -> None:
             raise error_for(E.EPERM)
         fd = _loop_file(dev)
         try:
-            os.pwrite(fd, data, dev.offset + offset)
+            written = os.pwrite(fd, data, dev.offset + offset)
+        except OSError:
+            written = -1
         finally:
             os.close(fd)
+        if written != len(data):
+            # loop.c: lo_write_bvec -- a write the file system refuses (ENOSPC, EIO) or
+            # takes only in part fails the request, which loop_handle_cmd ends with -EIO
+            at = dev.offset + offset
+            state.log.line(f"loop: Write error at byte offset {at}, length {min(len(data), 4096)}.")
+            raise error_for(E.EIO)
         return
     _dm_io(state, dev, offset, len(data), data)
 

@@ -289,7 +289,23 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
     )
     if pool.pmd.tm.dirty is None:
         pool.pmd.tm.dirty = set()
+    _attach_metadata_device(pool, md, formatted=metadata is None)
     target.obj = pool
+
+
+def _attach_metadata_device(pool: Pool, md: LoopDevice, formatted: bool) -> None:
+    """Commits go to the metadata loop device's file from now on.  A device just formatted
+    is written at once, as __format_metadata writes its initial superblock in pool_ctr
+    (a failure fails the table load: "Error creating metadata object")."""
+    from ..model.disk import MetadataDevice, MetadataWriteError
+
+    pool.pmd.device = MetadataDevice(md.backing_file, md.offset)
+    if formatted:
+        try:
+            pool.pmd.device.write(pool.pmd)
+        except MetadataWriteError as e:
+            pool.store.close()
+            raise TableError("Error creating metadata object", e.errno) from None
 
 
 def _open_metadata(state: HostState, md: LoopDevice, table: PoolTable):
@@ -476,11 +492,8 @@ def _destroy(state: HostState, targets: list[Target]) -> None:
         ):
             pool = t.obj
             pool.suspend()  # dm_pool_metadata_close commits
-            loop = state.loops.get(t.md_loop)
-            if loop is not None and pool.pmd.commit_count:
-                from ..model.disk import write_metadata
-
-                write_metadata(pool.pmd, loop.backing_file, loop.offset)
+            if pool.pmd.device is not None:
+                pool.pmd.device.close(pool.pmd)
             pool.store.close()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import hmac
 import os
 import pickle
 import time
@@ -159,19 +161,163 @@ def is_device_path(path: str) -> bool:
     )
 
 
+class HostStateError(SystemExit):
+    """The host state cannot be loaded or saved: a one-line message, exit status 1 (a
+    SystemExit, so that whichever command hit it ends with the message, not a traceback)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"thinsim: {message}")
+
+
+# The state is a pickle of the whole simulated kernel (pools with their in-core metadata,
+# uncommitted transactions included), which no plain data format holds without rewriting
+# every model class.  Unpickling runs whatever code the file names, so a state file is only
+# unpickled once it is proven to be one this user wrote: an HMAC-SHA256 over it, keyed by a
+# per-user secret that only this user can read, is checked first (with ssh's StrictModes
+# checks on the secret, its folder and the state file).
+STATE_MAGIC = b"thinsim host state v1\n"
+KEY_BYTES = 32
+
+
+def _key_folder() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "thinsim"
+
+
+def _strict(path: Path, st: os.stat_result, what: str) -> None:
+    """StrictModes: owned by this user, writable by nobody else."""
+    if st.st_uid != os.geteuid():
+        raise HostStateError(f"{path}: {what} is owned by uid {st.st_uid}, not by this user")
+    if st.st_mode & 0o022:
+        raise HostStateError(f"{path}: {what} is writable by group or others")
+
+
+def _state_key() -> bytes:
+    """This user's secret (made on first use): 0600 in a 0700 folder."""
+    folder = _key_folder()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.lstat()
+    except OSError as e:
+        raise HostStateError(f"{folder}: {e.strerror}") from None
+    _strict(folder, st, "the key folder")
+    if st.st_mode & 0o077:
+        raise HostStateError(f"{folder}: the key folder is open to group or others")
+    path = folder / "host-state.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise HostStateError(f"{path}: {e.strerror}") from None
+    else:
+        try:
+            os.write(fd, os.urandom(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise HostStateError(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        _strict(path, st, "the key")
+        if st.st_mode & 0o077:
+            raise HostStateError(f"{path}: the key is readable by group or others")
+        key = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        # a key being written right now by another command, or a damaged one
+        raise HostStateError(f"{path}: the key is not {KEY_BYTES} bytes long")
+    return key
+
+
+def _seal(key: bytes, payload: bytes) -> bytes:
+    return STATE_MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
+
+
+def _load_state(path: Path) -> HostState:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return HostState()
+    except OSError as e:
+        raise HostStateError(f"{path}: {e.strerror}") from None
+    try:
+        _strict(path, os.fstat(fd), "the host state")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as e:
+        raise HostStateError(f"{path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    head = len(STATE_MAGIC)
+    mac, payload = data[head : head + 32], data[head + 32 :]
+    expected = hmac.new(_state_key(), payload, hashlib.sha256).digest()
+    if not data.startswith(STATE_MAGIC) or not hmac.compare_digest(mac, expected):
+        raise HostStateError(
+            f"{path}: not a host state this user's thinsim wrote (damaged, or written by "
+            "someone else); refusing to load it"
+        )
+    try:
+        state = pickle.loads(payload)
+    except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError) as e:
+        # an authenticated state from an incompatible thinsim
+        raise HostStateError(f"{path}: cannot load the host state: {e}") from None
+    if not isinstance(state, HostState):
+        raise HostStateError(f"{path}: cannot load the host state: not a HostState")
+    return state
+
+
+def _save_state(folder: Path, state: HostState) -> None:
+    """Write the state to a file of its own, flush it, then rename it over the old one, so
+    that the state file is always a whole state: the old one or the new one."""
+    path = folder / STATE_FILE
+    data = _seal(_state_key(), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    tmp = folder / f"{STATE_FILE}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise HostStateError(
+            f"{folder}: cannot save the host state ({e.strerror}); it stays as the last "
+            "command left it"
+        ) from None
+
+
 @contextlib.contextmanager
 def open_host(folder: str | os.PathLike, *, write: bool = True):
-    """Load the host state from ``folder`` under its lock; save it back on success."""
+    """Load the host state from ``folder`` under its lock; save it back on success.
+
+    A state file that fails its checks, or a state that cannot be saved, ends the command
+    with HostStateError (a one-line message and exit status 1)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 -- closed below
+    except OSError as e:
+        raise HostStateError(f"{folder}: {e.strerror}") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
-        path = folder / STATE_FILE
-        if path.exists():
-            with open(path, "rb") as f:
-                state = pickle.load(f)
-        else:
-            state = HostState()
+        state = _load_state(folder / STATE_FILE)
         if write:
             from .blockio import new_command
 
@@ -179,27 +325,4 @@ def open_host(folder: str | os.PathLike, *, write: bool = True):
         yield state
         if write:
             state.stamp_log()
-            _write_committed_metadata(state)
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-
-
-def _write_committed_metadata(state: HostState) -> None:
-    """Put every pool's metadata, as of its last commit, into its metadata file (in the
-    kernel's on-disk format, so that the real thin tools can read it)."""
-    from ..model.disk import write_metadata
-
-    for dev in state.dm.values():
-        for t in dev.live or []:
-            if t.type != "thin-pool" or t.obj is None:
-                continue
-            pmd = t.obj.pmd
-            if getattr(t, "written", None) == pmd.commit_count:
-                continue
-            loop = state.loops.get(t.md_loop)
-            if loop is None:
-                continue
-            write_metadata(pmd, loop.backing_file, loop.offset)
-            t.written = pmd.commit_count
+            _save_state(folder, state)

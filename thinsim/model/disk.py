@@ -10,9 +10,13 @@ a kernel wrote.
 
 from __future__ import annotations
 
+import errno as E
 import os
 import struct
 
+import numpy as np
+
+from ..errors import ThinsimError
 from .btree import Node
 from .metadata import THIN_SUPERBLOCK_LOCATION, PoolMetadata
 from .space_map import ENTRIES_PER_BITMAP
@@ -83,23 +87,27 @@ def encode_node(b: int, node: Node) -> bytes:
     return _seal(buf, BTREE_CSUM_XOR)
 
 
-def _bitmap_entries(ll, index: int) -> tuple[bytes, int, int]:
-    """The 2-bit entries of bitmap ``index``: (bits, nr_free, none_free_before)."""
+def _bitmap_summary(ll, index: int) -> tuple[int, int]:
+    """(nr_free, none_free_before) of bitmap ``index``: its disk_index_entry."""
     start = index * ENTRIES_PER_BITMAP
-    counts = ll.bits[start : start + ENTRIES_PER_BITMAP]
-    n = len(counts)
-    words = bytearray((ENTRIES_PER_BITMAP * 2) // 8)
-    for i, c in enumerate(counts):
-        if c:
-            # dm-space-map-common.c: sm_set_bitmap -- bit 2i is the high bit, 2i+1 the low
-            bit = 2 * i
-            if c & 2:
-                words[bit >> 3] |= 1 << (bit & 7)
-            if c & 1:
-                words[(bit + 1) >> 3] |= 1 << ((bit + 1) & 7)
-    nr_free = counts.count(0)
-    first_free = counts.find(0)
-    return bytes(words), nr_free, (first_free if first_free >= 0 else n)
+    end = min(start + ENTRIES_PER_BITMAP, ll.nr_blocks)
+    bits = ll.bits
+    nr_free = bits.count(0, start, end)
+    first_free = bits.find(0, start, end)
+    return nr_free, (first_free - start if first_free >= 0 else end - start)
+
+
+def _bitmap_bits(ll, index: int) -> bytes:
+    """The 2-bit entries of bitmap ``index`` as the kernel lays them out."""
+    start = index * ENTRIES_PER_BITMAP
+    counts = np.frombuffer(
+        ll.bits, dtype=np.uint8, count=min(ENTRIES_PER_BITMAP, ll.nr_blocks - start), offset=start
+    )
+    padded = np.zeros(ENTRIES_PER_BITMAP, dtype=np.uint8)
+    # dm-space-map-common.c: sm_set_bitmap -- bit 2i is the high bit, 2i+1 the low
+    padded[: len(counts)] = ((counts & 1) << 1) | (counts >> 1)
+    q = padded.reshape(-1, 4)
+    return (q[:, 0] | (q[:, 1] << 2) | (q[:, 2] << 4) | (q[:, 3] << 6)).tobytes()
 
 
 def encode_bitmap(b: int, bits: bytes) -> bytes:
@@ -107,14 +115,6 @@ def encode_bitmap(b: int, bits: bytes) -> bytes:
     struct.pack_into("<IQ", buf, 4, 0, b)
     buf[16 : 16 + len(bits)] = bits
     return _seal(buf, BITMAP_CSUM_XOR)
-
-
-def _index_entries(ll):
-    out = []
-    for i, b in enumerate(ll.bitmaps):
-        bits, nr_free, nfb = _bitmap_entries(ll, i)
-        out.append((b, bits, nr_free, nfb))
-    return out
 
 
 def encode_metadata_index(b: int, entries) -> bytes:
@@ -166,33 +166,55 @@ def encode_superblock(
     return _seal(buf, SUPERBLOCK_CSUM_XOR)
 
 
+class _Encoder:
+    """Metadata blocks as the kernel has them after the commit that is being written."""
+
+    def __init__(self, pmd: PoolMetadata) -> None:
+        self.pmd = pmd
+        mll = pmd.metadata_sm.ll
+        dll = pmd.data_sm.ll
+        self.mll, self.dll = mll, dll
+        self.bitmap_of = {b: (mll, i) for i, b in enumerate(mll.bitmaps)}
+        self.bitmap_of.update({b: (dll, i) for i, b in enumerate(dll.bitmaps)})
+
+    def live_blocks(self) -> list[int]:
+        """Every block the metadata space map counts."""
+        return np.flatnonzero(np.frombuffer(self.mll.bits, dtype=np.uint8)).tolist()
+
+    def encode(self, b: int) -> bytes | None:
+        """Block ``b``'s contents; None when it is free (nothing of the commit is there)."""
+        pmd = self.pmd
+        if b == THIN_SUPERBLOCK_LOCATION:
+            return encode_superblock(pmd, b)
+        if not self.mll.bits[b]:
+            return None
+        where = self.bitmap_of.get(b)
+        if where is not None:
+            return encode_bitmap(b, _bitmap_bits(*where))
+        mll = self.mll
+        if b == pmd.metadata_sm.index_block:
+            entries = [
+                (blocknr, None, *_bitmap_summary(mll, i)) for i, blocknr in enumerate(mll.bitmaps)
+            ]
+            return encode_metadata_index(b, entries)
+        if b == pmd.held_root:
+            return encode_superblock(pmd, b, held_copy=True)
+        node = pmd.tm.blocks.get(b)
+        if not isinstance(node, Node):
+            raise TypeError(f"metadata block {b} is counted but holds no btree node")
+        if node.leaf and node.value_size == 16:
+            # the data space map's index tree: values are disk_index_entry
+            dll = self.dll
+            values = {k: (dll.bitmaps[k], *_bitmap_summary(dll, k)) for k in node.keys}
+            return _encode_index_leaf(b, node, values)
+        return encode_node(b, node)
+
+
 def metadata_blocks(pmd: PoolMetadata) -> dict[int, bytes]:
     """Every live metadata block as the kernel would have written it at the last commit."""
-    tm = pmd.tm
-    sm = pmd.metadata_sm
-    out: dict[int, bytes] = {}
-    md_entries = _index_entries(sm.ll)
-    for b, bits, _nf, _nfb in md_entries:
-        out[b] = encode_bitmap(b, bits)
-    out[sm.index_block] = encode_metadata_index(sm.index_block, md_entries)
-    dll = pmd.data_sm.ll
-    data_entries = _index_entries(dll)
-    for b, bits, _nf, _nfb in data_entries:
-        out[b] = encode_bitmap(b, bits)
-    index_values = {i: (blocknr, nf, nfb) for i, (blocknr, _b, nf, nfb) in enumerate(data_entries)}
-    for b, obj in tm.blocks.items():
-        if not isinstance(obj, Node) or sm.ll.get_count(b) == 0:
-            continue
-        if b in out:
-            continue
-        if obj.leaf and obj.value_size == 16:
-            # the data space map's index tree: values are disk_index_entry
-            out[b] = _encode_index_leaf(b, obj, index_values)
-        else:
-            out[b] = encode_node(b, obj)
-    if pmd.held_root:
-        out[pmd.held_root] = encode_superblock(pmd, pmd.held_root, held_copy=True)
-    out[THIN_SUPERBLOCK_LOCATION] = encode_superblock(pmd, THIN_SUPERBLOCK_LOCATION)
+    enc = _Encoder(pmd)
+    out = {b: enc.encode(b) for b in enc.live_blocks()}
+    out[THIN_SUPERBLOCK_LOCATION] = enc.encode(THIN_SUPERBLOCK_LOCATION)
     return out
 
 
@@ -208,22 +230,142 @@ def _encode_index_leaf(b: int, node: Node, index_values) -> bytes:
     return _seal(buf, BTREE_CSUM_XOR)
 
 
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+class MetadataWriteError(ThinsimError):
+    """A write to the metadata device failed.  ``errno`` is what the bio ended with;
+    ``offset`` and ``length`` are where in the file the write that failed went."""
+
+    def __init__(self, errno: int, offset: int, length: int) -> None:
+        super().__init__(errno=errno)
+        self.offset = offset
+        self.length = length
+
+
+class MetadataDevice:
+    """The file under a pool's metadata device (a loop device's backing file, the device
+    starting ``offset`` bytes in), written as dm-bufio and dm-transaction-manager write it.
+
+    A commit writes only the blocks the transaction changed -- the copy-on-write metadata
+    puts every change in a block allocated or shadowed since the last commit (btree nodes,
+    bitmaps, index blocks), so the blocks of the commit on disk are never written over --
+    then flushes, then writes the superblock and flushes again (dm_tm_pre_commit,
+    dm_tm_commit).  A crash at any point leaves the last commit or the new one on disk.
+
+    ``pwrite`` and ``fdatasync`` are the system calls used; tests replace them to fail.
+    """
+
+    pwrite = staticmethod(os.pwrite)
+    fdatasync = staticmethod(os.fdatasync)
+
+    def __init__(self, path: str | os.PathLike, offset: int = 0) -> None:
+        self.path = os.fspath(path)
+        self.offset = offset
+        self.flags_on_disk = 0
+
+    def __repr__(self) -> str:
+        return f"MetadataDevice({self.path!r}, offset={self.offset})"
+
+    def _io(self, fd: int, b: int, data: bytes) -> None:
+        at = self.offset + b * BLOCK
+        try:
+            n = self.pwrite(fd, data, at)
+        except OSError:
+            n = -1
+        if n != len(data):
+            # loop.c: lo_write_bvec fails the request, and loop_handle_cmd ends it with
+            # -EIO whatever the file system said (ENOSPC included)
+            raise MetadataWriteError(E.EIO, at, len(data))
+
+    def _flush(self, fd: int) -> None:
+        # a REQ_PREFLUSH to a loop device is vfs_fsync of its file (lo_req_flush)
+        try:
+            self.fdatasync(fd)
+        except OSError:
+            raise MetadataWriteError(E.EIO, self.offset, 0) from None
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR)
+        except OSError:
+            raise MetadataWriteError(E.EIO, self.offset, 0) from None
+
+    def write(self, pmd: PoolMetadata) -> None:
+        """Write a commit: the blocks changed since the last one (zeros where a block was
+        written and freed again: dm-bufio writes those buffers too, so they take space in
+        a sparse file), a flush, the superblock, a flush.  MetadataWriteError when a write
+        fails; then nothing on disk says the new commit happened."""
+        tm = pmd.tm
+        enc = _Encoder(pmd)
+        changed = sorted((tm.dirty or set()) - {THIN_SUPERBLOCK_LOCATION})
+        fd = self._open()
+        try:
+            for b in changed:
+                self._io(fd, b, enc.encode(b) or _ZERO_BLOCK)
+            self._flush(fd)
+            self._io(fd, THIN_SUPERBLOCK_LOCATION, enc.encode(THIN_SUPERBLOCK_LOCATION))
+            self._flush(fd)
+        finally:
+            os.close(fd)
+        tm.dirty = set()
+        self.flags_on_disk = 1 if pmd.needs_check else 0
+
+    def write_all(self, pmd: PoolMetadata) -> None:
+        """Write every live block of the last commit (a full image), in a commit's order."""
+        tm = pmd.tm
+        tm.dirty = set(tm.dirty or ()) | set(_Encoder(pmd).live_blocks())
+        self.write(pmd)
+
+    def drop_transaction(self, pmd: PoolMetadata) -> None:
+        """An aborted transaction's blocks: dm_pool_abort_metadata destroys the block
+        manager, which writes its dirty buffers out (the file's size on disk counts them);
+        a failure goes unreported.  None of them belongs to the commit on disk."""
+        tm = pmd.tm
+        changed = sorted((tm.dirty or set()) - {THIN_SUPERBLOCK_LOCATION})
+        tm.dirty = set()
+        if not changed:
+            return
+        try:
+            fd = self._open()
+        except MetadataWriteError:
+            return
+        try:
+            for b in changed:
+                self._io(fd, b, _ZERO_BLOCK)
+        except MetadataWriteError:
+            pass
+        finally:
+            os.close(fd)
+
+    def close(self, pmd: PoolMetadata) -> None:
+        """dm_pool_metadata_close of a pool that did not commit (read-only): the block
+        manager writes what is dirty -- the uncommitted blocks, and the superblock if
+        abort_transaction set needs_check in it (dm_pool_metadata_set_needs_check)."""
+        self.drop_transaction(pmd)
+        flags = 1 if pmd.needs_check else 0
+        if flags == self.flags_on_disk:
+            return
+        try:
+            fd = self._open()
+        except MetadataWriteError:
+            return
+        try:
+            self._io(fd, THIN_SUPERBLOCK_LOCATION, encode_superblock(pmd, 0))
+            self._flush(fd)
+            self.flags_on_disk = flags
+        except MetadataWriteError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def write_metadata(pmd: PoolMetadata, path: str | os.PathLike, offset: int = 0) -> None:
-    """Write the model's committed metadata into the metadata device file, and zeros where
-    the kernel would have written blocks freed since (so the sparse file's size on disk is
-    the kernel's).  From then on the blocks written are tracked."""
-    blocks = metadata_blocks(pmd)
-    tm = pmd.tm
-    freed = sorted((tm.dirty or set()) - set(blocks))
-    fd = os.open(path, os.O_RDWR)
-    try:
-        for b in sorted(blocks):
-            os.pwrite(fd, blocks[b], offset + b * BLOCK)
-        for b in freed:
-            os.pwrite(fd, bytes(BLOCK), offset + b * BLOCK)
-    finally:
-        os.close(fd)
-    tm.dirty = set()
+    """Write the model's committed metadata, every live block of it, into the metadata
+    device file, and zeros where the kernel would have written blocks freed since (so the
+    sparse file's size on disk is the kernel's).  From then on the blocks written are
+    tracked."""
+    MetadataDevice(path, offset).write_all(pmd)
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -376,6 +518,7 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     pmd.in_service = False
     pmd.commit_count = 0
     pmd.devices = {}
+    pmd.device = None
     pmd.tm = tm
     pmd.metadata_sm = sm
     pmd.data_sm = data_sm

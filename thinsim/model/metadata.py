@@ -67,6 +67,8 @@ class PoolMetadata:
         self.in_service = False
         self.commit_count = 0
         self.devices: dict[int, ThinDevice] = {}  # in-core tds, newest first on commit
+        # where commits are written (a disk.MetadataDevice), if anywhere
+        self.device = None
         self._format(nr_md_blocks)
         self._set_metadata_reserve()
         self._save_committed()
@@ -388,7 +390,11 @@ class PoolMetadata:
         self._write_changed_details()
         self.data_sm.pre_commit()
         self.metadata_sm.pre_commit()
-        # nothing below allocates: the transaction is written
+        # nothing below allocates: the transaction is written (dm_tm_pre_commit writes the
+        # changed blocks and flushes, dm_tm_commit the superblock).  A failed write raises
+        # before anything forgets the last commit, which is still the one on disk.
+        if self.device is not None:
+            self.device.write(self)
         self.data_sm.commit()
         self.metadata_sm.commit()
         self.tm.commit()
@@ -411,6 +417,8 @@ class PoolMetadata:
 
         The in-core thin devices are kept as they are (the kernel keeps its td list).
         """
+        if self.device is not None:
+            self.device.drop_transaction(self)
         for td in self.devices.values():
             # __set_abort_with_changes_flags
             td.aborted_with_changes = td.changed

@@ -11,6 +11,7 @@ import errno as E
 from dataclasses import dataclass, replace
 
 from ..errors import ThinsimError, error_for
+from .disk import MetadataWriteError
 from .metadata import (
     MAX_DEV_ID,
     SECTORS_PER_MD_BLOCK,
@@ -41,6 +42,10 @@ class KernelLog:
 
     def emit(self, prefix: str, text: str) -> None:
         self.lines.append(f"device-mapper: {prefix}: {text}")
+
+    def line(self, text: str) -> None:
+        """A line from outside device-mapper (the block layer, loop)."""
+        self.lines.append(text)
 
 
 class Clock:
@@ -406,6 +411,12 @@ class Pool:
             return True
         return False
 
+    def _metadata_write_failed(self, e: MetadataWriteError) -> None:
+        """What the loop device under the metadata logs when a write to its file fails
+        (loop.c: lo_write_bvec)."""
+        if e.length:
+            self.log.line(f"loop: Write error at byte offset {e.offset}, length {e.length}.")
+
     def _metadata_operation_failed(self, op: str, errno: int) -> None:
         """dm-thin.c: metadata_operation_failed -- abort the transaction, go read-only."""
         self.log.emit("thin", f"{self.name}: metadata operation '{op}' failed: error = -{errno}")
@@ -471,6 +482,10 @@ class Pool:
             self.pmd.commit()
         except NoSpace:
             self._metadata_operation_failed("dm_pool_commit_metadata", E.ENOSPC)
+            return False
+        except MetadataWriteError as e:
+            self._metadata_write_failed(e)
+            self._metadata_operation_failed("dm_pool_commit_metadata", e.errno)
             return False
         if self.pmd.free_metadata_blocks() == 0 and self.mode < PM_OUT_OF_METADATA_SPACE:
             self.log.emit("thin", "No free metadata blocks")
@@ -729,26 +744,45 @@ class Pool:
         whole = within == 0 and len(data) == bb
         r = pmd.lookup(td, vblock)
         store = self.store
-        if r is None:
-            # provision_block -> schedule_zero
-            b = self._new_block_for()
-            off = b * bb
-            if self.pf.zero_new_blocks and not whole:
-                store.zero(off, bb)
+        try:
+            if r is None:
+                # provision_block -> schedule_zero
+                b = self._new_block_for()
+                off = b * bb
+                if self.pf.zero_new_blocks and not whole:
+                    store.zero(off, bb)
+                store.write(off + within, data)
+                self._insert(td, vblock, b)
+                return
+            data_block, shared = r
+            if shared:
+                # process_shared_bio -> break_sharing -> schedule_internal_copy
+                b = self._new_block_for()
+                off = b * bb
+                if not whole:
+                    store.copy(data_block * bb, off, bb)
+                store.write(off + within, data)
+                self._insert(td, vblock, b)
+                return
+            off = data_block * bb
             store.write(off + within, data)
-            self._insert(td, vblock, b)
-            return
-        data_block, shared = r
-        if shared:
-            # process_shared_bio -> break_sharing -> schedule_internal_copy
-            b = self._new_block_for()
-            off = b * bb
-            if not whole:
-                store.copy(data_block * bb, off, bb)
-            store.write(off + within, data)
-            self._insert(td, vblock, b)
-            return
-        store.write(data_block * bb + within, data)
+        except OSError:
+            self._data_write_failed(off)
+
+    def _data_write_failed(self, off: int) -> None:
+        """A write to the data device failed (its file system is full, or its file cannot
+        be written).  loop.c: lo_write_bvec logs it and loop_handle_cmd ends the request
+        with -EIO.  A bio remapped to the data device ends with that; a new mapping whose
+        zeroing, copy or overwrite failed is dropped (process_prepared_mapping: cell_error)
+        with the block it allocated still counted, as the kernel leaves it (measured on
+        Debian's 6.1: each failed provisioning write raised the pool's used data blocks
+        by one).  The block layer's "I/O error, dev ..." line is not logged: its sector,
+        flags and segment count depend on how the page cache and the caller's buffer made
+        up the request."""
+        at = getattr(self.store, "offset", 0) + off
+        self.log.line(f"loop: Write error at byte offset {at}, length 4096.")
+        # get_pool_io_error_code
+        raise error_for(E.ENOSPC if self.out_of_data_space else E.EIO) from None
 
     def _insert(self, td, vblock: int, data_block: int) -> None:
         """process_prepared_mapping: a failed insert aborts the transaction; the bio fails."""
@@ -781,7 +815,10 @@ class Pool:
                 i += 1
                 continue
             if keeps:
-                self.store.write(b * bb, bytes(data[i * bb : (i + n) * bb]))
+                try:
+                    self.store.write(b * bb, bytes(data[i * bb : (i + n) * bb]))
+                except OSError:
+                    self._data_write_failed(b * bb)
             pmd.append_blocks(td, vb, b, n)
             i += n
 
@@ -815,7 +852,10 @@ class Pool:
         r = self.pmd.lookup(td, vblock)
         if r is None:
             return bytes(length)
-        return self.store.read(r[0] * self.block_bytes + within, length)
+        try:
+            return self.store.read(r[0] * self.block_bytes + within, length)
+        except OSError:
+            raise error_for(E.EIO) from None
 
     def discard_blocks(self, td, begin: int, end: int) -> None:
         """process_discard_bio for whole blocks [begin, end)."""

@@ -8,6 +8,7 @@ device turns into hole punching).  A store does those operations at byte offsets
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -168,7 +169,9 @@ class FileStore(DataStore):
         self.fd = os.open(self.path, os.O_RDWR)
 
     def write(self, offset: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, self.offset + offset)
+        if os.pwrite(self.fd, data, self.offset + offset) != len(data):
+            # a full file system takes part of a write: loop.c fails the request
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, self.offset + offset)
