@@ -1,15 +1,17 @@
 """Metadata the model writes is dm-thin metadata: Debian's own thin_check accepts it, and
 its thin_dump prints what the model's thin_dump prints."""
 
+import errno
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from thinsim.backends.model import ModelPool
-from thinsim.model.disk import bm_checksum, write_metadata
+from thinsim.model.disk import MetadataDevice, bm_checksum, write_metadata
 from thinsim.thin_dump import dump_xml
 
 MiB, GiB, BLOCK = 1 << 20, 1 << 30, 64 << 10
@@ -116,3 +118,146 @@ def test_a_pool_reopened_on_kernel_metadata_goes_on_and_stays_valid(tmp_path):
     write_metadata(pmd, md)
     assert _tool("thin_check", str(md)).returncode == 0
     assert _tool("thin_dump", str(md)).stdout == "\n".join(dump_xml(pmd)) + "\n"
+
+
+# -- a commit is atomic on disk ----------------------------------------------------------
+
+
+class _DeviceFailingAt(MetadataDevice):
+    """A metadata device whose writes fail from the ``fail_at``-th on (0-based): what a
+    writer killed there, or a disk gone bad there, leaves behind."""
+
+    def __init__(self, path, fail_at: int) -> None:
+        super().__init__(path)
+        self.fail_at = fail_at
+        self.writes = 0
+
+    def pwrite(self, fd, data, offset):
+        if self.writes >= self.fail_at:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        self.writes += 1
+        return os.pwrite(fd, data, offset)
+
+
+def _pool_with_a_transaction(path, fail_at=None):
+    """A busy pool whose commits go to ``path``, with a transaction after the last that
+    moves, shares and frees blocks; its commit fails from write ``fail_at`` on.  Returns
+    (pool, what Debian's thin_dump prints for the commit on disk)."""
+    pool = _busy_pool()
+    pmd = pool.target.pmd
+    pmd.tm.dirty = set()
+    write_metadata(pmd, path)
+    pmd.device = MetadataDevice(path)
+    pool.create_snap(200, 3)
+    pool.delete(9)
+    thin = pool.activate(3, GiB)
+    thin.write(5 * BLOCK, b"n" * BLOCK)
+    thin.write(0, b"m" * (20 * BLOCK))
+    pool.activate(0, GiB).discard(0, 40 * BLOCK)
+    before = _tool("thin_dump", str(path)).stdout
+    if fail_at is not None:
+        pmd.device = _DeviceFailingAt(path, fail_at)
+    return pool, before
+
+
+@needs_tools
+def test_a_commit_that_stops_at_any_write_leaves_the_last_commit_or_the_new_one(tmp_path):
+    path = tmp_path / "meta"
+    path.write_bytes(bytes(4 * MiB))
+    pool, before = _pool_with_a_transaction(path)
+    counted = _DeviceFailingAt(path, 1 << 30)
+    pool.target.pmd.device = counted
+    pool.commit()
+    after = "\n".join(dump_xml(pool.target.pmd)) + "\n"
+    assert after != before
+    total = counted.writes
+    seen = []
+    for n in range(total + 1):
+        path.write_bytes(bytes(4 * MiB))
+        pool, _ = _pool_with_a_transaction(path, fail_at=n)
+        pool.commit()
+        r = _tool("thin_check", str(path))
+        assert r.returncode == 0, (n, r.stderr)
+        dumped = _tool("thin_dump", str(path)).stdout
+        assert dumped in (before, after), n
+        seen.append(dumped == after)
+        if n < total:
+            # the pool knows its commit failed: the kernel's metadata_operation_failed
+            assert pool.target.status().split()[4] == "ro", n
+    # the superblock is the last block written: every stop before it keeps the last commit
+    assert seen == [False] * total + [True]
+
+
+def _commit_in_a_child_killed_at(folder, md, n: int) -> int:
+    """Run ``create_snap`` on the simulated host in a child process that SIGKILLs itself
+    when it is about to make its ``n``-th write to the metadata file; its exit status."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        try:
+            real = os.pwrite
+            count = [0]
+
+            def pwrite(fd, data, offset):
+                if os.path.realpath(f"/proc/self/fd/{fd}") == str(md):
+                    if count[0] == n:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    count[0] += 1
+                return real(fd, data, offset)
+
+            os.pwrite = pwrite
+            _host(folder, "dmsetup", "message", "pool", "0", "create_snap 7 0")
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+def _host(folder, *argv):
+    import io as _io
+
+    from thinsim.host.state import open_host
+    from thinsim.host.tools import COMMANDS, IO
+
+    out = _io.StringIO()
+    with open_host(folder) as state:
+        status = COMMANDS[argv[0]](state, list(argv[1:]), IO(stdout=out, stderr=out))
+    return status, out.getvalue()
+
+
+@needs_tools
+def test_a_host_command_killed_while_it_writes_metadata_leaves_a_valid_metadata_file(
+    tmp_path, monkeypatch
+):
+    """SIGKILL at the first write, in the middle and at the last write of a commit."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    folder = tmp_path / "host"
+    md, data = tmp_path / "meta", tmp_path / "data"
+    md.write_bytes(b"")
+    os.truncate(md, 4 * MiB)
+    data.write_bytes(b"")
+    os.truncate(data, GiB)
+    assert _host(folder, "losetup", "-f", str(md))[0] == 0
+    assert _host(folder, "losetup", "-f", str(data))[0] == 0
+    table = "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 0"
+    assert _host(folder, "dmsetup", "create", "pool", "--table", table)[0] == 0
+    assert _host(folder, "dmsetup", "message", "pool", "0", "create_thin 0")[0] == 0
+    thin = "0 2097152 thin /dev/mapper/pool 0"
+    assert _host(folder, "dmsetup", "create", "thin", "--table", thin)[0] == 0
+    for i in range(3):
+        dd = ["dd", "if=/dev/urandom", "of=/dev/mapper/thin", "bs=64k", "count=40"]
+        assert _host(folder, *dd, f"seek={i * 100}", "oflag=direct", "conv=fsync")[0] == 0
+    before = _tool("thin_dump", str(md)).stdout
+    assert 'dev_id="0"' in before
+    dumps = []
+    for n in range(200):  # until the child is not killed: it made fewer than n writes
+        status = _commit_in_a_child_killed_at(folder, md, n)
+        r = _tool("thin_check", str(md))
+        assert r.returncode == 0, (n, r.stderr)
+        dumps.append(_tool("thin_dump", str(md)).stdout)
+        if not os.WIFSIGNALED(status):
+            break
+    after = dumps.pop()
+    assert 'dev_id="7"' in after
+    # every kill leaves the last commit; the superblock is the last write
+    assert 3 < len(dumps) < 50
+    assert dumps == [before] * len(dumps)
+    assert _host(folder, "dmsetup", "message", "pool", "0", "create_snap 7 0")[0] == 1

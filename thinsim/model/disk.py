@@ -256,8 +256,13 @@ class MetadataDevice:
     ``pwrite`` and ``fdatasync`` are the system calls used; tests replace them to fail.
     """
 
-    pwrite = staticmethod(os.pwrite)
-    fdatasync = staticmethod(os.fdatasync)
+    @staticmethod
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        return os.pwrite(fd, data, offset)
+
+    @staticmethod
+    def fdatasync(fd: int) -> None:
+        os.fdatasync(fd)
 
     def __init__(self, path: str | os.PathLike, offset: int = 0) -> None:
         self.path = os.fspath(path)

@@ -1,0 +1,193 @@
+"""A simulated host whose files cannot be written (a full file system, a failing disk)
+does what a real one does, and its own state file is written whole and trusted only when
+this user wrote it."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """An 8 MiB tmpfs to fill (needs root, as the simulated host's tests have)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        except OSError:
+            pass
+
+
+def _lines(text: str, start: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(start)]
+
+
+# What Debian's 6.1 kernel did, measured in a VM: the metadata file of a pool on a full
+# 8 MiB tmpfs, then a create_thin (the message succeeds, its commit fails).
+KERNEL_DM_LINES = [
+    "device-mapper: thin: 254:0: metadata operation 'dm_pool_commit_metadata' failed: error = -5",
+    "device-mapper: thin: 254:0: aborting current metadata transaction",
+    "device-mapper: thin: 254:0: switching pool to read-only mode",
+]
+
+
+def _run(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
+    """``thinsim run`` on the host kept in TMP_PATH/host, from TMP_PATH."""
+    from thinsim.host.run import this_thinsim
+
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    argv = this_thinsim("thinsim.cli", "run", "--host", str(tmp_path / "host"), str(path))
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg"))
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def test_a_full_file_system_under_the_metadata_turns_the_pool_read_only_as_the_kernel_does(
+    tmp_path, small_fs
+):
+    r = _run(
+        tmp_path,
+        f"""
+truncate -s 4M {small_fs}/meta; truncate -s 256M data
+losetup /dev/loop0 {small_fs}/meta; losetup /dev/loop1 data
+dmsetup create pool --table "0 524288 thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup message pool 0 "create_thin 0"
+dmsetup create thin --table "0 2097152 thin /dev/mapper/pool 0"
+dd if=/dev/urandom of=/dev/mapper/thin bs=64k count=4 oflag=direct conv=fsync status=none
+dmsetup status pool
+""",
+    )
+    assert r.stdout == (
+        "0 524288 thin-pool 0 112/1024 4/4096 - rw discard_passdown queue_if_no_space - 256 \n"
+    )
+    _fill(small_fs)
+    r = _run(
+        tmp_path,
+        """
+dmsetup message pool 0 "create_thin 1"; echo rc=$?
+dmsetup status pool
+dmsetup message pool 0 "create_thin 2"; echo rc=$?
+dd if=/dev/urandom of=/dev/mapper/thin bs=64k count=1 seek=500 oflag=direct status=none
+echo rc=$?
+dd if=/dev/urandom of=/dev/mapper/thin bs=4k count=1 seek=1 oflag=direct status=none
+echo rc=$?
+dmesg | grep -e 254:0 -e loop:
+""",
+    )
+    assert r.stderr == (
+        "device-mapper: message ioctl on pool  failed: Operation not supported\n"
+        "Command failed.\n"
+        "dd: error writing '/dev/mapper/thin': Input/output error\n"
+    )
+    out = r.stdout.splitlines()
+    assert out[:5] == [
+        "rc=0",
+        (
+            "0 524288 thin-pool 0 112/1024 4/4096 - ro discard_passdown queue_if_no_space "
+            "needs_check 256 "
+        ),
+        "rc=1",
+        "rc=1",
+        "rc=0",
+    ]
+    log = [line.split("] ", 1)[1] for line in out[5:]]
+    assert log[0].startswith("loop: Write error at byte offset ")
+    assert [line for line in log if line.startswith("device-mapper:")] == [
+        *KERNEL_DM_LINES,
+        (
+            "device-mapper: thin: 254:0: unable to service pool target messages in READ_ONLY or "
+            "FAIL mode"
+        ),
+    ]
+    # nothing committed is lost, and needs_check reaches the disk when the pool goes
+    r = _run(
+        tmp_path,
+        """
+dmsetup remove thin; dmsetup remove pool; echo rc=$?
+thin_check -q /dev/loop0; echo rc=$?
+thin_dump /dev/loop0
+""",
+    )
+    assert r.stdout == (
+        "rc=0\nrc=0\n"
+        '<superblock uuid="" time="0" transaction="0" flags="1" version="2" '
+        'data_block_size="128" nr_data_blocks="4096">\n'
+        '  <device dev_id="0" mapped_blocks="4" transaction="0" creation_time="0" '
+        'snap_time="0">\n'
+        '    <range_mapping origin_begin="0" data_begin="0" length="4" time="0"/>\n'
+        "  </device>\n"
+        "</superblock>\n"
+    )
+
+
+def test_a_full_file_system_under_the_data_fails_the_writes_that_need_it_with_eio(
+    tmp_path, small_fs
+):
+    """As Debian's 6.1 did: each failed provisioning write leaves its block allocated."""
+    r = _run(
+        tmp_path,
+        f"""
+truncate -s 4M meta; truncate -s 256M {small_fs}/data
+losetup /dev/loop0 meta; losetup /dev/loop1 {small_fs}/data
+dmsetup create pool --table "0 524288 thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup message pool 0 "create_thin 0"
+dmsetup create thin --table "0 2097152 thin /dev/mapper/pool 0"
+dd if=/dev/urandom of=/dev/mapper/thin bs=64k count=4 oflag=direct conv=fsync status=none
+""",
+    )
+    assert r.returncode == 0
+    _fill(small_fs)
+    r = _run(
+        tmp_path,
+        """
+dd if=/dev/urandom of=/dev/mapper/thin bs=64k count=2 seek=100 oflag=direct conv=fsync \
+  2>&1 | grep -v copied; dmsetup status pool
+dd if=/dev/urandom of=/dev/mapper/thin bs=4k count=1 seek=4000 oflag=direct conv=fsync \
+  2>&1 | grep -v copied; dmsetup status pool
+dd if=/dev/urandom of=/dev/mapper/thin bs=64k count=1 seek=300 conv=fsync \
+  2>&1 | grep -v copied; dmsetup status pool
+dd if=/dev/urandom of=/dev/mapper/thin bs=4k count=1 seek=1 oflag=direct conv=fsync status=none
+echo rc=$?
+dmesg | grep loop: | cut -d] -f2-
+""",
+    )
+    status = "0 524288 thin-pool 0 112/1024 {}/4096 - rw discard_passdown queue_if_no_space - 256 "
+    assert r.stdout.splitlines() == [
+        "dd: error writing '/dev/mapper/thin': Input/output error",
+        "1+0 records in",
+        "0+0 records out",
+        status.format(5),
+        "dd: error writing '/dev/mapper/thin': Input/output error",
+        "1+0 records in",
+        "0+0 records out",
+        status.format(6),
+        "dd: fsync failed for '/dev/mapper/thin': Input/output error",
+        "1+0 records in",
+        "1+0 records out",
+        status.format(7),
+        "rc=0",
+        " loop: Write error at byte offset 262144, length 4096.",
+        " loop: Write error at byte offset 327680, length 4096.",
+        " loop: Write error at byte offset 393216, length 4096.",
+    ]
