@@ -3,6 +3,7 @@ does what a real one does, and its own state file is written whole and trusted o
 this user wrote it."""
 
 import os
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -28,17 +29,14 @@ def small_fs(tmp_path):
 
 
 def _fill(folder: Path) -> None:
-    with open(folder / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(bytes(1 << 16))
-                f.flush()
-        except OSError:
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while os.write(fd, bytes(4096)):
             pass
-
-
-def _lines(text: str, start: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith(start)]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # What Debian's 6.1 kernel did, measured in a VM: the metadata file of a pool on a full
@@ -191,3 +189,79 @@ dmesg | grep loop: | cut -d] -f2-
         " loop: Write error at byte offset 327680, length 4096.",
         " loop: Write error at byte offset 393216, length 4096.",
     ]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_state_file_this_user_did_not_write_is_refused_without_running_it(tmp_path):
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "state.pickle").write_bytes(pickle.dumps(_RunsCode()))
+    r = _run(tmp_path, "dmsetup ls; echo rc=$?\n")
+    assert not (tmp_path / "pwned").exists()
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (
+        f"thinsim: {host}/state.pickle: not a host state this user's thinsim wrote "
+        "(damaged, or written by someone else); refusing to load it\n"
+    )
+
+
+@pytest.mark.parametrize("damage", ["empty", "flipped"])
+def test_a_damaged_state_file_is_refused_with_one_line_and_changes_nothing(tmp_path, damage):
+    r = _run(tmp_path, "truncate -s 1M a; losetup -f a\n")
+    assert r.returncode == 0
+    state = tmp_path / "host" / "state.pickle"
+    good = state.read_bytes()
+    bad = {
+        "empty": b"",
+        "flipped": good[:-1] + bytes([good[-1] ^ 1]),
+    }[damage]
+    state.write_bytes(bad)
+    r = _run(tmp_path, "losetup -a; echo rc=$?\n")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert len(r.stderr.splitlines()) == 1
+    assert "refusing to load it" in r.stderr
+    assert state.read_bytes() == bad
+    state.write_bytes(good)
+    r = _run(tmp_path, "losetup -a\n")
+    assert r.stdout.startswith("/dev/loop0: ") and r.stdout.endswith("/a)\n")
+
+
+def test_a_state_file_others_can_write_is_refused(tmp_path):
+    assert _run(tmp_path, "truncate -s 1M a; losetup -f a\n").returncode == 0
+    state = tmp_path / "host" / "state.pickle"
+    assert state.stat().st_mode & 0o777 == 0o600
+    state.chmod(0o666)
+    r = _run(tmp_path, "losetup -a\n")
+    assert r.returncode == 1
+    assert r.stderr == f"thinsim: {state}: the host state is writable by group or others\n"
+
+
+def test_a_host_folder_that_fills_up_keeps_its_last_whole_state(tmp_path, small_fs):
+    host = small_fs / "host"
+    script = tmp_path / "script.sh"
+    from thinsim.host.run import this_thinsim
+
+    def run(text):
+        script.write_text(text)
+        argv = this_thinsim("thinsim.cli", "run", "--host", str(host), str(script))
+        env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg"))
+        return subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+        )
+
+    assert run("truncate -s 1M a; losetup -f a\n").returncode == 0
+    good = (host / "state.pickle").read_bytes()
+    _fill(small_fs)
+    r = run("truncate -s 1M b; losetup -f b; echo rc=$?\n")
+    assert "Traceback" not in r.stderr
+    assert r.stdout == "rc=1\n"
+    assert r.stderr == (
+        f"thinsim: {host}: cannot save the host state (No space left on device); it stays "
+        "as the last command left it\n"
+    )
+    assert (host / "state.pickle").read_bytes() == good
+    assert sorted(p.name for p in host.iterdir()) == ["lock", "state.pickle"]
