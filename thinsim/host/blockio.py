@@ -7,7 +7,7 @@ import os
 
 from ..errors import error_for
 from ..model.thin import Thin
-from . import external_origin
+from . import external_origin, loopfile
 from .kernel import device_size
 from .state import DmDevice, HostState, LoopDevice
 
@@ -96,8 +96,9 @@ def new_command(state: HostState) -> None:
             worker_commit(state, pool)
 
 
-def _loop_file(loop: LoopDevice):
-    return os.open(loop.backing_file, os.O_RDWR if not loop.read_only else os.O_RDONLY)
+def _loop_file(loop: LoopDevice) -> int:
+    """The loop device's open backing file (EIO once it is lost): loopfile.py."""
+    return loopfile.open_file(loop, write=not loop.read_only)
 
 
 def read(state: HostState, dev, offset: int, length: int) -> bytes:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import devnodes
+from . import devnodes, loopfile
 from .state import is_device_path, open_host
 from .tools import COMMANDS, GUARDED, IO
 
@@ -149,4 +149,7 @@ def _bash(argv: list[str], host: str, shims: Path) -> int:
             "and /sys shows the real devices\n"
         )
         prefix = []
-    return subprocess.call([*prefix, "bash", *argv], env=env)
+    try:
+        return subprocess.call([*prefix, "bash", *argv], env=env)
+    finally:
+        loopfile.stop(env["THINSIM_HOST"])  # the loop devices' files go with the run

@@ -38,6 +38,10 @@ class LoopDevice:
     size: int = 0  # capacity in bytes, fixed at attach and at ``losetup -c``
     dio: bool = False
     partscan: bool = False
+    # the open backing file (lo_backing_file): fd HOLDER_FD of process HOLDER_PID, which
+    # thinsim/host/loopfile.py keeps for the host; device and inode are the file's
+    holder_pid: int = 0
+    holder_fd: int = -1
 
     @property
     def path(self) -> str:
@@ -190,6 +194,7 @@ def _write_committed_metadata(state: HostState) -> None:
     """Put every pool's metadata, as of its last commit, into its metadata file (in the
     kernel's on-disk format, so that the real thin tools can read it)."""
     from ..model.disk import write_metadata
+    from . import loopfile
 
     for dev in state.dm.values():
         for t in dev.live or []:
@@ -201,5 +206,8 @@ def _write_committed_metadata(state: HostState) -> None:
             loop = state.loops.get(t.md_loop)
             if loop is None:
                 continue
-            write_metadata(pmd, loop.backing_file, loop.offset)
+            path = loopfile.io_path(loop)
+            if path is None:
+                continue  # the file is lost: the kernel's metadata writes fail (EIO)
+            write_metadata(pmd, path, loop.offset)
             t.written = pmd.commit_count

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import kernel
+from . import kernel, loopfile
 from .state import DmDevice, HostState, LoopDevice
 
 SECTOR = 512
@@ -75,7 +75,7 @@ def _attributes(state: HostState, dev) -> dict[str, str]:
         if dev.number in state.loops:
             files.update(
                 {
-                    "loop/backing_file": dev.backing_file,
+                    "loop/backing_file": loopfile.backing_name(dev),
                     "loop/offset": str(dev.offset),
                     "loop/sizelimit": str(dev.sizelimit),
                     "loop/autoclear": "1" if dev.autoclear else "0",
