@@ -1,6 +1,7 @@
 """A simulated loop device holds its backing file open, as loop.c's lo_backing_file does: its
 name follows a rename and reads " (deleted)" after an unlink, and its I/O (data and a pool's
-metadata) goes to that file, never to a new file of the same name.  The texts are from
+metadata) goes to that file, never to a new file of the same name.  And a simulated command
+that runs another one (dmsetup --exec) never waits for itself.  The texts are from
 tests/host/recorded/31_loop_backing_file."""
 
 from __future__ import annotations
@@ -176,4 +177,43 @@ def test_a_pools_metadata_and_data_go_to_its_files_after_they_are_renamed_and_de
         "  2      0           0         0 \n"
         "same data\n"
         f"{tmp_path}/data.img (deleted))\n{tmp_path}/md2.img (deleted))\n"
+    )
+
+
+def test_dmsetup_exec_runs_simulated_commands_after_releasing_the_host(tmp_path):
+    # on a070bf3 the first --exec waited for the lock its own dmsetup held, for ever
+    (tmp_path / "nested.sh").write_text('#!/bin/sh\necho "nested $1"; dmsetup status "$1"\n')
+    (tmp_path / "nested.sh").chmod(0o755)
+    r = thinsim_run(
+        tmp_path,
+        POOL
+        + """\
+    set +e
+    dmsetup ls --exec thin_dump
+    echo "rc=$?"
+    dmsetup ls --target thin --exec "blockdev --getsize64"
+    dmsetup ls --exec "dmsetup info -c --noheadings"
+    dmsetup -v ls --target thin-pool --exec "dmsetup table"
+    dmsetup ls --exec ./nested.sh
+    dmsetup ls --exec no-such-command
+    echo "rc=$?"
+    """,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (
+        "rc=0\n"
+        "33554432\n"
+        "pool:254:0:L--w:1:1:0:\nthin0:254:1:L--w:0:1:0:\n"
+        # dmsetup's own line waits in its stdout buffer until it exits (a pipe here)
+        "0 131072 thin-pool 7:0 7:1 128 0 0 \npool\t(254, 0)\n"
+        "nested /dev/mapper/pool\n"
+        "0 131072 thin-pool 0 112/1024 0/1024 - rw discard_passdown queue_if_no_space - 256 \n"
+        "nested /dev/mapper/thin0\n0 65536 thin 0 -\n"
+        "rc=0\n"
+    )
+    assert r.stderr == (
+        "syscall 'open' failed: Device or resource busy\n"
+        "Note: you cannot run this tool with these options on live metadata.\n"
+        "bad checksum in superblock, wanted 1490015127\n"
     )

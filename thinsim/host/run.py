@@ -71,9 +71,11 @@ def shim_main(name: str, argv: list[str]) -> int:
     if name in COMMANDS:
         if name == "dd" and _names_device(argv) is None:
             return _exec_real(name, argv)
+        io = IO(defer=True)  # what the command runs waits for the lock's release
         with open_host(host) as state:
-            status = COMMANDS[name](state, argv, IO())
+            status = COMMANDS[name](state, argv, io)
             devnodes.sync(state)
+        io.finish()
         sys.stdout.flush()
         return status
     device = _names_device(argv)
