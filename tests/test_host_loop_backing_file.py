@@ -85,15 +85,26 @@ def test_detach_closes_the_file_the_device_held(host):
         os.fstat(fd)
 
 
-def test_without_its_holder_a_loop_device_reopens_its_file_by_name_only_if_it_is_the_same(
-    host,
-):
-    loop = host.loops[0]
-    os.close(loop.holder_fd)  # the holder is gone (a host folder opened after its run ended)
+def lose_holder(loop) -> None:
+    """The holder is gone (a host folder opened again after its run ended)."""
+    os.close(loop.holder_fd)
     loopfile._local.pop(loop.holder_fd)
+
+
+def test_without_its_holder_a_loop_device_takes_its_file_back_by_name_if_it_is_the_same(host):
+    loop = host.loops[0]
+    lose_holder(loop)
+    assert run(losetup, host, "-a")[1] == listing(host) + "a.img)\n"
     blockio.write(host, loop, 0, b"same file")
     assert Path("a.img").read_bytes()[:9] == b"same file"
-    assert run(losetup, host, "-a")[1] == listing(host) + "a.img)\n"
+    os.rename("a.img", "b.img")  # held again: the device follows the file from now on
+    assert run(losetup, host, "-a")[1] == listing(host) + "b.img)\n"
+    assert blockio.read(host, loop, 0, 9) == b"same file"
+
+
+def test_without_its_holder_a_loop_device_whose_name_is_another_file_fails_with_eio(host):
+    loop = host.loops[0]
+    lose_holder(loop)
     Path("new.img").write_bytes(bytes(1 << 20))
     os.rename("new.img", "a.img")  # another file (another inode) under the name
     with pytest.raises(ThinsimError) as e:
@@ -217,3 +228,22 @@ def test_dmsetup_exec_runs_simulated_commands_after_releasing_the_host(tmp_path)
         "Note: you cannot run this tool with these options on live metadata.\n"
         "bad checksum in superblock, wanted 1490015127\n"
     )
+
+
+def test_sysfs_backing_file_names_the_file_as_it_is_named_when_read(tmp_path):
+    # the kernel's attribute is the open file's d_path at read time: a mv or rm between two
+    # simulated commands shows in it as soon as cat reads it
+    r = thinsim_run(
+        tmp_path,
+        """\
+    truncate -s 1M a.img
+    losetup -f a.img
+    cat /sys/block/loop0/loop/backing_file
+    mv a.img b.img
+    cat /sys/block/loop0/loop/backing_file
+    rm b.img
+    head -n 1 /sys/dev/block/7:0/loop/backing_file
+    """,
+    )
+    assert (r.stderr, r.returncode) == ("", 0)
+    assert r.stdout == f"{tmp_path}/a.img\n{tmp_path}/b.img\n{tmp_path}/b.img (deleted)\n"

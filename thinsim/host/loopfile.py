@@ -184,11 +184,15 @@ def hold(loop, fd: int) -> None:
         _local[kept] = (st.st_dev, st.st_ino)
         loop.holder_pid, loop.holder_fd = os.getpid(), kept
         return
-    answer = _ask(host, "hold", fd, start=True) or ""
+    try:
+        answer = _ask(host, "hold", fd, start=True) or ""
+    except OSError:
+        answer = ""  # no socket here (a host folder path too long for one, say)
     pid, _, n = answer.partition(" ")
-    if not (pid.isdigit() and n.isdigit()):
-        raise error_for(E.EIO, "the loop devices' file holder did not answer")
-    loop.holder_pid, loop.holder_fd = int(pid), int(n)
+    if pid.isdigit() and n.isdigit():
+        loop.holder_pid, loop.holder_fd = int(pid), int(n)
+    else:
+        loop.holder_pid, loop.holder_fd = 0, -1  # held by name only (see above)
 
 
 def release(loop) -> None:
@@ -242,7 +246,19 @@ def io_path(loop) -> str | None:
     held = _held(loop)
     if held is not None:
         return held
-    return loop.backing_file if _by_name(loop) else None
+    if not _by_name(loop):
+        return None
+    # the same file still has the name: the device holds it again from now on
+    try:
+        fd = os.open(loop.backing_file, os.O_RDONLY if loop.read_only else os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_ino == loop.inode:
+            hold(loop, fd)
+    finally:
+        os.close(fd)
+    return _held(loop) or loop.backing_file
 
 
 def open_file(loop, write: bool) -> int:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import devnodes, loopfile
+from . import devnodes, loopfile, sysfs
 from .state import is_device_path, open_host
 from .tools import COMMANDS, GUARDED, IO
 
@@ -85,6 +85,7 @@ def shim_main(name: str, argv: list[str]) -> int:
             "the real device\n"
         )
         return 1
+    sysfs.refresh_names(host, argv)  # a file read in /sys shows the name the file has now
     return _exec_real(name, argv)
 
 
