@@ -7,7 +7,7 @@ import os
 
 from ..errors import error_for
 from ..model.thin import Thin
-from . import external_origin
+from . import external_origin, loopfile
 from .kernel import device_size
 from .state import DmDevice, HostState, LoopDevice
 
@@ -93,11 +93,17 @@ def new_command(state: HostState) -> None:
                 continue
             if not hasattr(pool, "host_commit_seq"):
                 pool.host_commit_seq = now - 1
+            if pool.pmd.device is not None:
+                # the metadata loop device's file as it holds it now (loopfile.py): the
+                # holder's fd, or None once the file is lost, when commits fail with EIO
+                md = state.loops.get(t.md_loop)
+                pool.pmd.device.path = loopfile.io_path(md) if md is not None else None
             worker_commit(state, pool)
 
 
-def _loop_file(loop: LoopDevice):
-    return os.open(loop.backing_file, os.O_RDWR if not loop.read_only else os.O_RDONLY)
+def _loop_file(loop: LoopDevice) -> int:
+    """The loop device's open backing file (EIO once it is lost): loopfile.py."""
+    return loopfile.open_file(loop, write=not loop.read_only)
 
 
 def read(state: HostState, dev, offset: int, length: int) -> bytes:

@@ -13,8 +13,9 @@ import os
 from ..dm import log_device_too_small, log_table_error
 from ..errors import ThinsimError, error_for
 from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_too_big
-from ..model.store import FileStore, MemoryStore
+from ..model.store import MemoryStore
 from ..model.thin import Thin
+from . import loopfile
 from .state import DM_MAJOR, LOOP_MAJOR, DmDevice, HostState, LoopDevice, Target
 
 SECTOR = 512
@@ -32,25 +33,40 @@ def loop_attach(
     sizelimit: int = 0,
     read_only: bool = False,
 ) -> LoopDevice:
-    """LOOP_CONFIGURE: bind ``path`` to loop ``number``.  EBUSY if bound already."""
+    """LOOP_CONFIGURE: bind ``path`` to loop ``number``.  EBUSY if bound already.  The
+    device keeps the file open (lo_backing_file), not its name: see loopfile.py."""
     if number in state.loops:
         raise error_for(E.EBUSY)
-    st = os.stat(path)
-    size = max(0, st.st_size - offset)
-    if sizelimit:
-        size = min(size, sizelimit)
-    loop = LoopDevice(
-        number,
-        os.path.abspath(path),
-        st.st_ino,
-        st.st_dev,
-        offset=offset,
-        sizelimit=sizelimit,
-        read_only=read_only,
-        size=size - size % SECTOR,
-    )
+    try:
+        fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
+    except OSError as e:
+        raise error_for(e.errno) from None
+    try:
+        st = os.fstat(fd)
+        size = max(0, st.st_size - offset)
+        if sizelimit:
+            size = min(size, sizelimit)
+        loop = LoopDevice(
+            number,
+            os.path.abspath(path),
+            st.st_ino,
+            st.st_dev,
+            offset=offset,
+            sizelimit=sizelimit,
+            read_only=read_only,
+            size=size - size % SECTOR,
+        )
+        loopfile.hold(loop, fd)
+    finally:
+        os.close(fd)
     state.loops[number] = loop
     return loop
+
+
+def loop_detach(state: HostState, loop: LoopDevice) -> None:
+    """loop_clr_fd (__loop_clr_fd): the device is unbound and lets its file go."""
+    del state.loops[loop.number]
+    loopfile.release(loop)
 
 
 def loop_in_use(state: HostState, loop: LoopDevice) -> bool:
@@ -64,8 +80,7 @@ def loop_in_use(state: HostState, loop: LoopDevice) -> bool:
 
 def loop_set_capacity(state: HostState, loop: LoopDevice) -> None:
     """LOOP_SET_CAPACITY: the device takes its backing file's new size."""
-    st = os.stat(loop.backing_file)
-    size = max(0, st.st_size - loop.offset)
+    size = max(0, loopfile.size(loop) - loop.offset)
     if loop.sizelimit:
         size = min(size, loop.sizelimit)
     loop.size = size - size % SECTOR
@@ -269,7 +284,7 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         raise TableError("different pool cannot replace a pool", E.EINVAL)
     metadata = _open_metadata(state, md, table)
     if data.backing_file:
-        store = FileStore(data.backing_file, offset=data.offset)
+        store = loopfile.LoopStore(data)
         discards = store.supports_discard()
     else:
         store, discards = MemoryStore(), False  # an unattached loop device: size 0
@@ -299,7 +314,7 @@ def _attach_metadata_device(pool: Pool, md: LoopDevice, formatted: bool) -> None
     (a failure fails the table load: "Error creating metadata object")."""
     from ..model.disk import MetadataDevice, MetadataWriteError
 
-    pool.pmd.device = MetadataDevice(md.backing_file, md.offset)
+    pool.pmd.device = MetadataDevice(loopfile.io_path(md), md.offset)
     if formatted:
         try:
             pool.pmd.device.write(pool.pmd)
@@ -313,13 +328,16 @@ def _open_metadata(state: HostState, md: LoopDevice, table: PoolTable):
     what the device holds."""
     from ..model.disk import CorruptMetadata, read_metadata, superblock_is_blank
 
-    with open(md.backing_file, "rb") as f:
+    path = loopfile.io_path(md)
+    if path is None:
+        raise TableError("Error creating metadata object", E.EIO)  # the file is lost
+    with open(path, "rb") as f:
         f.seek(md.offset)
         head = f.read(512)
     if superblock_is_blank(head):
         return None
     try:
-        return read_metadata(md.backing_file, md.offset)
+        return read_metadata(path, md.offset)
     except CorruptMetadata as e:
         state.log.emit("thin metadata", str(e))
         raise TableError("Error creating metadata object", E.EILSEQ) from None
@@ -644,7 +662,7 @@ def _autoclear_loops(state: HostState) -> None:
     """A loop device detached while held (LO_FLAGS_AUTOCLEAR) goes on its last close."""
     for n, loop in list(state.loops.items()):
         if loop.autoclear and not loop_in_use(state, loop):
-            del state.loops[n]
+            loop_detach(state, loop)
 
 
 def dm_remove_all(state: HostState) -> None:
@@ -786,6 +804,7 @@ __all__ = [
     "dm_resume",
     "dm_suspend",
     "loop_attach",
+    "loop_detach",
     "loop_set_capacity",
     "target_status",
     "warn_if_metadata_device_too_big",

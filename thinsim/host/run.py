@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import devnodes
+from . import devnodes, loopfile, sysfs
 from .state import is_device_path, open_host
 from .tools import COMMANDS, GUARDED, IO
 
@@ -71,9 +71,11 @@ def shim_main(name: str, argv: list[str]) -> int:
     if name in COMMANDS:
         if name == "dd" and _names_device(argv) is None:
             return _exec_real(name, argv)
+        io = IO(defer=True)  # what the command runs waits for the lock's release
         with open_host(host) as state:
-            status = COMMANDS[name](state, argv, IO())
+            status = COMMANDS[name](state, argv, io)
             devnodes.sync(state)
+        io.finish()
         sys.stdout.flush()
         return status
     device = _names_device(argv)
@@ -83,6 +85,7 @@ def shim_main(name: str, argv: list[str]) -> int:
             "the real device\n"
         )
         return 1
+    sysfs.refresh_names(host, argv)  # a file read in /sys shows the name the file has now
     return _exec_real(name, argv)
 
 
@@ -149,4 +152,7 @@ def _bash(argv: list[str], host: str, shims: Path) -> int:
             "and /sys shows the real devices\n"
         )
         prefix = []
-    return subprocess.call([*prefix, "bash", *argv], env=env)
+    try:
+        return subprocess.call([*prefix, "bash", *argv], env=env)
+    finally:
+        loopfile.stop(env["THINSIM_HOST"])  # the loop devices' files go with the run

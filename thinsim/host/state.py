@@ -40,6 +40,10 @@ class LoopDevice:
     size: int = 0  # capacity in bytes, fixed at attach and at ``losetup -c``
     dio: bool = False
     partscan: bool = False
+    # the open backing file (lo_backing_file): fd HOLDER_FD of process HOLDER_PID, which
+    # thinsim/host/loopfile.py keeps for the host; device and inode are the file's
+    holder_pid: int = 0
+    holder_fd: int = -1
 
     @property
     def path(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import kernel
+from . import kernel, loopfile
 from .state import DmDevice, HostState, LoopDevice
 
 SECTOR = 512
@@ -75,7 +75,7 @@ def _attributes(state: HostState, dev) -> dict[str, str]:
         if dev.number in state.loops:
             files.update(
                 {
-                    "loop/backing_file": dev.backing_file,
+                    "loop/backing_file": loopfile.backing_name(dev),
                     "loop/offset": str(dev.offset),
                     "loop/sizelimit": str(dev.sizelimit),
                     "loop/autoclear": "1" if dev.autoclear else "0",
@@ -147,6 +147,40 @@ def sync(state: HostState, root: str = SYS) -> None:
                 _write_links(os.path.join(root, folder), os.path.join(root, home), names)
     except OSError:
         pass  # a full tmpfs: the names just stay unseen
+
+
+def refresh_names(host: str, argv: list[str], root: str = SYS) -> None:
+    """Before a command that is not simulated reads files under ROOT (cat, head ...): make
+    each bound loop device's loop/backing_file say the name its file has now, as the
+    kernel's attribute does at read time (a mv or rm since the last simulated command
+    changed it)."""
+    if os.environ.get("THINSIM_PRIVATE_SYS") != root:
+        return
+    top = os.path.join(root, "")
+    if not any(
+        os.path.realpath(part).startswith(top) for a in argv for part in {a, a.split("=", 1)[-1]}
+    ):
+        return
+    mounted = private_mounts(root)
+    if "block" not in mounted:
+        return  # the real sysfs: not ours to write
+    from .state import open_host
+
+    home = DEVICES if DEVICES in mounted else "block"
+    with open_host(host, write=False) as state:
+        for n, loop in state.loops.items():
+            path = os.path.join(root, home, f"loop{n}", "loop", "backing_file")
+            text = loopfile.backing_name(loop) + "\n"
+            try:
+                with open(path) as f:
+                    if f.read() == text:
+                        continue
+                tmp = f"{path}.{os.getpid()}"
+                with open(tmp, "w") as f:
+                    f.write(text)
+                os.replace(tmp, path)
+            except OSError:
+                pass  # no such folder (yet): the next simulated command writes it
 
 
 def _prune(folder: str, keep) -> None:

@@ -264,8 +264,8 @@ class MetadataDevice:
     def fdatasync(fd: int) -> None:
         os.fdatasync(fd)
 
-    def __init__(self, path: str | os.PathLike, offset: int = 0) -> None:
-        self.path = os.fspath(path)
+    def __init__(self, path: str | os.PathLike | None, offset: int = 0) -> None:
+        self.path = None if path is None else os.fspath(path)
         self.offset = offset
         self.flags_on_disk = 0
 
@@ -291,6 +291,8 @@ class MetadataDevice:
             raise MetadataWriteError(E.EIO, self.offset, 0) from None
 
     def _open(self) -> int:
+        if self.path is None:  # the file is lost (the host could not reopen it)
+            raise MetadataWriteError(E.EIO, self.offset, 0)
         try:
             return os.open(self.path, os.O_RDWR)
         except OSError:

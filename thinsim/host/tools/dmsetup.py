@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 from ...errors import ThinsimError
@@ -1120,15 +1119,10 @@ class Dmsetup:
         words = self.args["exec"].split()
         if not words:
             return False
-        if os.path.basename(words[0]) in ("dmsetup", "losetup", "dd", "blockdev", "blkdiscard"):
-            self.io.err("thinsim: dmsetup: --exec of a simulated command is not simulated\n")
-            return False
         self._mknodes(name)
-        self.io.stdout.flush()
-        try:
-            subprocess.call([*words, f"/dev/mapper/{name}"])
-        except OSError:
-            pass
+        # the command gets the device's path as its last argument; it may be a simulated
+        # command (dmsetup, a thin tool ...), so it runs once this one has released the host
+        self.io.run([*words, f"/dev/mapper/{name}"])
         return True
 
     def _cmd_ls(self, cmd, args, name, multiple) -> bool:
@@ -2453,6 +2447,8 @@ def _unmangle(text: str) -> str:
 
 
 def dmsetup(state: HostState, argv: list[str], io: IO) -> int:
+    if io.defer:
+        io.stdio_buffered()  # see IO.run: --exec's commands write between its flushes
     run = Dmsetup(state, io)
     _CURRENT[0] = run
     _Info.dmsetup = run
@@ -2460,4 +2456,6 @@ def dmsetup(state: HostState, argv: list[str], io: IO) -> int:
         return run.main(argv)
     finally:
         _CURRENT[0] = None
-        sys.stdout.flush()
+        if not io.pending:  # else stdout stays in its buffer until after --exec's commands
+            io.stdout.flush()
+            sys.stdout.flush()

@@ -14,7 +14,7 @@ import os
 import stat
 
 from ...errors import ThinsimError
-from .. import kernel
+from .. import kernel, loopfile
 from ..state import LOOP_MAJOR, HostState, LoopDevice, is_device_path
 from .common import IO, unsupported
 from .getopt import NO, OPTIONAL, REQUIRED, GetoptError, Long, getopt_long
@@ -184,14 +184,7 @@ class Losetup:
 
     def backing_file(self, loop: LoopDevice) -> str:
         """loop/backing_file: the path the kernel has for the open file (d_path)."""
-        path = loop.backing_file
-        try:
-            st = os.stat(path)
-            if (st.st_ino, st.st_dev) == (loop.inode, loop.device):
-                return path
-        except OSError:
-            pass
-        return path + " (deleted)"
+        return loopfile.backing_name(loop)
 
     def is_used(self, loop: LoopDevice, st, file: str, offset: int, check_offset: bool) -> bool:
         """loopcxt_is_used: the same inode and device, or (without stat) the same name."""
@@ -307,7 +300,7 @@ class Losetup:
         if kernel.loop_in_use(self.state, loop):
             loop.autoclear = True  # loop_clr_fd on a held device: cleared on last close
             return 0
-        del self.state.loops[loop.number]
+        kernel.loop_detach(self.state, loop)
         return 0
 
     def find_unused(self) -> int:
@@ -665,7 +658,11 @@ def _main(lc: Losetup, argv: list[str]) -> int:
             lc.warn(f"{lc.device}: set capacity failed", E.ENXIO)
             res = 1
         else:
-            kernel.loop_set_capacity(lc.state, loop)
+            try:
+                kernel.loop_set_capacity(lc.state, loop)
+            except ThinsimError as e:  # the backing file is lost (loopfile.py)
+                lc.warn(f"{lc.device}: set capacity failed", e.errno)
+                res = 1
     elif act == A_SET_DIRECT_IO:
         loop = lc.bound()
         if loop is None:
