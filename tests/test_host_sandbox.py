@@ -3,13 +3,14 @@
 A script under ``thinsim run`` is root, but in its own PID and mount namespaces without the
 capabilities that reach devices or change mounts (thinsim/host/sandbox.py): no path, no
 namespace and no new node leads it to the host's real block devices, and /proc and /sys show
-the simulated devices only.  Killing ``thinsim run`` ends every process of the script and
-leaves no folder behind.
+the simulated devices only.  Killing ``thinsim run`` (or the timeout of ``thinsim diff``)
+ends every process of the script and leaves no folder behind.
 """
 
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 from test_host import LOOPS, thinsim_run
 
-from thinsim.host.run import this_thinsim
+from thinsim.host.diff import run_simulated
+from thinsim.host.run import ROOT, this_thinsim
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's root is the host's")
 
@@ -264,4 +266,51 @@ def test_killing_thinsim_run_ends_the_whole_script_and_leaves_no_folder(tmp_path
     finally:
         run.kill()
         run.wait()
+        _kill_all(token)
+
+
+def test_the_timeout_of_thinsim_diff_ends_the_whole_simulated_script_and_its_folder(tmp_path):
+    token = f"thinsim-test-{uuid.uuid4().hex}"
+    marker = tmp_path / "marker"
+    script = looping_script(tmp_path, token, marker)
+    folders = set(Path("/tmp").glob("thinsim-work-*"))
+    try:
+        r = run_simulated(script, timeout=30)  # a loaded machine takes seconds to start it
+        assert r.returncode == "timeout"
+        assert marker.exists(), "the script never ran"
+        assert _gone(token, 0.5), "a process of the script outlived the timeout"
+        assert _still(marker)
+        assert set(Path("/tmp").glob("thinsim-work-*")) - folders == set()
+    finally:
+        _kill_all(token)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_thinsim_diff_ends_the_simulated_script_and_its_folder(tmp_path, sig):
+    # what thinsim diff runs for each script's simulated side, in a process of its own
+    token = f"thinsim-test-{uuid.uuid4().hex}"
+    marker = tmp_path / "marker"
+    script = looping_script(tmp_path, token, marker)
+    folders = set(Path("/tmp").glob("thinsim-work-*"))
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r}); from pathlib import Path; "
+        f"from thinsim.host.diff import run_simulated; run_simulated(Path({str(script)!r}))"
+    )
+    diff = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not _processes_with(token):
+            assert time.monotonic() < deadline and diff.poll() is None, "the script never ran"
+            time.sleep(0.05)
+        diff.send_signal(sig)
+        diff.wait(timeout=30)
+        assert _gone(token), "a process of the script outlived thinsim diff"
+        assert _still(marker)
+        deadline = time.monotonic() + 10  # thinsim run removes its folder last
+        while set(Path("/tmp").glob("thinsim-work-*")) - folders:
+            assert time.monotonic() < deadline, "thinsim run's folder outlived thinsim diff"
+            time.sleep(0.05)
+    finally:
+        diff.kill()
+        diff.wait()
         _kill_all(token)
