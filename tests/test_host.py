@@ -174,7 +174,7 @@ def test_every_process_of_a_run_imports_the_thinsim_that_started_it(tmp_path):
 
 
 def test_a_run_keeps_its_private_dev_when_the_python3_on_path_has_no_thinsim(tmp_path):
-    # private_dev.sh sets /dev up with thinsim run's own python, in the probe too
+    # the sandbox (thinsim/host/sandbox.py) sets /dev up with thinsim run's own python
     fake = tmp_path / "fake-bin"
     fake.mkdir()
     (fake / "python3").write_text("#!/bin/sh\nexit 1\n")

@@ -22,8 +22,9 @@ def _run(args) -> int:
         from .host.real import RealHostError, run_scripts
         from .vm import VMError
 
-        if args.host:
-            print("thinsim run: --host is for the simulated host", file=sys.stderr)
+        if args.host or args.workdir:
+            option = "--host" if args.host else "--workdir"
+            print(f"thinsim run: {option} is for the simulated host", file=sys.stderr)
             return 2
         try:
             (result,) = run_scripts([(args.script, args.args)])
@@ -38,7 +39,7 @@ def _run(args) -> int:
 
     from .host.run import run_script
 
-    return run_script(args.script, args.args, args.host)
+    return run_script(args.script, args.args, args.host, args.workdir)
 
 
 def _diff(args) -> int:
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--mask", action="store_true", help="kernel: mask dd timings, dmesg times")
     p.add_argument("--host", help="the host's state folder (default: a fresh one)")
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="run the script in DIR/work, an empty folder only the run sees (thinsim diff: "
+        "/run/thinsim, where the real host runs scripts)",
+    )
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)
@@ -117,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_vm)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # ^C: thinsim run and thinsim diff have ended their scripts
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 On a real Debian host, /dev has loop0 to loop7 from the moment loop.ko loads (and loopN for
 every device made later), loop-control, mapper/control, a dm-N node for every device-mapper
 device and, from udev, a mapper/NAME symlink to ../dm-N.  Scripts look at them (`ls
-/dev/mapper`, `readlink -f`, `test -b`), so the private /dev that thinsim/host/private_dev.sh
+/dev/mapper`, `readlink -f`, `test -b`), so the private /dev that thinsim/host/sandbox.py
 mounts gets the same names.
 
 The nodes must never reach a real device of the host: a node with the simulated numbers
@@ -30,7 +30,29 @@ _DM_BASE = 4096
 def _node(path: str, minor: int, kind: int = stat.S_IFBLK) -> None:
     if os.path.lexists(path):
         return
-    os.mknod(path, kind | 0o660, os.makedev(0, minor))
+    try:
+        os.mknod(path, kind | 0o660, os.makedev(0, minor))
+    except PermissionError:
+        _request(path, minor, kind)
+
+
+def _request(path: str, minor: int, kind: int) -> None:
+    """A script in thinsim's sandbox (thinsim/host/sandbox.py) has no CAP_MKNOD: the
+    namespace's init makes the node (major 0 only), asked on the THINSIM_NODES socket."""
+    import errno
+    import socket
+
+    address = os.environ.get("THINSIM_NODES")
+    if address is None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(address)
+        s.send(f"{'b' if kind == stat.S_IFBLK else 'c'} {minor} {path}".encode())
+        reply = int(s.recv(16) or errno.EIO)
+    if reply == errno.EEXIST:
+        return
+    if reply:
+        raise OSError(reply, os.strerror(reply), path)
 
 
 def _symlink(target: str, path: str) -> None:
@@ -51,7 +73,7 @@ def sync(state: HostState, dev: str = DEV) -> None:
         return
     try:
         _sync(state, dev)
-    except PermissionError:
+    except (PermissionError, ConnectionError, FileNotFoundError):
         pass  # no mknod in a user namespace (thinsim run as non-root): names only matter less
 
 
@@ -93,7 +115,8 @@ def _is_block(path: str) -> bool:
 
 
 def main() -> int:
-    """Called by private_dev.sh once /dev is mounted: the nodes of THINSIM_HOST's devices."""
+    """Called by thinsim/host/sandbox.py once /dev is mounted: the nodes of THINSIM_HOST's
+    devices."""
     host = os.environ.get("THINSIM_HOST")
     if host is None:
         return 0

@@ -3,51 +3,49 @@ they part.
 
 Both sides run a script the same way (thinsim/host/real.py): ``bash SCRIPT`` in an empty
 /run/thinsim/work with the same fixed environment.  The simulated run gets that folder
-privately: its own mount namespace with a fresh folder bound on /run/thinsim, so runs can go
-on side by side and the host's /run is left alone.  Outputs are compared after
-:func:`thinsim.host.real.mask` (dd timings, dmesg timestamps).
+privately (``thinsim run --workdir``: a fresh folder bound on /run/thinsim in the run's own
+mount namespace), so runs can go on side by side and the host's /run is left alone.  Outputs
+are compared after :func:`thinsim.host.real.mask` (dd timings, dmesg timestamps).
 """
 
 from __future__ import annotations
 
 import difflib
-import os
-import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .real import ENV, MOUNT, TIMEOUT, Result, run_scripts
 from .run import this_thinsim
-
-# Binds the private folder on /run/thinsim, then runs the command from /run/thinsim/work.
-_PRIVATE = 'mkdir -p "$1" && mount --bind "$2" "$1" && cd "$1/work" && shift 2 && exec "$@"'
+from .sandbox import die_with_parent
 
 
 def run_simulated(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT) -> Result:
     """Run SCRIPT with ``thinsim run`` in a private, empty /run/thinsim/work."""
-    private = tempfile.mkdtemp(prefix="thinsim-sim-", dir=os.environ.get("TMPDIR", "/tmp"))
+    argv = this_thinsim("thinsim.cli", "run", "--workdir", str(MOUNT), str(script), *args)
+    # thinsim run gives the script THINSIM_PYTHON anyway; its sandbox needs it first.
+    env = {**ENV, "THINSIM_PYTHON": sys.executable}
+    # thinsim run ends its script, all of it, and removes its folder on SIGTERM: when the
+    # timeout comes, and when this process dies (PR_SET_PDEATHSIG), SIGKILL included.
+    # (thinsim diff starts no threads.)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509
+    )  # fmt: skip
     try:
-        os.mkdir(os.path.join(private, "work"))
-        unshare = ["unshare", "--mount", "--propagation", "private"]
-        if os.geteuid() != 0:
-            unshare.insert(1, "--map-root-user")
-        argv = [*unshare, "sh", "-c", _PRIVATE, "sh", str(MOUNT), private]
-        argv += this_thinsim("thinsim.cli", "run", str(script), *args)
-        # thinsim run gives the script THINSIM_PYTHON anyway; its private /dev needs it first.
-        env = {**ENV, "THINSIM_PYTHON": sys.executable}
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, env=env, stdin=subprocess.DEVNULL, timeout=timeout,
-                check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            return Result(_text(exc.stdout), _text(exc.stderr), "timeout")
-        return Result(_text(proc.stdout), _text(proc.stderr), proc.returncode)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
+        stdout, stderr = proc.communicate(timeout=timeout)
+        returncode: int | str = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        stdout, stderr = proc.communicate()
+        returncode = "timeout"
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    return Result(_text(stdout), _text(stderr), returncode)
 
 
 def _text(data: bytes | None) -> str:

@@ -3,7 +3,14 @@
 The simulated commands come first on PATH as small shims that call back into thinsim with
 the host folder in ``THINSIM_HOST``.  Commands that are not simulated but could be pointed
 at a simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an
-argument names one, and otherwise runs the real command.
+argument names one, and otherwise runs the real command.  The script runs in the sandbox of
+thinsim/host/sandbox.py (own PID and mount namespaces, no capability that reaches devices).
+
+A run leaves nothing behind however it ends: its files live in the namespace's tmpfs,
+unshare dies with thinsim run (PR_SET_PDEATHSIG, SIGKILL included) and the namespace's init
+with unshare (--kill-child), and the init's death ends every process of the namespace.
+SIGTERM, SIGINT and SIGHUP end the run at once too, and thinsim run returns only when every
+process of it is gone.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def this_thinsim(module: str, *args: str) -> list[str]:
     return [sys.executable, "-c", code, *args]
 
 
-def make_shims(folder: Path) -> None:
+def make_shims(folder: Path | str) -> None:
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in list(COMMANDS) + list(GUARDED):
         path = folder / name
@@ -101,58 +109,159 @@ def _exec_real(name: str, argv: list[str]) -> int:
     return 127  # not reached
 
 
-def run_script(script: str, args: list[str], host: str | None = None) -> int:
-    """Run ``script`` with bash on a simulated host; returns the script's exit status."""
-    with tempfile.TemporaryDirectory(prefix="thinsim-") as tmp:
-        host_dir = host or os.path.join(tmp, "host")
-        return _bash([script, *args], host_dir, Path(tmp) / "bin")
+def run_script(
+    script: str, args: list[str], host: str | None = None, workdir: str | None = None
+) -> int:
+    """Run ``script`` with bash on a simulated host; returns the script's exit status (128+N
+    when signal N ended it).  With WORKDIR, the script runs in WORKDIR/work, an empty folder
+    that only the run sees there (thinsim diff runs scripts where the real host does)."""
+    return _run(["bash", script, *args], host, workdir)
 
 
 def run_shell(host: str) -> int:
-    with tempfile.TemporaryDirectory(prefix="thinsim-") as tmp:
-        return _bash(["-i"], host, Path(tmp) / "bin")
+    return _run(["bash", "-i"], host)
 
 
-PRIVATE_DEV = Path(__file__).with_name("private_dev.sh")
+class _Stopped(BaseException):
+    """thinsim run itself got SIGTERM, SIGINT or SIGHUP: the run ends, script and all."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _isolation() -> list[str] | None:
-    """The command prefix that gives the script a private /dev and /sys block folders in its
-    own mount namespace (a user namespace too when not root), or None where the kernel
-    refuses."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    prefix = [unshare, "--mount", "--propagation", "private"]
-    if os.geteuid() != 0:
-        prefix.insert(1, "--map-root-user")
-    # this python, as in the run (python3 on PATH may have no thinsim); no host to load
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _stop(signum, frame):
+    for sig in STOP_SIGNALS:  # the ending is under way: once is enough
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stopped(signum)
+
+
+def _run(command: list[str], host: str | None, workdir: str | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "THINSIM_HOST"}
+    if host is not None:
+        env["THINSIM_HOST"] = os.path.abspath(host)
     env["THINSIM_PYTHON"] = sys.executable
-    probe = subprocess.run(
-        [*prefix, "sh", str(PRIVATE_DEV), "true"], capture_output=True, env=env, check=False
-    )
-    if probe.returncode != 0:
-        return None
-    return [*prefix, "sh", str(PRIVATE_DEV)]
-
-
-def _bash(argv: list[str], host: str, shims: Path) -> int:
-    make_shims(shims)
-    env = dict(os.environ)
-    env["THINSIM_HOST"] = os.path.abspath(host)
-    env["THINSIM_SHIMS"] = str(shims)
-    env["THINSIM_PYTHON"] = sys.executable
-    env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
-    prefix = _isolation()
-    if prefix is None:
-        sys.stderr.write(
-            "thinsim: warning: no private /dev or /sys here (unshare refused); commands that "
-            "are not simulated are still refused device paths, but shell redirections are not, "
-            "and /sys shows the real devices\n"
-        )
-        prefix = []
+    old = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
+    private = None
     try:
-        return subprocess.call([*prefix, "bash", *argv], env=env)
+        if workdir is not None:
+            private = tempfile.mkdtemp(prefix="thinsim-work-")
+            os.mkdir(os.path.join(private, "work"))
+        status, why = _sandboxed(command, env, private, workdir)
+        if status is None:
+            sys.stderr.write(
+                f"thinsim: warning: no sandbox here ({why}): the script runs with the real "
+                "/dev, /proc and /sys; commands that are not simulated are still refused "
+                "device paths, but shell redirections are not\n"
+            )
+            cwd = None if private is None else os.path.join(private, "work")
+            status = _unsandboxed(command, env, cwd)
+        return status
+    except _Stopped as stop:
+        return 128 + stop.signum
     finally:
-        loopfile.stop(env["THINSIM_HOST"])  # the loop devices' files go with the run
+        if private is not None:  # nothing of the run is left to write in it
+            shutil.rmtree(private, ignore_errors=True)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _sandbox_argv(report: int, private: str | None, workdir: str | None) -> list[str]:
+    """``unshare`` into new mount and PID namespaces (a user namespace too when not root)
+    whose init is thinsim/host/sandbox.py; --kill-child: the init dies with unshare."""
+    unshare = shutil.which("unshare") or "unshare"
+    prefix = [unshare, "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix[1:1] = ["--user", "--map-root-user"]
+    args = [str(report)]
+    if workdir is not None:
+        args += ["--workdir", str(private), workdir]
+    return [*prefix, *this_thinsim("thinsim.host.sandbox", *args, "--")]
+
+
+def _sandboxed(
+    command: list[str], env: dict[str, str], private: str | None, workdir: str | None
+) -> tuple[int | None, str]:
+    """Run COMMAND in the sandbox; (None, why) when it could not be set up (nothing ran).
+    Ending the run (a _Stopped) ends the namespace: its init, so the kernel kills every
+    process in it, and waits until they are all gone."""
+    from .sandbox import die_with_parent  # not in every shim's imports: ctypes costs
+
+    report, write = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            _sandbox_argv(write, private, workdir) + command,
+            env=env,
+            pass_fds=(write,),
+            # SIGKILL: unshare, then (--kill-child) the init.  thinsim run has no threads.
+            preexec_fn=die_with_parent(),  # noqa: PLW1509
+        )
+    except OSError as exc:
+        os.close(report)
+        return None, exc.strerror or str(exc)
+    finally:
+        os.close(write)
+    init = None
+    try:
+        lines = []
+        with os.fdopen(report, "rb") as f:
+            report = -1
+            for line in f:
+                lines.append(line.decode(errors="replace").rstrip("\n"))
+                if lines[-1].startswith("pid "):
+                    init = os.pidfd_open(int(lines[-1][4:]))
+                if lines[-1] == "ready":
+                    break
+        if lines[-1:] != ["ready"]:
+            proc.wait()
+            errors = [x[7:] for x in lines if x.startswith("error: ")]
+            return None, errors[0] if errors else "unshare failed"
+        return _status(proc.wait()), ""
+    except _Stopped:
+        if report >= 0:
+            os.close(report)
+        # unshare waits for the init, whose exit the kernel completes only once every other
+        # process of its PID namespace has been killed and reaped.  SIGTERM first: an init
+        # killed by SIGKILL has unshare complain ("sigprocmask unblock failed").
+        if init is not None:
+            signal.pidfd_send_signal(init, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                signal.pidfd_send_signal(init, signal.SIGKILL)
+        else:
+            proc.kill()  # the init dies with unshare (--kill-child)
+        proc.wait()
+        raise
+    finally:
+        if init is not None:
+            os.close(init)
+
+
+def _status(returncode: int) -> int:
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def _unsandboxed(command: list[str], env: dict[str, str], cwd: str | None) -> int:
+    """Where the kernel refuses namespaces: the shims on PATH, in a folder of the host's."""
+    with tempfile.TemporaryDirectory(prefix="thinsim-") as tmp:
+        shims = Path(tmp) / "bin"
+        make_shims(shims)
+        env = dict(env)
+        env.setdefault("THINSIM_HOST", os.path.join(tmp, "host"))
+        env["THINSIM_SHIMS"] = str(shims)
+        env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
+        proc = subprocess.Popen(command, env=env, cwd=cwd)
+        try:
+            return _status(proc.wait())
+        except _Stopped:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            # the loop devices' files go with the run (in the sandbox, the holder dies with
+            # the namespace)
+            loopfile.stop(env["THINSIM_HOST"])

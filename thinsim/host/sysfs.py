@@ -3,13 +3,16 @@ directory for every loop and device-mapper device with the attribute files scrip
 /sys/block/dm-1/queue/discard_granularity`), kept in step with the devices after every
 simulated command.
 
-thinsim/host/private_dev.sh mounts a tmpfs ("thinsim-sys") on each sysfs folder that names
-block devices (/sys/block, /sys/class/block, /sys/dev/block, /sys/devices/virtual/block) and
-sets THINSIM_PRIVATE_SYS.  That hides the real host's loop and dm devices everywhere a path
-could reach them, so a script neither sees a real loop0 where the simulated one should be nor
+thinsim/host/sandbox.py mounts a tmpfs ("thinsim-sys") on each sysfs folder that names
+block devices (/sys/block, /sys/class/block, /sys/dev/block, /sys/devices/virtual/block, and
+their backing_dev_info: /sys/class/bdi, /sys/devices/virtual/bdi) and sets
+THINSIM_PRIVATE_SYS.  That hides the real host's loop and dm devices everywhere a path could
+reach them, so a script neither sees a real loop0 where the simulated one should be nor
 writes a real device's attributes.  The layout is the kernel's: the device folders live in
-devices/virtual/block, the other three folders hold symlinks to them.  Nothing is written
-unless /proc/self/mountinfo shows thinsim's tmpfs on /sys/block: never the real sysfs.
+devices/virtual/block (and devices/virtual/bdi), the other folders hold symlinks to them.
+Nothing is written unless /proc/self/mountinfo shows thinsim's tmpfs on /sys/block: never
+the real sysfs.  /proc/partitions and /proc/diskstats are files bound from
+THINSIM_PRIVATE_PROC, rewritten here too.
 
 Values are what Debian 12's 6.1 kernel shows: queue limits as loop.c and dm-thin.c
 (pool_io_hints, thin_io_hints) set them; loop/ exists only while a loop device is bound.
@@ -92,9 +95,13 @@ def _attributes(state: HostState, dev) -> dict[str, str]:
 
 
 SYS = "/sys"
-SOURCE = "thinsim-sys"  # private_dev.sh's tmpfs
+SOURCE = "thinsim-sys"  # sandbox.py's tmpfs
 DEVICES = "devices/virtual/block"  # where the kernel keeps loop and dm devices' folders
 LINKS = ("block", "class/block", "dev/block")  # symlinks to them, by name or MAJOR:MINOR
+BDI = "devices/virtual/bdi"  # each disk's backing_dev_info, by MAJOR:MINOR
+BDI_LINKS = "class/bdi"
+PRIVATE = (DEVICES, *LINKS, BDI, BDI_LINKS)  # the folders sandbox.py gives a tmpfs
+PROC_FILES = ("partitions", "diskstats")
 
 
 def private_mounts(root: str = SYS) -> set[str]:
@@ -110,7 +117,7 @@ def private_mounts(root: str = SYS) -> set[str]:
                 top[point] = fstype == "tmpfs" and source == SOURCE
     except OSError:
         return set()
-    return {d for d in (DEVICES, *LINKS) if top.get(os.path.join(root, d))}
+    return {d for d in PRIVATE if top.get(os.path.join(root, d))}
 
 
 def _devices(state: HostState) -> dict[str, object]:
@@ -145,6 +152,9 @@ def sync(state: HostState, root: str = SYS) -> None:
                     for name, dev in devices.items()
                 }
                 _write_links(os.path.join(root, folder), os.path.join(root, home), names)
+        if BDI in mounted:
+            _write_bdi(state, root, devices, BDI_LINKS in mounted)
+        _write_proc(state, devices)
     except OSError:
         pass  # a full tmpfs: the names just stay unseen
 
@@ -181,6 +191,50 @@ def refresh_names(host: str, argv: list[str], root: str = SYS) -> None:
                 os.replace(tmp, path)
             except OSError:
                 pass  # no such folder (yet): the next simulated command writes it
+
+
+def _write_bdi(state: HostState, root: str, devices: dict[str, object], links: bool) -> None:
+    """Every disk's backing_dev_info (mm/backing-dev.c bdi_dev_attrs, named MAJOR:MINOR by
+    device_add_disk), where `echo N > /sys/class/bdi/7:0/read_ahead_kb` goes."""
+    base = os.path.join(root, BDI)
+    names = {dev.devno: name for name, dev in devices.items()}
+    _prune(base, names)
+    for devno, name in names.items():
+        queue = _queue(state, devices[name])
+        files = {
+            "read_ahead_kb": queue["read_ahead_kb"],
+            "min_ratio": "0",
+            "max_ratio": "100",
+            "stable_pages_required": "0",
+        }
+        os.makedirs(os.path.join(base, devno), exist_ok=True)
+        for attr, value in files.items():
+            with open(os.path.join(base, devno, attr), "w") as f:
+                f.write(value + "\n")
+    if links:
+        _write_links(os.path.join(root, BDI_LINKS), base, {d: d for d in names})
+
+
+def _write_proc(state: HostState, devices: dict[str, object]) -> None:
+    """The simulated disks in /proc/partitions (block/genhd.c show_partition: those with a
+    size) and /proc/diskstats (diskstats_show: every disk; the simulated host counts no I/O,
+    so the counters stay 0).  The kernel lists disks in the order they were added; here loop
+    devices come first, then dm devices in the order they were made.  Written in place: the
+    files are bound on /proc."""
+    folder = os.environ.get("THINSIM_PRIVATE_PROC")
+    if not folder or not os.path.isdir(folder):
+        return
+    partitions = ["major minor  #blocks  name\n\n"]
+    diskstats = []
+    for name, dev in devices.items():
+        major, minor = (int(x) for x in dev.devno.split(":"))
+        sectors = kernel.device_size(state, dev) // SECTOR
+        if sectors:
+            partitions.append(f"{major:4d}  {minor:7d} {sectors >> 1:10d} {name}\n")
+        diskstats.append(f"{major:4d} {minor:7d} {name}" + " 0" * 17 + "\n")
+    for file, lines in (("partitions", partitions), ("diskstats", diskstats)):
+        with open(os.path.join(folder, file), "w") as f:
+            f.write("".join(lines))
 
 
 def _prune(folder: str, keep) -> None:

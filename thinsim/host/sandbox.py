@@ -1,0 +1,387 @@
+"""The simulated host's sandbox: what ``thinsim run`` puts around a script so that nothing in
+it, run as root, reaches or shows the real host's block devices.
+
+``thinsim run`` (thinsim/host/run.py) starts this module's :func:`main` as the first process
+of a new PID and mount namespace (``unshare --mount --pid --fork --kill-child``).  As that
+namespace's init it sets the namespace up, still with every capability:
+
+- ``/proc``: its own proc for the new PID namespace (no host process is visible, so no
+  ``/proc/PID/root`` or ``nsenter -t PID`` leads back to the host); ``/proc/partitions`` and
+  ``/proc/diskstats`` show the simulated devices (thinsim/host/sysfs.py keeps them); the
+  kernel's knobs (``/proc/sys``, ``/proc/sysrq-trigger``, ``/proc/irq``, ``/proc/bus``,
+  ``/proc/fs``) are read-only and ``/proc/kcore``, ``/proc/keys``, ``/proc/scsi`` ... hidden,
+  as container runtimes do;
+- ``/dev``: a tmpfs with only harmless nodes (null, zero, random, tty ...), a private
+  ``/dev/shm``, and the simulated devices' nodes (thinsim/host/devnodes.py), all of major 0;
+- ``/sys``: read-only everywhere, with a tmpfs of the simulated devices over each folder
+  that names block devices (thinsim/host/sysfs.py) and an empty one over the host's own
+  disks' folders, ``/sys/firmware`` and ``/sys/kernel/debug``;
+- every other mount: ``nodev``, so that no device node anywhere else opens;
+- ``/dev/.thinsim``: a tmpfs of the run's own (the shims, the default host's state, the
+  sources of the /proc views), gone with the namespace, so a killed run leaves no folder.
+
+Then it starts bash without the capabilities that reach devices or change mounts (only
+:data:`KEEP` remain, in the bounding set too, and no new privileges), waits for it, and makes
+the device nodes the simulated commands ask for (:func:`serve_nodes`: they can no longer
+``mknod``, and the nodes are major 0, which no driver has).  When bash exits, this init
+exits and the kernel kills whatever the script left running.  Run anywhere else,
+:func:`main` refuses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+
+# <linux/mount.h>
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC = 1, 2, 4, 8, 4096, 16384
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NODEV = 0x1, 0x4
+AT_RECURSIVE = 0x8000
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture (asm-generic, x86)
+# <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# The capabilities a script keeps (<linux/capability.h> numbers): what root needs for files,
+# processes and users (Docker's default set less CAP_MKNOD, which its device cgroup makes
+# harmless and nothing here would).  Gone, among others: CAP_SYS_ADMIN (mount, setns, so no
+# nsenter), CAP_MKNOD, CAP_SYS_RAWIO (/proc/kcore, ioports), CAP_SYS_MODULE,
+# CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH (open_by_handle_at reaches past mounts), CAP_SYS_BOOT,
+# CAP_SYSLOG, CAP_NET_ADMIN.
+KEEP = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_RAW": 13,
+    "CAP_SYS_CHROOT": 18,
+    "CAP_AUDIT_WRITE": 29,
+    "CAP_SETFCAP": 31,
+}
+
+RUN = "/dev/.thinsim"  # the run's own tmpfs
+SHIMS = f"{RUN}/bin"
+DEFAULT_HOST = f"{RUN}/host"
+PROC_VIEWS = f"{RUN}/proc"  # sources of /proc/partitions and /proc/diskstats
+NODES = f"{RUN}/nodes"  # the socket serve_nodes answers on
+
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
+# what the kernel's /proc shows of the hardware and lets root change, as runc hides it
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+PROC_HIDDEN_FILES = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats")
+PROC_HIDDEN_FOLDERS = ("acpi", "scsi")
+SYS_HIDDEN = ("firmware", "kernel/debug", "kernel/tracing")
+SYSFS_SOURCE = "thinsim-sys"  # sysfs.SOURCE
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("attr_set", "attr_clr", "propagation", "userns")]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("effective", "permitted", "inheritable")]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def mount(source: str, target: str, fstype: str | None = None, flags: int = 0, data=None):
+    def enc(text: str | None) -> bytes | None:
+        return None if text is None else os.fsencode(text)
+
+    _check(
+        _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+        f"mount {target}",
+    )
+
+
+def set_attr(path: str, add: int = 0, clear: int = 0, recursive: bool = False) -> None:
+    """mount_setattr(2): change the flags of the mount on PATH (and those under it) alone."""
+    attr = _MountAttr(add, clear, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    result = _libc.syscall(
+        SYS_MOUNT_SETATTR, -100, os.fsencode(path), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+    )
+    _check(result, f"mount_setattr {path}")
+
+
+def _tmpfs(target: str, options: str, flags: int = MS_NOSUID | MS_NODEV) -> None:
+    # sysfs.py writes only where /proc/self/mountinfo shows its source name
+    source = SYSFS_SOURCE if target.startswith("/sys/") else "thinsim"
+    mount(source, target, "tmpfs", flags, options)
+
+
+def prctl(option: int, arg: int = 0) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
+
+
+def die_with_parent(sig: int = signal.SIGKILL):
+    """A preexec_fn: the child gets SIG when the process that starts it dies (SIGKILL
+    included), so a killed ``thinsim run`` or ``thinsim diff`` takes its run with it."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the parent died before prctl
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def drop_privileges(last: int) -> None:
+    """Keep only KEEP, in every capability set (LAST is the kernel's highest capability), and
+    forbid new privileges (setuid files, file capabilities) for this process and what it
+    starts: the script's preexec_fn."""
+    keep = sum(1 << c for c in KEEP.values())
+    for cap in range(last + 1):
+        if not keep >> cap & 1:
+            prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    for i in (0, 1):
+        mask = keep >> (32 * i) & 0xFFFFFFFF
+        data[i].permitted &= mask
+        data[i].effective &= mask
+        data[i].inheritable = 0
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _host_disk_folders() -> list[str]:
+    """The sysfs folders that hold the host's own disks (``.../virtio1/block`` holds vda and
+    its partitions); loop and dm devices live in devices/virtual/block, hidden anyway."""
+    folders = set()
+    try:
+        names = os.listdir("/sys/class/block")
+    except OSError:
+        return []
+    for name in names:
+        path = os.path.realpath(os.path.join("/sys/class/block", name))
+        while path != "/sys" and os.path.basename(os.path.dirname(path)) != "block":
+            path = os.path.dirname(path)
+        folder = os.path.dirname(path)
+        if path != "/sys" and folder != "/sys/devices/virtual/block":
+            folders.add(folder)
+    return sorted(folders)
+
+
+def _dev(dev_fd: int) -> None:
+    """The private /dev: harmless nodes as on the host (made again where root may, bound from
+    the host's /dev in a user namespace), a private /dev/shm, and the run's own folder."""
+    mount("thinsim-dev", "/dev", "tmpfs", MS_NOSUID, "mode=755,size=1m")
+    for name in DEV_NODES:
+        real = f"/proc/self/fd/{dev_fd}/{name}"
+        try:
+            st = os.stat(real)
+        except OSError:
+            continue
+        path = f"/dev/{name}"
+        try:
+            os.mknod(path, st.st_mode, st.st_rdev)
+            os.chown(path, st.st_uid, st.st_gid)
+            os.chmod(path, stat.S_IMODE(st.st_mode))  # past the umask
+        except PermissionError:
+            open(path, "w").close()
+            mount(real, path, None, MS_BIND)
+            set_attr(path, clear=MOUNT_ATTR_NODEV)
+    os.mkdir("/dev/pts")
+    mount(f"/proc/self/fd/{dev_fd}/pts", "/dev/pts", None, MS_BIND)
+    set_attr("/dev/pts", clear=MOUNT_ATTR_NODEV)  # the script's terminal
+    os.mkdir("/dev/shm")
+    mount("thinsim-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for link, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"/dev/{link}")
+    os.mkdir("/dev/mapper")
+    os.mkdir(RUN)
+    mount("thinsim-run", RUN, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    os.mkdir(PROC_VIEWS)
+
+
+def _sys() -> None:
+    """/sys read-only, the simulated block devices' folders over the real ones, the host's
+    disks and firmware hidden."""
+    hidden = _host_disk_folders()
+    set_attr("/sys", add=MOUNT_ATTR_RDONLY, recursive=True)
+    from .sysfs import PRIVATE
+
+    for folder in PRIVATE:
+        if os.path.isdir(f"/sys/{folder}"):
+            _tmpfs(f"/sys/{folder}", "mode=755,size=4m", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for folder in hidden + [f"/sys/{f}" for f in SYS_HIDDEN]:
+        if os.path.isdir(folder):
+            _tmpfs(folder, "mode=755,size=4k", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _proc() -> None:
+    """A proc of the new PID namespace, with the knobs read-only, the hardware hidden and
+    the block devices' lists the simulated host's."""
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_READ_ONLY:
+        path = f"/proc/{name}"
+        if os.path.exists(path):
+            mount(path, path, None, MS_BIND | MS_REC)
+            set_attr(path, add=MOUNT_ATTR_RDONLY, recursive=True)
+    for name in PROC_HIDDEN_FILES:
+        if os.path.isfile(f"/proc/{name}"):
+            mount("/dev/null", f"/proc/{name}", None, MS_BIND)
+    for name in PROC_HIDDEN_FOLDERS:
+        if os.path.isdir(f"/proc/{name}"):
+            _tmpfs(f"/proc/{name}", "mode=555,size=4k", MS_RDONLY | MS_NOSUID | MS_NODEV)
+    from .sysfs import PROC_FILES
+
+    for name in PROC_FILES:
+        source = os.path.join(PROC_VIEWS, name)
+        open(source, "w").close()
+        mount(source, f"/proc/{name}", None, MS_BIND)
+        set_attr(f"/proc/{name}", add=MOUNT_ATTR_RDONLY)
+
+
+def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
+    """Make the namespace's mounts; return the environment the script runs with."""
+    os.umask(0o022)
+    dev_fd = os.open("/dev", os.O_PATH | os.O_DIRECTORY)
+    # nodev first, on every mount there is: the ones made below choose their own
+    set_attr("/", add=MOUNT_ATTR_NODEV, recursive=True)
+    _sys()
+    _dev(dev_fd)  # before /proc is replaced: the host's /dev is reached through dev_fd
+    os.close(dev_fd)
+    _proc()
+    env = dict(os.environ)
+    env.setdefault("THINSIM_HOST", DEFAULT_HOST)
+    env.update(
+        THINSIM_PRIVATE_DEV="/dev",
+        THINSIM_PRIVATE_SYS="/sys",
+        THINSIM_PRIVATE_PROC=PROC_VIEWS,
+        THINSIM_NODES=NODES,
+        THINSIM_SHIMS=SHIMS,
+        THINSIM_PYTHON=sys.executable,
+        PATH=f"{SHIMS}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    os.environ.update(env)
+    from . import devnodes
+    from .run import make_shims
+
+    make_shims(SHIMS)
+    devnodes.main()  # the nodes and /sys, /proc views of a host that has devices already
+    if workdir is not None:
+        source, target = workdir
+        os.makedirs(target, exist_ok=True)
+        mount(source, target, None, MS_BIND)
+        os.chdir(os.path.join(target, "work"))
+    return env
+
+
+def serve_nodes(listener: socket.socket) -> None:
+    """Make the nodes the simulated commands ask for (devnodes.request_node): only major 0,
+    only in /dev and /dev/mapper, so a script asking too gets nothing it could not see."""
+    dev = os.open("/dev", os.O_PATH | os.O_DIRECTORY)
+    while True:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                kind, minor, path = conn.recv(4096).decode().split(" ", 2)
+                conn.send(str(_make_node(dev, kind, int(minor), path)).encode())
+        except (OSError, ValueError, UnicodeError):
+            pass  # a request that makes no sense gets no answer
+
+
+def _make_node(dev: int, kind: str, minor: int, path: str) -> int:
+    parts = path.split("/")
+    if (
+        kind not in ("b", "c")
+        or not 0 <= minor < 1 << 20
+        or parts[:2] != ["", "dev"]
+        or len(parts) not in (3, 4)
+        or (len(parts) == 4 and parts[2] != "mapper")
+        or parts[-1] in ("", ".", "..")
+        or "\0" in path
+    ):
+        return errno.EINVAL
+    mode = (stat.S_IFBLK if kind == "b" else stat.S_IFCHR) | 0o660
+    folder = dev
+    try:
+        if len(parts) == 4:
+            folder = os.open("mapper", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dev)
+        try:
+            os.mknod(parts[-1], mode, os.makedev(0, minor), dir_fd=folder)
+        finally:
+            if folder != dev:
+                os.close(folder)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sandbox.py REPORT_FD [--workdir SOURCE TARGET] -- COMMAND...``: set up, report
+    ``pid N`` (this process outside the namespace) and ``ready`` on REPORT_FD (or ``error:
+    WHY`` and exit 125), run COMMAND, exit with its status (128+N when killed by signal N)."""
+    argv = sys.argv[1:] if argv is None else argv
+    report = os.fdopen(int(argv[0]), "w", buffering=1)
+    workdir = None
+    if argv[1] == "--workdir":
+        workdir, argv = (argv[2], argv[3]), argv[3:]
+    command = argv[argv.index("--") + 1 :]
+    if os.getpid() != 1:
+        report.write("error: not the init of a new PID namespace\n")
+        return 125
+    report.write(f"pid {os.readlink('/proc/self')}\n")  # the host's proc, not replaced yet
+    try:
+        env = set_up(workdir)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(NODES)
+        listener.listen(16)
+    except Exception as exc:  # noqa: BLE001 (whatever failed, the run goes on without)
+        report.write(f"error: {exc}\n")
+        return 125
+    report.write("ready\n")
+    report.close()
+    # an init ignores the signals it has no handler for; the tty's ^C is the script's.
+    # SIGTERM (thinsim run ending the run) ends the namespace: exiting kills all in it.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    # no thread yet: serve_nodes starts once the script's process exists
+    drop = functools.partial(drop_privileges, last_cap)
+    script = subprocess.Popen(command, env=env, preexec_fn=drop)  # noqa: PLW1509
+    threading.Thread(target=serve_nodes, args=(listener,), daemon=True).start()
+    while True:  # reap everything (orphans come to init) until the script is done
+        pid, status = os.wait()
+        if pid == script.pid:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
