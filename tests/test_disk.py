@@ -261,3 +261,24 @@ def test_a_host_command_killed_while_it_writes_metadata_leaves_a_valid_metadata_
     assert 3 < len(dumps) < 50
     assert dumps == [before] * len(dumps)
     assert _host(folder, "dmsetup", "message", "pool", "0", "create_snap 7 0")[0] == 1
+
+
+def test_a_commit_on_a_big_pool_writes_only_the_blocks_it_changed(tmp_path):
+    """1 TiB of data has 1,029 bitmaps: a commit of one new mapping writes the few blocks
+    the copy-on-write metadata shadowed, and the superblock."""
+    pool = ModelPool(1 << 40, 256 * MiB, 128, 0, [], store="accounting")
+    pmd = pool.target.pmd
+    pmd.tm.dirty = set()
+    path = tmp_path / "meta"
+    with open(path, "wb") as f:
+        f.truncate(256 * MiB)
+    pmd.device = counted = _DeviceFailingAt(path, 1 << 30)
+    pool.create_thin(0)
+    thin = pool.activate(0, 1 << 40)
+    thin.write(0, b"x" * BLOCK)
+    pool.commit()
+    counted.writes = 0
+    thin.write(700 * GiB, b"y" * BLOCK)
+    pool.commit()
+    assert len(pmd.data_sm.ll.bitmaps) == 1029
+    assert counted.writes < 12

@@ -22,8 +22,17 @@ SCRIPTS = HERE / "scripts"
 RECORDED = HERE / "recorded"
 MOUNT = "/run/thinsim"  # record.py's MOUNT: paths under it appear in the output
 
-# Binds the private folder on /run/thinsim, then runs the script from /run/thinsim/work.
-_RUN = 'mkdir -p "$1" && mount --bind "$2" "$1" && cd "$1/work" && shift 2 && exec "$@"'
+# Mounts a fresh ext4 (made in the private folder) on /run/thinsim, as record.py puts one on
+# /dev/ram0 for every script, then runs the script from /run/thinsim/work.  A file's size on
+# disk (du) is the file system's: the pool flushes its metadata file at every commit, as the
+# kernel does, and on a file system other writers share (/tmp) the flushed pieces land apart,
+# costing the file an extent block a fresh one does not.  Without a loop device for the image
+# the private folder itself is bound there.
+_RUN = (
+    'mkdir -p "$1" && { mount -o loop "$2/fs.img" "$1" || mount --bind "$2" "$1"; } '
+    '&& mkdir -p "$1/work" && cd "$1/work" && shift 2 && exec "$@"'
+)
+FS_BYTES = 2 << 30  # record.sh's ram disk (brd rd_size=2097152)
 
 
 def run_simulated(script: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -31,6 +40,10 @@ def run_simulated(script: Path, timeout: float = 300) -> subprocess.CompletedPro
     private = tempfile.mkdtemp(prefix="thinsim-host-", dir=os.environ.get("TMPDIR", "/tmp"))
     try:
         os.mkdir(os.path.join(private, "work"))
+        image = os.path.join(private, "fs.img")
+        with open(image, "wb") as f:
+            f.truncate(FS_BYTES)
+        subprocess.run(["mkfs.ext4", "-q", "-F", image], capture_output=True, check=False)
         env = {"PATH": os.environ["PATH"], "HOME": "/root", "LANG": "C.UTF-8"}
         # the thinsim these tests came with (python -m from /run/thinsim/work would import
         # whichever thinsim is installed: another checkout's)
