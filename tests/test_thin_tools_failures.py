@@ -165,20 +165,26 @@ def _check_verdict(corpus: Path, name: str):
 # -- 1. an output too small for the repair ---------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [64 * KiB, 256 * KiB, 1 * MiB], ids=["64k", "256k", "1m"])
+@pytest.mark.parametrize(
+    "size",
+    [32 * KiB, 40 * KiB, 64 * KiB, 256 * KiB, 1 * MiB],
+    ids=["32k", "40k", "64k", "256k", "1m"],
+)
 @pytest.mark.parametrize("src", SOURCES)
 def test_a_repair_onto_an_output_too_small_fails_as_debians_does(corpus, src, size):
     # Debian's thin_repair catches the output's "couldn't allocate new block" inside the
     # walk of a thin's mappings as damage, carries on, and aborts when the last run of
     # mappings is emitted from a destructor (status 134); thinsim exited 0 with part of
-    # the mappings written
+    # the mappings written.  Smaller still (32 KiB), the restorer's own empty tree finds
+    # no block: status 1, what was made written back, the superblock zeroed
     _pair(corpus, size)
     want = real(corpus, "thin_repair", "-i", f"{src}.md", "-o", "real.img")
     got = ours(corpus, "thin_repair", "-i", f"{src}.md", "-o", "ours.img")
     assert got == want
     if want[2] == 0:
-        assert (corpus / "ours.img").read_bytes() == (corpus / "real.img").read_bytes()
         assert _check_verdict(corpus, "ours.img")[2] == 0
+    if want[2] != -signal.SIGABRT:
+        assert (corpus / "ours.img").read_bytes() == (corpus / "real.img").read_bytes()
     else:
         # the superblock is never written (on an abort the blocks the C++ cache had
         # written back stay behind in the real output; thinsim writes none of them)

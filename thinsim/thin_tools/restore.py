@@ -111,9 +111,16 @@ class Restorer(Emitter):
     own layout); ``end_superblock`` commits."""
 
     def __init__(self, nr_metadata_blocks: int, warn=None, prog: str = "thin_restore") -> None:
-        from .writer import MetadataWriter
-
         self.prog = prog
+        self.md = None
+        self.empty_mapping = None
+        self.create(nr_metadata_blocks, warn)
+
+    def create(self, nr_metadata_blocks: int, warn=None) -> None:
+        """metadata(bm, CREATE), then the restorer's own empty mapping tree.  Where that
+        runs out (a 32 KiB output) ``self.md`` holds what was made, which the block cache
+        still writes back as the metadata is destroyed."""
+        from .writer import MetadataWriter
 
         if nr_metadata_blocks > MAX_METADATA_BLOCKS:
             if warn is not None:
@@ -327,19 +334,21 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err,
             touched = True
             if not bm.nr_blocks:
                 raise ToolError("Metadata is not large enough for superblock.")
-            restorer = Restorer(bm.nr_blocks, err, prog)
+            restorer = Restorer.__new__(Restorer)
+            restorer.__init__(bm.nr_blocks, err, prog)
             return OverrideEmitter(restorer, overrides)
 
         source(begin)
     except ToolError:
-        if restorer is not None:
+        if restorer is not None and restorer.md is not None:
             # the block cache writes back what the transaction touched (the restorer's
             # destructor has run); zero_superblock then wipes the superblock.  The
             # destructor's own exception would leave it during the unwinding: terminate
-            try:
-                restorer.finish()
-            except ToolError as e:
-                raise terminate(str(e)) from None
+            if restorer.empty_mapping is not None:
+                try:
+                    restorer.finish()
+                except ToolError as e:
+                    raise terminate(str(e)) from None
             _write_blocks(bm, restorer.blocks(), skip_superblock=True)
         if touched:
             bm.handle.pwrite(0, bytes(MD_BLOCK_SIZE))
