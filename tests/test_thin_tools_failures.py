@@ -420,3 +420,30 @@ def test_posixly_correct_ends_the_options_at_the_first_operand(corpus, argv, mon
     want = real(corpus, *argv, env=env)
     monkeypatch.setenv("POSIXLY_CORRECT", "1")
     assert ours(corpus, *argv) == want
+
+
+# -- a root node whose header lies ----------------------------------------------------------
+
+ROOT_EDITS = [("busy", 328, 24, 0), ("busy", 328, 24, 255), ("busy", 328, 16, 253),
+              ("busy", 320, 16, 254), ("scattered", 320, 24, 24), ("kernel-many", 328, 16, 127),
+              ("kernel-many", 320, 16, 200)]  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", ROOT_EDITS, ids=lambda e: "-".join(map(str, e)))
+def test_a_repair_meets_a_root_whose_value_size_or_count_lies_as_debians_does(corpus, edit):
+    # the gatherer reads every node through node_ref, whose check_fits_within_block (value
+    # size, entries within the block's multiple of 3) throws past every catch: status 1
+    from test_thin_tools import _reseal_node
+
+    src, root_field, offset, value = edit
+    name = f"{src}-{root_field}-{offset}-{value}.md"
+    shutil.copy(corpus / f"{src}.md", corpus / name)
+    root = struct.unpack_from("<Q", _block(corpus / name, 0), root_field)[0]
+    _reseal_node(corpus / name, root, lambda b: struct.pack_into("<I", b, offset, value))
+    for argv in (["--repair", name], [name]):
+        agree(corpus, "thin_dump", *argv)
+    agree(corpus, "thin_check", name)
+    _pair(corpus, 8 * MiB)
+    want = real(corpus, "thin_repair", "-i", name, "-o", "real.img")
+    assert ours(corpus, "thin_repair", "-i", name, "-o", "ours.img") == want
+    assert (corpus / "ours.img").read_bytes() == (corpus / "real.img").read_bytes()

@@ -11,7 +11,7 @@ from ..model.disk import BTREE_CSUM_XOR, bm_checksum
 from .common import VERSION, Crash, Files, Output, ToolError
 from .dump import Emitter, metadata_dump
 from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
-from .metadata import BlockManager, Metadata, Superblock, read_superblock, visit_values
+from .metadata import BlockManager, Metadata, Node, Superblock, read_superblock, visit_values
 from .open import check_file_exists, open_bm, parse_uint64
 from .restore import (
     U32,
@@ -328,6 +328,10 @@ class Gatherer:
         data = self.bm.raw(b)
         flags, _blocknr, nr, max_entries, vsize = struct.unpack_from("<IQIII", data, 4)
         keys = [_u64(data, 32 + 8 * i) for i in range(nr)]
+        if nr and (flags & 1 or vsize in (8, 24)):
+            # to_node<...>(rr) then key_at / value_at: node_ref::check_fits_within_block,
+            # whose exception nothing in the gatherer catches
+            Node(b, data)._check_fits(8 if flags & 1 else vsize)
         if flags & 1:
             return self._internal(b, data, nr, max_entries, keys)
         return self._leaf(b, data, nr, max_entries, vsize, keys)
