@@ -84,8 +84,7 @@ def shim_main(name: str, argv: list[str]) -> int:
             status = COMMANDS[name](state, argv, io)
             devnodes.sync(state)
         io.finish()
-        sys.stdout.flush()
-        return status
+        return _exit_as(status)
     device = _names_device(argv)
     if device is not None:
         sys.stderr.write(
@@ -95,6 +94,37 @@ def shim_main(name: str, argv: list[str]) -> int:
         return 1
     sysfs.refresh_names(host, argv)  # a file read in /sys shows the name the file has now
     return _exec_real(name, argv)
+
+
+def _exit_as(status: int) -> int:
+    """The status a shell must see from a command that ran, its state saved.  A command
+    the real one of which dies of a signal (a thin tool's abort, or its write to a pipe
+    nobody reads: status -N) dies of it here too, with the signal's default action back
+    (Python ignores SIGPIPE), so the shell sees 128+N.  Output still buffered is written
+    first; where that fails (a full disk, a closed descriptor) it is dropped, as a C++
+    stream drops it, without Python's complaint at exit."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        status = status if status < 0 else -signal.SIGPIPE
+    except (OSError, ValueError):
+        _flush_stderr()
+        os._exit(status if status >= 0 else 128 - status)
+    if status < 0:
+        _flush_stderr()
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+        return 128 - status  # the signal is blocked: the status a shell would show
+    return status
+
+
+def _flush_stderr() -> None:
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _exec_real(name: str, argv: list[str]) -> int:

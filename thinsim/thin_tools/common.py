@@ -21,18 +21,135 @@ class ToolError(RuntimeError):
     """A std::runtime_error a tool throws: ``str(self)`` is its ``what()``."""
 
 
+class Abort(BaseException):
+    """The C++ tool called abort(3) (exit status 134 in a shell): ``text`` is what it
+    printed to stderr on the way, an assertion's line or std::terminate's.  A
+    BaseException, so that no ``except ToolError`` on the way takes it for an error the
+    tool handles."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def terminate(what: str) -> Abort:
+    """std::terminate for a std::runtime_error thrown where no exception may leave (a
+    destructor): libstdc++'s verbose terminate handler prints the type and what()."""
+    return Abort(
+        f"terminate called after throwing an instance of 'std::runtime_error'\n  what():  {what}\n"
+    )
+
+
+class Crash(BaseException):
+    """The C++ tool dies of ``signal`` (a segfault) with nothing more printed: where the
+    port meets the C++'s undefined behaviour and the measured tool crashes there."""
+
+    def __init__(self, signal: int) -> None:
+        super().__init__(signal)
+        self.signal = signal
+
+
+class BrokenPipe(BaseException):
+    """A write to a pipe with no reader: the C++ tool is killed there by SIGPIPE (status 141
+    in a shell), as it leaves SIGPIPE at its default."""
+
+
 class Output:
-    """Where a tool writes: ``out`` is stdout, ``err`` stderr."""
+    """Where a tool writes: ``out`` is stdout (std::cout), ``err`` stderr (std::cerr).
+
+    As iostreams do, a stream that fails to write (a full disk, a closed descriptor) sets
+    its badbit and silently writes nothing more, so the tool carries on and exits as it
+    would have; a write to a pipe with no reader raises :class:`BrokenPipe` instead, since
+    SIGPIPE kills the C++ tool before write(2) can fail.  A missing stream (Python gives
+    ``sys.stdout = None`` when descriptor 1 was closed) is a bad one from the start.
+
+    stdout goes out as glibc's stdio sends cout to a pipe or file: 4096 bytes at a time,
+    the rest when the tool exits (``flush``), so a reader that goes away early (``| head``)
+    meets the tool at the same writes."""
+
+    CHUNK = 4096  # st_blksize of a pipe: the size of stdout's buffer
 
     def __init__(self, stdout=None, stderr=None) -> None:
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
+        self.stdout = stdout if stdout is not None else sys.stdout
+        self.stderr = stderr if stderr is not None else sys.stderr
+        self._bad: set[str] = set()
+        self._pending: list[str] = []
+        self._pending_len = 0
 
     def out(self, text: str) -> None:
-        self.stdout.write(text)
+        if "out" in self._bad or self.stdout is None:
+            return
+        self._pending.append(text)
+        self._pending_len += len(text)
+        if self._pending_len >= self.CHUNK:
+            data = "".join(self._pending)
+            cut = len(data) - len(data) % self.CHUNK
+            self._pending = [data[cut:]]
+            self._pending_len = len(data) - cut
+            for at in range(0, cut, self.CHUNK):
+                self._write("out", self.stdout, data[at : at + self.CHUNK], flush=True)
 
     def err(self, text: str) -> None:
-        self.stderr.write(text)
+        self._write("err", self.stderr, text)
+
+    def _write(self, which: str, stream, text: str, flush: bool = False) -> None:
+        if which in self._bad or stream is None:
+            return
+        try:
+            stream.write(text)
+            if flush:
+                stream.flush()
+        except BrokenPipeError:
+            raise BrokenPipe from None
+        except (OSError, ValueError):  # ValueError: a closed Python file
+            self._bad.add(which)
+
+    def flush(self) -> None:
+        """exit(3)'s flush of what stdout holds: into the Python stream, which its owner
+        flushes (``thinsim run``'s shim, once the host's state is saved, as the C++ tool
+        flushes after its destructors ran); a pipe with no reader raises
+        :class:`BrokenPipe`."""
+        data = "".join(self._pending)
+        self._pending, self._pending_len = [], 0
+        if data:
+            self._write("out", self.stdout, data)
+
+    @property
+    def failed(self) -> bool:
+        """Whether a write failed (the data may still sit in a Python buffer)."""
+        return bool(self._bad)
+
+
+class OFStream:
+    """std::ofstream over a file a tool was told to write (thin_dump -o): writes that fail
+    (a full disk) are dropped, as the stream's badbit drops them; exit status unchanged."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, text: str) -> None:
+        if self.f is None:
+            return
+        try:
+            self.f.write(text)
+        except (OSError, ValueError):
+            self._drop()
+
+    def close(self) -> None:
+        if self.f is None:
+            return
+        try:
+            self.f.close()
+        except (OSError, ValueError):
+            self._drop()
+        self.f = None
+
+    def _drop(self) -> None:
+        f, self.f = self.f, None
+        try:
+            f.close()
+        except (OSError, ValueError):
+            pass
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io as _io
 
-from .common import VERSION, Files, Output, ToolError
+from .common import VERSION, Files, OFStream, Output, ToolError, terminate
 from .getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .metadata import (
     Metadata,
@@ -197,10 +197,17 @@ def metadata_dump(
             if not skip_mappings:
                 runs = _MappingRuns(e)
                 try:
+                    # an emitter's exception (a restore's output full) is caught by the
+                    # walk as damage to the node being visited (btree.tcc: walk_tree)
                     md.mappings(root, lambda p, v: runs.add(p[0], *block_time(v)), damage,
                                 ignore_non_fatal=True)  # fmt: skip
                 finally:
-                    runs.end()
+                    # ~mapping_emit_visitor emits the last run: an exception leaving that
+                    # destructor (noexcept) is std::terminate
+                    try:
+                        runs.end()
+                    except ToolError as exc:
+                        raise terminate(str(exc)) from None
         except ToolError as exc:
             if errors is not None:
                 errors(str(exc))
@@ -364,8 +371,9 @@ def main(prog: str, argv: list[str], out: Output, files: Files) -> int:
         return 1
     sink = None
     if output is not None:
-        sink = files.create_text(output)
-        write = sink.write if sink is not None else (lambda _text: None)
+        # std::ofstream: one that failed to open, or to write (a full disk), drops the text
+        sink = OFStream(files.create_text(output))
+        write = sink.write
     else:
         write = out.out
     try:

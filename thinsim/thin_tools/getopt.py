@@ -8,6 +8,7 @@ options may be abbreviated to any unambiguous prefix, an optional argument (``-m
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 NO_ARGUMENT, REQUIRED_ARGUMENT, OPTIONAL_ARGUMENT = 0, 1, 2
@@ -34,8 +35,11 @@ def getopt_long(
     Returns ``(options, operands)``: ``options`` is the sequence getopt_long returns, each
     with its optarg, where ``'?'`` (an error) carries instead the line glibc writes to
     stderr at that point; ``operands`` are the non-option arguments in order (what
-    ``argv[optind:]`` holds after the permutation).
+    ``argv[optind:]`` holds after the permutation).  With POSIXLY_CORRECT in the
+    environment (any value) or a ``+`` leading ``shortopts``, glibc does not permute: the
+    first operand ends the options, and everything after it is an operand.
     """
+    in_order = shortopts.startswith("+") or "POSIXLY_CORRECT" in os.environ
     shorts: dict[str, int] = {}
     i = 0
     spec = shortopts.lstrip("+-:")
@@ -58,6 +62,9 @@ def getopt_long(
             operands.extend(argv[k:])
             break
         if not arg.startswith("-") or arg == "-":
+            if in_order:
+                operands.extend(argv[k - 1 :])
+                break
             operands.append(arg)
             continue
         if arg.startswith("--"):

@@ -222,7 +222,8 @@ class Node:
                 f"value size mismatch: expected {value_size}, but got {self.value_size} "
                 f"(block {self.location}).\n"
             )
-        max_entries = (MD_BLOCK_SIZE - NODE_HEADER_SIZE) // (8 + value_size)
+        # node_ref::calc_max_entries: rounded down to a multiple of 3
+        max_entries = 3 * ((MD_BLOCK_SIZE - NODE_HEADER_SIZE) // (8 + value_size) // 3)
         if max_entries < self.nr_entries:
             raise ToolError(
                 f"Bad nr of elements: max per block = {max_entries}, actual = "

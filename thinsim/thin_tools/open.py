@@ -22,6 +22,16 @@ def get_file_length(files: Files, path: str) -> int:
     raise ToolError("bad path")
 
 
+def check_file_exists(files: Files, path: str, must_be_regular_file: bool = True) -> None:
+    """file_utils::check_file_exists."""
+    try:
+        info = files.stat(path)
+    except OSError:
+        raise ToolError("Couldn't stat file") from None
+    if must_be_regular_file and info.kind != "reg":
+        raise ToolError("Not a regular file")
+
+
 def open_file(files: Files, path: str, *, write: bool = False, excl: bool = False):
     """file_utils::file_descriptor: open with O_DIRECT."""
     try:

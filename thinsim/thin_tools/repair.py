@@ -4,14 +4,15 @@ line's overrides when it is unreadable."""
 
 from __future__ import annotations
 
+import signal
 import struct
 
 from ..model.disk import BTREE_CSUM_XOR, bm_checksum
-from .common import VERSION, Files, Output, ToolError
+from .common import VERSION, Crash, Files, Output, ToolError
 from .dump import Emitter, metadata_dump
 from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
-from .metadata import BlockManager, Metadata, Superblock, read_superblock, visit_values
-from .open import open_bm, parse_uint64
+from .metadata import BlockManager, Metadata, Node, Superblock, read_superblock, visit_values
+from .open import check_file_exists, open_bm, parse_uint64
 from .restore import (
     U32,
     OverrideError,
@@ -58,10 +59,11 @@ def get_dev_ids(bm: BlockManager, root: int) -> set[int] | None:
 
 
 def get_map_ids(bm: BlockManager, root: int) -> set[int] | None:
-    """metadata_dumper.cc: get_map_ids (the top level of the mapping tree)."""
+    """metadata_dumper.cc: get_map_ids: a walk of the top level of the mapping tree only
+    (a dev_tree), so a thin whose own mappings are damaged is still found."""
     ids: set[int] = set()
     try:
-        visit_values(bm, root, 2, 8, lambda p, v: ids.add(p[0]), _fail, True)
+        visit_values(bm, root, 1, 8, lambda p, v: ids.add(p[0]), _fail, True)
     except (ToolError, struct.error, IndexError, ValueError):
         return None
     return ids
@@ -113,6 +115,143 @@ def _cmp_time_counts(lhs: NodeInfo, rhs: NodeInfo) -> bool:
     return True
 
 
+class _PastTheEnd(Exception):
+    """std::sort read outside the vector."""
+
+
+def std_sort(a: list, less) -> None:
+    """std::sort as libstdc++ (gcc 12) runs it: introsort down to runs of 16, heapsort past
+    the depth limit, then an insertion sort; in place.
+
+    The repair's comparator (cmp_time_counts) says true for equal elements, which std::sort
+    does not allow.  Up to 16 elements that is harmless: the insertion sort stays within the
+    vector, and typically reverses it (each element compares less than the first), so this
+    port gives the C++'s order.  Longer, the unguarded partition can run past either end
+    of the vector, an undefined read that Debian's thin_repair and thin_dump --repair die
+    of (SIGSEGV, measured).  Where the port would read outside the list it raises
+    :class:`Crash`, so thinsim dies as the measured tool does; where the C++ stays inside,
+    the order is its own.
+    """
+    n = len(a)
+
+    def at(i: int):
+        if not 0 <= i < n:
+            raise _PastTheEnd
+        return a[i]
+
+    def comp(i: int, j: int) -> bool:
+        return less(at(i), at(j))
+
+    def swap(i: int, j: int) -> None:
+        a[i], a[j] = at(j), at(i)
+
+    def introsort_loop(first: int, last: int, depth: int) -> None:
+        while last - first > 16:
+            if depth == 0:
+                make_heap(first, last)
+                while last - first > 1:  # __sort_heap
+                    last -= 1
+                    value = a[last]
+                    a[last] = a[first]
+                    adjust_heap(first, 0, last - first, value)
+                return
+            depth -= 1
+            mid = first + (last - first) // 2
+            move_median_to_first(first, first + 1, mid, last - 1)
+            cut = unguarded_partition(first + 1, last, first)
+            introsort_loop(cut, last, depth)
+            last = cut
+
+    def move_median_to_first(result: int, x: int, y: int, z: int) -> None:
+        if comp(x, y):
+            if comp(y, z):
+                swap(result, y)
+            elif comp(x, z):
+                swap(result, z)
+            else:
+                swap(result, x)
+        elif comp(x, z):
+            swap(result, x)
+        elif comp(y, z):
+            swap(result, z)
+        else:
+            swap(result, y)
+
+    def unguarded_partition(first: int, last: int, pivot: int) -> int:
+        while True:
+            while comp(first, pivot):
+                first += 1
+            last -= 1
+            while comp(pivot, last):
+                last -= 1
+            if not first < last:
+                return first
+            swap(first, last)
+            first += 1
+
+    def make_heap(first: int, last: int) -> None:
+        length = last - first
+        if length < 2:
+            return
+        parent = (length - 2) // 2
+        while True:
+            adjust_heap(first, parent, length, a[first + parent])
+            if parent == 0:
+                return
+            parent -= 1
+
+    def adjust_heap(first: int, hole: int, length: int, value) -> None:
+        top = hole
+        child = hole
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if comp(first + child, first + child - 1):
+                child -= 1
+            a[first + hole] = a[first + child]
+            hole = child
+        if length % 2 == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            a[first + hole] = a[first + child - 1]
+            hole = child - 1
+        parent = (hole - 1) // 2
+        while hole > top and less(at(first + parent), value):  # __push_heap
+            a[first + hole] = a[first + parent]
+            hole = parent
+            parent = (hole - 1) // 2
+        a[first + hole] = value
+
+    def unguarded_linear_insert(last: int) -> None:
+        value = a[last]
+        prev = last - 1
+        while less(value, at(prev)):
+            a[last] = a[prev]
+            last = prev
+            prev -= 1
+        a[last] = value
+
+    def insertion_sort(first: int, last: int) -> None:
+        for i in range(first + 1, last):
+            if comp(i, first):
+                value = a[i]
+                a[first + 1 : i + 1] = a[first:i]
+                a[first] = value
+            else:
+                unguarded_linear_insert(i)
+
+    if n < 2:
+        return
+    try:
+        introsort_loop(0, n, 2 * (n.bit_length() - 1))
+        if n > 16:  # __final_insertion_sort
+            insertion_sort(0, 16)
+            for i in range(16, n):
+                unguarded_linear_insert(i)
+        else:
+            insertion_sort(0, n)
+    except _PastTheEnd:
+        raise Crash(signal.SIGSEGV) from None
+
+
 class Gatherer:
     """metadata_dumper.cc: gatherer -- classifies every block that could be a btree node
     and picks the device details and mapping roots that agree best."""
@@ -148,21 +287,14 @@ class Gatherer:
         return info.age if info is not None else 0
 
     def _compatible(self, device_roots, mapping_roots):
-        import functools
-
         pairs = [
             (di, mi)
             for di in device_roots
             for mi in mapping_roots
             if di.values == mi.values and di.nr_mappings == mi.nr_mappings
         ]
-
-        def order(p, q) -> int:
-            # std::sort with cmp_time_counts on the device roots' counts
-            before, after = _cmp_time_counts(p[0], q[0]), _cmp_time_counts(q[0], p[0])
-            return -1 if before and not after else (1 if after and not before else 0)
-
-        pairs.sort(key=functools.cmp_to_key(order))
+        # sort(pairs.begin(), pairs.end(), cmp_time_counts), run as libstdc++ runs it
+        std_sort(pairs, lambda p, q: _cmp_time_counts(p[0], q[0]))
         ds = {b: get_dev_ids(self.bm, b) for b in sorted({p[0].b for p in pairs})}
         ms = {b: get_map_ids(self.bm, b) for b in sorted({p[1].b for p in pairs})}
         return [
@@ -196,6 +328,10 @@ class Gatherer:
         data = self.bm.raw(b)
         flags, _blocknr, nr, max_entries, vsize = struct.unpack_from("<IQIII", data, 4)
         keys = [_u64(data, 32 + 8 * i) for i in range(nr)]
+        if nr and (flags & 1 or vsize in (8, 24)):
+            # to_node<...>(rr) then key_at / value_at: node_ref::check_fits_within_block,
+            # whose exception nothing in the gatherer catches
+            Node(b, data)._check_fits(8 if flags & 1 else vsize)
         if flags & 1:
             return self._internal(b, data, nr, max_entries, keys)
         return self._leaf(b, data, nr, max_entries, vsize, keys)
@@ -321,10 +457,7 @@ def repair(files: Files, old: str, new: str, overrides: Overrides | None = None,
     overrides = overrides or Overrides()
 
     def source(begin) -> None:
-        try:
-            files.stat(old)
-        except OSError:
-            raise ToolError("Couldn't stat file") from None
+        check_file_exists(files, old, must_be_regular_file=False)
         e = begin()
         old_bm = open_bm(files, old, excl=True)
         try:
@@ -332,7 +465,7 @@ def repair(files: Files, old: str, new: str, overrides: Overrides | None = None,
         finally:
             old_bm.handle.close()
 
-    write_restored(files, new, source, overrides, err or (lambda t: None))
+    write_restored(files, new, source, overrides, err or (lambda t: None), "thin_repair")
 
 
 def main(prog: str, argv: list[str], io: Output, files: Files) -> int:

@@ -10,12 +10,13 @@ what it wrote.
 
 from __future__ import annotations
 
+import os
 from xml.parsers import expat
 
-from .common import MD_BLOCK_SIZE, VERSION, Files, Output, ToolError
+from .common import MD_BLOCK_SIZE, VERSION, Abort, Files, Output, ToolError, terminate
 from .dump import Emitter
 from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
-from .open import get_file_length, lexical_uint64, open_bm, parse_uint64
+from .open import check_file_exists, get_file_length, lexical_uint64, open_bm, parse_uint64
 
 MAX_METADATA_BLOCKS = 255 * ((MD_BLOCK_SIZE - 16) * 4)
 U32 = (1 << 32) - 1
@@ -109,7 +110,16 @@ class Restorer(Emitter):
     """restore_emitter.cc: builds the metadata as the events come (writer.py, the C++'s
     own layout); ``end_superblock`` commits."""
 
-    def __init__(self, nr_metadata_blocks: int, warn=None) -> None:
+    def __init__(self, nr_metadata_blocks: int, warn=None, prog: str = "thin_restore") -> None:
+        self.prog = prog
+        self.md = None
+        self.empty_mapping = None
+        self.create(nr_metadata_blocks, warn)
+
+    def create(self, nr_metadata_blocks: int, warn=None) -> None:
+        """metadata(bm, CREATE), then the restorer's own empty mapping tree.  Where that
+        runs out (a 32 KiB output) ``self.md`` holds what was made, which the block cache
+        still writes back as the metadata is destroyed."""
         from .writer import MetadataWriter
 
         if nr_metadata_blocks > MAX_METADATA_BLOCKS:
@@ -166,6 +176,15 @@ class Restorer(Emitter):
         import struct
 
         key = self.device
+        if key is None:
+            # *current_device_ on an empty boost::optional: a </device> closing a device
+            # nested in another, whose own </device> came first
+            raise Abort(
+                f"{self.prog}: /usr/include/boost/optional/optional.hpp:1212: "
+                "boost::optional<T>::reference_type boost::optional<T>::get() [with T = "
+                "unsigned int; boost::optional<T>::reference_type = unsigned int&]: "
+                "Assertion `this->is_initialized()' failed.\n"
+            )
         self.md.details.insert(key, struct.pack("<QQII", *self.details))
         self.md.mappings.insert(key, struct.pack("<Q", self.mapping.root))
         self.device = None
@@ -301,7 +320,8 @@ def check_output_file_requirements(files: Files, path: str, err) -> None:
             raise ToolError(EXPLAIN)
 
 
-def write_restored(files: Files, dev: str, source, overrides: Overrides, err) -> None:
+def write_restored(files: Files, dev: str, source, overrides: Overrides, err,
+                   prog: str = "thin_restore") -> None:  # fmt: skip
     """restore / repair: open the output, run ``source(emitter)``, write the blocks; on a
     failure after the output was touched its superblock is zeroed, as the C++ does."""
     bm = open_bm(files, dev, write=True)
@@ -314,15 +334,21 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err) ->
             touched = True
             if not bm.nr_blocks:
                 raise ToolError("Metadata is not large enough for superblock.")
-            restorer = Restorer(bm.nr_blocks, err)
+            restorer = Restorer.__new__(Restorer)
+            restorer.__init__(bm.nr_blocks, err, prog)
             return OverrideEmitter(restorer, overrides)
 
         source(begin)
     except ToolError:
-        if restorer is not None:
+        if restorer is not None and restorer.md is not None:
             # the block cache writes back what the transaction touched (the restorer's
-            # destructor has run); zero_superblock then wipes the superblock
-            restorer.finish()
+            # destructor has run); zero_superblock then wipes the superblock.  The
+            # destructor's own exception would leave it during the unwinding: terminate
+            if restorer.empty_mapping is not None:
+                try:
+                    restorer.finish()
+                except ToolError as e:
+                    raise terminate(str(e)) from None
             _write_blocks(bm, restorer.blocks(), skip_superblock=True)
         if touched:
             bm.handle.pwrite(0, bytes(MD_BLOCK_SIZE))
@@ -347,13 +373,21 @@ def restore(files: Files, xml_path: str, dev: str, overrides: Overrides | None =
     """thin_restore -i XML_PATH -o DEV (raises ToolError as the tool fails)."""
 
     def source(begin) -> None:
+        # thin_restore.cc: restore checks the input before metadata_touched is set
+        check_file_exists(files, xml_path)
         try:
-            files.stat(xml_path)
-        except OSError:
-            raise ToolError("Couldn't stat file") from None
+            text = files.read_text(xml_path)
+        except OSError as e:
+            # xml_parser::parse reads an ifstream that failed to open until it reaches
+            # eof, which it never does: Debian's thin_restore spins for ever there, with
+            # the output not yet written.  thinsim says so and leaves the output as it is.
+            raise ToolError(
+                f"thinsim: thin_restore: {xml_path}: {os.strerror(e.errno)}: Debian's "
+                "thin_restore loops for ever on an input it cannot read (not simulated)"
+            ) from None
         e = begin()
         get_file_length(files, xml_path)
-        parse_xml(files.read_text(xml_path), e)
+        parse_xml(text, e)
 
     write_restored(files, dev, source, overrides or Overrides(), err or (lambda t: None))
 

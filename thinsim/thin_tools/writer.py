@@ -21,6 +21,7 @@ from .metadata import Superblock
 ENTRIES_PER_BLOCK = (MD_BLOCK_SIZE - 16) * 4
 MAX_METADATA_BLOCKS = 255 * ENTRIES_PER_BLOCK
 INTERNAL_NODE, LEAF_NODE = 1, 2
+U64 = (1 << 64) - 1
 
 
 class Transaction:
@@ -48,7 +49,7 @@ class Transaction:
         need_inc = self.sm.get(b) > 1
         if b in self.shadows and not need_inc:
             return b, need_inc
-        copy = self.sm.new_block()
+        copy = self.sm.new_block("shadow")
         self.blocks[copy] = bytearray(self.blocks[b])
         self.kinds[copy] = self.kinds[b]
         self.sm.dec(b)
@@ -98,10 +99,11 @@ class MetadataCounts:
     def dec(self, b: int) -> None:
         self.set(b, self.get(b) - 1)
 
-    def new_block(self) -> int:
+    def new_block(self, caller: str = "new_block") -> int:
         b = self.counts.find(0)
         if b < 0:
-            raise ToolError("transaction_manager::new_block() couldn't allocate new block")
+            # transaction_manager::new_block or ::shadow
+            raise ToolError(f"transaction_manager::{caller}() couldn't allocate new block")
         self.inc(b)
         return b
 
@@ -355,14 +357,15 @@ class DataSpaceMap:
         self.ref_counts = BTree(tm, 4)
         self.nr_blocks = 0
         self.nr_allocated = 0
-        self.counts = bytearray()
+        # the counts of the blocks in use only: the data device may be any size (an XML's
+        # nr_data_blocks="2000000000000" runs the metadata out while extending, as in C++)
+        self.counts: dict[int, int] = {}
         self.ies: list[list[int]] = []  # [blocknr, nr_free, none_free_before]
 
     def extend(self, extra: int) -> None:
-        nr_blocks = self.nr_blocks + extra
-        count = -(-nr_blocks // ENTRIES_PER_BLOCK)
-        old = -(-self.nr_blocks // ENTRIES_PER_BLOCK)
-        self.counts.extend(bytes(extra))
+        nr_blocks = (self.nr_blocks + extra) & U64
+        count = _div_up(nr_blocks, ENTRIES_PER_BLOCK)
+        old = _div_up(self.nr_blocks, ENTRIES_PER_BLOCK)
         for i in range(old, count):
             b = self.tm.new_block("bitmap")
             nr_free = nr_blocks - ENTRIES_PER_BLOCK * i if i == count - 1 else ENTRIES_PER_BLOCK
@@ -374,13 +377,21 @@ class DataSpaceMap:
         self.index.insert(i, struct.pack("<QII", *self.ies[i]))
 
     def get(self, b: int) -> int:
-        c = self.counts[b]
+        c = self.counts.get(b, 0)
         if c == 3:
-            return struct.unpack("<I", self.ref_counts.lookup(b))[0]
+            # sm_disk::lookup_ref_count: an insert that failed (the metadata ran out) left
+            # the bitmap saying 3 with no count in the tree
+            v = self.ref_counts.lookup(b)
+            if v is None:
+                raise ToolError("ref count not in tree")
+            return struct.unpack("<I", v)[0]
         return c
 
     def inc(self, b: int) -> None:
         """sm_disk::inc through modify_count."""
+        if b // ENTRIES_PER_BLOCK >= len(self.ies):
+            # btree_index_store::find_ie: a data device so large its bitmap count wrapped
+            raise ToolError("Couldn't lookup bitmap")
         old = self.get(b)
         c = old + 1
         i, bit = divmod(b, ENTRIES_PER_BLOCK)
@@ -403,6 +414,12 @@ class DataSpaceMap:
             "<QQQQ", self.nr_blocks, self.nr_allocated, self.index.root, self.ref_counts.root
         )
         return data + bytes(128 - len(data))
+
+
+def _div_up(n: int, d: int) -> int:
+    # base/math_utils.h: div_up in uint64_t, whose n + d - 1 wraps: an XML's
+    # nr_data_blocks="-1" (2^64 - 1) gets no bitmaps at all
+    return ((n + d - 1) & U64) // d
 
 
 def bitmap_block(counts, start: int, n: int) -> bytearray:
@@ -484,10 +501,15 @@ class MetadataWriter:
                                                               sm.nr_blocks - start)),
                            b, BITMAP_CSUM_XOR)  # fmt: skip
         d = self.data_sm
+        dense: dict[int, bytearray] = {}
+        for b, c in d.counts.items():
+            i, e = divmod(b, ENTRIES_PER_BLOCK)
+            dense.setdefault(i, bytearray(ENTRIES_PER_BLOCK))[e] = c
         for i, ie in enumerate(d.ies):
             start = i * ENTRIES_PER_BLOCK
-            out[ie[0]] = _seal(bitmap_block(d.counts, start, min(ENTRIES_PER_BLOCK,
-                                                                 d.nr_blocks - start)),
+            counts = dense.get(i, bytes(ENTRIES_PER_BLOCK))
+            out[ie[0]] = _seal(bitmap_block(counts, 0, min(ENTRIES_PER_BLOCK,
+                                                           d.nr_blocks - start)),
                                ie[0], BITMAP_CSUM_XOR)  # fmt: skip
         index = bytearray(MD_BLOCK_SIZE)
         for i, (nr_free, nfb) in enumerate(self._index_entries):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno as E
 import os
 
-from ...thin_tools import check, delta, dump, ls, metadata_size, repair, restore
-from ...thin_tools.common import Files, Handle, RealFiles, Stat
+from ...thin_tools import run_tool
+from ...thin_tools.common import Files, Handle, Output, RealFiles, Stat
 from .. import blockio
 from ..kernel import device_size, dm_open_count
 from ..state import DmDevice, HostState, LoopDevice, is_device_path
@@ -102,29 +102,35 @@ class _EmptyHandle(Handle):
         raise OSError(E.ENOSPC, os.strerror(E.ENOSPC))
 
 
+def _run(name: str, state: HostState, argv: list[str], io) -> int:
+    # run_tool returns -6 or -13 where the real tool dies of SIGABRT or SIGPIPE; the shim
+    # (host/run.py: shim_main) then dies of it too, once the host's state is saved
+    return run_tool(name, argv, Output(io.stdout, io.stderr), HostFiles(state))
+
+
 def thin_check(state: HostState, argv: list[str], io) -> int:
-    return check.main("thin_check", argv, io, HostFiles(state))
+    return _run("thin_check", state, argv, io)
 
 
 def thin_dump(state: HostState, argv: list[str], io) -> int:
-    return dump.main("thin_dump", argv, io, HostFiles(state))
+    return _run("thin_dump", state, argv, io)
 
 
 def thin_ls(state: HostState, argv: list[str], io) -> int:
-    return ls.main("thin_ls", argv, io, HostFiles(state))
+    return _run("thin_ls", state, argv, io)
 
 
 def thin_delta(state: HostState, argv: list[str], io) -> int:
-    return delta.main("thin_delta", argv, io, HostFiles(state))
+    return _run("thin_delta", state, argv, io)
 
 
 def thin_restore(state: HostState, argv: list[str], io) -> int:
-    return restore.main("thin_restore", argv, io, HostFiles(state))
+    return _run("thin_restore", state, argv, io)
 
 
 def thin_repair(state: HostState, argv: list[str], io) -> int:
-    return repair.main("thin_repair", argv, io, HostFiles(state))
+    return _run("thin_repair", state, argv, io)
 
 
 def thin_metadata_size(state: HostState, argv: list[str], io) -> int:
-    return metadata_size.main("thin_metadata_size", argv, io)
+    return _run("thin_metadata_size", state, argv, io)
