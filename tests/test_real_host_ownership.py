@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import in_ci  # noqa: F401
+from conftest import in_ci
 
 from thinsim import vm
 from thinsim.backends import ledger
@@ -87,7 +87,7 @@ def where(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setenv("THINSIM_REAL_DIR", str(folder))
     yield folder
-    real.recover_runs(folder)
+    release_all(folder)
 
 
 def run_script(tmp_path: Path, text: str, name: str = "s.sh", **kw) -> real.Result:
@@ -101,13 +101,9 @@ def when_ready(where: Path, action, marker: str = "ready") -> threading.Thread:
     then make ``go`` there (the script waits for it)."""
 
     def wait() -> None:
-        for _ in range(600):
-            found = list(where.glob(f"thinsim-real-*/**/{marker}"))
-            if found:
-                action()
-                (found[0].parent / "go").touch()
-                return
-            time.sleep(0.05)
+        work = wait_for(where, marker)
+        action()
+        (work / "go").touch()
 
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
@@ -219,6 +215,15 @@ def test_thinsim_in_vm_set_on_a_host_wipes_no_loop_device_in_a_kernel_run_or_a_d
         assert "the VM ran no script" in proc.stderr
 
 
+@loops
+def test_the_vms_wipe_refuses_to_run_outside_a_guest_of_thinsim_vm(decoys, monkeypatch):
+    decoy = decoys()
+    monkeypatch.setenv("THINSIM_IN_VM", "1")
+    with pytest.raises(real.RealHostError, match="not in a guest of thinsim vm"):
+        real.clean_devices()
+    assert decoy.bound()
+
+
 # -- a run on a host: only what it made ---------------------------------------------------
 
 
@@ -258,13 +263,26 @@ def waiting(marker: str) -> str:
     return f"touch {marker}; while [ ! -e go-{marker} ]; do sleep 0.05; done\n"
 
 
-def wait_for(where: Path, marker: str) -> Path:
-    for _ in range(600):
+def wait_for(where: Path, marker: str, seconds: float = 300) -> Path:
+    """The working folder of the run whose script made MARKER (emulated VMs are slow)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         found = list(where.glob(f"thinsim-real-*/**/{marker}"))
         if found:
             return found[0].parent
         time.sleep(0.05)
     raise AssertionError(f"no run made {marker}")
+
+
+def release_all(where: Path, seconds: float = 300) -> None:
+    """Let every waiting script of ``where`` go, and wait for their runs to end (after a
+    failed assertion: no run is left to die with pytest, uncleaned)."""
+    for marker in where.glob("thinsim-real-*/**/ready*"):
+        (marker.parent / f"go-{marker.name}").touch()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and list(where.glob("thinsim-real-*/ledger")):
+        real.recover_runs(where)
+        time.sleep(0.1)
 
 
 @loops
@@ -448,3 +466,134 @@ def test_a_ledger_file_is_deleted_only_while_its_path_names_that_very_file(tmp_p
 
 
 # -- on a host with dm-thin (the VM) ------------------------------------------------------
+
+
+@pytest.fixture
+def dm_host(tmp_path, monkeypatch):
+    """The VM's guest as a host with dm-thin (run_on_host), runs' folders on its tmpfs."""
+    reason = real.dm_thin_here()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"CI must run this on a kernel with dm-thin, but: {reason}", pytrace=False)
+        pytest.skip(f"needs root and dm-thin ({reason}): run inside thinsim vm")
+    monkeypatch.setattr(real, "in_vm", lambda: False)
+    folder = Path(os.environ.get("THINSIM_SCRATCH") or tmp_path) / f"runs-{tmp_path.name}"
+    folder.mkdir()
+    monkeypatch.setenv("THINSIM_REAL_DIR", str(folder))
+    made: list[str] = []
+
+    def theirs(name: str, table: str) -> None:
+        subprocess.run(["dmsetup", "create", name, "--table", table], check=True)
+        made.append(name)
+
+    yield folder, theirs
+    release_all(folder)
+    for name in reversed(made):
+        subprocess.run(["dmsetup", "remove", name], check=False)
+
+
+def dm_state(names) -> dict[str, tuple[str, str]]:
+    """name -> (MAJOR:MINOR, table) of dm devices."""
+    numbers = {name: number for number, name in real.dm_names().items()}
+    state = {}
+    for name in names:
+        table = subprocess.run(
+            ["dmsetup", "table", name], capture_output=True, text=True, check=False
+        )
+        state[name] = (numbers.get(name, ""), table.stdout)
+    return state
+
+
+def pool_script(tag: str, tail: str) -> str:
+    """A pool, a thin (renamed), and a zero device made twice, all named -TAG; then TAIL."""
+    return f"""\
+truncate -s 64M md data
+md=$(losetup -f --show md)
+data=$(losetup -f --show data)
+dmsetup create pool-{tag} --table "0 131072 thin-pool $md $data 128 0"
+dmsetup message pool-{tag} 0 create_thin 1
+dmsetup create thin-{tag} --table "0 8192 thin /dev/mapper/pool-{tag} 1"
+dmsetup rename thin-{tag} renamed-{tag}
+dmsetup create zero-{tag} --table "0 8 zero"
+dmsetup remove zero-{tag}
+echo "0 8 zero" | dmsetup create zero-{tag}
+dmsetup suspend pool-{tag}
+{waiting("ready-" + tag)}{tail}"""
+
+
+def linear_script(tag: str, tail: str) -> str:
+    """Two loop devices and a suspended linear device over one, named -TAG; then TAIL."""
+    return f"""\
+truncate -s 1M a b
+losetup -f b
+dmsetup create lin-{tag} --table "0 1024 linear $(losetup -f --show a) 0"
+dmsetup suspend lin-{tag}
+{waiting("ready-" + tag)}{tail}"""
+
+
+def theirs_left(state) -> None:
+    assert dm_state(state) == state
+
+
+def ours_gone(tag: str) -> bool:
+    return not [n for n in real.dm_names().values() if n.endswith(f"-{tag}")]
+
+
+@pytest.mark.kernel
+def test_on_a_host_with_dm_thin_runs_remove_only_the_dm_and_loop_devices_they_made(
+    tmp_path, dm_host, decoys
+):
+    # A (fails) and B run at once; C's runner is killed outright while A and B live; A
+    # ends, then D's start cleans up C while B still runs, then B ends.  Devices of another
+    # owner, made before and during, stay the same throughout: bound, same numbers, tables.
+    where, theirs = dm_host
+    loop = decoys("before")
+    theirs("theirs-zero", "0 8 zero")
+    theirs("theirs-lin", f"0 1024 linear {loop.dev} 0")
+    results = {}
+
+    def run(tag: str, text: str) -> None:
+        results[tag] = run_script(tmp_path, text, f"{tag}.sh", timeout=1800)  # slow VMs
+
+    a = threading.Thread(target=run, args=("a", pool_script("a", "exit 3\n")), daemon=True)
+    a.start()
+    work_a = wait_for(where, "ready-a")
+    b = threading.Thread(target=run, args=("b", linear_script("b", "")), daemon=True)
+    b.start()
+    work_b = wait_for(where, "ready-b")
+    during = decoys("during")
+    theirs("theirs-during", f"0 1024 linear {loop.dev} 1024")
+    state = dm_state(["theirs-zero", "theirs-lin", "theirs-during"])
+    script = tmp_path / "c.sh"
+    script.write_text(linear_script("c", "sleep 600\n"))
+    runner = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUNNER, str(script)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    work_c = wait_for(where, "ready-c")
+    runner.kill()
+    runner.wait()
+    loops = {
+        tag: [d for d in ledger.bound_loops() if loop_file(d) in real.run_files(work)]
+        for tag, work in (("a", work_a), ("b", work_b), ("c", work_c))
+    }
+    assert [len(v) for v in loops.values()] == [2, 2, 2]
+    (work_a / "go-ready-a").touch()
+    a.join()
+    assert results["a"] == real.Result("", "", 3)
+    assert ours_gone("a") and not ours_gone("b") and not ours_gone("c")
+    assert [loop_file(d) for d in loops["a"]] == [None, None]
+    theirs_left(state)
+    assert run_script(tmp_path, "echo d\n") == real.Result("d\n", "", 0)  # recovers C
+    assert ours_gone("c") and not ours_gone("b")
+    assert [loop_file(d) for d in loops["c"]] == [None, None]
+    assert all(loop_file(d) is not None for d in loops["b"])
+    theirs_left(state)
+    (work_b / "go-ready-b").touch()
+    b.join()
+    assert results["b"] == real.Result("", "", 0)
+    assert ours_gone("b")
+    assert [loop_file(d) for d in loops["b"]] == [None, None]
+    theirs_left(state)
+    assert loop.bound() and during.bound()
+    assert list(where.iterdir()) == []

@@ -44,7 +44,7 @@ from pathlib import Path
 from .. import vm
 from ..backends.dmtools import CommandError
 from ..backends.identity import backing_file, bound_loops, holders, loop_file
-from ..backends.ledger import remove_dm
+from ..backends.ledger import remove_dm, settle
 
 MOUNT = Path("/run/thinsim")  # paths under it appear in the scripts' output
 WORKDIR = MOUNT / "work"  # the scripts' working folder, empty at the start
@@ -227,7 +227,9 @@ def _remove_dm(names: Sequence[str]) -> None:
 
 def clean_devices() -> None:
     """Inside the VM: remove every dm device, detach and delete every loop device and add
-    loop0..loop7 again, or raise."""
+    loop0..loop7 again, or raise.  Anywhere else it refuses (RealHostError)."""
+    if not in_vm():
+        raise RealHostError("not in a guest of thinsim vm: its devices are not ours to wipe")
     sh(["udevadm", "settle"])
     for _ in range(20):
         names = dm_devices()
@@ -505,10 +507,11 @@ def run_files(folder: Path) -> set[tuple[int, int]]:
     return {key for key, (nlink, seen) in links.items() if nlink == seen}
 
 
-def teardown_run(run: Path, loops_before: set[tuple[str, str]] = frozenset()) -> list[str]:
+def teardown_run(run: Path, loops_before: set[tuple[str, str]] | None = None) -> list[str]:
     """Remove the dm and loop devices that run folder ``run`` proves its script made (see
     above), holders first; return notes on what was left though it looks like the
-    script's.  ``loops_before``: (device, backing file) bound when the run started."""
+    script's.  ``loops_before``: (device, backing file) bound when the run started, if
+    known (then a loop on a deleted file attached since is noted)."""
     notes = []
     try:
         ledger = (run / "ledger").read_text(errors="surrogateescape")
@@ -543,7 +546,8 @@ def teardown_run(run: Path, loops_before: set[tuple[str, str]] = frozenset()) ->
     for dev in bound_loops():
         path = backing_file(dev)
         if loop_file(dev) not in files:
-            if (path or "").endswith(" (deleted)") and (dev, path) not in loops_before:
+            deleted = (path or "").endswith(" (deleted)")
+            if deleted and loops_before is not None and (dev, path) not in loops_before:
                 notes.append(f"left {dev}: its backing file {path} cannot be proven the run's")
             continue
         if holders(dev):
@@ -642,7 +646,7 @@ def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT
             err.seek(0)
             result = Result(_decode(out.read()), _decode(err.read()), returncode)
     finally:
-        sh(["udevadm", "settle"])
+        settle()
         _note(teardown_run(run, loops_before))
         shutil.rmtree(run, ignore_errors=True)
         os.close(lock)
