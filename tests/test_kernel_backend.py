@@ -7,6 +7,7 @@ import os
 import pytest
 
 from thinsim.backends import dmtools, ledger
+from thinsim.backends.identity import FileId
 from thinsim.backends.kernel import KernelPool, KernelUnavailableError
 
 
@@ -69,8 +70,10 @@ def test_recovery_leaves_a_live_runs_ledger_alone_and_cleans_a_dead_ones(tmp_pat
     mine, adopted = work / "data", work / "theirs"
     adopted.write_bytes(b"keep me")
     led = ledger.Ledger("cafe0001", ledgers)
+    fd = os.open(mine, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # as KernelPool makes it
     led.add("file", str(mine))
-    mine.write_bytes(b"")
+    led.add("id", str(FileId.of_fd(fd)), str(mine))
+    os.close(fd)
     led.add("adopted", str(adopted))
     assert ledger.recover(ledgers) == []  # alive: its flock is held
     assert mine.exists()

@@ -146,7 +146,7 @@ def test_on_a_host_with_dm_thin_a_script_leaves_no_device_behind_and_the_hosts_o
     # A device the host had before: the script's clean-up must not touch it.
     subprocess.run(["dmsetup", "create", "theirs", "--table", "0 8 zero"], check=True)
     try:
-        monkeypatch.delenv("THINSIM_IN_VM", raising=False)
+        monkeypatch.setattr(real, "in_vm", lambda: False)  # the guest, as a host with dm-thin
         # The guest's root is read-only: the private folder goes on its scratch tmpfs.
         monkeypatch.setenv("THINSIM_REAL_DIR", os.environ.get("THINSIM_SCRATCH", "/tmp"))
         script = tmp_path / "s.sh"

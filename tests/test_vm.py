@@ -84,7 +84,7 @@ def test_the_guest_loads_dm_thin_and_loop_and_mounts_a_scratch_tmpfs_before_the_
         " && mkdir -p /run/thinsim-scratch"
         " && mount -t tmpfs -o size=8g thinsim-scratch /run/thinsim-scratch; }"
         " || { echo 'thinsim vm: guest set-up failed' >&2; exit 125; };"
-        " export THINSIM_SCRATCH=/run/thinsim-scratch THINSIM_IN_VM=1 A='1 2';"
+        " export THINSIM_SCRATCH=/run/thinsim-scratch A='1 2';"
         " cd '/work x' && exec /bin/sh -c 'echo '\"'\"'a b'\"'\"''"
     )
 

@@ -10,6 +10,11 @@ host's root file system read-only (the same Python, the same checkout); only ``-
 folders are writable.  COMMAND's stdout, stderr and exit status are the command's own: vng
 passes them through.  One boot serves the whole COMMAND, so batch work into one call.
 
+The guest can prove it is one (:func:`in_guest`): every boot draws a random nonce, writes it
+to a fresh file on the host and boots the kernel with ``thinsim.vm=NONCE``; only a kernel
+booted so has it in /proc/cmdline, and only this boot's file holds it.  No environment
+variable counts: one can be copied to any host.
+
 Acceleration is detected, not assumed: KVM is used only when ``/dev/kvm`` is usable and a
 probe boot of the same kernel under KVM gets to the end of its boot (on some machines KVM
 guests die at start: ``failed to set MSR 0x10a``); otherwise QEMU emulates the CPU (TCG),
@@ -23,6 +28,7 @@ import glob
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -41,6 +47,12 @@ MODULES = ("dm-thin-pool", "loop")
 MEMORY = "2G"
 CPUS = 2
 SETUP_FAILED = 125  # COMMAND's exit status when the guest could not be set up
+# The guest's kernel command line carries thinsim.vm=NONCE.  A dotted name is a module
+# parameter to the kernel: it never reaches init's environment or argv (init/main.c:
+# unknown_bootoption), so nothing but /proc/cmdline shows it.
+KERNEL_PARAM = "thinsim.vm"
+NONCE_FILE = "THINSIM_VM_NONCE_FILE"  # where the guest finds this boot's nonce file
+_NONCE = re.compile(r"[0-9a-f]{32}")
 PROBE_TIMEOUT = 20  # seconds: a KVM boot to the root-mount panic takes one or two
 
 
@@ -126,6 +138,28 @@ def accelerator(kernel: str | None = None) -> str:
     return "kvm" if usable else "tcg"
 
 
+def in_guest(cmdline: str | os.PathLike[str] = "/proc/cmdline") -> bool:
+    """Whether this is a guest that ``thinsim vm`` booted (and so ours to wipe): the running
+    kernel was booted with ``thinsim.vm=NONCE`` and the nonce file of this boot, which the
+    host wrote before the boot, holds that NONCE.
+
+    A real host fails both: no kernel of its own is booted with a thinsim.vm parameter, and
+    a nonce is 128 random bits drawn for one boot, so neither a copied environment nor a
+    copied nonce file makes /proc/cmdline carry it.  ``$THINSIM_VM_NONCE_FILE`` only says
+    where the file is."""
+    try:
+        words = Path(cmdline).read_text().split()
+    except OSError:
+        return False
+    nonces = [w.split("=", 1)[1] for w in words if w.startswith(KERNEL_PARAM + "=")]
+    if len(nonces) != 1 or not _NONCE.fullmatch(nonces[0]):
+        return False
+    try:
+        return Path(os.environ.get(NONCE_FILE, "")).read_text() == nonces[0]
+    except OSError:
+        return False
+
+
 def guest_script(
     command: str,
     *,
@@ -139,7 +173,7 @@ def guest_script(
         f"mkdir -p {SCRATCH}",
         f"mount -t tmpfs -o size={SCRATCH_SIZE} thinsim-scratch {SCRATCH}",
     ]
-    exports = {"THINSIM_SCRATCH": SCRATCH, "THINSIM_IN_VM": "1", **(env or {})}
+    exports = {"THINSIM_SCRATCH": SCRATCH, **(env or {})}
     return (
         "{ " + " && ".join(setup) + "; } || "
         f"{{ echo 'thinsim vm: guest set-up failed' >&2; exit {SETUP_FAILED}; }}; "
@@ -159,8 +193,12 @@ def vng_argv(
     kernel: str | None = None,
     memory: str = MEMORY,
     cpus: int = CPUS,
+    nonce_file: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """The ``vng`` command line that runs COMMAND (a shell line, or an argv list) in a VM."""
+    """The ``vng`` command line that runs COMMAND (a shell line, or an argv list) in a VM.
+
+    With ``nonce_file`` (a file holding a fresh nonce, in a folder of its own) the guest can
+    prove it is one (:func:`in_guest`)."""
     check_tools()
     kernel = kernel or kernel_image()
     if not isinstance(command, str):
@@ -169,9 +207,16 @@ def vng_argv(
     # The guest runs the host's programs: give it the caller's PATH (virtual environments).
     guest_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
     guest_env.update(env or {})
+    rwdirs = list(rwdirs)
     argv = ["vng", "--run", kernel, "--user", "root", "--memory", memory, "--cpus", str(cpus)]
     if accelerator(kernel) == "tcg":
         argv.append("--disable-kvm")
+    if nonce_file is not None:
+        nonce_file = os.path.abspath(nonce_file)
+        argv += ["--append", f"{KERNEL_PARAM}={Path(nonce_file).read_text()}"]
+        guest_env[NONCE_FILE] = nonce_file
+        # Shared with the guest wherever it is (the guest mounts tmpfs on /run, /var/tmp...).
+        rwdirs.append(os.path.dirname(nonce_file))
     for d in dict.fromkeys(os.path.abspath(d) for d in rwdirs):
         argv += ["--rwdir", d]
     argv += ["--exec", guest_script(command, cwd=cwd, modules=modules, env=guest_env)]
@@ -196,7 +241,17 @@ def run(
     extra environment for COMMAND.  On a timeout or an interrupt the whole VM is killed (no
     QEMU is left running) and the exception propagates.
     """
-    argv = vng_argv(command, rwdirs=rwdirs, cwd=cwd, modules=modules, env=env, kernel=kernel)
+    with tempfile.TemporaryDirectory(prefix="thinsim-vm-") as folder:
+        nonce_file = Path(folder, "nonce")
+        nonce_file.write_text(secrets.token_hex(16))
+        argv = vng_argv(
+            command, rwdirs=rwdirs, cwd=cwd, modules=modules, env=env, kernel=kernel,
+            nonce_file=nonce_file,
+        )  # fmt: skip
+        return _run(argv, capture, timeout)
+
+
+def _run(argv: list[str], capture: bool, timeout: float | None) -> subprocess.CompletedProcess:
     log.info("vm: %s", shlex.join(argv))
     # Always pipes: QEMU opens the guest's stdout as a file, /proc/self/fd/1, with O_TRUNC, so
     # a log file our stdout was redirected to would lose everything written before the boot.

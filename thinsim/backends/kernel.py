@@ -18,7 +18,9 @@ Care for the host:
   ``python -m thinsim.backends.kernel --recover``: the recovery path is the ledger.
 - Removes are retried while udev still holds a new device open.
 - Backing files that already exist are refused unless ``adopt_files=True``; adopted files
-  are never deleted.
+  are never deleted.  A loop device is detached, and a file deleted, only when it is proven
+  to be on the very file this pool made or adopted (device, inode and file handle, written
+  down before the attach), never because a path matches.
 
 Determinism follows tests/kernel/kernel_executor.py (which the scenario recorder uses): I/O
 is issued one request per pool data block, in ascending order, one at a time, so the kernel
@@ -53,6 +55,7 @@ from .dmtools import (
     run_command,
     unavailable_reason,
 )
+from .identity import FileId
 from .ledger import Ledger, dm_uuid, our_dm_devices, recover, remove_dm, teardown
 
 __all__ = [
@@ -356,15 +359,34 @@ class KernelPool(interface.Pool):
                     f"to use it (it will not be deleted)"
                 ) from None
             self._ledger.add("adopted", str(path))
-            if path.stat().st_size < size:
-                os.truncate(path, size)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                self._record_id(fd, path)
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
             return path
         self._ledger.add("file", str(path))
         try:
+            self._record_id(fd, path)
             os.ftruncate(fd, size)
         finally:
             os.close(fd)
         return path
+
+    def _record_id(self, fd: int, path: Path) -> None:
+        """Write down the file's identity before any loop device is attached to it: the
+        teardown detaches only loops on that very file (identity.py)."""
+        try:
+            fid = FileId.of_fd(fd)
+        except OSError as e:
+            raise KernelUnavailableError(
+                f"{path}: its file system has no file handles ({e.strerror}), so a loop "
+                f"device on it could not be proven this pool's later; put the backing files "
+                f"on ext4, xfs, btrfs or tmpfs (THINSIM_KERNEL_DIR)"
+            ) from None
+        self._ledger.add("id", str(fid), str(path))
 
     def _make(self, workdir, metadata_file, data_file, adopt: bool) -> None:
         if metadata_file is None or data_file is None:

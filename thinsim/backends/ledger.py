@@ -10,14 +10,18 @@ ever touched:
 
 - a dm device is removed only when its UUID carries the ledger's token (``THINSIM-<token>-``);
 - a loop device is detached only when the kernel says its backing file is one of the
-  ledger's files;
-- a file is deleted only when the ledger made it (``O_EXCL``), never when it was adopted.
+  ledger's files: the file's device, inode and file handle were written down when it was
+  made or adopted (:mod:`thinsim.backends.identity`), so a file someone else made under the
+  same name, even on a reused inode number, is not ours;
+- a file is deleted only when the ledger made it (``O_EXCL``), never when it was adopted,
+  and only while the path still names that very file.
 
 Lines, appended one ``write`` at a time (``O_APPEND``)::
 
     dir PATH        a folder for backing files, made right after the line is written
     file PATH       a backing file this run made (written after the O_EXCL create succeeded)
     adopted PATH    a backing file that already existed and the caller asked to use
+    id DEV INO T:HANDLE PATH   the identity of file or adopted PATH (see identity.FileId)
     loop DEV PATH   DEV was attached to PATH
     dm NAME         a dm device about to be created (so also one whose create never finished)
     -loop DEV       detached
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dmtools import run_command
+from .identity import FileId, backing_file, bound_loops, holders, loop_file
 
 log = logging.getLogger("thinsim.kernel")
 
@@ -60,6 +65,7 @@ class Entries:
     dirs: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
+    ids: dict[str, FileId] = field(default_factory=dict)  # file or adopted path -> identity
     loops: dict[str, str] = field(default_factory=dict)  # device -> backing file
     dms: list[str] = field(default_factory=list)
 
@@ -74,6 +80,10 @@ class Entries:
                 e.files.append(rest)
             elif kind == "adopted":
                 e.adopted.append(rest)
+            elif kind == "id":
+                words = rest.split(" ", 3)
+                if len(words) == 4:
+                    e.ids[words[3]] = FileId.parse(" ".join(words[:3]))
             elif kind == "loop":
                 dev, _, path = rest.partition(" ")
                 e.loops[dev] = path
@@ -158,35 +168,28 @@ def remove_dm(name: str, attempts: int = 5) -> None:
     run_command(["dmsetup", "remove", "--force", "--retry", name])
 
 
-def backing_file(dev: str) -> str | None:
-    """The file loop device ``dev`` is attached to, as the kernel reports it, or None."""
-    try:
-        text = Path("/sys/block", Path(dev).name, "loop", "backing_file").read_text()
-    except OSError:
-        return None
-    return text.rstrip("\n").removesuffix(" (deleted)")
-
-
 def loops_on(path: str) -> list[str]:
-    """Loop devices attached to ``path`` (what ``losetup -j`` says, read from sysfs)."""
-    devs = []
-    for entry in Path("/sys/block").glob("loop*"):
-        if backing_file(entry.name) == path:
-            devs.append(f"/dev/{entry.name}")
-    return devs
+    """Loop devices whose backing file the kernel names ``path`` (also once deleted): the
+    candidates for a file whose attach was never written down (killed in between)."""
+    return [dev for dev in bound_loops() if backing_file(dev) in (path, f"{path} (deleted)")]
 
 
-def detach_loop(dev: str, path: str) -> None:
-    """Detach ``dev`` if (and only if) it is still attached to ``path``, and wait until the
-    kernel has let it go (a detach while udev holds it open only sets autoclear)."""
-    if backing_file(dev) != path:
-        return
+def is_ours(dev: str, path: str, fid: FileId | None) -> bool:
+    """Loop device ``dev`` is attached to the very file recorded as ``fid`` (made or adopted
+    at ``path``): same device and inode, and that inode still the one we recorded."""
+    return fid is not None and loop_file(dev) == (fid.dev, fid.ino) and fid.alive(path)
+
+
+def detach_loop(dev: str) -> None:
+    """Detach ``dev`` and wait until the kernel has let it go (a detach while udev holds it
+    open only sets autoclear).  Call only on a device proven ours (:func:`is_ours`)."""
+    before = backing_file(dev)
     run_command(["losetup", "-d", dev], check=False)
     for _ in range(200):
-        if backing_file(dev) != path:
+        if backing_file(dev) != before:
             return
         time.sleep(0.05)
-    log.warning("%s is still attached to %s after losetup -d", dev, path)
+    log.warning("%s is still attached to %s after losetup -d", dev, before)
 
 
 def teardown(entries: Entries) -> list[str]:
@@ -203,16 +206,28 @@ def teardown(entries: Entries) -> list[str]:
             remove_dm(name)
             done.append(f"dm {name}")
     candidates = dict(entries.loops)
-    for path in entries.files:
+    for path in entries.files + entries.adopted:
         # The attach may have happened without its ledger line (killed in between): ask the
-        # kernel for loops on the files this run made.
+        # kernel for loops on the files this run made or adopted.
         for dev in loops_on(path):
             candidates.setdefault(dev, path)
     for dev, path in reversed(list(candidates.items())):
-        if backing_file(dev) == path:
-            detach_loop(dev, path)
-            done.append(f"loop {dev}")
+        if not is_ours(dev, path, entries.ids.get(path)):
+            if dev in entries.loops and loop_file(dev) is not None:
+                log.warning("left %s: not proven attached to %s of ledger %s", dev, path,
+                            entries.token)  # fmt: skip
+            continue
+        if holders(dev):
+            log.warning("left %s: still held by %s", dev, ", ".join(holders(dev)))
+            continue
+        detach_loop(dev)
+        done.append(f"loop {dev}")
     for path in reversed(entries.files):
+        fid = entries.ids.get(path)
+        if fid is None or FileId.of_path(path) != fid:
+            if os.path.lexists(path):
+                log.warning("left %s: not proven the file ledger %s made", path, entries.token)
+            continue
         try:
             os.unlink(path)
             done.append(f"file {path}")

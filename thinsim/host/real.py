@@ -7,15 +7,19 @@ the fixed environment :data:`ENV`, stdin from /dev/null, stdout and stderr captu
 
 Where it runs:
 
-- inside ``thinsim vm`` (``THINSIM_IN_VM``): the machine is ours, so every script starts from
-  a machine just booted: all dm devices removed, loop devices deleted and loop0-7 added again
-  (so ``losetup -f`` gives /dev/loop0 and the first dm device gets minor 0), a fresh ext4 on
-  the RAM disk /dev/ram0 (brd) mounted on :data:`MOUNT`, the kernel log cleared;
+- inside a guest of ``thinsim vm``, proven by the nonce its kernel was booted with
+  (:func:`in_vm`; no environment variable counts): the machine is ours, so every script
+  starts from a machine just booted: all dm devices removed, loop devices deleted and
+  loop0-7 added again (so ``losetup -f`` gives /dev/loop0 and the first dm device gets
+  minor 0), a fresh ext4 on the RAM disk /dev/ram0 (brd) mounted on :data:`MOUNT`, the
+  kernel log cleared;
 - on a host that has dm-thin, as root: the host's own devices are left alone.  The script
   gets a private mount namespace with a fresh folder on /var/tmp (``$THINSIM_REAL_DIR``)
-  bound on :data:`MOUNT`;
-  afterwards only the dm and loop devices that appeared during the script are removed;
-  the kernel log is not cleared;
+  bound on :data:`MOUNT`; afterwards only the dm and loop devices that a record proves the
+  script made are removed (the run's dmsetup writes down what it makes; a loop device is
+  the run's when its backing file is a file of the run's folder), whoever else made devices
+  meanwhile; a run killed outright is cleaned up by the next (see run_on_host); the kernel
+  log is not cleared;
 - anywhere else: through ``thinsim vm`` (one boot for all the scripts given).
 
 :func:`mask` hides what varies from run to run (dd's timings, dmesg's timestamps).
@@ -28,6 +32,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +40,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from .. import vm
+from ..backends.dmtools import CommandError
+from ..backends.identity import backing_file, bound_loops, holders, loop_file
+from ..backends.ledger import remove_dm, settle
 
 MOUNT = Path("/run/thinsim")  # paths under it appear in the scripts' output
 WORKDIR = MOUNT / "work"  # the scripts' working folder, empty at the start
@@ -162,8 +172,10 @@ def sh(argv: list[str], check: bool = False) -> subprocess.CompletedProcess[str]
 
 
 def in_vm() -> bool:
-    """Inside ``thinsim vm`` (the guest is ours to wipe)."""
-    return os.environ.get("THINSIM_IN_VM") == "1"
+    """Inside a guest that ``thinsim vm`` booted, proven by the nonce on its kernel command
+    line (:func:`thinsim.vm.in_guest`), never by an environment variable: only there is the
+    machine ours to wipe."""
+    return vm.in_guest()
 
 
 def dm_thin_here() -> str | None:
@@ -215,7 +227,9 @@ def _remove_dm(names: Sequence[str]) -> None:
 
 def clean_devices() -> None:
     """Inside the VM: remove every dm device, detach and delete every loop device and add
-    loop0..loop7 again, or raise."""
+    loop0..loop7 again, or raise.  Anywhere else it refuses (RealHostError)."""
+    if not in_vm():
+        raise RealHostError("not in a guest of thinsim vm: its devices are not ours to wipe")
     sh(["udevadm", "settle"])
     for _ in range(20):
         names = dm_devices()
@@ -342,21 +356,277 @@ def run_in_vm(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT) 
             sh(["umount", "-l", str(MOUNT)])
 
 
-# In a private mount namespace: bind the fresh folder on /run/thinsim, run the script there.
-_PRIVATE = 'mkdir -p "$1" && mount --bind "$2" "$1" && cd "$1/work" && shift 2 && exec "$@"'
+# -- on a host with dm-thin: only what the script is proven to have made goes -------------
+#
+# Each run gets a fresh folder RUN = $THINSIM_REAL_DIR/thinsim-real-XXXXXX (/var/tmp: a disk
+# file system, where the thin tools' O_DIRECT works):
+#
+#   RUN/ledger   written by the run's dmsetup (below); flock-held by the runner while it lives
+#   RUN/mnt      bound on /run/thinsim in the script's private mount namespace; mnt/work is
+#                the script's working folder
+#   RUN/bin      in the namespace a private tmpfs with the recording dmsetup
+#
+# The script's dmsetup, in its namespace only, is a small sh script bound over the real one:
+# it runs the real dmsetup with the same arguments, streams and exit status, and for a
+# command that can make, rename or remove dm devices it compares the devices (sysfs) before
+# and after and appends to the ledger "+ MAJ:MIN NAME" for a device that appeared under a
+# name given on the command line (only when the command succeeded: names are unique, so the
+# device is the one it made), "~ MAJ:MIN NAME" for a rename, "- MAJ:MIN" for a removal.
+# Devices are not renamed and get no UUID (the scripts' output must stay what the kernel
+# prints), so afterwards a dm device is the run's when the ledger says the run made that
+# device number under that name (renames followed) and the kernel has that number under
+# that name now.  A loop device is the run's when the kernel says (LOOP_GET_STATUS64) its
+# backing file is, by device and inode, a file inside RUN/mnt that has no link elsewhere.
+# Nothing else is touched: not the host's devices, not another run's, not what another owner
+# made while the script ran.  What looks like the script's but cannot be proven so (a loop
+# on a file the script deleted, a device made by a program other than dmsetup) is left,
+# and said so on stderr.
+#
+# A runner killed outright (SIGKILL) takes its script with it (the parent-death signal),
+# and the next run finds the folder's ledger unlocked and tears down what it proves, the
+# same way (recover_runs).
+
+RUN_PREFIX = "thinsim-real-"
+DM_ALIASES = ("dmstats", "devmap_name")  # dmsetup under other names (symlinks to it)
+
+_RECORDING_DMSETUP = r"""#!/bin/sh
+# thinsim: the script's dmsetup (see thinsim/host/real.py); the real one does the work.
+real=@BIN@/real/${0##*/}
+case " $* " in
+*" create "* | *" rename "* | *" remove "* | *" remove_all "*) ;;
+*) exec "$real" "$@" ;;
+esac
+devices() {
+    for d in /sys/block/dm-*; do
+        read -r t < "$d/dev" && read -r n < "$d/dm/name" && printf '%s %s\n' "$t" "$n"
+    done 2>/dev/null
+}
+before=$(devices)
+"$real" "$@"
+rc=$?
+after=$(devices)
+{ printf '%s\n' "#before" "$before" "#after" "$after" "#args"; printf '%s\n' "$@"; } |
+    awk -v rc="$rc" '
+        s < 3 && $0 == "#before" { s = 1; next }
+        s < 3 && $0 == "#after" { s = 2; next }
+        s < 3 && $0 == "#args" { s = 3; next }
+        s == 1 && NF { t = $1; sub(/^[^ ]* /, ""); b[t] = $0 }
+        s == 2 && NF { t = $1; sub(/^[^ ]* /, ""); a[t] = $0 }
+        s == 3 {
+            w[$0] = 1
+            n = split($0, spec, ";")  # create --concise "name,uuid,minor,flags,table;..."
+            for (i = 1; i <= n; i++) { sub(/,.*/, "", spec[i]); w[spec[i]] = 1 }
+        }
+        END {
+            for (t in b) if (!(t in a)) print "- " t
+            for (t in a) if (a[t] in w) {
+                if (!(t in b)) { if (rc == 0) print "+ " t " " a[t] }
+                else if (b[t] != a[t]) print "~ " t " " a[t]
+            }
+        }' >> @LEDGER@
+# Killed by a signal: die of it too, as the real one did.
+[ "$rc" -gt 128 ] && kill -"$((rc - 128))" $$
+exit "$rc"
+"""
+
+# In the private mount namespace: the run's folder on /run/thinsim, the recording dmsetup
+# over the real one, then the script.  Arguments: RUN, then the real dmsetup paths, "--",
+# the command.
+_PRIVATE = r"""set -e
+run=$1; shift
+mkdir -p @MOUNT@
+mount --bind "$run/mnt" @MOUNT@
+mount -t tmpfs -o mode=0755 thinsim-tools "$run/bin"
+mkdir "$run/bin/real"
+tools=
+while [ "$1" != -- ]; do tools="$tools $1"; shift; done; shift
+first=${tools# }; first=${first%% *}
+: > "$run/bin/real/dmsetup"
+mount --bind "$first" "$run/bin/real/dmsetup"
+for alias in @ALIASES@; do ln -s dmsetup "$run/bin/real/$alias"; done
+cp "$run/dmsetup" "$run/bin/dmsetup"
+chmod 0755 "$run/bin/dmsetup"
+for tool in $tools; do mount --bind "$run/bin/dmsetup" "$tool"; done
+cd @MOUNT@/work
+exec "$@"
+"""
+
+
+def dm_names() -> dict[str, str]:
+    """Every dm device: MAJOR:MINOR -> name, from sysfs (no dmsetup needed)."""
+    found = {}
+    for d in Path("/sys/block").glob("dm-*"):
+        try:
+            found[(d / "dev").read_text().strip()] = (d / "dm" / "name").read_text().strip()
+        except OSError:
+            pass  # removed meanwhile
+    return found
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _dm_kname(number: str) -> str:
+    return Path(f"/sys/dev/block/{number}").resolve().name
+
+
+def recorded_dm(ledger: str) -> dict[str, str]:
+    """MAJOR:MINOR -> name of the dm devices a run's ledger says it made and did not
+    remove, in the order they were made."""
+    made: dict[str, str] = {}
+    for line in ledger.splitlines():
+        kind, _, rest = line.partition(" ")
+        number, _, name = rest.partition(" ")
+        if kind == "+":
+            made.pop(number, None)
+            made[number] = name
+        elif kind == "~" and number in made:
+            made[number] = name
+        elif kind == "-":
+            made.pop(number, None)
+    return made
+
+
+def run_files(folder: Path) -> set[tuple[int, int]]:
+    """(device, inode) of every file inside ``folder`` that has no link outside it."""
+    links: dict[tuple[int, int], list[int]] = {}
+    for top, _, names in os.walk(folder):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            if os.path.isfile(os.path.join(top, name)) and not os.path.islink(
+                os.path.join(top, name)
+            ):
+                links.setdefault((st.st_dev, st.st_ino), [st.st_nlink, 0])[1] += 1
+    return {key for key, (nlink, seen) in links.items() if nlink == seen}
+
+
+def teardown_run(run: Path, loops_before: set[tuple[str, str]] | None = None) -> list[str]:
+    """Remove the dm and loop devices that run folder ``run`` proves its script made (see
+    above), holders first; return notes on what was left though it looks like the
+    script's.  ``loops_before``: (device, backing file) bound when the run started, if
+    known (then a loop on a deleted file attached since is noted)."""
+    notes = []
+    try:
+        ledger = (run / "ledger").read_text(errors="surrogateescape")
+    except OSError:
+        ledger = ""
+    made = recorded_dm(ledger)
+    now = dm_names()
+    ours = {number: name for number, name in made.items() if now.get(number) == name}
+    for number, name in made.items():
+        if number not in ours and name in now.values():
+            notes.append(f"left dm device {name}: not the device number the run made it with")
+    # A suspended device would hang the removal of what it holds: resume all, oldest first.
+    for number, name in ours.items():
+        if _read(Path("/sys/block", _dm_kname(number), "dm", "suspended")) == "1":
+            sh(["dmsetup", "resume", name])
+    left = dict(ours)
+    for _ in range(len(ours)):
+        free = [n for n in reversed(left) if not holders(_dm_kname(n))]
+        if not free:
+            break
+        for number in free:
+            if dm_names().get(number) == left[number]:
+                try:
+                    remove_dm(left[number])
+                except CommandError as exc:
+                    notes.append(f"could not remove dm device {left[number]}: {exc}")
+            del left[number]
+    for number, name in left.items():
+        held = ", ".join(holders(_dm_kname(number)))
+        notes.append(f"left dm device {name}: held by {held}, which the run is not proven to own")
+    files = run_files(run / "mnt")
+    for dev in bound_loops():
+        path = backing_file(dev)
+        if loop_file(dev) not in files:
+            deleted = (path or "").endswith(" (deleted)")
+            if deleted and loops_before is not None and (dev, path) not in loops_before:
+                notes.append(f"left {dev}: its backing file {path} cannot be proven the run's")
+            continue
+        if holders(dev):
+            notes.append(f"left {dev}: held by {', '.join(holders(dev))}")
+            continue
+        sh(["losetup", "-d", dev])
+        for _ in range(200):  # udev may hold it a moment: the detach completes on its close
+            if backing_file(dev) != path:
+                break
+            time.sleep(0.05)
+        else:
+            notes.append(f"left {dev}: still attached to {path} after losetup -d")
+    return notes
+
+
+def recover_runs(where: Path) -> list[str]:
+    """Tear down what the runs in ``where`` whose runner died left behind, and delete their
+    folders; a live run's ledger is locked and stays alone.  Returns the notes."""
+    notes: list[str] = []
+    for run in sorted(where.glob(RUN_PREFIX + "*")):
+        try:
+            fd = os.open(run / "ledger", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a run's folder, or one still being made
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its runner is alive
+            if not (run / "ledger").exists():
+                continue  # another recovery finished it while we waited
+            notes += teardown_run(run)
+            shutil.rmtree(run, ignore_errors=True)
+        finally:
+            os.close(fd)
+    return notes
+
+
+def _dmsetup_paths() -> list[str]:
+    """Every distinct dmsetup on the scripts' PATH (/sbin is /usr/sbin on Debian 12)."""
+    found = []
+    for folder in ENV["PATH"].split(":"):
+        path = os.path.join(folder, "dmsetup")
+        if os.path.isfile(path):
+            found.append(os.path.realpath(path))
+    return list(dict.fromkeys(found))
+
+
+def _note(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"thinsim: {note}", file=sys.stderr)
 
 
 def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT) -> Result:
     """On a host with dm-thin, as root: run SCRIPT without touching the host's own devices;
-    remove the dm and loop devices that appeared while it ran."""
-    dm_before, loop_before = set(dm_devices()), set(loop_devices())
-    # /var/tmp: a disk file system, where O_DIRECT works (the thin tools use it).
-    where = os.environ.get("THINSIM_REAL_DIR", "/var/tmp")
-    private = tempfile.mkdtemp(prefix="thinsim-real-", dir=where)
+    remove afterwards the dm and loop devices it is proven to have made (see above)."""
+    where = Path(os.environ.get("THINSIM_REAL_DIR", "/var/tmp"))
+    _note(recover_runs(where))
+    run = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=where))
+    # Locked before the name appears, so a recovery never takes a live run for a dead one.
+    lock = os.open(run / "ledger.new", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(run / "ledger.new", run / "ledger")
     try:
-        os.mkdir(os.path.join(private, "work"))
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _PRIVATE, "sh"]
-        argv += [str(MOUNT), private, "bash", str(script), *args]
+        (run / "mnt" / "work").mkdir(parents=True)
+        (run / "bin").mkdir()
+        (run / "dmsetup").write_text(
+            _RECORDING_DMSETUP.replace("@BIN@", shlex.quote(str(run / "bin"))).replace(
+                "@LEDGER@", shlex.quote(str(run / "ledger"))
+            )
+        )
+        private = _PRIVATE.replace("@MOUNT@", shlex.quote(str(MOUNT))).replace(
+            "@ALIASES@", " ".join(DM_ALIASES)
+        )
+        loops_before = {(dev, backing_file(dev) or "") for dev in bound_loops()}
+        # setpriv: the script dies with its runner (SIGKILL included), not after it.
+        argv = ["setpriv", "--pdeathsig", "KILL", "--"]
+        argv += ["unshare", "--mount", "--propagation", "private", "sh", "-c", private, "sh"]
+        argv += [str(run), *_dmsetup_paths(), "--", "bash", str(script), *args]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
                 argv, env=ENV, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
@@ -368,16 +638,18 @@ def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT
                 os.killpg(proc.pid, 9)
                 proc.wait()
                 returncode = "timeout"
+            finally:
+                if proc.returncode is None:  # interrupted: take the script down first
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
             out.seek(0)
             err.seek(0)
             result = Result(_decode(out.read()), _decode(err.read()), returncode)
     finally:
-        sh(["udevadm", "settle"])
-        _remove_dm([n for n in dm_devices() if n not in dm_before])
-        for dev in loop_devices():
-            if dev not in loop_before:
-                sh(["losetup", "-d", dev])
-        shutil.rmtree(private, ignore_errors=True)
+        settle()
+        _note(teardown_run(run, loops_before))
+        shutil.rmtree(run, ignore_errors=True)
+        os.close(lock)
     return result
 
 
@@ -398,8 +670,6 @@ def run_scripts(
     jobs = [(Path(s).resolve(), list(a)) for s, a in jobs]
     if in_vm() or dm_thin_here() is None:
         return [run_here(s, a, timeout) for s, a in jobs]
-    from .. import vm
-
     # The guest sees this host's files read-only at the same paths, so the scripts run from
     # where they are (bash prints their path in its messages); results come back through a
     # writable exchange folder.
