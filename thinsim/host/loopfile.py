@@ -165,9 +165,16 @@ def stop(host: str) -> None:
     """The run on HOST ends: its holder closes every file (the kernel's loop devices would
     go with the machine)."""
     try:
-        _ask(host, "stop")
+        answer = _ask(host, "stop")
     except OSError:
-        pass
+        answer = None
+    if answer is None:  # the holder died with the run's namespace: its socket stays
+        path = os.path.join(host, SOCKET)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 # -- what commands use ---------------------------------------------------------------------

@@ -173,6 +173,10 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
     env = {k: v for k, v in os.environ.items() if k != "THINSIM_HOST"}
     if host is not None:
         env["THINSIM_HOST"] = os.path.abspath(host)
+        # a host whose state file fails its checks is refused before anything runs (the
+        # one-line HostStateError), not at the script's first simulated command
+        with open_host(host, write=False):
+            pass
     env["THINSIM_PYTHON"] = sys.executable
     old = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
     private = None
@@ -195,6 +199,8 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
     finally:
         if private is not None:  # nothing of the run is left to write in it
             shutil.rmtree(private, ignore_errors=True)
+        if host is not None:  # the loop devices' files go with the run
+            loopfile.stop(env["THINSIM_HOST"])
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
