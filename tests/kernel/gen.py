@@ -178,7 +178,9 @@ class Gen:
     def new_id(self) -> int:
         # Mostly small consecutive ids, sometimes a sparse one.
         if self.rng.random() < 0.1:
-            i = self.rng.choice([self.rng.randrange(100, 5000), 16777215, self.rng.randrange(10, 64)])
+            i = self.rng.choice(
+                [self.rng.randrange(100, 5000), 16777215, self.rng.randrange(10, 64)]
+            )
             if i not in self.thins:
                 return i
         while self.next_id in self.thins:
@@ -377,16 +379,31 @@ def gen_mixed(g: Gen) -> None:
     for _ in range(steps):
         action = rng.choices(
             [
-                "write", "write_many", "discard", "read", "create_thin", "create_snap",
-                "delete", "activate", "remove", "thin_status", "events", "dump",
-                "write_nosync", "metadata_snap", "suspend", "write_past_end",
+                "write",
+                "write_many",
+                "discard",
+                "read",
+                "create_thin",
+                "create_snap",
+                "delete",
+                "activate",
+                "remove",
+                "thin_status",
+                "events",
+                "dump",
+                "write_nosync",
+                "metadata_snap",
+                "suspend",
+                "write_past_end",
             ],
             [12, 5, 6, 4, 2, 3, 2, 2, 2, 3, 2, 1, 1, 1, 1, 0.5],
         )[0]
         i = g.pick_live()
-        if action in (
-            "write", "write_many", "write_nosync", "read", "thin_status", "write_past_end"
-        ) and i is None:
+        if (
+            action
+            in ("write", "write_many", "write_nosync", "read", "thin_status", "write_past_end")
+            and i is None
+        ):
             action = "create_thin"
         if action == "write":
             g.write(i, *g.rand_range(i, 1, 0.5))
@@ -400,7 +417,11 @@ def gen_mixed(g: Gen) -> None:
         elif action == "write_past_end":
             # A request starting at the end fails (ENOSPC from the block layer).
             end = g.active[i] * SECTOR
-            g.op(f"write {i} {fmt(end - end % 4096)} 4k {g.seed()}" if end % 4096 == 0 else f"write {i} {fmt(end)} 512 {g.seed()}")
+            g.op(
+                f"write {i} {fmt(end - end % 4096)} 4k {g.seed()}"
+                if end % 4096 == 0
+                else f"write {i} {fmt(end)} 512 {g.seed()}"
+            )
             continue
         elif action == "discard":
             if i is None or not g.can_discard():
@@ -483,7 +504,13 @@ def gen_snapshots(g: Gen) -> None:
     bbytes = bs * SECTOR
     # Big enough for several hundred mapped blocks per thin in several thins.
     nblocks = max(2048, (768 << 20) // bbytes)
-    g.pool(rng.choice([4 << 20, 8 << 20]), nblocks, bs, 0, [] if rng.random() < 0.8 else ["skip_block_zeroing"])
+    g.pool(
+        rng.choice([4 << 20, 8 << 20]),
+        nblocks,
+        bs,
+        0,
+        [] if rng.random() < 0.8 else ["skip_block_zeroing"],
+    )
     origin = g.create_thin(0)
     leaf = 252
     vblocks = rng.choice([400, 600, 800])
@@ -705,7 +732,11 @@ def gen_features(g: Gen) -> None:
             off, length = g.rand_range(k, 3, 1.0)
             g.write(k, off, length)
             g.status()
-            g.read(k, off - off % g.bbytes, g.bbytes * (-(-(off + length) // g.bbytes) - off // g.bbytes))
+            g.read(
+                k,
+                off - off % g.bbytes,
+                g.bbytes * (-(-(off + length) // g.bbytes) - off // g.bbytes),
+            )
             g.op("du")
         elif action == "reuse_discard":
             if not g.can_discard():
@@ -1019,7 +1050,9 @@ def _edges_tails(g: Gen) -> None:
 def _edges_read_only(g: Gen) -> None:
     rng = g.rng
     bs = pick_bs(rng)
-    features = rng.choice([[], ["error_if_no_space"], ["no_discard_passdown"], ["skip_block_zeroing"]])
+    features = rng.choice(
+        [[], ["error_if_no_space"], ["no_discard_passdown"], ["skip_block_zeroing"]]
+    )
     g.pool(4 << 20, 64, bs, 0, features)
     tid = 0
     a = g.create_thin()
@@ -1041,7 +1074,9 @@ def _edges_read_only(g: Gen) -> None:
             t = rng.choice(g.live())
             what = rng.randrange(7)
             if what == 0:
-                g.op(f"write {t} {fmt(rng.randrange(16) * g.bbytes)} 4k {g.seed()}")  # maybe unmapped
+                g.op(
+                    f"write {t} {fmt(rng.randrange(16) * g.bbytes)} 4k {g.seed()}"
+                )  # maybe unmapped
             elif what == 1:
                 g.op(f"write {t} {fmt(g.bbytes)} 4k {g.seed()}")  # mapped in a (shared with s)
             elif what == 2:
@@ -1051,8 +1086,16 @@ def _edges_read_only(g: Gen) -> None:
             elif what == 4:
                 g.read(t, 0, 4 * g.bbytes)
             elif what == 5:
-                g.op(rng.choice(["msg create_thin 77", f"msg set_transaction_id {tid} {tid + 1}",
-                                 "msg reserve_metadata_snap", f"msg delete {s}"]))
+                g.op(
+                    rng.choice(
+                        [
+                            "msg create_thin 77",
+                            f"msg set_transaction_id {tid} {tid + 1}",
+                            "msg reserve_metadata_snap",
+                            f"msg delete {s}",
+                        ]
+                    )
+                )
             else:
                 g.op(f"thin_status {t}")
             g.op("status")
@@ -1086,7 +1129,13 @@ def gen_refcounts(g: Gen) -> None:
     rng = g.rng
     bs = pick_bs(rng, (6, 2, 1, 0))
     n = rng.randint(260, 1100)  # origin blocks: 2 to 9 leaves
-    g.pool(rng.choice([4 << 20, 8 << 20]), 4096, bs, 0, [] if rng.random() < 0.7 else ["skip_block_zeroing"])
+    g.pool(
+        rng.choice([4 << 20, 8 << 20]),
+        4096,
+        bs,
+        0,
+        [] if rng.random() < 0.7 else ["skip_block_zeroing"],
+    )
     o = g.create_thin()
     g.activate(o, 2048 * bs)
     g.write(o, 0, n * g.bbytes)
