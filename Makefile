@@ -9,7 +9,7 @@ ABSBIN := $(abspath $(BIN))
 # Debian packages the tests use: Debian's own thin tools check the metadata files thinsim
 # writes; QEMU, Debian's kernel (it has dm-thin), dmsetup, kmod and busybox-static let
 # `thinsim vm` boot that kernel and drive it (the guest runs the host's own programs).
-DEB_PACKAGES := thin-provisioning-tools qemu-system-x86 linux-image-amd64 dmsetup kmod \
+DEB_PACKAGES := thin-provisioning-tools qemu-system-x86 linux-image-amd64 dmsetup kmod e2fsprogs \
 	busybox-static
 # The kernel tests must finish (or fail) well inside CI's 30 minutes.
 VM_TIMEOUT ?= 1500
