@@ -307,13 +307,13 @@ class _Failing(io.StringIO):
              ["thin_check", "scattered.md"], ["thin_dump", "-fhuman_readable", "busy.md"]],
     ids=" ".join,
 )  # fmt: skip
-def test_a_tool_whose_stdout_fails_exits_as_debians_does(corpus, tool):
+def test_a_tool_whose_stdout_fails_exits_as_debians_does(corpus, tool, monkeypatch):
     # > /dev/full: the stream's badbit drops the text, the status is the tool's own
     with open("/dev/full", "w") as full:
         want = subprocess.run(tool, cwd=corpus, stdout=full, stderr=subprocess.PIPE, text=True,
                               check=False)  # fmt: skip
     err = io.StringIO()
-    os.chdir(corpus)
+    monkeypatch.chdir(corpus)  # and back after: the corpus folder goes before the session
     rc = run_tool(tool[0], tool[1:], Output(_Failing(OSError(28, "No space")), err))
     assert (err.getvalue(), rc) == (want.stderr, want.returncode)
     # and the pipe nobody reads: SIGPIPE kills the tool (-13, as subprocess says it)

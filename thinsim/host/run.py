@@ -83,7 +83,12 @@ def shim_main(name: str, argv: list[str]) -> int:
         with open_host(host) as state:
             status = COMMANDS[name](state, argv, io)
             devnodes.sync(state)
-        io.finish()
+        try:
+            io.finish()
+        except BrokenPipeError:  # as _exit_as: the reader is gone
+            status = status if status < 0 else -signal.SIGPIPE
+        except (OSError, ValueError):
+            pass  # output that cannot be written is dropped, as _exit_as drops it
         return _exit_as(status)
     device = _names_device(argv)
     if device is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -19,8 +20,10 @@ class IO:
 
     def __init__(self, stdin=None, stdout=None, stderr=None, *, defer: bool = False) -> None:
         self.stdin = stdin or sys.stdin
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
+        # a closed descriptor (`>&-`: Python makes sys.stdout None) takes what a C program
+        # writes there and drops it (EBADF), the status unchanged
+        self.stdout = stdout or sys.stdout or io.StringIO()
+        self.stderr = stderr or sys.stderr or io.StringIO()
         self.defer = defer
         # once a command waits for finish: what comes after, (stream or None, text or argv)
         self._later: list[tuple[object, object]] | None = None
