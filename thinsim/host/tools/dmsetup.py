@@ -2457,5 +2457,9 @@ def dmsetup(state: HostState, argv: list[str], io: IO) -> int:
     finally:
         _CURRENT[0] = None
         if not io.pending:  # else stdout stays in its buffer until after --exec's commands
-            io.stdout.flush()
-            sys.stdout.flush()
+            try:
+                io.stdout.flush()
+                if sys.stdout is not None:  # None: closed (>&-)
+                    sys.stdout.flush()
+            except (OSError, ValueError):
+                pass  # the shim's exit (_exit_as) decides what an unwritable stdout means
