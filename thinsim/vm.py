@@ -3,7 +3,7 @@
     thinsim vm [--rwdir DIR]... [--module 'NAME ARGS']... -- COMMAND [ARG...]
 
 boots the newest ``/boot/vmlinuz-*-amd64`` (or ``$THINSIM_KERNEL``) under QEMU through
-``vng`` (see ../shared/docs/vm-recipe.md), and runs COMMAND inside the guest as root, in the
+``vng`` (virtme-ng), and runs COMMAND inside the guest as root, in the
 caller's working folder, with ``dm-thin-pool`` and ``loop`` loaded and a fresh tmpfs mounted
 on :data:`SCRATCH` (``$THINSIM_SCRATCH`` in the guest) for backing files.  The guest sees the
 host's root file system read-only (the same Python, the same checkout); only ``--rwdir``

@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 from ..errors import error_for
-from ..model.store import DataStore, _punch_hole
+from ..model.store import DataStore, _punch_hole, punches_holes
 
 SOCKET = "loops.sock"  # in the host folder
 POLL_SECONDS = 1.0  # how often an idle holder checks that its socket is still its host's
@@ -341,13 +341,7 @@ class LoopStore(DataStore):
     def supports_discard(self) -> bool:
         """Whether the file's file system punches holes (else the loop device on it
         advertises no discard)."""
-        try:
-            # a hole past the end of the file changes nothing but tells whether it can
-            end = -(-os.fstat(self.fd).st_size // 4096) * 4096
-            _punch_hole(self.fd, end, 4096)
-        except OSError:
-            return False
-        return True
+        return punches_holes(self.fd)
 
     def allocated_bytes(self) -> int:
         return os.fstat(self.fd).st_blocks * 512

@@ -146,6 +146,16 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def punches_holes(fd: int) -> bool:
+    """Whether FD's file system punches holes: a hole past the end of the file changes
+    nothing but tells whether it can."""
+    try:
+        _punch_hole(fd, -(-os.fstat(fd).st_size // 4096) * 4096, 4096)
+    except OSError:
+        return False
+    return True
+
+
 class FileStore(DataStore):
     """A real (sparse) file: pwrite/pread, and hole punching for passed-down discards."""
 
@@ -185,13 +195,7 @@ class FileStore(DataStore):
     def supports_discard(self) -> bool:
         """Whether the file's file system can punch holes (else a loop device on it
         advertises no discard)."""
-        try:
-            # a hole past the end of the file changes nothing but tells whether it can
-            end = -(-os.fstat(self.fd).st_size // 4096) * 4096
-            _punch_hole(self.fd, end, 4096)
-        except OSError:
-            return False
-        return True
+        return punches_holes(self.fd)
 
     def allocated_bytes(self) -> int:
         return os.fstat(self.fd).st_blocks * 512
