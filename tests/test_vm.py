@@ -2,12 +2,17 @@
 when THINSIM_BOOT_TESTS=1, since other tests and engineers share the machine's two cores."""
 
 import os
+import secrets
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from thinsim import vm
+
+ROOT = str(Path(__file__).resolve().parents[1])
 
 boot = pytest.mark.skipif(
     os.environ.get("THINSIM_BOOT_TESTS") != "1", reason="boots a VM: set THINSIM_BOOT_TESTS=1"
@@ -157,3 +162,29 @@ def test_the_vms_output_follows_what_was_printed_before_the_boot_in_a_log_file(t
         )
     assert (proc.returncode, proc.stderr) == (0, b"guest err\n")
     assert log.read_text() == "before the boot\nguest out\n"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_thinsim_vm_killed_by_a_signal_leaves_no_vm_running(signum, tmp_path):
+    # The VM's processes stand in as two sleeps with a marker only they carry; they run in a
+    # session of their own, as vng and QEMU do.
+    marker = f"{secrets.randbelow(10**6) + 10**6}.{signum}"
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "from thinsim import vm\n"
+        f"guest = ['sh', '-c', 'echo booted; sleep {marker} & sleep {marker}']\n"
+        "vm.run = lambda line, **kw: vm._run(guest, False, None)\n"
+        "sys.exit(vm.main(['--', 'true']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"booted\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == -signum
+    finally:
+        proc.kill()
+    pattern = f"sleep {marker}"
+    left = subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True, text=True)
+    subprocess.run(["pkill", "-KILL", "-f", pattern], check=False)
+    assert left.stdout == ""

@@ -302,8 +302,35 @@ def _forward(proc: subprocess.Popen, timeout: float | None) -> tuple[None, None]
     return None, None
 
 
+class _Signalled(BaseException):
+    """SIGTERM or SIGHUP reached ``thinsim vm``: raised so that :func:`_run` kills the VM.
+
+    Python's default action for either is to die at once, which would leave QEMU running: it
+    is in a session of its own (and a grandchild, so no parent-death signal reaches it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum: int, frame) -> None:
+    raise _Signalled(signum)
+
+
 def main(argv: list[str]) -> int:
     """``thinsim vm``: see the module docstring."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_signalled)
+    try:
+        return _main(argv)
+    except _Signalled as exc:
+        # The VM is gone (see _run); end as the signal would have ended us.
+        signal.signal(exc.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), exc.signum)
+        return 128 + exc.signum
+
+
+def _main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="thinsim vm", description=__doc__.splitlines()[0])
