@@ -76,8 +76,12 @@ class Output:
     # measured, strace -T, with Debian's thin_ls
     IO_DESTROY_S = 0.035
 
-    def __init__(self, stdout=None, stderr=None) -> None:
+    def __init__(self, stdout=None, stderr=None, *, reader_start_s: float = 0.0) -> None:
         self.stdout = stdout if stdout is not None else sys.stdout
+        # how long a pipe's reader may take to drain what the tool wrote before io_destroy's
+        # grace period counts (_io_destroy_wait): none where the reader is a real host's
+        # program, READER_START_S on the simulated host
+        self.reader_start_s = reader_start_s
         self.stderr = stderr if stderr is not None else sys.stderr
         self._bad: set[str] = set()
         self._pending: list[str] = []
@@ -166,7 +170,7 @@ class Output:
         self._pending, self._pending_len = [], 0
         if data:
             if self._written and "out" not in self._bad:
-                _io_destroy_wait(self.stdout, self.IO_DESTROY_S)
+                _io_destroy_wait(self.stdout, self.IO_DESTROY_S, self.reader_start_s)
             self._write("out", self.stdout, data)
 
     def discard(self) -> None:
@@ -179,15 +183,18 @@ class Output:
         return bool(self._bad)
 
 
-def _io_destroy_wait(stream, seconds: float) -> None:
+def _io_destroy_wait(stream, seconds: float, reader_start_s: float) -> None:
     """The time the C++ tool spends in io_destroy before its exit's flush, as a reader of
     STREAM sees it: over a pipe, until the reader has gone (poll's POLLERR on the write
     end, reported whatever was asked) or the grace period is over; no wait elsewhere.
 
-    On a real host the reader is waiting in read(2) when the tool writes; on a simulated
+    On a real host the reader is waiting in read(2) when the tool writes; on the simulated
     one it may still be starting (``thinsim run`` starts a command through a Python shim).
-    So the grace period counts from when the reader has taken what the pipe held (FIONREAD
-    on either end of a pipe: the bytes not yet read), not from the tool's last write."""
+    There the grace period counts from when the reader has taken what the pipe held
+    (FIONREAD on either end of a pipe: the bytes not yet read), waited for up to
+    READER_START_S, not from the tool's last write.  The price: a reader that is slow on
+    purpose (``| (sleep 1; head -n 1)``) still meets the tool's last write there, 141,
+    where Debian's tool was done long before, 0."""
     import fcntl
     import select
     import termios
@@ -202,7 +209,7 @@ def _io_destroy_wait(stream, seconds: float) -> None:
     p = select.poll()
     p.register(fd, 0)
     unread = bytearray(4)
-    deadline = time.monotonic() + READER_START_S
+    deadline = time.monotonic() + reader_start_s
     while time.monotonic() < deadline:
         if p.poll(0):
             return  # the reader is gone
@@ -216,8 +223,9 @@ def _io_destroy_wait(stream, seconds: float) -> None:
     p.poll(int(seconds * 1000))
 
 
-# how long a simulated reader may take to start and drain the pipe before the grace period
-# counts anyway (a reader that never reads: ``| (sleep 9; cat)``)
+# how long a reader on the simulated host (a command thinsim run starts through a shim) may
+# take to start and drain the pipe before the grace period counts anyway (a reader that
+# never reads, ``| (sleep 9; cat)``, costs the tool that long)
 READER_START_S = 5.0
 
 
