@@ -45,9 +45,13 @@ def run_tool(name: str, argv: list[str], io: Output | None = None, files: Files 
             else:
                 status = TOOLS[name](name, argv, io, files or RealFiles())
         except Abort as a:
+            # abort(3) and a fatal signal end the process without exit's flush: what
+            # stdout's buffer held is lost
             io.err(a.text)
+            io.discard()
             status = -signal.SIGABRT
         except Crash as c:
+            io.discard()
             status = -c.signal
         except Exception as e:  # noqa: BLE001
             # a failure the port does not foresee is a thinsim bug: said in one line, with

@@ -63,18 +63,31 @@ class Output:
     SIGPIPE kills the C++ tool before write(2) can fail.  A missing stream (Python gives
     ``sys.stdout = None`` when descriptor 1 was closed) is a bad one from the start.
 
-    stdout goes out as glibc's stdio sends cout to a pipe or file: 4096 bytes at a time,
+    stdout goes out as glibc's stdio sends cout to a pipe or file: 4096 bytes at a time
+    (``out``), each line at once where the C++ ends it with std::endl (``endl``: thin_dump),
     the rest when the tool exits (``flush``), so a reader that goes away early (``| head``)
-    meets the tool at the same writes."""
+    meets the tool at the same writes.  Before that last write the C++ tool has destroyed
+    its block cache, whose io_destroy(2) waits for an RCU grace period: a reader that took
+    the first 4096 bytes has gone by then, and the exit's write dies of SIGPIPE
+    (``thin_ls | head -n 1``: 141, every time, for a listing of 4 to 64 KiB)."""
 
     CHUNK = 4096  # st_blksize of a pipe: the size of stdout's buffer
+    # io_destroy's wait (kill_ioctx, then an RCU grace period before free_ioctx): 30 to 39 ms
+    # measured, strace -T, with Debian's thin_ls
+    IO_DESTROY_S = 0.035
 
-    def __init__(self, stdout=None, stderr=None) -> None:
+    def __init__(self, stdout=None, stderr=None, *, reader_start_s: float = 0.0) -> None:
         self.stdout = stdout if stdout is not None else sys.stdout
+        # how long a pipe's reader may take to drain what the tool wrote before io_destroy's
+        # grace period counts (_io_destroy_wait): none where the reader is a real host's
+        # program, READER_START_S on the simulated host
+        self.reader_start_s = reader_start_s
         self.stderr = stderr if stderr is not None else sys.stderr
         self._bad: set[str] = set()
         self._pending: list[str] = []
         self._pending_len = 0
+        self._written = False  # whether part of stdout went out before the exit
+        self._fd: int | None | bool = False  # endl's descriptor, once looked up
 
     def out(self, text: str) -> None:
         if "out" in self._bad or self.stdout is None:
@@ -86,8 +99,52 @@ class Output:
             cut = len(data) - len(data) % self.CHUNK
             self._pending = [data[cut:]]
             self._pending_len = len(data) - cut
+            self._written = True
             for at in range(0, cut, self.CHUNK):
                 self._write("out", self.stdout, data[at : at + self.CHUNK], flush=True)
+
+    def endl(self, text: str) -> None:
+        """``cout << line << endl`` for each line of TEXT: the line goes out with what the
+        buffer held, in one write(2) per line."""
+        if "out" in self._bad or self.stdout is None:
+            return
+        fd = self._raw_fd()
+        for line in text.splitlines(keepends=True):
+            self._pending.append(line)
+            data = "".join(self._pending)
+            self._pending, self._pending_len = [], 0
+            self._written = True
+            if fd is None:
+                self._write("out", self.stdout, data, flush=True)
+                continue
+            # straight to the descriptor: a Python stream's flush per line costs more than
+            # the dump itself (50,000 lines)
+            try:
+                os.write(fd, data.encode("utf-8", "surrogateescape"))
+            except BrokenPipeError:
+                raise BrokenPipe from None
+            except OSError:
+                self._bad.add("out")
+                return
+
+    def _raw_fd(self) -> int | None:
+        """stdout's descriptor, its Python buffer emptied, where writing to it directly
+        is safe (a stream over a descriptor); None otherwise.  Looked up once: from then
+        on stdout's text goes through ``endl`` or ``out``, and ``out`` flushes what it
+        writes."""
+        if self._fd is False:
+            self._fd = self._lookup_fd()
+        return self._fd
+
+    def _lookup_fd(self) -> int | None:
+        try:
+            fd = self.stdout.fileno()
+            self.stdout.flush()
+        except BrokenPipeError:
+            raise BrokenPipe from None
+        except (AttributeError, OSError, ValueError):
+            return None
+        return fd
 
     def err(self, text: str) -> None:
         self._write("err", self.stderr, text)
@@ -112,12 +169,64 @@ class Output:
         data = "".join(self._pending)
         self._pending, self._pending_len = [], 0
         if data:
+            if self._written and "out" not in self._bad:
+                _io_destroy_wait(self.stdout, self.IO_DESTROY_S, self.reader_start_s)
             self._write("out", self.stdout, data)
+
+    def discard(self) -> None:
+        """What stdout's buffer holds goes unwritten (the process dies of a signal)."""
+        self._pending, self._pending_len = [], 0
 
     @property
     def failed(self) -> bool:
         """Whether a write failed (the data may still sit in a Python buffer)."""
         return bool(self._bad)
+
+
+def _io_destroy_wait(stream, seconds: float, reader_start_s: float) -> None:
+    """The time the C++ tool spends in io_destroy before its exit's flush, as a reader of
+    STREAM sees it: over a pipe, until the reader has gone (poll's POLLERR on the write
+    end, reported whatever was asked) or the grace period is over; no wait elsewhere.
+
+    On a real host the reader is waiting in read(2) when the tool writes; on the simulated
+    one it may still be starting (``thinsim run`` starts a command through a Python shim).
+    There the grace period counts from when the reader has taken what the pipe held
+    (FIONREAD on either end of a pipe: the bytes not yet read), waited for up to
+    READER_START_S, not from the tool's last write.  The price: a reader that is slow on
+    purpose (``| (sleep 1; head -n 1)``) still meets the tool's last write there, 141,
+    where Debian's tool was done long before, 0."""
+    import fcntl
+    import select
+    import termios
+    import time
+
+    try:
+        fd = stream.fileno()
+        if not st.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    p = select.poll()
+    p.register(fd, 0)
+    unread = bytearray(4)
+    deadline = time.monotonic() + reader_start_s
+    while time.monotonic() < deadline:
+        if p.poll(0):
+            return  # the reader is gone
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, unread)
+        except OSError:
+            break
+        if not int.from_bytes(unread, sys.byteorder):
+            break
+        p.poll(1)
+    p.poll(int(seconds * 1000))
+
+
+# how long a reader on the simulated host (a command thinsim run starts through a shim) may
+# take to start and drain the pipe before the grace period counts anyway (a reader that
+# never reads, ``| (sleep 9; cat)``, costs the tool that long)
+READER_START_S = 5.0
 
 
 class OFStream:

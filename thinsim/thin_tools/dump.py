@@ -375,7 +375,7 @@ def main(prog: str, argv: list[str], out: Output, files: Files) -> int:
         sink = OFStream(files.create_text(output))
         write = sink.write
     else:
-        write = out.out
+        write = out.endl  # xml_format.cc, human_readable_format.cc: each line ends in endl
     try:
         _dump(files, operands[0], write, fmt, use_snap, snap_location, dev_ids, skip_mappings,
               repair, out.err, Overrides(**overrides))  # fmt: skip

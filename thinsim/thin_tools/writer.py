@@ -302,13 +302,18 @@ class BTree:
 
     def _split_beneath(self, spine: list[int], key: int, vs: int) -> None:
         tm = self.tm
+        # btree.tcc: split_beneath sets each new node's header as it gets it, so a right
+        # node the metadata has no room for leaves the left one's header written
         left = tm.new_block("node")
+        l = NodeBuf(tm.blocks[left], vs)
+        l.set_nr(0)
+        l.set_max()
+        l.set_value_size()
         right = tm.new_block("node")
-        l, r = NodeBuf(tm.blocks[left], vs), NodeBuf(tm.blocks[right], vs)
-        for n in (l, r):
-            n.set_nr(0)
-            n.set_max()
-            n.set_value_size()
+        r = NodeBuf(tm.blocks[right], vs)
+        r.set_nr(0)
+        r.set_max()
+        r.set_value_size()
         p = NodeBuf(tm.blocks[spine[-1]], vs)
         nr_left = p.nr // 2
         nr_right = p.nr - nr_left

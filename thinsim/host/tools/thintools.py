@@ -12,7 +12,7 @@ import errno as E
 import os
 
 from ...thin_tools import run_tool
-from ...thin_tools.common import Files, Handle, Output, RealFiles, Stat
+from ...thin_tools.common import READER_START_S, Files, Handle, Output, RealFiles, Stat
 from .. import blockio
 from ..kernel import device_size, dm_open_count
 from ..state import DmDevice, HostState, LoopDevice, is_device_path
@@ -105,7 +105,8 @@ class _EmptyHandle(Handle):
 def _run(name: str, state: HostState, argv: list[str], io) -> int:
     # run_tool returns -6 or -13 where the real tool dies of SIGABRT or SIGPIPE; the shim
     # (host/run.py: shim_main) then dies of it too, once the host's state is saved
-    return run_tool(name, argv, Output(io.stdout, io.stderr), HostFiles(state))
+    out = Output(io.stdout, io.stderr, reader_start_s=READER_START_S)
+    return run_tool(name, argv, out, HostFiles(state))
 
 
 def thin_check(state: HostState, argv: list[str], io) -> int:
