@@ -301,7 +301,8 @@ class BTreeInfo:
         tm = self.tm
         shadows = tm.shadows
         blocks = tm.blocks
-        count = tm.sm.ll.get_count
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
         if tm.sm._bops:
             return None
         last = self.levels - 1
@@ -309,7 +310,11 @@ class BTreeInfo:
         level = 0
         key = keys[0]
         while True:
-            if b not in shadows or count(b) != 1:
+            if b not in shadows:
+                return None
+            # the count is 1 (ll.get_count, inline: this runs for every insert)
+            m = maps[b // entries]
+            if m is None or m[b % entries] != 1:
                 return None
             node = blocks[b]
             nkeys = node.keys

@@ -90,7 +90,7 @@ def encode_node(b: int, node: Node) -> bytes:
 def _bitmap_summary(ll, index: int) -> tuple[int, int]:
     """(nr_free, none_free_before) of bitmap ``index``: its disk_index_entry."""
     n = min(ENTRIES_PER_BITMAP, ll.nr_blocks - index * ENTRIES_PER_BITMAP)
-    m = ll.maps.get(index)
+    m = ll.maps[index]
     if m is None:
         return n, 0
     nr_free = m.count(0, 0, n)
@@ -103,7 +103,7 @@ _NO_BITS = bytes(ENTRIES_PER_BITMAP // 4)
 
 def _bitmap_bits(ll, index: int) -> bytes:
     """The 2-bit entries of bitmap ``index`` as the kernel lays them out."""
-    m = ll.maps.get(index)
+    m = ll.maps[index]
     if m is None:
         return _NO_BITS
     counts = np.frombuffer(
@@ -502,7 +502,7 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
 
     def load_bitmaps(ll, entries, nr_blocks, nr_allocated):
         ll.nr_blocks = nr_blocks
-        ll.maps = {}
+        ll.maps = [None] * len(entries)
         ll.bitmaps = array("Q")
         for i, bnr in enumerate(entries):
             data = block(bnr)

@@ -513,10 +513,10 @@ def _check_metadata(pmd: PoolMetadata) -> None:
     for ll in (sm.ll, dll):
         assert set(ll.big) == {b for b, c in ll.counts().items() if c > 2}
         assert dict(ll.ref_info.items(ll.ref_root)) == ll.big
+        assert len(ll.maps) == len(ll.bitmaps)
         touched = ll._touched()
-        for i, m in ll.maps.items():
-            assert i < len(ll.bitmaps), f"bitmap {i} kept past the device"
-            assert m.count(0) < len(m) or i in touched, f"bitmap {i} kept all zero"
+        for i, m in enumerate(ll.maps):
+            assert m is None or m.count(0) < len(m) or i in touched, f"bitmap {i} kept all zero"
     # device details agree with the trees
     roots = pmd.thin_roots()
     for dev, td in pmd.devices.items():

@@ -5,8 +5,8 @@ entries (0, 1, 2, or 3 meaning "look in the reference-count btree"), an index of
 bitmaps, and a btree of the counts of 3 and more.  In core each bitmap's entries are a
 ``bytearray`` of 16,320 bytes (one byte a block, so free blocks are found with
 ``bytearray.find``), made only once the bitmap holds a non-zero entry and dropped at a
-commit that leaves it all zero: a bitmap absent from ``LowLevel.maps`` is all free, so
-the counts take memory in proportion to the bitmaps in use, not to the device (the
+commit that leaves it all zero: a bitmap whose ``LowLevel.maps`` entry is None is all
+free, so the counts take memory in proportion to the bitmaps in use, not to the device (the
 kernel keeps them on disk and reads them through the block manager).  The big counts
 are a dict.  The bitmap, index and btree *blocks* are real metadata blocks, shadowed and
 allocated exactly when the kernel shadows and allocates them, so that the metadata space
@@ -27,6 +27,7 @@ ENTRIES_PER_BITMAP = (4096 - 16) * 4  # 16320, dm-space-map-common.c: sm_ll_init
 MAX_METADATA_BITMAPS = 255
 MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP  # DM_SM_METADATA_MAX_BLOCKS
 IE_CACHE_SIZE = 64
+_ALL_FREE = bytes(ENTRIES_PER_BITMAP)
 
 
 class NoSpace(Exception):
@@ -51,13 +52,15 @@ class _Block:
 class LowLevel:
     """struct ll_disk: counts, bitmap blocks and the overflow btree of one space map."""
 
+    ENTRIES_PER_BITMAP = ENTRIES_PER_BITMAP  # for the hot paths that read ``maps`` inline
+
     def __init__(self, tm) -> None:
         self.tm = tm
         self.nr_blocks = 0
         self.nr_allocated = 0
-        # bitmap index -> min(count, 3) of its 16,320 blocks, one byte a block; a bitmap
-        # with no non-zero entry (now or at the last commit) has none
-        self.maps: dict[int, bytearray] = {}
+        # for each bitmap, min(count, 3) of its 16,320 blocks, one byte a block; None for
+        # a bitmap with no non-zero entry (now or at the last commit)
+        self.maps: list[bytearray | None] = []
         self.big: dict[int, int] = {}  # counts >= 3, mirrored in the ref-count btree
         self.old: dict[int, int] = {}  # count at the last commit of blocks changed since
         self.old_runs: list[tuple[int, int]] = []  # runs allocated since, free at the commit
@@ -72,25 +75,25 @@ class LowLevel:
         bits = state.pop("bits", None)
         self.__dict__.update(state)
         if bits is not None:
-            self.maps = {}
+            self.bitmaps = array("Q", self.bitmaps)
+            self.maps = [None] * len(self.bitmaps)
             for i in range(0, len(bits), ENTRIES_PER_BITMAP):
                 chunk = bits[i : i + ENTRIES_PER_BITMAP]
                 if chunk.count(0) != len(chunk):
                     self.maps[i // ENTRIES_PER_BITMAP] = chunk + bytes(
                         ENTRIES_PER_BITMAP - len(chunk)
                     )
-            self.bitmaps = array("Q", self.bitmaps)
 
-    def get_count(self, b: int) -> int:
+    def get_count(self, b: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
         """sm_ll_lookup: O(1)."""
-        m = self.maps.get(b // ENTRIES_PER_BITMAP)
+        m = self.maps[b // _entries]
         if m is None:
             return 0
-        c = m[b % ENTRIES_PER_BITMAP]
+        c = m[b % _entries]
         return self.big[b] if c == 3 else c
 
     def _map(self, index: int) -> bytearray:
-        m = self.maps.get(index)
+        m = self.maps[index]
         if m is None:
             m = self.maps[index] = bytearray(ENTRIES_PER_BITMAP)
         return m
@@ -102,8 +105,10 @@ class LowLevel:
 
         out: dict[int, int] = {}
         big = self.big
-        for index in sorted(self.maps):
-            m = np.frombuffer(self.maps[index], dtype=np.uint8)
+        for index, m in enumerate(self.maps):
+            if m is None:
+                continue
+            m = np.frombuffer(m, dtype=np.uint8)
             nz = np.flatnonzero(m)
             base = index * ENTRIES_PER_BITMAP
             for e, c in zip(nz.tolist(), m[nz].tolist()):
@@ -122,6 +127,7 @@ class LowLevel:
         for _ in range(len(bitmaps), nr_indexes):
             # the bitmap's contents live in ``maps``: no in-core block object
             bitmaps.append(new_block(None))
+            self.maps.append(None)
             self._index_changed(len(bitmaps) - 1)
 
     def shadow_bitmap(self, index: int) -> None:
@@ -137,13 +143,14 @@ class LowLevel:
         # metadata_ll_save_ie: the index block is rewritten at the next commit
         self.bitmap_index_changed = True
 
-    def set_count(self, b: int, new: int) -> None:
+    def set_count(self, b: int, new: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
         """sm_ll_mutate for one block: shadow its bitmap, then set the count."""
-        index, e = divmod(b, ENTRIES_PER_BITMAP)
+        index = b // _entries
+        e = b - index * _entries
         self.shadow_bitmap(index)
-        m = self.maps.get(index)
+        m = self.maps[index]
         if m is None:
-            m = self.maps[index] = bytearray(ENTRIES_PER_BITMAP)
+            m = self.maps[index] = bytearray(_entries)
         c = m[e]
         old = self.big[b] if c == 3 else c
         if b not in self.old:
@@ -162,7 +169,7 @@ class LowLevel:
         elif new == 0 and old:
             self.nr_allocated -= 1
 
-    def find_common_free(self, begin: int) -> int:
+    def find_common_free(self, begin: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
         """sm_ll_find_common_free_block from ``begin``; NoSpace when none is left.
 
         Bitmap by bitmap, as the kernel searches (sm_ll_find_free_block): a bitmap
@@ -170,21 +177,21 @@ class LowLevel:
         ``bytearray.find``."""
         maps, old = self.maps, self.old
         nr = self.nr_blocks
-        index = begin // ENTRIES_PER_BITMAP
+        entries = _entries
         while begin < nr:
-            start = index * ENTRIES_PER_BITMAP
-            m = maps.get(index)
+            index = begin // entries
+            m = maps[index]
             if m is None:
                 # all zero now, and at the last commit (a change would have made it)
                 return begin
-            hi = min(ENTRIES_PER_BITMAP, nr - start)
+            start = index * entries
+            hi = nr - start  # find stops at the bitmap's end by itself
             e = m.find(0, begin - start, hi)
             while e >= 0:
                 if not old or not old.get(start + e):
                     return start + e
                 e = m.find(0, e + 1, hi)
-            index += 1
-            begin = index * ENTRIES_PER_BITMAP
+            begin = start + entries
         raise NoSpace
 
     def alloc_run(self, begin: int, limit: int) -> tuple[int, int]:
@@ -198,7 +205,7 @@ class LowLevel:
         index, lo = divmod(b, ENTRIES_PER_BITMAP)
         start = b - lo
         hi = min(lo + limit, ENTRIES_PER_BITMAP, self.nr_blocks - start)
-        m = self.maps.get(index)
+        m = self.maps[index]
         if m is not None:
             used = [i for i in (m.find(1, lo, hi), m.find(2, lo, hi), m.find(3, lo, hi)) if i >= 0]
             if used:
@@ -225,9 +232,8 @@ class LowLevel:
     def commit(self) -> None:
         maps = self.maps
         for index in self._touched():
-            m = maps.get(index)
-            if m is not None and m.count(0) == ENTRIES_PER_BITMAP:
-                del maps[index]  # all free now and at this commit
+            if maps[index] == _ALL_FREE:
+                maps[index] = None  # all free now and at this commit
         self.old.clear()
         self.old_runs.clear()
         self._committed = self._header()
@@ -256,12 +262,11 @@ class LowLevel:
         changed = list(self.old)
         for b, n in self.old_runs:
             changed.extend(range(b, b + n))
-        nr_maps = -(-nr_blocks // ENTRIES_PER_BITMAP)
         maps = self.maps
+        del maps[len(bitmaps) :]
         for index in touched:
-            m = maps.get(index)
-            if m is not None and (index >= nr_maps or m.count(0) == ENTRIES_PER_BITMAP):
-                del maps[index]
+            if index < len(maps) and maps[index] == _ALL_FREE:
+                maps[index] = None
         for b in [b for b in big if b >= nr_blocks]:
             del big[b]
         self.nr_blocks = nr_blocks
@@ -297,6 +302,7 @@ class _DiskLowLevel(LowLevel):
         while len(bitmaps) < nr_indexes:
             if not self._new_bitmaps(nr_indexes - len(bitmaps)):
                 bitmaps.append(new_block(None))
+                self.maps.append(None)
                 self._index_changed(len(bitmaps) - 1)
 
     def _new_bitmaps(self, limit: int) -> int:
@@ -331,10 +337,10 @@ class _DiskLowLevel(LowLevel):
         room = leaf.max_entries - len(keys)
         # each new bitmap fills an empty cache slot or writes one entry back
         limit = min(limit, room + IE_CACHE_SIZE - len(self.dirty))
-        m = mll._map(mindex)
+        m = mll.maps[mindex]
         old = mll.old
         k = 0
-        while k < limit and not m[lo + k] and not old.get(b0 + k):
+        while k < limit and (m is None or not m[lo + k]) and not old.get(b0 + k):
             k += 1
         if not k:
             return 0
@@ -356,11 +362,12 @@ class _DiskLowLevel(LowLevel):
             bitmaps.append(b0 + n)
             index += 1
             n += 1
+        self.maps.extend([None] * n)
         if not n:
             return 0
         # sm_metadata_new_block for blocks b0 .. b0 + n - 1, as n calls would leave it
         end = b0 + n
-        m[lo : lo + n] = b"\x01" * n
+        mll._map(mindex)[lo : lo + n] = b"\x01" * n
         for b in range(b0, end):
             old.setdefault(b, 0)
         mll.nr_allocated += n

@@ -71,7 +71,9 @@ class TransactionManager:
     def unshared(self, b: int) -> bool:
         """Whether ``b`` has exactly one reference (the fast path of a shadow in place)."""
         sm = self.sm
-        return sm.ll.get_count(b) == 1 and not sm._bops
+        ll = sm.ll
+        m = ll.maps[b // ll.ENTRIES_PER_BITMAP]
+        return m is not None and m[b % ll.ENTRIES_PER_BITMAP] == 1 and not sm._bops
 
     def ref(self, b: int) -> int:
         return self.sm.get_count(b)
