@@ -72,8 +72,9 @@ class TransactionManager:
         """Whether ``b`` has exactly one reference (the fast path of a shadow in place)."""
         sm = self.sm
         ll = sm.ll
-        m = ll.maps[b // ll.ENTRIES_PER_BITMAP]
-        return m is not None and m[b % ll.ENTRIES_PER_BITMAP] == 1 and not sm._bops
+        entries = ll.ENTRIES_PER_BITMAP
+        m = ll.maps[b // entries]
+        return m is not None and m[b % entries] == 1 and not sm._bops
 
     def ref(self, b: int) -> int:
         return self.sm.get_count(b)
