@@ -18,8 +18,8 @@ def _signature(pool):
     return (
         pool.status(),
         nodes,
-        bytes(pool.pmd.metadata_sm.ll.bits),
-        bytes(pool.pmd.data_sm.ll.bits),
+        pool.pmd.metadata_sm.ll.counts(),
+        pool.pmd.data_sm.ll.counts(),
         pool.log.lines,
         pool.event_nr,
         pool.store.pages if hasattr(pool.store, "pages") else None,

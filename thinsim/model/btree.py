@@ -42,7 +42,9 @@ class Node:
         self.value_size = value_size
         self.keys = keys if keys is not None else array("Q")
         if values is None:
-            values = array("Q") if (value_size == 8 or not leaf) else []
+            # u64 values (and the index tree's, whose 16-byte entries the model keeps as
+            # the bitmap's block number) in an array; device details as tuples
+            values = array("Q") if (value_size != 24 or not leaf) else []
         self.values = values
 
     def copy(self) -> Node:
@@ -299,7 +301,8 @@ class BTreeInfo:
         tm = self.tm
         shadows = tm.shadows
         blocks = tm.blocks
-        bits = tm.sm.ll.bits
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
         if tm.sm._bops:
             return None
         last = self.levels - 1
@@ -307,7 +310,11 @@ class BTreeInfo:
         level = 0
         key = keys[0]
         while True:
-            if b not in shadows or bits[b] != 1:
+            if b not in shadows:
+                return None
+            # the count is 1 (ll.get_count, inline: this runs for every insert)
+            m = maps[b // entries]
+            if m is None or m[b % entries] != 1:
                 return None
             node = blocks[b]
             nkeys = node.keys
@@ -337,6 +344,26 @@ class BTreeInfo:
             nkeys.insert(i + 1, key)
             node.values.insert(i + 1, value)
             return True
+
+    def rightmost_leaf_in_place(self, root: int) -> Node | None:
+        """The rightmost leaf of a single-level tree if a key above all its keys would go
+        into it in place (``_insert_in_place``'s conditions: every node on the path
+        shadowed and unshared, no internal node full); None otherwise."""
+        tm = self.tm
+        shadows = tm.shadows
+        count = tm.sm.ll.get_count
+        if tm.sm._bops:
+            return None
+        b = root
+        while True:
+            if b not in shadows or count(b) != 1:
+                return None
+            node = tm.blocks[b]
+            if node.leaf:
+                return node
+            if len(node.keys) == node.max_entries or not node.keys:
+                return None
+            b = node.values[-1]
 
     def _insert_raw(self, spine: _Spine, root: int, vt: ValueType, key: int, i: int) -> int:
         """dm-btree.c: btree_insert_raw -- walk one level, making room on the way down."""

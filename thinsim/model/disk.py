@@ -89,25 +89,45 @@ def encode_node(b: int, node: Node) -> bytes:
 
 def _bitmap_summary(ll, index: int) -> tuple[int, int]:
     """(nr_free, none_free_before) of bitmap ``index``: its disk_index_entry."""
-    start = index * ENTRIES_PER_BITMAP
-    end = min(start + ENTRIES_PER_BITMAP, ll.nr_blocks)
-    bits = ll.bits
-    nr_free = bits.count(0, start, end)
-    first_free = bits.find(0, start, end)
-    return nr_free, (first_free - start if first_free >= 0 else end - start)
+    n = min(ENTRIES_PER_BITMAP, ll.nr_blocks - index * ENTRIES_PER_BITMAP)
+    m = ll.maps[index]
+    if m is None:
+        return n, 0
+    nr_free = m.count(0, 0, n)
+    first_free = m.find(0, 0, n)
+    return nr_free, (first_free if first_free >= 0 else n)
+
+
+_NO_BITS = bytes(ENTRIES_PER_BITMAP // 4)
 
 
 def _bitmap_bits(ll, index: int) -> bytes:
     """The 2-bit entries of bitmap ``index`` as the kernel lays them out."""
-    start = index * ENTRIES_PER_BITMAP
+    m = ll.maps[index]
+    if m is None:
+        return _NO_BITS
     counts = np.frombuffer(
-        ll.bits, dtype=np.uint8, count=min(ENTRIES_PER_BITMAP, ll.nr_blocks - start), offset=start
+        m, dtype=np.uint8, count=min(ENTRIES_PER_BITMAP, ll.nr_blocks - index * ENTRIES_PER_BITMAP)
     )
     padded = np.zeros(ENTRIES_PER_BITMAP, dtype=np.uint8)
     # dm-space-map-common.c: sm_set_bitmap -- bit 2i is the high bit, 2i+1 the low
     padded[: len(counts)] = ((counts & 1) << 1) | (counts >> 1)
     q = padded.reshape(-1, 4)
     return (q[:, 0] | (q[:, 1] << 2) | (q[:, 2] << 4) | (q[:, 3] << 6)).tobytes()
+
+
+def _decode_bitmap(block: bytes, n: int) -> bytearray | None:
+    """The first ``n`` counts (0-3) of an on-disk bitmap block, one byte each, padded to
+    a whole bitmap; None when all of them are zero."""
+    raw = np.frombuffer(block, dtype=np.uint8, count=ENTRIES_PER_BITMAP // 4, offset=16)
+    if not raw.any():
+        return None
+    fields = np.stack([(raw >> s) & 3 for s in (0, 2, 4, 6)], axis=1).reshape(-1)
+    counts = ((fields & 1) << 1) | (fields >> 1)
+    counts[n:] = 0
+    if not counts.any():
+        return None
+    return bytearray(counts.tobytes())
 
 
 def encode_bitmap(b: int, bits: bytes) -> bytes:
@@ -171,27 +191,37 @@ class _Encoder:
 
     def __init__(self, pmd: PoolMetadata) -> None:
         self.pmd = pmd
-        mll = pmd.metadata_sm.ll
-        dll = pmd.data_sm.ll
-        self.mll, self.dll = mll, dll
-        self.bitmap_of = {b: (mll, i) for i, b in enumerate(mll.bitmaps)}
-        self.bitmap_of.update({b: (dll, i) for i, b in enumerate(dll.bitmaps)})
+        self.mll = pmd.metadata_sm.ll
+        self.dll = pmd.data_sm.ll
+        self._bitmap_index = None
 
     def live_blocks(self) -> list[int]:
         """Every block the metadata space map counts."""
-        return np.flatnonzero(np.frombuffer(self.mll.bits, dtype=np.uint8)).tolist()
+        return list(self.mll.counts())
+
+    def _bitmap_of(self, b: int):
+        """(ll, index) of the bitmap at block ``b``, or None: a search in the bitmaps'
+        block numbers, sorted once per encoder (a data device of a PiB has a million)."""
+        if self._bitmap_index is None:
+            self._bitmap_index = []
+            for ll in (self.mll, self.dll):
+                blocks = np.frombuffer(ll.bitmaps, dtype=np.uint64)
+                order = np.argsort(blocks, kind="stable")
+                self._bitmap_index.append((ll, blocks[order], order))
+        for ll, blocks, order in self._bitmap_index:
+            i = int(np.searchsorted(blocks, b))
+            if i < len(blocks) and int(blocks[i]) == b:
+                return ll, int(order[i])
+        return None
 
     def encode(self, b: int) -> bytes | None:
         """Block ``b``'s contents; None when it is free (nothing of the commit is there)."""
         pmd = self.pmd
         if b == THIN_SUPERBLOCK_LOCATION:
             return encode_superblock(pmd, b)
-        if not self.mll.bits[b]:
-            return None
-        where = self.bitmap_of.get(b)
-        if where is not None:
-            return encode_bitmap(b, _bitmap_bits(*where))
         mll = self.mll
+        if not mll.get_count(b):
+            return None
         if b == pmd.metadata_sm.index_block:
             entries = [
                 (blocknr, None, *_bitmap_summary(mll, i)) for i, blocknr in enumerate(mll.bitmaps)
@@ -200,14 +230,17 @@ class _Encoder:
         if b == pmd.held_root:
             return encode_superblock(pmd, b, held_copy=True)
         node = pmd.tm.blocks.get(b)
-        if not isinstance(node, Node):
+        if isinstance(node, Node):
+            if node.leaf and node.value_size == 16:
+                # the data space map's index tree: values are disk_index_entry
+                dll = self.dll
+                values = {k: (dll.bitmaps[k], *_bitmap_summary(dll, k)) for k in node.keys}
+                return _encode_index_leaf(b, node, values)
+            return encode_node(b, node)
+        where = self._bitmap_of(b)
+        if where is None:
             raise TypeError(f"metadata block {b} is counted but holds no btree node")
-        if node.leaf and node.value_size == 16:
-            # the data space map's index tree: values are disk_index_entry
-            dll = self.dll
-            values = {k: (dll.bitmaps[k], *_bitmap_summary(dll, k)) for k in node.keys}
-            return _encode_index_leaf(b, node, values)
-        return encode_node(b, node)
+        return encode_bitmap(b, _bitmap_bits(*where))
 
 
 def metadata_blocks(pmd: PoolMetadata) -> dict[int, bytes]:
@@ -395,7 +428,17 @@ def superblock_is_blank(data: bytes) -> bool:
 
 def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     """Open metadata a kernel (or thinsim) wrote: the state of its last commit, with the
-    allocation cursors at 0 as a freshly opened pool has them."""
+    allocation cursors at 0 as a freshly opened pool has them.
+
+    Only the blocks in use are read, one at a time (the superblock, the space maps'
+    bitmaps and index, the nodes of the trees), so memory follows what the metadata
+    holds, not the device's size: a 2 GiB metadata file of a few thins is opened in a few
+    MB, as the kernel's block manager opens it."""
+    with open(path, "rb") as f:
+        return _read_metadata(f.fileno(), offset)
+
+
+def _read_metadata(fd: int, offset: int) -> PoolMetadata:
     from array import array
 
     from .btree import BTreeInfo, ValueType
@@ -404,12 +447,8 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     from .space_map import DiskSpaceMap, LowLevel, MetadataSpaceMap, _Block, _DiskLowLevel
     from .transaction import TransactionManager
 
-    with open(path, "rb") as f:
-        f.seek(offset)
-        raw = f.read()
-
     def block(b: int) -> bytes:
-        data = raw[b * BLOCK : (b + 1) * BLOCK]
+        data = os.pread(fd, BLOCK, offset + b * BLOCK)
         if len(data) < BLOCK:
             raise CorruptMetadata(f"block {b} is beyond the end of the device")
         return data
@@ -463,22 +502,15 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
 
     def load_bitmaps(ll, entries, nr_blocks, nr_allocated):
         ll.nr_blocks = nr_blocks
-        ll.bits = bytearray(nr_blocks)
-        ll.bitmaps = []
+        ll.maps = [None] * len(entries)
+        ll.bitmaps = array("Q")
         for i, bnr in enumerate(entries):
             data = block(bnr)
             _check(data, BITMAP_CSUM_XOR, "bitmap", bnr)
-            tm.blocks[bnr] = _Block("bitmap")
             ll.bitmaps.append(bnr)
-            start = i * ENTRIES_PER_BITMAP
-            n = min(ENTRIES_PER_BITMAP, nr_blocks - start)
-            for e in range(n):
-                bit = 2 * e
-                hi = (data[16 + (bit >> 3)] >> (bit & 7)) & 1
-                lo = (data[16 + ((bit + 1) >> 3)] >> ((bit + 1) & 7)) & 1
-                v = (hi << 1) | lo
-                if v:
-                    ll.bits[start + e] = v
+            m = _decode_bitmap(data, min(ENTRIES_PER_BITMAP, nr_blocks - i * ENTRIES_PER_BITMAP))
+            if m is not None:
+                ll.maps[i] = m
         # dm-space-map-common.c: sm_ll_open_*: the count is the root's, not the bitmaps'
         # (thin_restore's differ by the empty mapping root it frees after its commit)
         ll.nr_allocated = nr_allocated
@@ -490,7 +522,6 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     # metadata space map
     index = block(m_index)
     _check(index, INDEX_CSUM_XOR, "metadata index", m_index)
-    tm.blocks[m_index] = _Block("index")
     nr_bitmaps = -(-m_nr // ENTRIES_PER_BITMAP)
     md_entries = [struct.unpack_from("<Q", index, 16 + 16 * i)[0] for i in range(nr_bitmaps)]
     mll = LowLevel(tm)

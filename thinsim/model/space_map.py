@@ -2,11 +2,15 @@
 
 Both space maps keep, as the kernel does, two bits a block in bitmap blocks of 16,320
 entries (0, 1, 2, or 3 meaning "look in the reference-count btree"), an index of the
-bitmaps, and a btree of the counts of 3 and more.  In core the two bits are a
-``bytearray`` (one byte a block, so free blocks are found with ``bytearray.find``) and
-the big counts a dict; the bitmap, index and btree *blocks* are real metadata blocks,
-shadowed and allocated exactly when the kernel shadows and allocates them, so that the
-metadata space they take is the kernel's.
+bitmaps, and a btree of the counts of 3 and more.  In core each bitmap's entries are a
+``bytearray`` of 16,320 bytes (one byte a block, so free blocks are found with
+``bytearray.find``), made only once the bitmap holds a non-zero entry and dropped at a
+commit that leaves it all zero: a bitmap whose ``LowLevel.maps`` entry is None is all
+free, so the counts take memory in proportion to the bitmaps in use, not to the device (the
+kernel keeps them on disk and reads them through the block manager).  The big counts
+are a dict.  The bitmap, index and btree *blocks* are real metadata blocks, shadowed and
+allocated exactly when the kernel shadows and allocates them, so that the metadata space
+they take is the kernel's.
 
 Allocation is next-fit from a cursor that is never reset by a commit
 (``sm_ll_find_common_free_block``): a block is free only if its count is zero now and was
@@ -15,12 +19,15 @@ zero at the last commit, so blocks freed in a transaction are reusable after it 
 
 from __future__ import annotations
 
+from array import array
+
 from .btree import BTreeInfo, ValueType
 
 ENTRIES_PER_BITMAP = (4096 - 16) * 4  # 16320, dm-space-map-common.c: sm_ll_init
 MAX_METADATA_BITMAPS = 255
 MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP  # DM_SM_METADATA_MAX_BLOCKS
 IE_CACHE_SIZE = 64
+_ALL_FREE = bytes(ENTRIES_PER_BITMAP)
 
 
 class NoSpace(Exception):
@@ -45,23 +52,69 @@ class _Block:
 class LowLevel:
     """struct ll_disk: counts, bitmap blocks and the overflow btree of one space map."""
 
+    ENTRIES_PER_BITMAP = ENTRIES_PER_BITMAP  # for the hot paths that read ``maps`` inline
+
     def __init__(self, tm) -> None:
         self.tm = tm
         self.nr_blocks = 0
         self.nr_allocated = 0
-        self.bits = bytearray()  # min(count, 3), one byte a block
+        # for each bitmap, min(count, 3) of its 16,320 blocks, one byte a block; None for
+        # a bitmap with no non-zero entry (now or at the last commit)
+        self.maps: list[bytearray | None] = []
         self.big: dict[int, int] = {}  # counts >= 3, mirrored in the ref-count btree
         self.old: dict[int, int] = {}  # count at the last commit of blocks changed since
         self.old_runs: list[tuple[int, int]] = []  # runs allocated since, free at the commit
         self._committed = None
         self.bitmap_index_changed = False
-        self.bitmaps: list[int] = []  # metadata block of each bitmap
+        self.bitmaps = array("Q")  # metadata block of each bitmap
         self.ref_info = BTreeInfo(tm, 1, ValueType(4))
         self.ref_root = 0
 
-    def get_count(self, b: int) -> int:
-        c = self.bits[b]
+    def __setstate__(self, state: dict) -> None:
+        # a host state pickled before the counts were kept a bitmap at a time
+        bits = state.pop("bits", None)
+        self.__dict__.update(state)
+        if bits is not None:
+            self.bitmaps = array("Q", self.bitmaps)
+            self.maps = [None] * len(self.bitmaps)
+            for i in range(0, len(bits), ENTRIES_PER_BITMAP):
+                chunk = bits[i : i + ENTRIES_PER_BITMAP]
+                if chunk.count(0) != len(chunk):
+                    self.maps[i // ENTRIES_PER_BITMAP] = chunk + bytes(
+                        ENTRIES_PER_BITMAP - len(chunk)
+                    )
+
+    def get_count(self, b: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
+        """sm_ll_lookup: O(1)."""
+        m = self.maps[b // _entries]
+        if m is None:
+            return 0
+        c = m[b % _entries]
         return self.big[b] if c == 3 else c
+
+    def _map(self, index: int) -> bytearray:
+        m = self.maps[index]
+        if m is None:
+            m = self.maps[index] = bytearray(ENTRIES_PER_BITMAP)
+        return m
+
+    def counts(self) -> dict[int, int]:
+        """Every block with a non-zero count, with its count, in block order: O(bitmaps
+        in use x 16,320), in C."""
+        import numpy as np
+
+        out: dict[int, int] = {}
+        big = self.big
+        for index, m in enumerate(self.maps):
+            if m is None:
+                continue
+            m = np.frombuffer(m, dtype=np.uint8)
+            nz = np.flatnonzero(m)
+            base = index * ENTRIES_PER_BITMAP
+            for e, c in zip(nz.tolist(), m[nz].tolist()):
+                b = base + e
+                out[b] = big[b] if c == 3 else c
+        return out
 
     def extend(self, extra: int) -> None:
         """sm_ll_extend: grow, allocating a new bitmap block for each 16,320 blocks."""
@@ -69,10 +122,13 @@ class LowLevel:
         new_blocks = old_blocks + extra
         nr_indexes = -(-new_blocks // ENTRIES_PER_BITMAP)
         self.nr_blocks = new_blocks
-        self.bits.extend(bytes(extra))
-        for _ in range(len(self.bitmaps), nr_indexes):
-            self.bitmaps.append(self.tm.new_block(_Block("bitmap")))
-            self._index_changed(len(self.bitmaps) - 1)
+        bitmaps = self.bitmaps
+        new_block = self.tm.new_block
+        for _ in range(len(bitmaps), nr_indexes):
+            # the bitmap's contents live in ``maps``: no in-core block object
+            bitmaps.append(new_block(None))
+            self.maps.append(None)
+            self._index_changed(len(bitmaps) - 1)
 
     def shadow_bitmap(self, index: int) -> None:
         """dm-space-map-common.c: shadow_bitmap (and the index entry it dirties)."""
@@ -87,20 +143,24 @@ class LowLevel:
         # metadata_ll_save_ie: the index block is rewritten at the next commit
         self.bitmap_index_changed = True
 
-    def set_count(self, b: int, new: int) -> None:
+    def set_count(self, b: int, new: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
         """sm_ll_mutate for one block: shadow its bitmap, then set the count."""
-        self.shadow_bitmap(b // ENTRIES_PER_BITMAP)
-        bits = self.bits
-        c = bits[b]
+        index = b // _entries
+        e = b - index * _entries
+        self.shadow_bitmap(index)
+        m = self.maps[index]
+        if m is None:
+            m = self.maps[index] = bytearray(_entries)
+        c = m[e]
         old = self.big[b] if c == 3 else c
         if b not in self.old:
             self.old[b] = old
         if new > 2:
-            bits[b] = 3
+            m[e] = 3
             self.big[b] = new
             self.ref_root, _ = self.ref_info.insert(self.ref_root, (b,), new)
         else:
-            bits[b] = new
+            m[e] = new
             if old > 2:
                 del self.big[b]
                 self.ref_root = self.ref_info.remove(self.ref_root, (b,))
@@ -109,15 +169,29 @@ class LowLevel:
         elif new == 0 and old:
             self.nr_allocated -= 1
 
-    def find_common_free(self, begin: int) -> int:
-        """sm_ll_find_common_free_block from ``begin``; NoSpace when none is left."""
-        bits, old = self.bits, self.old
+    def find_common_free(self, begin: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
+        """sm_ll_find_common_free_block from ``begin``; NoSpace when none is left.
+
+        Bitmap by bitmap, as the kernel searches (sm_ll_find_free_block): a bitmap
+        without entries is free from its first block; O(bitmaps searched), each one a
+        ``bytearray.find``."""
+        maps, old = self.maps, self.old
         nr = self.nr_blocks
-        b = bits.find(0, begin, nr)
-        while b >= 0:
-            if not old.get(b):
-                return b
-            b = bits.find(0, b + 1, nr)
+        entries = _entries
+        while begin < nr:
+            index = begin // entries
+            m = maps[index]
+            if m is None:
+                # all zero now, and at the last commit (a change would have made it)
+                return begin
+            start = index * entries
+            hi = nr - start  # find stops at the bitmap's end by itself
+            e = m.find(0, begin - start, hi)
+            while e >= 0:
+                if not old or not old.get(start + e):
+                    return start + e
+                e = m.find(0, e + 1, hi)
+            begin = start + entries
         raise NoSpace
 
     def alloc_run(self, begin: int, limit: int) -> tuple[int, int]:
@@ -128,55 +202,76 @@ class LowLevel:
             b = self.find_common_free(begin)
         except NoSpace:
             b = self.find_common_free(0)
-        end = min(b + limit, (b // ENTRIES_PER_BITMAP + 1) * ENTRIES_PER_BITMAP, self.nr_blocks)
-        bits = self.bits
-        used = [
-            i for i in (bits.find(1, b, end), bits.find(2, b, end), bits.find(3, b, end)) if i >= 0
-        ]
-        if used:
-            end = min(used)
+        index, lo = divmod(b, ENTRIES_PER_BITMAP)
+        start = b - lo
+        hi = min(lo + limit, ENTRIES_PER_BITMAP, self.nr_blocks - start)
+        m = self.maps[index]
+        if m is not None:
+            used = [i for i in (m.find(1, lo, hi), m.find(2, lo, hi), m.find(3, lo, hi)) if i >= 0]
+            if used:
+                hi = min(used)
+        end = start + hi
         if self.old:
             for k in self.old:
                 if b <= k < end and self.old[k]:
                     end = k
         n = end - b
-        self.shadow_bitmap(b // ENTRIES_PER_BITMAP)
-        bits[b:end] = b"\x01" * n
+        self.shadow_bitmap(index)
+        self._map(index)[lo : lo + n] = b"\x01" * n
         self.nr_allocated += n
         self.old_runs.append((b, n))
         return b, n
 
+    def _touched(self) -> set[int]:
+        """The bitmaps changed since the last commit."""
+        touched = {b // ENTRIES_PER_BITMAP for b in self.old}
+        for b, n in self.old_runs:
+            touched.update(range(b // ENTRIES_PER_BITMAP, (b + n - 1) // ENTRIES_PER_BITMAP + 1))
+        return touched
+
     def commit(self) -> None:
+        maps = self.maps
+        for index in self._touched():
+            if maps[index] == _ALL_FREE:
+                maps[index] = None  # all free now and at this commit
         self.old.clear()
         self.old_runs.clear()
         self._committed = self._header()
 
     def _header(self):
-        return (self.nr_blocks, self.nr_allocated, list(self.bitmaps), self.ref_root)
+        return (self.nr_blocks, self.nr_allocated, array("Q", self.bitmaps), self.ref_root)
 
     def rollback(self) -> list[int]:
         """Back to the last commit (dm_pool_abort_metadata re-reads it from disk).
         Returns the blocks whose count changed."""
         nr_blocks, nr_allocated, bitmaps, ref_root = self._committed[:4]
-        bits, big = self.bits, self.big
+        big = self.big
+        touched = self._touched()
         for b, n in self.old_runs:
-            bits[b : b + n] = bytes(n)
+            index, lo = divmod(b, ENTRIES_PER_BITMAP)
+            self._map(index)[lo : lo + n] = bytes(n)
         for b, c in self.old.items():
+            index, e = divmod(b, ENTRIES_PER_BITMAP)
+            m = self._map(index)
             if c > 2:
-                bits[b] = 3
+                m[e] = 3
                 big[b] = c
             else:
-                bits[b] = c
+                m[e] = c
                 big.pop(b, None)
         changed = list(self.old)
         for b, n in self.old_runs:
             changed.extend(range(b, b + n))
-        del bits[nr_blocks:]
+        maps = self.maps
+        del maps[len(bitmaps) :]
+        for index in touched:
+            if index < len(maps) and maps[index] == _ALL_FREE:
+                maps[index] = None
         for b in [b for b in big if b >= nr_blocks]:
             del big[b]
         self.nr_blocks = nr_blocks
         self.nr_allocated = nr_allocated
-        self.bitmaps = bitmaps
+        self.bitmaps = array("Q", bitmaps)  # the committed copy stays as it is
         self.ref_root = ref_root
         self.old.clear()
         self.old_runs.clear()
@@ -192,6 +287,103 @@ class _DiskLowLevel(LowLevel):
         self.index_root = self.index_info.empty()
         self.ref_root = self.ref_info.empty()
         self.dirty: dict[int, int] = {}  # ie cache slot -> bitmap index
+
+    def extend(self, extra: int) -> None:
+        """sm_ll_extend: a new bitmap block for each 16,320 blocks, each entered in the
+        index (a PiB of 64 KiB blocks takes a million).  Runs of new bitmaps that change
+        nothing but their own metadata block, the metadata bitmap already shadowed, and
+        the rightmost index leaf (``_new_bitmaps``) are made in one step; any other takes
+        the ordinary path."""
+        new_blocks = self.nr_blocks + extra
+        nr_indexes = -(-new_blocks // ENTRIES_PER_BITMAP)
+        self.nr_blocks = new_blocks
+        bitmaps = self.bitmaps
+        new_block = self.tm.new_block
+        while len(bitmaps) < nr_indexes:
+            if not self._new_bitmaps(nr_indexes - len(bitmaps)):
+                bitmaps.append(new_block(None))
+                self.maps.append(None)
+                self._index_changed(len(bitmaps) - 1)
+
+    def _new_bitmaps(self, limit: int) -> int:
+        """Up to ``limit`` new bitmaps, leaving exactly what one ``tm.new_block`` and one
+        ``_index_changed`` a bitmap leave, as long as each of them would: take the next
+        free metadata block after the last (in a metadata bitmap already shadowed, with
+        the low-water threshold not crossed) and write back at most an ie-cache entry
+        that appends to the index tree's rightmost leaf without shadowing or splitting.
+        Returns how many it made (0: let the ordinary path take the next one)."""
+        tm = self.tm
+        sm = tm.sm
+        if sm._bootstrap or sm._recursing or sm._bops:
+            return 0
+        mll = sm.ll
+        try:
+            b0 = mll.find_common_free(sm.begin)
+        except NoSpace:
+            return 0
+        mindex, lo = divmod(b0, ENTRIES_PER_BITMAP)
+        if mll.bitmaps[mindex] not in tm.shadows:
+            return 0
+        limit = min(limit, ENTRIES_PER_BITMAP - lo, mll.nr_blocks - b0)
+        t = sm.threshold
+        if t is not None and not (sm._value is not None and sm._value <= t):
+            # check_threshold fires where free metadata falls to the threshold: leave that
+            # allocation to the ordinary path
+            limit = min(limit, sm.nr_free() - t - 1)
+        leaf = self.index_info.rightmost_leaf_in_place(self.index_root)
+        if leaf is None:
+            return 0
+        keys, values = leaf.keys, leaf.values
+        room = leaf.max_entries - len(keys)
+        # each new bitmap fills an empty cache slot or writes one entry back
+        limit = min(limit, room + IE_CACHE_SIZE - len(self.dirty))
+        m = mll.maps[mindex]
+        old = mll.old
+        k = 0
+        while k < limit and (m is None or not m[lo + k]) and not old.get(b0 + k):
+            k += 1
+        if not k:
+            return 0
+        last = keys[-1] if keys else -1
+        bitmaps, dirty = self.bitmaps, self.dirty
+        index = len(bitmaps)
+        n = 0
+        while n < k:
+            slot = ((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)
+            held = dirty.get(slot)
+            if held is not None:
+                if not room or held <= last:
+                    break
+                keys.append(held)  # disk_ll_save_ie's writeback, in place
+                values.append(bitmaps[held])
+                last = held
+                room -= 1
+            dirty[slot] = index
+            bitmaps.append(b0 + n)
+            index += 1
+            n += 1
+        self.maps.extend([None] * n)
+        if not n:
+            return 0
+        # sm_metadata_new_block for blocks b0 .. b0 + n - 1, as n calls would leave it
+        end = b0 + n
+        mll._map(mindex)[lo : lo + n] = b"\x01" * n
+        for b in range(b0, end):
+            old.setdefault(b, 0)
+        mll.nr_allocated += n
+        mll.bitmap_index_changed = True
+        sm.begin = end
+        sm.allocated_this_transaction += n
+        if t is not None:
+            sm._value = sm.nr_free()
+        # dm_tm_new_block
+        blocks = tm.blocks
+        for b in range(b0, end):
+            blocks.pop(b, None)
+        tm.shadows.update(range(b0, end))
+        if tm.dirty is not None:
+            tm.dirty.update(range(b0, end))
+        return n
 
     def _index_changed(self, index: int) -> None:
         # dm-space-map-common.c: disk_ll_save_ie -- into a 64-slot cache; a slot holding
@@ -348,7 +540,7 @@ class MetadataSpaceMap:
         nr_blocks = min(nr_blocks, MAX_METADATA_BLOCKS)
         ll = LowLevel(tm)
         self.ll = ll
-        self.index_block = tm.new_block(_Block("index"))  # metadata_ll_init_index
+        self.index_block = tm.new_block(None)  # metadata_ll_init_index
         ll.ref_root = ll.ref_info.empty()
         ll.extend(nr_blocks)
         self._bootstrap = False

@@ -1,7 +1,8 @@
 """Metadata blocks, shadowing and commit (persistent-data/dm-transaction-manager.c).
 
 The block manager is a dict from metadata block number to the block's in-core object (a
-btree ``Node``; bitmaps and index blocks are described by their space map).  A block
+btree ``Node``, or the superblock's marker).  Bitmaps and index blocks have no entry: their
+contents are their space map's.  A block
 allocated or shadowed in the current transaction is in the shadow set and is written in
 place until the next commit; any other block is copied to a freshly allocated one first.
 """
@@ -30,9 +31,14 @@ class TransactionManager:
         return self.blocks[b]
 
     def new_block(self, obj) -> int:
-        """dm_tm_new_block: allocate a block, counted as a shadow of this transaction."""
+        """dm_tm_new_block: allocate a block, counted as a shadow of this transaction.
+        ``obj`` None: a block whose contents its space map keeps (a bitmap, an index)."""
         b = self.sm.new_block()
-        self.blocks[b] = obj
+        if obj is not None:
+            self.blocks[b] = obj
+        else:
+            # a block freed and reused in one transaction may still hold a node's object
+            self.blocks.pop(b, None)
         self.shadows.add(b)
         if self.dirty is not None:
             self.dirty.add(b)
@@ -52,7 +58,11 @@ class TransactionManager:
         # dm-transaction-manager.c: __shadow_block -- allocate first, then drop the original
         new = sm.new_block()
         sm.dec(orig)
-        self.blocks[new] = self.blocks[orig].copy()
+        obj = self.blocks.get(orig)
+        if obj is not None:
+            self.blocks[new] = obj.copy()
+        else:
+            self.blocks.pop(new, None)
         self.shadows.add(new)
         if self.dirty is not None:
             self.dirty.add(new)
@@ -61,7 +71,10 @@ class TransactionManager:
     def unshared(self, b: int) -> bool:
         """Whether ``b`` has exactly one reference (the fast path of a shadow in place)."""
         sm = self.sm
-        return sm.ll.bits[b] == 1 and not sm._bops
+        ll = sm.ll
+        entries = ll.ENTRIES_PER_BITMAP
+        m = ll.maps[b // entries]
+        return m is not None and m[b % entries] == 1 and not sm._bops
 
     def ref(self, b: int) -> int:
         return self.sm.get_count(b)
