@@ -76,12 +76,17 @@ def test_a_write_of_a_few_bytes_inside_a_sector_keeps_the_bytes_around_it(make_p
     assert thin.status() == "0 2097152 thin 128 255"
 
 
-def test_a_write_past_the_end_fails_with_enospc_and_one_running_past_it_is_cut(make_pool):
+def test_a_write_past_the_end_or_running_past_it_fails_with_enospc_and_writes_nothing(
+    make_pool,
+):
     pool = make_pool()
     pool.create_thin(0)
     thin = pool.activate(0, MiB)
     assert errno_of(thin.write, MiB, b"x" * 512) == errno.ENOSPC
-    thin.write(MiB - 512, b"y" * 1024)
+    assert errno_of(thin.write, MiB - 512, b"y" * 1024) == errno.ENOSPC
+    assert thin.read(MiB - 512, 1024) == bytes(512)
+    assert thin.status() == "0 2048 thin 0 -"
+    thin.write(MiB - 512, b"y" * 512)
     assert thin.read(MiB - 512, 1024) == b"y" * 512
     assert thin.status() == "0 2048 thin 128 2047"
 

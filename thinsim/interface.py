@@ -4,13 +4,16 @@ Units: bytes in every argument, except where the kernel itself speaks in sectors
 (``data_block_size_sectors``, ``low_water_mark_blocks``, the table and status lines).
 Errors: every failure raises :class:`thinsim.errors.ThinsimError` (or a subclass) whose
 ``errno`` is what the kernel returns for it; a failed operation changes nothing a user can
-observe after the next commit.
+observe after the next commit.  Arguments of the wrong type or range (a str size, None as a
+message, a negative length) raise EINVAL before anything is touched (``check_*`` below).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+
+from .errors import InvalidArgumentError, NoSpaceError
 
 FEATURES = (
     "skip_block_zeroing",
@@ -37,8 +40,9 @@ class Thin(abc.ABC):
 
     @abc.abstractmethod
     def write(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset``: provisions unmapped blocks, breaks sharing of
-        blocks shared with a snapshot (by snapshot time), overwrites the rest."""
+        """Write ``data`` (bytes-like) at ``offset``: provisions unmapped blocks, breaks
+        sharing of blocks shared with a snapshot (by snapshot time), overwrites the rest.
+        ENOSPC, with nothing written, when it starts at or runs past the end."""
 
     @abc.abstractmethod
     def discard(self, offset: int, length: int) -> None:
@@ -80,18 +84,24 @@ class Pool(abc.ABC):
 
     def create_thin(self, dev_id: int) -> None:
         """A new, empty thin.  EEXIST if ``dev_id`` exists; EINVAL if above 2**24 - 1."""
+        check_int("dev_id", dev_id, minimum=None)
         self.message(f"create_thin {dev_id}")
 
     def create_snap(self, dev_id: int, origin_id: int) -> None:
         """A snapshot of ``origin_id`` sharing all of its blocks.  EEXIST, ENODATA."""
+        check_int("dev_id", dev_id, minimum=None)
+        check_int("origin_id", origin_id, minimum=None)
         self.message(f"create_snap {dev_id} {origin_id}")
 
     def delete(self, dev_id: int) -> None:
         """Delete a thin.  ENODATA if absent, EBUSY if active."""
+        check_int("dev_id", dev_id, minimum=None)
         self.message(f"delete {dev_id}")
 
     def set_transaction_id(self, current: int, new: int) -> None:
         """Compare and swap the pool's transaction id.  EINVAL if ``current`` is wrong."""
+        check_int("current", current, minimum=None)
+        check_int("new", new, minimum=None)
         self.message(f"set_transaction_id {current} {new}")
 
     def reserve_metadata_snap(self) -> None:
@@ -106,7 +116,8 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def activate(self, dev_id: int, length: int) -> Thin:
-        """Activate thin ``dev_id`` as a device of ``length`` bytes.  ENODATA if absent."""
+        """Activate thin ``dev_id`` as a device of ``length`` bytes (a positive multiple of
+        512: EINVAL otherwise).  ENODATA if absent."""
 
     @abc.abstractmethod
     def reload(
@@ -149,3 +160,152 @@ class Pool(abc.ABC):
 
     def close(self) -> None:
         """Release the pool (and, for the kernel backend, every device it made)."""
+
+
+# -- argument checks, shared by the backends ------------------------------------------------
+#
+# Each backend runs these before it touches anything (a device, a file, the model's state),
+# so a bad argument raises the same error on both and changes nothing.  Types a kernel call
+# could not even be given (a str size, None as a message) are EINVAL, as the ioctl that
+# receives garbage answers.
+
+SECTOR = 512
+
+
+def _name(value: object) -> str:
+    return type(value).__name__
+
+
+def check_int(name: str, value: object, *, minimum: int | None = 0) -> int:
+    """``value`` as an int of at least ``minimum`` (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{name} must be an int, not {_name(value)}: {value!r}")
+    if minimum is not None and value < minimum:
+        raise InvalidArgumentError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def check_features(features: object) -> list[str]:
+    """A sequence of feature names (a lone str is one name's letters: refused)."""
+    if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
+        raise InvalidArgumentError(
+            f"features must be a sequence of str such as {list(FEATURES[:1])!r}, "
+            f"not {_name(features)}: {features!r}"
+        )
+    for f in features:
+        if not isinstance(f, str):
+            raise InvalidArgumentError(f"a feature must be a str, not {_name(f)}: {f!r}")
+    return list(features)
+
+
+def check_pool_args(
+    data_size: object,
+    metadata_size: object,
+    data_block_size_sectors: object,
+    low_water_mark_blocks: object,
+    features: object,
+    length_sectors: object,
+) -> None:
+    """What a pool's constructor takes: the types, and the table length against the data
+    device, as dm-table.c checks a target against its device (EINVAL)."""
+    check_int("data_size", data_size)
+    check_int("metadata_size", metadata_size)
+    check_int("data_block_size_sectors", data_block_size_sectors)
+    check_int("low_water_mark_blocks", low_water_mark_blocks)
+    check_features(features)
+    length = data_size // SECTOR if length_sectors is None else length_sectors
+    check_length_sectors(length, data_size)
+
+
+def check_length_sectors(length_sectors: object, data_size: int) -> int:
+    """A pool table's length: dm-table.c: dm_table_add_target refuses a zero-length target,
+    device_area_is_invalid one that runs past its data device."""
+    check_int("length_sectors", length_sectors)
+    if length_sectors == 0:
+        raise InvalidArgumentError(
+            f"zero-length target: the pool's table length is 0 sectors "
+            f"(data_size {data_size} bytes)"
+        )
+    if length_sectors > data_size // SECTOR:
+        raise InvalidArgumentError(
+            f"data device too small for target: length {length_sectors} sectors, "
+            f"data device {data_size // SECTOR} sectors"
+        )
+    return length_sectors
+
+
+def check_reload_args(
+    current_data_size: int,
+    *,
+    data_size: object,
+    metadata_size: object,
+    length_sectors: object,
+    low_water_mark_blocks: object,
+    features: object,
+) -> None:
+    """What ``Pool.reload`` takes (``None`` keeps a value)."""
+    new_data = current_data_size
+    if data_size is not None:
+        new_data = max(check_int("data_size", data_size), current_data_size)
+    if metadata_size is not None:
+        check_int("metadata_size", metadata_size)
+    if length_sectors is not None:
+        check_length_sectors(length_sectors, new_data)
+    elif data_size is not None:
+        check_length_sectors(new_data // SECTOR, new_data)
+    if low_water_mark_blocks is not None:
+        check_int("low_water_mark_blocks", low_water_mark_blocks)
+    if features is not None:
+        check_features(features)
+
+
+def check_message(text: object) -> str:
+    """A pool message: a str with at least one word (dm-ioctl.c: target_message refuses
+    an empty one with EINVAL)."""
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"a message must be a str, not {_name(text)}: {text!r}")
+    if not text.split():
+        raise InvalidArgumentError("empty message")
+    return text
+
+
+def check_activate(dev_id: object, length: object) -> None:
+    """A thin's id and length: the length a positive number of whole sectors (a table
+    speaks in sectors; dm-table.c refuses a zero-length target)."""
+    check_int("dev_id", dev_id)
+    check_int("length", length, minimum=SECTOR)
+    if length % SECTOR:
+        raise InvalidArgumentError(f"length must be a multiple of {SECTOR} bytes, not {length}")
+
+
+def check_read(offset: object, length: object) -> None:
+    check_int("offset", offset)
+    check_int("length", length)
+
+
+def check_write(offset: object, data: object, size: int) -> memoryview:
+    """A write's offset and data (any bytes-like object), inside a device of ``size`` bytes.
+
+    A write that starts at or runs past the end is refused whole (ENOSPC) before anything
+    is written: a block device would write the part that fits and return a short count,
+    which a call that returns nothing cannot report."""
+    check_int("offset", offset)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise InvalidArgumentError(
+            f"data must be bytes-like (bytes, bytearray, memoryview), not {_name(data)}"
+        ) from None
+    if not (view.ndim == 1 and view.format == "B" and view.contiguous):
+        view = memoryview(view.tobytes())
+    if view.nbytes and offset + view.nbytes > size:
+        raise NoSpaceError(
+            f"a write of {view.nbytes} bytes at offset {offset} runs past the end of the "
+            f"device ({size} bytes)"
+        )
+    return view
+
+
+def check_discard(offset: object, length: object) -> None:
+    check_int("offset", offset)
+    check_int("length", length)

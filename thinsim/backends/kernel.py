@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Self
 
 from .. import interface
-from ..errors import DeviceIOError, ExistsError, InvalidArgumentError, NoSpaceError, error_for
+from ..errors import DeviceIOError, ExistsError, InvalidArgumentError, error_for
 from .dmtools import (
     VM_HINT,
     CommandError,
@@ -196,8 +196,7 @@ class KernelThin(interface.Thin):
 
     def read(self, offset: int, length: int) -> bytes:
         # Reads stop at the end of the device, as on a block device (the model does too).
-        if offset < 0 or length < 0:
-            raise InvalidArgumentError("negative offset or length")
+        interface.check_read(offset, length)
         length = max(0, min(length, self.size - offset))
         if not length:
             return b""
@@ -208,13 +207,8 @@ class KernelThin(interface.Thin):
         return data[offset - start : offset - start + length]
 
     def write(self, offset: int, data: bytes) -> None:
-        # block/fops.c: blkdev_write_iter fails a write at or past the end with ENOSPC and
-        # cuts one that runs past it.
-        if offset < 0:
-            raise InvalidArgumentError("negative offset")
-        if offset >= self.size and data:
-            raise NoSpaceError("write past the end of the device")
-        data = bytes(data[: self.size - offset])
+        # One that runs past the end is refused whole (ENOSPC), as the model refuses it.
+        data = interface.check_write(offset, data, self.size).tobytes()
         if not data:
             return
         head = offset % SECTOR
@@ -241,8 +235,7 @@ class KernelThin(interface.Thin):
     def discard(self, offset: int, length: int) -> None:
         # block/ioctl.c: blk_ioctl_discard does the checks (EOPNOTSUPP, then EINVAL for
         # unaligned or past the end); uint64 arguments cannot be negative.
-        if offset < 0 or length < 0:
-            raise InvalidArgumentError("negative offset or length")
+        interface.check_discard(offset, length)
         try:
             fcntl.ioctl(self._open(), BLKDISCARD, struct.pack("=QQ", offset, length))
         except OSError as e:
@@ -306,6 +299,14 @@ class KernelPool(interface.Pool):
         adopt_files: bool = False,
         recover_stale: bool = True,
     ) -> None:
+        interface.check_pool_args(
+            data_size,
+            metadata_size,
+            data_block_size_sectors,
+            low_water_mark_blocks,
+            features,
+            length_sectors,
+        )
         require_kernel()
         if recover_stale:
             for what in recover():
@@ -427,14 +428,13 @@ class KernelPool(interface.Pool):
     # -- the interface --------------------------------------------------------------------
 
     def message(self, text: str) -> None:
-        words = text.split()
-        if not words:
-            # dm-ioctl.c: target_message rejects an empty message (dmsetup cannot send one).
-            raise InvalidArgumentError("empty message")
+        # dm-ioctl.c: target_message rejects an empty message (dmsetup cannot send one).
+        words = interface.check_message(text).split()
         # "--" so that words like "-1" reach the kernel instead of dmsetup's option parser.
         dmsetup("message", self.name, "0", "--", *words)
 
     def activate(self, dev_id: int, length: int) -> KernelThin:
+        interface.check_activate(dev_id, length)
         role, n = f"thin{dev_id}", 1
         while f"thinsim-{self.token}-{role}" in self._thins:  # a thin may be active twice
             role, n = f"thin{dev_id}.{n}", n + 1
@@ -463,6 +463,14 @@ class KernelPool(interface.Pool):
         low_water_mark_blocks: int | None = None,
         features: Sequence[str] | None = None,
     ) -> None:
+        interface.check_reload_args(
+            self.data_size,
+            data_size=data_size,
+            metadata_size=metadata_size,
+            length_sectors=length_sectors,
+            low_water_mark_blocks=low_water_mark_blocks,
+            features=features,
+        )
         new_data = self.data_size if data_size is None else max(data_size, self.data_size)
         new_md = (
             self.metadata_size if metadata_size is None else max(metadata_size, self.metadata_size)

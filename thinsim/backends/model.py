@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno as E
+import os
 from collections.abc import Sequence
 
 from .. import interface
+from ..errors import InvalidArgumentError, NotFoundError, error_for
 from ..model.pool import Clock, KernelLog, PoolTable
 from ..model.pool import Pool as PoolTarget
 from ..model.store import AccountingStore, DataStore, FileStore, MemoryStore
@@ -13,15 +16,46 @@ from ..model.thin import Thin as ThinTarget
 DM_MAJOR = 254
 
 
-def make_store(store: str | DataStore, data_size: int) -> DataStore:
-    """``"accounting"`` (no payload), ``"memory"``, a path (a real sparse file) or a store."""
+def _store_path(store: object) -> str | None:
+    """The file a ``store`` argument names, or None for a store that is not a file.
+
+    A path is an ``os.PathLike`` or a str with a ``/`` in it ("./data", "/tmp/data"): a bare
+    word is a store's name, so a misspelt one ("memroy") is refused rather than taken for a
+    file of that name in the current folder."""
+    if isinstance(store, DataStore) or store in ("accounting", "memory"):
+        return None
+    if isinstance(store, os.PathLike):
+        store = os.fspath(store)
+    if isinstance(store, str) and "/" in store:
+        return store
+    if isinstance(store, str):
+        raise InvalidArgumentError(
+            f"unknown store {store!r}: give 'accounting', 'memory', a DataStore, or a path "
+            f"(a pathlib.Path, or a str with a '/' such as './{store}')"
+        )
+    raise InvalidArgumentError(
+        f"store must be 'accounting', 'memory', a DataStore or a path, not {type(store).__name__}"
+    )
+
+
+def make_store(store: str | os.PathLike[str] | DataStore, data_size: int) -> DataStore:
+    """``"accounting"`` (no payload), ``"memory"``, a path (a real sparse file of
+    ``data_size`` bytes, grown to it when smaller) or a store.  A bad argument, or a path
+    whose folder is missing, raises a thinsim error before any file is made."""
     if isinstance(store, DataStore):
         return store
     if store == "accounting":
         return AccountingStore()
     if store == "memory":
         return MemoryStore()
-    return FileStore(store, data_size)
+    path = _store_path(store)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise NotFoundError(f"store {path!r}: no folder {folder!r}")
+    try:
+        return FileStore(path, data_size)
+    except OSError as e:
+        raise error_for(e.errno or E.EIO, f"store {path!r}: {e.strerror}") from None
 
 
 class ModelThin(interface.Thin):
@@ -35,12 +69,17 @@ class ModelThin(interface.Thin):
         return f"ModelThin(dev_id={self.dev_id}, length={self.target.size})"
 
     def read(self, offset: int, length: int) -> bytes:
+        interface.check_read(offset, length)
         return self.target.read(offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
-        self.target.write(offset, data)
+        view = interface.check_write(offset, data, self.target.size)
+        if not view.nbytes:
+            return
+        self.target.write(offset, view.obj if type(view.obj) is bytes else view.tobytes())
 
     def discard(self, offset: int, length: int) -> None:
+        interface.check_discard(offset, length)
         self.target.discard(offset, length)
 
     def flush(self) -> None:
@@ -74,6 +113,14 @@ class ModelPool(interface.Pool):
         log: KernelLog | None = None,
         clock: Clock | None = None,
     ) -> None:
+        interface.check_pool_args(
+            data_size,
+            metadata_size,
+            data_block_size_sectors,
+            low_water_mark_blocks,
+            features,
+            length_sectors,
+        )
         self.data_size = data_size
         self.metadata_size = metadata_size
         self._features = list(features)
@@ -81,17 +128,32 @@ class ModelPool(interface.Pool):
         self._length = length_sectors if length_sectors is not None else data_size // 512
         self.data_block_size_sectors = data_block_size_sectors
         table = PoolTable.parse(self._argv())
-        self.target = PoolTarget(
-            table,
-            length_sectors=self._length,
-            metadata_bytes=metadata_size,
-            data_bytes=data_size,
-            store=make_store(store, data_size),
-            log=log,
-            clock=clock,
-            name=f"{DM_MAJOR}:0",
-        )
-        self.target.resume()
+        path = _store_path(store)
+        made = path is not None and not os.path.lexists(path)
+        data_store = make_store(store, data_size)
+        try:
+            self.target = PoolTarget(
+                table,
+                length_sectors=self._length,
+                metadata_bytes=metadata_size,
+                data_bytes=data_size,
+                store=data_store,
+                log=log,
+                clock=clock,
+                name=f"{DM_MAJOR}:0",
+            )
+            self.target.resume()
+        except BaseException as e:
+            # a pool that could not be made leaves nothing: not the file it made either
+            if path is not None:
+                data_store.close()
+                if made:
+                    os.unlink(path)
+            if isinstance(e, MemoryError):
+                raise error_for(
+                    E.ENOMEM, f"not enough memory to model a pool of {data_size} bytes"
+                ) from None
+            raise
         self._thins: dict[int, ModelThin] = {}
 
     def __repr__(self) -> str:
@@ -112,9 +174,10 @@ class ModelPool(interface.Pool):
         return self.target.log
 
     def message(self, text: str) -> None:
-        self.target.message(text)
+        self.target.message(interface.check_message(text))
 
     def activate(self, dev_id: int, length: int) -> ModelThin:
+        interface.check_activate(dev_id, length)
         used = {t.minor for t in self._thins.values()} | {0}
         minor = next(m for m in range(len(used) + 1) if m not in used)
         target = ThinTarget(self.target, dev_id, length // 512, pool_dev=f"{DM_MAJOR}:0")
@@ -131,6 +194,14 @@ class ModelPool(interface.Pool):
         low_water_mark_blocks: int | None = None,
         features: Sequence[str] | None = None,
     ) -> None:
+        interface.check_reload_args(
+            self.data_size,
+            data_size=data_size,
+            metadata_size=metadata_size,
+            length_sectors=length_sectors,
+            low_water_mark_blocks=low_water_mark_blocks,
+            features=features,
+        )
         t = self.target
         new_data = self.data_size if data_size is None else max(data_size, self.data_size)
         new_md = (

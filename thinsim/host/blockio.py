@@ -8,7 +8,7 @@ import os
 from ..errors import error_for
 from ..model.thin import Thin
 from . import external_origin, loopfile
-from .kernel import device_size
+from .kernel import device_size, resolve_devno
 from .state import DmDevice, HostState, LoopDevice
 
 
@@ -181,7 +181,7 @@ def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: byte
                     worker_commit(state, thin.pool)
         elif t.type == "thin-pool":
             # pool_map: I/O to the pool device goes straight to the data device
-            under = state.loops[t.data_loop]
+            under = resolve_devno(state, t.data_devno)
             if piece is None:
                 out += read(state, under, rel, n)
             else:

@@ -14,9 +14,9 @@ SECTOR = 512
 
 
 def _origin(state: HostState, t: Target):
-    from .kernel import _resolve_devno, device_size
+    from .kernel import device_size, resolve_devno
 
-    dev = _resolve_devno(state, t.origin)
+    dev = resolve_devno(state, t.origin)
     return dev, (device_size(state, dev) if dev is not None else 0)
 
 

@@ -253,13 +253,15 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
     # pool_ctr: argument count, distinct devices and features first, then the devices,
     # then block size and low water mark
     PoolTable.parse(argv[:2] + ["128", "0"] + argv[4:] if len(argv) >= 4 else argv)
-    md = _open(state, target, argv[0], "Error opening metadata block device")
-    data = _open(state, target, argv[1], "Error getting data device")
-    table = PoolTable.parse(
-        argv, metadata_bytes=md.size, metadata_dev_name=f"loop{md.number}", log=log
-    )
+    md_dev = _open(state, target, argv[0], "Error opening metadata block device")
+    data_dev = _open(state, target, argv[1], "Error getting data device")
+    md_size, md_name = device_size(state, md_dev), _bdev_name(md_dev)
+    table = PoolTable.parse(argv, metadata_bytes=md_size, metadata_dev_name=md_name, log=log)
+    md, md_offset = _backing_loop(md_dev)
+    data, data_offset = _backing_loop(data_dev)
     if not md.backing_file:
         raise NotSimulated("a pool on an unattached metadata loop device")
+    data_name = _bdev_name(data_dev)
     target.md_loop = md.number
     target.data_loop = data.number
     target.md_devno, target.data_devno = target.devs[0], target.devs[1]
@@ -270,10 +272,10 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
     if other is not None:
         # a reload of the same pool: the pool object is kept
         pool = other.obj
-        if pool.data_dev_name != f"loop{data.number}":
+        if pool.data_dev_name != data_name:
             raise TableError("data device already in use by a pool", E.EBUSY)
-        pool.metadata_bytes = md.size
-        pool.data_bytes = data.size
+        pool.metadata_bytes = md_size
+        pool.data_bytes = device_size(state, data_dev)
         pool.load(table, target.length)
         target.obj = pool
         return
@@ -282,39 +284,63 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
     ):
         # __pool_find: this mapped device already binds a pool on other devices
         raise TableError("different pool cannot replace a pool", E.EINVAL)
-    metadata = _open_metadata(state, md, table)
+    metadata = _open_metadata(state, md, md_offset, table)
     if data.backing_file:
-        store = loopfile.LoopStore(data)
+        store = loopfile.LoopStore(data, data_offset)
         discards = store.supports_discard()
     else:
         store, discards = MemoryStore(), False  # an unattached loop device: size 0
     pool = Pool(
         table,
         length_sectors=target.length,
-        metadata_bytes=md.size,
-        data_bytes=data.size,
+        metadata_bytes=md_size,
+        data_bytes=device_size(state, data_dev),
         store=store,
         log=log,
         clock=state.clock,
         name=dev.devno,
-        data_dev_name=f"loop{data.number}",
+        data_dev_name=data_name,
         data_dev_discards=discards,
         metadata=metadata,
         track_metadata_writes=True,
     )
     if pool.pmd.tm.dirty is None:
         pool.pmd.tm.dirty = set()
-    _attach_metadata_device(pool, md, formatted=metadata is None)
+    _attach_metadata_device(pool, md, md_offset, formatted=metadata is None)
     target.obj = pool
 
 
-def _attach_metadata_device(pool: Pool, md: LoopDevice, formatted: bool) -> None:
-    """Commits go to the metadata loop device's file from now on.  A device just formatted
-    is written at once, as __format_metadata writes its initial superblock in pool_ctr
-    (a failure fails the table load: "Error creating metadata object")."""
+def _bdev_name(dev) -> str:
+    """The kernel's name for a block device (bdevname): loopN, dm-N."""
+    return f"loop{dev.number}" if isinstance(dev, LoopDevice) else f"dm-{dev.minor}"
+
+
+def _backing_loop(dev) -> tuple[LoopDevice, int]:
+    """The loop device a pool's metadata or data I/O reaches, and the byte offset into it
+    (past the loop device's own): the device itself, or, for a dm device whose live table is
+    one linear target (LVM's tmeta/tdata), what that target maps to, followed down as
+    linear_map does."""
+    offset = 0
+    while isinstance(dev, DmDevice):
+        live = dev.live or []
+        if len(live) != 1 or live[0].type != "linear":
+            raise NotSimulated(
+                f"a pool on dm-{dev.minor}: only a dm device of one linear target is simulated "
+                "under a pool"
+            )
+        _, dev, start = live[0].obj
+        offset += start * SECTOR
+    return dev, offset
+
+
+def _attach_metadata_device(pool: Pool, md: LoopDevice, offset: int, formatted: bool) -> None:
+    """Commits go to the metadata loop device's file from now on (at ``offset`` bytes into
+    the device, for a linear device on it).  A device just formatted is written at once, as
+    __format_metadata writes its initial superblock in pool_ctr (a failure fails the table
+    load: "Error creating metadata object")."""
     from ..model.disk import MetadataDevice, MetadataWriteError
 
-    pool.pmd.device = MetadataDevice(loopfile.io_path(md), md.offset)
+    pool.pmd.device = MetadataDevice(loopfile.io_path(md), md.offset + offset)
     if formatted:
         try:
             pool.pmd.device.write(pool.pmd)
@@ -323,21 +349,21 @@ def _attach_metadata_device(pool: Pool, md: LoopDevice, formatted: bool) -> None
             raise TableError("Error creating metadata object", e.errno) from None
 
 
-def _open_metadata(state: HostState, md: LoopDevice, table: PoolTable):
+def _open_metadata(state: HostState, md: LoopDevice, offset: int, table: PoolTable):
     """__open_or_format_metadata: None (format) when the superblock is all zeroes, else
-    what the device holds."""
+    what the device holds (``offset`` bytes into the loop device)."""
     from ..model.disk import CorruptMetadata, read_metadata, superblock_is_blank
 
     path = loopfile.io_path(md)
     if path is None:
         raise TableError("Error creating metadata object", E.EIO)  # the file is lost
     with open(path, "rb") as f:
-        f.seek(md.offset)
+        f.seek(md.offset + offset)
         head = f.read(512)
     if superblock_is_blank(head):
         return None
     try:
-        return read_metadata(path, md.offset)
+        return read_metadata(path, md.offset + offset)
     except CorruptMetadata as e:
         state.log.emit("thin metadata", str(e))
         raise TableError("Error creating metadata object", E.EILSEQ) from None
@@ -419,7 +445,7 @@ def _device_area_checks(state: HostState, dev: DmDevice, targets: list[Target]) 
         else:
             continue
         for devno, start, length in areas:
-            under = _resolve_devno(state, devno)
+            under = resolve_devno(state, devno)
             size = device_size(state, under) // SECTOR if under is not None else 0
             if size and start + length > size:  # a device of size 0 is not checked
                 name = blkdev_name(state, devno) or devno
@@ -430,7 +456,8 @@ def _device_area_checks(state: HostState, dev: DmDevice, targets: list[Target]) 
     return True
 
 
-def _resolve_devno(state: HostState, devno: str):
+def resolve_devno(state: HostState, devno: str):
+    """The device a table's MAJ:MIN names: a loop device (bound or not) or a dm device."""
     major, _, minor = devno.partition(":")
     if int(major) == LOOP_MAJOR:
         return state.loops.get(int(minor)) or _unbound_loop(int(minor))
@@ -610,7 +637,7 @@ def table_devices(state: HostState, dev: DmDevice) -> list:
     and inactive tables."""
     out = []
     for devno in dict.fromkeys(table_devnos(dev) + table_devnos(dev, inactive=True)):
-        d = _resolve_devno(state, devno)
+        d = resolve_devno(state, devno)
         if d is not None:
             out.append(d)
     return out

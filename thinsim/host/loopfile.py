@@ -308,18 +308,20 @@ class LoopStore(DataStore):
     backing file (renamed or deleted alike), opened once per command.  Pickled with the host
     state as the loop device itself, never as a file name."""
 
-    def __init__(self, loop) -> None:
+    def __init__(self, loop, offset: int = 0) -> None:
         self.loop = loop
+        self.offset = offset  # where the pool's data device starts (a linear device on it)
         self._fd = -1
 
     def __repr__(self) -> str:
-        return f"LoopStore({self.loop!r})"
+        return f"LoopStore({self.loop!r}, offset={self.offset})"
 
     def __getstate__(self):
-        return {"loop": self.loop}
+        return {"loop": self.loop, "offset": self.offset}
 
     def __setstate__(self, state) -> None:
         self.loop = state["loop"]
+        self.offset = state.get("offset", 0)
         self._fd = -1
 
     @property
@@ -329,14 +331,14 @@ class LoopStore(DataStore):
         return self._fd
 
     def write(self, offset: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, self.loop.offset + offset)
+        os.pwrite(self.fd, data, self.loop.offset + self.offset + offset)
 
     def read(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.fd, length, self.loop.offset + offset)
+        data = os.pread(self.fd, length, self.loop.offset + self.offset + offset)
         return data + bytes(length - len(data))
 
     def discard(self, offset: int, length: int) -> None:
-        _punch_hole(self.fd, self.loop.offset + offset, length)
+        _punch_hole(self.fd, self.loop.offset + self.offset + offset, length)
 
     def supports_discard(self) -> bool:
         """Whether the file's file system punches holes (else the loop device on it

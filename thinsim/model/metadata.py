@@ -6,10 +6,11 @@ root of that device's tree, then virtual block to ``(data_block << 24) | time``.
 
 from __future__ import annotations
 
+import errno as E
 from dataclasses import dataclass
 
 from .btree import BTreeInfo, ValueType
-from .space_map import DiskSpaceMap, MetadataSpaceMap, NoSpace, _Block
+from .space_map import DiskSpaceMap, FormatError, LogLines, MetadataSpaceMap, NoSpace, _Block
 from .transaction import TransactionManager
 
 THIN_SUPERBLOCK_LOCATION = 0
@@ -81,18 +82,47 @@ class PoolMetadata:
 
     # dm-thin-metadata.c: __format_metadata
     def _format(self, nr_md_blocks: int) -> None:
+        """Raises FormatError with the kernel's errno and log lines where the device is too
+        small to format."""
+        if not nr_md_blocks:
+            # __superblock_all_zeroes: reading block 0 past the device's end fails
+            raise FormatError(E.EIO, [])
         sm = MetadataSpaceMap()
+        sm.log = log = LogLines()  # "unable to allocate new metadata block"
         tm = TransactionManager(sm)
         if self._track_writes:
             tm.dirty = set()
         self.tm = tm
         self.metadata_sm = sm
         tm.blocks[THIN_SUPERBLOCK_LOCATION] = _Block("superblock")
-        sm.create(tm, nr_md_blocks, THIN_SUPERBLOCK_LOCATION)
-        self.data_sm = DiskSpaceMap(tm, 0)
-        self._setup_btree_details()
-        self.root = self.info.empty()
-        self.details_root = self.details_info.empty()
+        try:
+            sm.create(tm, nr_md_blocks, THIN_SUPERBLOCK_LOCATION)
+        except (NoSpace, FormatError) as e:
+            # dm-transaction-manager.c: dm_tm_create_internal
+            raise FormatError(
+                getattr(e, "errno", E.ENOSPC),
+                [
+                    *log.lines,
+                    *getattr(e, "lines", ()),
+                    ("transaction manager", "couldn't create metadata space map"),
+                    ("thin metadata", "tm_create_with_sm failed"),
+                ],
+            ) from None
+        steps = (
+            ("sm_disk_create failed", lambda: setattr(self, "data_sm", DiskSpaceMap(tm, 0))),
+            (None, self._setup_btree_details),
+            (None, lambda: setattr(self, "root", self.info.empty())),
+            (
+                "couldn't create devices root",
+                lambda: setattr(self, "details_root", self.details_info.empty()),
+            ),
+        )
+        for error, step in steps:
+            try:
+                step()
+            except NoSpace:
+                tail = [("thin metadata", error)] if error else []
+                raise FormatError(E.ENOSPC, [*log.lines, *tail]) from None
         # __write_initial_superblock
         self.data_sm.commit()
         sm.commit()

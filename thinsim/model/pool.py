@@ -18,7 +18,7 @@ from .metadata import (
     THIN_METADATA_MAX_SECTORS,
     PoolMetadata,
 )
-from .space_map import NoSpace
+from .space_map import FormatError, NoSpace
 from .store import AccountingStore, DataStore
 
 SECTOR = 512
@@ -242,7 +242,13 @@ class Pool:
                 # __open_or_format_metadata: a blank device is not formatted read-only
                 raise TableError("Error creating metadata object", E.EPERM)
             nr_md = min(metadata_bytes // 4096, THIN_METADATA_MAX_SECTORS // SECTORS_PER_MD_BLOCK)
-            metadata = PoolMetadata(nr_md, table.block_size, track_writes=track_metadata_writes)
+            try:
+                metadata = PoolMetadata(nr_md, table.block_size, track_writes=track_metadata_writes)
+            except FormatError as e:
+                # dm_pool_metadata_open failed: pool_create's "Error creating metadata object"
+                for prefix, text in e.lines:
+                    self.log.emit(prefix, text)
+                raise TableError("Error creating metadata object", e.errno) from None
         elif metadata.data_block_size != table.block_size:
             self.log.emit(
                 "thin metadata",

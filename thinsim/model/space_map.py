@@ -19,6 +19,7 @@ zero at the last commit, so blocks freed in a transaction are reusable after it 
 
 from __future__ import annotations
 
+import errno as E
 from array import array
 
 from .btree import BTreeInfo, ValueType
@@ -32,6 +33,26 @@ _ALL_FREE = bytes(ENTRIES_PER_BITMAP)
 
 class NoSpace(Exception):
     """-ENOSPC from a space map: no block is free in both the old and the current view."""
+
+
+class FormatError(Exception):
+    """Formatting metadata failed (dm-thin-metadata.c: __format_metadata): the kernel's
+    errno, and the ``(prefix, text)`` log lines of every layer it went up through."""
+
+    def __init__(self, errno: int, lines: list[tuple[str, str]]) -> None:
+        super().__init__(errno, lines)
+        self.errno = errno
+        self.lines = lines
+
+
+class LogLines:
+    """A kernel log that keeps its lines, for a space map with no pool yet to log to."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, prefix: str, text: str) -> None:
+        self.lines.append((prefix, text))
 
 
 class _Block:
@@ -508,6 +529,8 @@ class MetadataSpaceMap:
     ``begin``, counts queued.
     """
 
+    _allocating: int | None = None  # a state pickled before this field has none
+
     def __init__(self) -> None:
         self.tm = None
         self.ll: LowLevel | None = None
@@ -519,6 +542,7 @@ class MetadataSpaceMap:
         self._recursing = False
         self._bops: list[tuple[int, int]] = []
         self._bootstrap = False
+        self._allocating: int | None = None  # the block new_block is counting
         self.zeroed: list[int] = []
         # struct threshold
         self.threshold: int | None = None
@@ -544,6 +568,19 @@ class MetadataSpaceMap:
         ll.ref_root = ll.ref_info.empty()
         ll.extend(nr_blocks)
         self._bootstrap = False
+        if self.begin > ll.nr_blocks:
+            # sm_bootstrap_new_block refuses only when begin == nr_blocks, so on a device of
+            # one or two blocks the index, the ref-count root and the bitmap (blocks 1-3) run
+            # past its end; the first count (apply_bops) shadows the bitmap, whose count
+            # lookup is out of bounds (sm_ll_lookup_bitmap: -EINVAL)
+            raise FormatError(
+                E.EINVAL,
+                [
+                    ("space map common", "metadata block out of bounds"),
+                    ("space map common", "dm_tm_shadow_block() failed"),
+                    ("space map metadata", "dm_sm_metadata_create: apply_bops failed"),
+                ],
+            )
         self._bops.clear()
         self._mutate_range(superblock, self.begin, +1)
         self.commit()
@@ -577,16 +614,32 @@ class MetadataSpaceMap:
             return b
         ll = self.ll
         try:
-            b = ll.find_common_free(self.begin)
-        except NoSpace:
             try:
-                b = ll.find_common_free(0)
+                b = ll.find_common_free(self.begin)
             except NoSpace:
-                if self.log is not None:
-                    self.log.emit("space map metadata", "unable to allocate new metadata block")
-                raise
+                b = ll.find_common_free(0)
+            if b == self._allocating:
+                # an allocation inside another's count (shadowing the bitmap that counts
+                # it) cannot take the block the outer one took and has not counted yet
+                # (measured: a 9-block device fails the first data resize here)
+                b = ll.find_common_free(b + 1)
+        except NoSpace:
+            if self.log is not None:
+                self.log.emit("space map metadata", "unable to allocate new metadata block")
+            raise
         self.begin = b + 1
-        self._mutate(b, +1)
+        outer = self._allocating
+        self._allocating = b
+        try:
+            self._mutate(b, +1)
+        except NoSpace:
+            # sm_ll_inc -> shadow_bitmap failed, then sm_metadata_new_block fails
+            if self.log is not None:
+                self.log.emit("space map common", "dm_tm_shadow_block() failed")
+                self.log.emit("space map metadata", "unable to allocate new metadata block")
+            raise
+        finally:
+            self._allocating = outer
         self.allocated_this_transaction += 1
         self._check_threshold(self.nr_free())
         return b
@@ -599,12 +652,11 @@ class MetadataSpaceMap:
     def _check_threshold(self, value: int) -> None:
         """dm-space-map-metadata.c: check_threshold -- fires on crossing downwards."""
         t = self.threshold
-        if t is None:
-            return
-        below = value <= t
-        already = self._value is not None and self._value <= t
+        # the value is kept before a threshold is registered too: on a device so small that
+        # formatting it left free no more than the threshold, the event has already fired
+        already = t is not None and self._value is not None and self._value <= t
         self._value = value
-        if below and not already and self.threshold_fn is not None:
+        if t is not None and value <= t and not already and self.threshold_fn is not None:
             self.threshold_fn()
 
     def inc(self, b: int) -> None:
