@@ -9,12 +9,52 @@ import sys
 
 def _scenario(args) -> int:
     from .model_executor import ModelExecutor
-    from .scenario import parse, run
+    from .scenario import ScenarioError, parse, steps
 
-    with open(args.file) as f:
-        ops = parse(f.read())
-    sys.stdout.write(run(ops, ModelExecutor()))
+    def fail(message: str) -> int:
+        print(f"thinsim scenario: {args.file}: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return fail(e.strerror or str(e))
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        return fail(f"line {lineno}: not UTF-8 text (byte 0x{data[e.start]:02x})")
+    try:
+        ops = parse(text)
+    except ScenarioError as e:
+        return fail(str(e))
+    transcript = steps(ops, ModelExecutor())
+    for op in ops:  # steps() runs one operation per part it yields
+        try:
+            part = next(transcript)
+        except ScenarioError as e:
+            return fail(str(e))
+        except Exception as e:  # noqa: BLE001 (a line the model cannot take: no traceback)
+            return fail(
+                f"line {op.lineno}: {op.line!r}: the model failed ({type(e).__name__}: {e})"
+            )
+        try:
+            sys.stdout.write(part)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _die_of_sigpipe()
     return 0
+
+
+def _die_of_sigpipe() -> None:
+    """End as a C tool whose reader went away ends (`thinsim scenario x | head -1`): killed
+    by SIGPIPE, which Python ignores, without its complaint about the unflushed stdout."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
 
 
 def _run(args) -> int:
