@@ -79,7 +79,25 @@ def _run(args) -> int:
 
     from .host.run import run_script
 
+    if args.host is not None and _make_host_folder("run", args.host):
+        return 1
     return run_script(args.script, args.args, args.host, args.workdir)
+
+
+def _make_host_folder(command: str, host: str) -> bool:
+    """Make a --host folder as ``mkdir`` without -p does: the folder itself if need be, never
+    its parents (a typo in them is an error, not a new tree); True when that failed, with
+    mkdir's words on stderr."""
+    import os
+
+    try:
+        os.mkdir(host)
+    except FileExistsError:
+        return False  # a folder already (a file there is open_host's to refuse)
+    except OSError as e:
+        print(f"thinsim {command}: cannot create directory '{host}': {e.strerror}", file=sys.stderr)
+        return True
+    return False
 
 
 def _diff(args) -> int:
@@ -93,6 +111,8 @@ def _shell(args) -> int:
 
     from .host.run import run_shell
 
+    if args.host is not None and _make_host_folder("shell", args.host):
+        return 1
     return run_shell(args.host or os.path.expanduser("~/.thinsim/host"))
 
 
