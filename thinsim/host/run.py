@@ -210,7 +210,9 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
             signal.signal(sig, handler)
 
 
-def _sandbox_argv(report: int, private: str | None, workdir: str | None) -> list[str]:
+def _sandbox_argv(
+    report: int, private: str | None, workdir: str | None, fds: list[int] | None = None
+) -> list[str]:
     """``unshare`` into new mount and PID namespaces (a user namespace too when not root)
     whose init is thinsim/host/sandbox.py; --kill-child: the init dies with unshare."""
     unshare = shutil.which("unshare") or "unshare"
@@ -220,6 +222,8 @@ def _sandbox_argv(report: int, private: str | None, workdir: str | None) -> list
     args = [str(report)]
     if workdir is not None:
         args += ["--workdir", str(private), workdir]
+    if fds:
+        args += ["--pass-fds", ",".join(map(str, fds))]
     return [*prefix, *this_thinsim("thinsim.host.sandbox", *args, "--")]
 
 
@@ -229,14 +233,15 @@ def _sandboxed(
     """Run COMMAND in the sandbox; (None, why) when it could not be set up (nothing ran).
     Ending the run (a _Stopped) ends the namespace: its init, so the kernel kills every
     process in it, and waits until they are all gone."""
-    from .sandbox import die_with_parent  # not in every shim's imports: ctypes costs
+    from .sandbox import die_with_parent, named_fds  # not in every shim's imports: ctypes costs
 
+    fds = named_fds(command)  # <(...): the script's /dev/fd/N
     report, write = os.pipe()
     try:
         proc = subprocess.Popen(
-            _sandbox_argv(write, private, workdir) + command,
+            _sandbox_argv(write, private, workdir, fds) + command,
             env=env,
-            pass_fds=(write,),
+            pass_fds=(write, *fds),
             # SIGKILL: unshare, then (--kill-child) the init.  thinsim run has no threads.
             preexec_fn=die_with_parent(),  # noqa: PLW1509
         )
@@ -295,7 +300,9 @@ def _unsandboxed(command: list[str], env: dict[str, str], cwd: str | None) -> in
         env.setdefault("THINSIM_HOST", os.path.join(tmp, "host"))
         env["THINSIM_SHIMS"] = str(shims)
         env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
-        proc = subprocess.Popen(command, env=env, cwd=cwd)
+        from .sandbox import named_fds
+
+        proc = subprocess.Popen(command, env=env, cwd=cwd, pass_fds=named_fds(command))
         try:
             return _status(proc.wait())
         except _Stopped:

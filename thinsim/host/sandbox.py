@@ -11,8 +11,9 @@ namespace's init it sets the namespace up, still with every capability:
   kernel's knobs (``/proc/sys``, ``/proc/sysrq-trigger``, ``/proc/irq``, ``/proc/bus``,
   ``/proc/fs``) are read-only and ``/proc/kcore``, ``/proc/keys``, ``/proc/scsi`` ... hidden,
   as container runtimes do;
-- ``/dev``: a tmpfs with only harmless nodes (null, zero, random, tty ...), a private
-  ``/dev/shm``, and the simulated devices' nodes (thinsim/host/devnodes.py), all of major 0;
+- ``/dev``: a tmpfs with only harmless nodes (null, zero, random, tty ...), a devpts
+  instance of its own (``/dev/ptmx`` links to it), a private ``/dev/shm``, and the simulated
+  devices' nodes (thinsim/host/devnodes.py), all of major 0;
 - ``/sys``: read-only everywhere, with a tmpfs of the simulated devices over each folder
   that names block devices (thinsim/host/sysfs.py) and an empty one over the host's own
   disks' folders, ``/sys/firmware`` and ``/sys/kernel/debug``;
@@ -34,6 +35,7 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import signal
 import socket
 import stat
@@ -79,7 +81,7 @@ DEFAULT_HOST = f"{RUN}/host"
 PROC_VIEWS = f"{RUN}/proc"  # sources of /proc/partitions and /proc/diskstats
 NODES = f"{RUN}/nodes"  # the socket serve_nodes answers on
 
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # what the kernel's /proc shows of the hardware and lets root change, as runc hides it
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_HIDDEN_FILES = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats")
@@ -191,9 +193,11 @@ def _host_disk_folders() -> list[str]:
 
 
 def _dev(dev_fd: int) -> None:
-    """The private /dev: harmless nodes as on the host (made again where root may, bound from
-    the host's /dev in a user namespace), a private /dev/shm, and the run's own folder."""
-    mount("thinsim-dev", "/dev", "tmpfs", MS_NOSUID, "mode=755,size=1m")
+    """The private /dev, as a Debian host's looks: harmless nodes as on the host (made again
+    where root may, bound from the host's /dev in a user namespace), a devpts of the run's
+    own, a private /dev/shm, the links udev and systemd make, and the run's own folder.
+    Sized as the kernel sizes devtmpfs and a default tmpfs: half of RAM."""
+    mount("udev", "/dev", "tmpfs", MS_NOSUID, "mode=755")
     for name in DEV_NODES:
         real = f"/proc/self/fd/{dev_fd}/{name}"
         try:
@@ -209,22 +213,38 @@ def _dev(dev_fd: int) -> None:
             open(path, "w").close()
             mount(real, path, None, MS_BIND)
             set_attr(path, clear=MOUNT_ATTR_NODEV)
-    os.mkdir("/dev/pts")
-    mount(f"/proc/self/fd/{dev_fd}/pts", "/dev/pts", None, MS_BIND)
-    set_attr("/dev/pts", clear=MOUNT_ATTR_NODEV)  # the script's terminal
+    _devpts()
     os.mkdir("/dev/shm")
-    mount("thinsim-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for link, target in (
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
     ):
         os.symlink(target, f"/dev/{link}")
     os.mkdir("/dev/mapper")
     os.mkdir(RUN)
     mount("thinsim-run", RUN, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     os.mkdir(PROC_VIEWS)
+
+
+def _devpts() -> None:
+    """A devpts instance of the run's own (``newinstance``, as container runtimes mount it),
+    reached through the /dev/ptmx link: openpty, script and ssh-like programs get
+    terminals there, numbered from 0, and the host's terminals stay out of sight.  Debian's
+    options (gid=5 the tty group, mode=620), but ptmxmode=666, since /dev/ptmx is the
+    instance's own ptmx node."""
+    os.mkdir("/dev/pts")
+    options = "newinstance,ptmxmode=0666,mode=0620"
+    try:
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"{options},gid=5")
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # a user namespace that maps no tty group (thinsim run as non-root)
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, options)
 
 
 def _sys() -> None:
@@ -342,16 +362,37 @@ def _make_node(dev: int, kind: str, minor: int, path: str) -> int:
     return 0
 
 
+def named_fds(argv: list[str]) -> list[int]:
+    """The descriptors of this process that ARGV names as ``/dev/fd/N`` or
+    ``/proc/self/fd/N`` (bash's process substitution: ``thinsim run <(echo 'dmsetup ls')``
+    runs ``bash /dev/fd/63``).  They must reach the script under their numbers, as they would
+    without thinsim run, where a child inherits them (subprocess closes all others)."""
+    fds = set()
+    for arg in argv:
+        m = re.fullmatch(r"/(?:dev|proc/self)/fd/([0-9]{1,9})", arg)
+        if m is not None and int(m.group(1)) > 2:
+            try:
+                os.fstat(int(m.group(1)))
+            except OSError:
+                continue  # not open here: bash says so, as it would
+            fds.add(int(m.group(1)))
+    return sorted(fds)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``sandbox.py REPORT_FD [--workdir SOURCE TARGET] -- COMMAND...``: set up, report
-    ``pid N`` (this process outside the namespace) and ``ready`` on REPORT_FD (or ``error:
-    WHY`` and exit 125), run COMMAND, exit with its status (128+N when killed by signal N)."""
+    """``sandbox.py REPORT_FD [--workdir SOURCE TARGET] [--pass-fds N,...] -- COMMAND...``:
+    set up, report ``pid N`` (this process outside the namespace) and ``ready`` on REPORT_FD
+    (or ``error: WHY`` and exit 125), run COMMAND with the descriptors N... open, exit with
+    its status (128+N when killed by signal N)."""
     argv = sys.argv[1:] if argv is None else argv
     report = os.fdopen(int(argv[0]), "w", buffering=1)
-    workdir = None
-    if argv[1] == "--workdir":
-        workdir, argv = (argv[2], argv[3]), argv[3:]
-    command = argv[argv.index("--") + 1 :]
+    options, command = argv[1 : argv.index("--")], argv[argv.index("--") + 1 :]
+    workdir, fds = None, []
+    while options:
+        if options[0] == "--workdir":
+            workdir, options = (options[1], options[2]), options[3:]
+        else:  # --pass-fds
+            fds, options = [int(fd) for fd in options[1].split(",")], options[2:]
     if os.getpid() != 1:
         report.write("error: not the init of a new PID namespace\n")
         return 125
@@ -374,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         last_cap = int(f.read())
     # no thread yet: serve_nodes starts once the script's process exists
     drop = functools.partial(drop_privileges, last_cap)
-    script = subprocess.Popen(command, env=env, preexec_fn=drop)  # noqa: PLW1509
+    script = subprocess.Popen(command, env=env, preexec_fn=drop, pass_fds=fds)  # noqa: PLW1509
+    for fd in fds:  # the script's now: a pipe's reader sees its end when the script is done
+        os.close(fd)
     threading.Thread(target=serve_nodes, args=(listener,), daemon=True).start()
     while True:  # reap everything (orphans come to init) until the script is done
         pid, status = os.wait()
