@@ -129,3 +129,30 @@ def test_a_descriptor_not_open_stays_a_missing_file(tmp_path):
     )
     assert r.returncode == 127
     assert r.stderr == "bash: /dev/fd/77: No such file or directory\n"
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="no script(1)")
+def test_a_run_from_a_terminal_gets_a_named_terminal_of_its_own_and_gives_the_users_back(
+    tmp_path,
+):
+    # the host's terminals are not in the run's devpts: the run's init relays the user's
+    # terminal to one of the run's own (as docker run -t), so the script's has a name
+    (tmp_path / "t.sh").write_text("tty; stty size; ls /dev/pts | tr '\\n' ' '; echo\n")
+    run = shlex.join(this_thinsim("thinsim.cli", "run", str(tmp_path / "t.sh")))
+    host_master, host_slave = os.openpty()  # the user's terminal is not the host's first
+    try:
+        r = subprocess.run(
+            ["script", "-qec", f"stty rows 33 cols 77; {run}; echo rc=$?; stty -a", "/dev/null"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(host_master)
+        os.close(host_slave)
+    out = r.stdout.replace("\r\n", "\n")
+    assert out.startswith("/dev/pts/0\n33 77\n0 ptmx \nrc=0\n"), out
+    settings = out.split("rc=0\n", 1)[1].split()
+    assert "icanon" in settings and "echo" in settings  # not left raw

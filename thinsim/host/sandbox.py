@@ -393,29 +393,34 @@ def main(argv: list[str] | None = None) -> int:
             workdir, options = (options[1], options[2]), options[3:]
         else:  # --pass-fds
             fds, options = [int(fd) for fd in options[1].split(",")], options[2:]
+    # an init ignores the signals it has no handler for; the tty's ^C is the script's.
+    # SIGTERM (thinsim run ending the run, set-up included) ends the namespace: exiting
+    # kills all in it.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: _exit(128 + signal.SIGTERM))
     if os.getpid() != 1:
-        report.write("error: not the init of a new PID namespace\n")
+        _say(report, "error: not the init of a new PID namespace")
         return 125
-    report.write(f"pid {os.readlink('/proc/self')}\n")  # the host's proc, not replaced yet
+    _say(report, f"pid {os.readlink('/proc/self')}")  # the host's proc, not replaced yet
     try:
         env = set_up(workdir)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener.bind(NODES)
         listener.listen(16)
     except Exception as exc:  # noqa: BLE001 (whatever failed, the run goes on without)
-        report.write(f"error: {exc}\n")
+        _say(report, f"error: {exc}")
         return 125
-    report.write("ready\n")
+    _say(report, "ready")
     report.close()
-    # an init ignores the signals it has no handler for; the tty's ^C is the script's.
-    # SIGTERM (thinsim run ending the run) ends the namespace: exiting kills all in it.
-    signal.signal(signal.SIGINT, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last_cap = int(f.read())
     # no thread yet: serve_nodes starts once the script's process exists
     drop = functools.partial(drop_privileges, last_cap)
-    script = subprocess.Popen(command, env=env, preexec_fn=drop, pass_fds=fds)  # noqa: PLW1509
+    terminal = _Terminal.open()
+    if terminal is None:
+        script = subprocess.Popen(command, env=env, preexec_fn=drop, pass_fds=fds)  # noqa: PLW1509
+    else:
+        script = terminal.start(command, env, drop, fds)
     for fd in fds:  # the script's now: a pipe's reader sees its end when the script is done
         os.close(fd)
     threading.Thread(target=serve_nodes, args=(listener,), daemon=True).start()
@@ -423,7 +428,123 @@ def main(argv: list[str] | None = None) -> int:
         pid, status = os.wait()
         if pid == script.pid:
             code = os.waitstatus_to_exitcode(status)
-            os._exit(code if code >= 0 else 128 - code)
+            _exit(code if code >= 0 else 128 - code)
+
+
+_at_exit: list = []  # what the init undoes before it ends (the user's terminal mode)
+
+
+def _exit(code: int) -> None:
+    for undo in _at_exit:
+        undo()
+    os._exit(code)
+
+
+class _Terminal:
+    """A terminal of the run's devpts for a script run from a terminal (``thinsim shell``),
+    as ``docker run -t`` gives one: the host's terminals are not in the run's /dev/pts, so
+    the script's own would have no name there (``tty`` would say "not a tty").  The init
+    copies bytes both ways with the user's terminal in raw mode (^C, ^Z and the line
+    discipline are the inner terminal's), passes on its size (SIGWINCH), and puts the
+    user's terminal back as it was when the run ends."""
+
+    def __init__(self, master: int, slave: int, saved: list) -> None:
+        self.master, self.slave, self.saved = master, slave, saved
+        self.output: threading.Thread | None = None
+
+    @classmethod
+    def open(cls) -> _Terminal | None:
+        """One when stdin and stdout are the same terminal (an interactive run)."""
+        import termios
+
+        try:
+            if not (os.isatty(0) and os.isatty(1)):
+                return None
+            if os.fstat(0).st_rdev != os.fstat(1).st_rdev:
+                return None
+            saved = termios.tcgetattr(0)
+            master, slave = os.openpty()  # /dev/ptmx: the run's own devpts
+            termios.tcsetattr(slave, termios.TCSANOW, saved)
+            _copy_size(0, slave)
+        except (OSError, termios.error):
+            return None
+        return cls(master, slave, saved)
+
+    def start(self, command: list[str], env: dict[str, str], drop, fds: list[int]):
+        import fcntl
+        import termios
+        import tty
+
+        stderr = self.slave if os.isatty(2) and os.fstat(2).st_rdev == os.fstat(0).st_rdev else None
+
+        def preexec() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # after setsid: the script's session's
+            drop()
+
+        script = subprocess.Popen(
+            command,
+            env=env,
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=preexec,  # noqa: PLW1509 (no thread yet)
+            pass_fds=fds,
+        )
+        os.close(self.slave)
+        _at_exit.append(self.finish)
+        tty.setraw(0)
+        signal.signal(signal.SIGWINCH, lambda *_: _copy_size(0, self.master))
+        threading.Thread(target=_copy, args=(0, self.master), daemon=True).start()
+        self.output = threading.Thread(target=_copy, args=(self.master, 1), daemon=True)
+        self.output.start()
+        return script
+
+    def finish(self) -> None:
+        """The script's last output shown, the user's terminal as it was."""
+        import termios
+
+        if self.output is not None:
+            self.output.join(timeout=1)
+        try:
+            termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
+        except (OSError, termios.error):
+            pass
+
+
+def _copy(source: int, target: int) -> None:
+    while True:
+        try:
+            data = os.read(source, 65536)
+        except OSError:  # EIO: the inner terminal has no process left
+            return
+        if not data:
+            return
+        while data:
+            try:
+                data = data[os.write(target, data) :]
+            except OSError:
+                return
+
+
+def _copy_size(source: int, target: int) -> None:
+    import fcntl
+    import termios
+
+    try:
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+def _say(report, line: str) -> None:
+    """A line to thinsim run; if it stopped listening (it is ending the run), the init ends
+    quietly, and the namespace with it."""
+    try:
+        report.write(line + "\n")
+    except OSError:
+        _exit(125)
 
 
 if __name__ == "__main__":
