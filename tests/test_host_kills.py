@@ -91,8 +91,8 @@ def _wait_for_phase(phase: str, token: str, proc: subprocess.Popen, why: str) ->
     def reached() -> bool:
         assert proc.poll() is None, f"{why}: it ended before {phase} ({proc.returncode})"
         argvs = _argvs_of(token)
-        if phase == "set-up":  # unshare runs, the script does not yet
-            return any(a.split(b"\0")[0].endswith(b"unshare") for a in argvs)
+        if phase == "set-up":  # the namespace's init runs (the script starts after it)
+            return any(b"thinsim.host.sandbox" in a for a in argvs)
         if phase == "simulated":
             return any(SHIM in a for a in argvs)
         return any(a.split(b"\0")[0] in (b"sleep", b"/usr/bin/sleep") for a in argvs)
