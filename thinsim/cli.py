@@ -9,12 +9,52 @@ import sys
 
 def _scenario(args) -> int:
     from .model_executor import ModelExecutor
-    from .scenario import parse, run
+    from .scenario import ScenarioError, parse, steps
 
-    with open(args.file) as f:
-        ops = parse(f.read())
-    sys.stdout.write(run(ops, ModelExecutor()))
+    def fail(message: str) -> int:
+        print(f"thinsim scenario: {args.file}: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return fail(e.strerror or str(e))
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        return fail(f"line {lineno}: not UTF-8 text (byte 0x{data[e.start]:02x})")
+    try:
+        ops = parse(text)
+    except ScenarioError as e:
+        return fail(str(e))
+    transcript = steps(ops, ModelExecutor())
+    for op in ops:  # steps() runs one operation per part it yields
+        try:
+            part = next(transcript)
+        except ScenarioError as e:
+            return fail(str(e))
+        except Exception as e:  # noqa: BLE001 (a line the model cannot take: no traceback)
+            return fail(
+                f"line {op.lineno}: {op.line!r}: the model failed ({type(e).__name__}: {e})"
+            )
+        try:
+            sys.stdout.write(part)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _die_of_sigpipe()
     return 0
+
+
+def _die_of_sigpipe() -> None:
+    """End as a C tool whose reader went away ends (`thinsim scenario x | head -1`): killed
+    by SIGPIPE, which Python ignores, without its complaint about the unflushed stdout."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
 
 
 def _run(args) -> int:
@@ -39,7 +79,25 @@ def _run(args) -> int:
 
     from .host.run import run_script
 
+    if args.host is not None and _make_host_folder("run", args.host):
+        return 1
     return run_script(args.script, args.args, args.host, args.workdir)
+
+
+def _make_host_folder(command: str, host: str) -> bool:
+    """Make a --host folder as ``mkdir`` without -p does: the folder itself if need be, never
+    its parents (a typo in them is an error, not a new tree); True when that failed, with
+    mkdir's words on stderr."""
+    import os
+
+    try:
+        os.mkdir(host)
+    except FileExistsError:
+        return False  # a folder already (a file there is open_host's to refuse)
+    except OSError as e:
+        print(f"thinsim {command}: cannot create directory '{host}': {e.strerror}", file=sys.stderr)
+        return True
+    return False
 
 
 def _diff(args) -> int:
@@ -53,6 +111,8 @@ def _shell(args) -> int:
 
     from .host.run import run_shell
 
+    if args.host is not None and _make_host_folder("shell", args.host):
+        return 1
     return run_shell(args.host or os.path.expanduser("~/.thinsim/host"))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import errno as _errno
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,16 +29,23 @@ __all__ = [
     "SECTOR_SIZE",
     "Executor",
     "Op",
+    "ScenarioError",
     "errno_name",
     "parse",
     "parse_size",
     "pattern",
     "run",
+    "steps",
 ]
 
 SECTOR_SIZE = 512
 
 _SUFFIXES = {"k": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+# The largest size or offset a file or a device takes (off_t, loff_t): a scenario's sizes
+# become file sizes (truncate) and byte offsets (pwrite), which are signed 64-bit.
+_MAX_BYTES = (1 << 63) - 1
+# A plain count (sectors, ids, seconds, a seed) is at most what a 64-bit field holds.
+_MAX_INT = (1 << 64) - 1
 _SIZE_RE = re.compile(r"([0-9]+)([kMGT]?)")
 _INT_RE = re.compile(r"[0-9]+")
 
@@ -52,13 +59,27 @@ def parse_size(text: str) -> int:
     m = _SIZE_RE.fullmatch(text)
     if m is None:
         raise ValueError(f"bad size {text!r} (want digits and an optional k/M/G/T suffix)")
-    return int(m.group(1)) * _SUFFIXES.get(m.group(2), 1)
+    size = int(m.group(1)) * _SUFFIXES.get(m.group(2), 1)
+    if size > _MAX_BYTES:
+        raise ValueError(f"size {text!r} too large (more than 2^63-1 bytes)")
+    return size
 
 
 def _parse_int(text: str) -> int:
     if _INT_RE.fullmatch(text) is None:
         raise ValueError(f"bad number {text!r} (want plain decimal digits)")
+    if len(text) > 20 or int(text) > _MAX_INT:
+        raise ValueError(f"number {text!r} too large (more than 2^64-1)")
     return int(text)
+
+
+def _parse_sectors(text: str) -> int:
+    """An I/O offset or length: a size that is a whole number of 512-byte sectors (the
+    Executor contract; O_DIRECT refuses anything else)."""
+    size = parse_size(text)
+    if size % SECTOR_SIZE:
+        raise ValueError(f"{text!r} is not a multiple of {SECTOR_SIZE} bytes")
+    return size
 
 
 def _parse_token(text: str) -> str:
@@ -75,6 +96,7 @@ def _parse_features(text: str) -> list[str]:
 # Value kinds: how a scenario token becomes a Python value.
 _KINDS: dict[str, Callable[[str], Any]] = {
     "size": parse_size,  # bytes, with suffixes
+    "sectors": _parse_sectors,  # bytes, with suffixes, whole sectors
     "int": _parse_int,  # a plain count (sectors, ids, seconds, a seed)
     "token": _parse_token,  # verbatim text: a table field the kernel itself parses
     "features": _parse_features,
@@ -91,7 +113,7 @@ class _Syntax:
 
 
 _ID = ("id", "int")
-_IO = (_ID, ("off", "size"), ("len", "size"))
+_IO = (_ID, ("off", "sectors"), ("len", "sectors"))
 _TABLE_KEYWORDS = (
     ("md", "size"),
     ("data", "size"),
@@ -151,7 +173,25 @@ class Op:
     lineno: int = 0
 
 
+class ScenarioError(ValueError):
+    """A scenario line that cannot be run: its message starts ``line N: 'LINE': `` and says
+    what is wrong; ``lineno`` is N."""
+
+    def __init__(self, lineno: int, message: str) -> None:
+        super().__init__(message)
+        self.lineno = lineno
+
+
 def _parse_line(words: list[str], lineno: int) -> Op:
+    try:
+        return _parse_words(words, lineno)
+    except ScenarioError:
+        raise
+    except ValueError as e:
+        raise ScenarioError(lineno, str(e)) from None
+
+
+def _parse_words(words: list[str], lineno: int) -> Op:
     name, rest = words[0], words[1:]
     syntax = _SYNTAX.get(name)
     where = f"line {lineno}: {' '.join(words)!r}"
@@ -193,12 +233,14 @@ def _parse_line(words: list[str], lineno: int) -> Op:
 
 
 def parse(text: str) -> list[Op]:
-    """Parse scenario text into operations; raise ValueError naming the line if one is malformed.
+    """Parse scenario text into operations; raise :class:`ScenarioError` (a ValueError)
+    naming the line if one is malformed.
 
-    ``#`` starts a comment anywhere on a line; blank lines are ignored.
+    ``#`` starts a comment anywhere on a line; blank lines are ignored.  Lines end at ``\n``
+    alone, so that line numbers are an editor's (other line breaks are blanks).
     """
     ops = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(text.split("\n"), 1):
         words = raw.split("#", 1)[0].split()
         if words:
             ops.append(_parse_line(words, lineno))
@@ -457,7 +499,9 @@ class _Runner:
             return ex.pool(**_table_args(cfg))
         if op.name == "reload":
             if self.cfg is None:
-                raise ValueError(f"line {op.lineno}: reload before any pool")
+                raise ScenarioError(
+                    op.lineno, f"line {op.lineno}: {op.line!r}: reload before any pool"
+                )
             new = {**self.cfg, **op.kwargs}
             if "len" not in op.kwargs and "data" in op.kwargs:
                 new["len"] = new["data"] // SECTOR_SIZE
@@ -501,13 +545,18 @@ def run(ops: Iterable[Op], executor: Executor) -> str:
       file sizes.
     - ``write``: ``SEED`` defaults to 1.
     """
+    return "".join(steps(ops, executor))
+
+
+def steps(ops: Iterable[Op], executor: Executor) -> Iterator[str]:
+    """:func:`run` one operation at a time: each operation's part of the transcript, as soon
+    as it is done (``thinsim scenario`` prints each as it comes)."""
     runner = _Runner(executor)
-    out: list[str] = []
     for op in ops:
-        out.append("$ " + op.line)
+        out = ["$ " + op.line]
         try:
             out.extend(runner.call(op))
         except ThinsimError as e:
             out.append(f"error: {errno_name(e.errno)}")
         out.extend("log: " + line for line in executor.log_lines())
-    return "".join(line + "\n" for line in out)
+        yield "".join(line + "\n" for line in out)

@@ -20,10 +20,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from . import devnodes, loopfile, sysfs
+from . import devnodes, leftovers, loopfile, sysfs
 from .state import is_device_path, open_host
 from .tools import COMMANDS, GUARDED, IO
 
@@ -178,6 +177,7 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
     env = {k: v for k, v in os.environ.items() if k != "THINSIM_HOST"}
     if host is not None:
         env["THINSIM_HOST"] = os.path.abspath(host)
+        leftovers.sweep_host(host)  # what commands killed in a run killed outright left
         # a host whose state file fails its checks is refused before anything runs (the
         # one-line HostStateError), not at the script's first simulated command
         with open_host(host, write=False):
@@ -187,7 +187,8 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
     private = None
     try:
         if workdir is not None:
-            private = tempfile.mkdtemp(prefix="thinsim-work-")
+            # held locked while the run lives: a run killed outright leaves it to the next
+            private, held = leftovers.private_folder(leftovers.WORK_PREFIX)
             os.mkdir(os.path.join(private, "work"))
         status, why = _sandboxed(command, env, private, workdir)
         if status is None:
@@ -203,14 +204,16 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
         return 128 + stop.signum
     finally:
         if private is not None:  # nothing of the run is left to write in it
-            shutil.rmtree(private, ignore_errors=True)
+            leftovers.remove_private_folder(private, held)
         if host is not None:  # the loop devices' files go with the run
             loopfile.stop(env["THINSIM_HOST"])
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
 
-def _sandbox_argv(report: int, private: str | None, workdir: str | None) -> list[str]:
+def _sandbox_argv(
+    report: int, private: str | None, workdir: str | None, fds: list[int] | None = None
+) -> list[str]:
     """``unshare`` into new mount and PID namespaces (a user namespace too when not root)
     whose init is thinsim/host/sandbox.py; --kill-child: the init dies with unshare."""
     unshare = shutil.which("unshare") or "unshare"
@@ -220,6 +223,8 @@ def _sandbox_argv(report: int, private: str | None, workdir: str | None) -> list
     args = [str(report)]
     if workdir is not None:
         args += ["--workdir", str(private), workdir]
+    if fds:
+        args += ["--pass-fds", ",".join(map(str, fds))]
     return [*prefix, *this_thinsim("thinsim.host.sandbox", *args, "--")]
 
 
@@ -229,14 +234,15 @@ def _sandboxed(
     """Run COMMAND in the sandbox; (None, why) when it could not be set up (nothing ran).
     Ending the run (a _Stopped) ends the namespace: its init, so the kernel kills every
     process in it, and waits until they are all gone."""
-    from .sandbox import die_with_parent  # not in every shim's imports: ctypes costs
+    from .sandbox import die_with_parent, named_fds  # not in every shim's imports: ctypes costs
 
+    fds = named_fds(command)  # <(...): the script's /dev/fd/N
     report, write = os.pipe()
     try:
         proc = subprocess.Popen(
-            _sandbox_argv(write, private, workdir) + command,
+            _sandbox_argv(write, private, workdir, fds) + command,
             env=env,
-            pass_fds=(write,),
+            pass_fds=(write, *fds),
             # SIGKILL: unshare, then (--kill-child) the init.  thinsim run has no threads.
             preexec_fn=die_with_parent(),  # noqa: PLW1509
         )
@@ -288,14 +294,17 @@ def _status(returncode: int) -> int:
 
 def _unsandboxed(command: list[str], env: dict[str, str], cwd: str | None) -> int:
     """Where the kernel refuses namespaces: the shims on PATH, in a folder of the host's."""
-    with tempfile.TemporaryDirectory(prefix="thinsim-") as tmp:
+    tmp, held = leftovers.private_folder(leftovers.UNSANDBOXED_PREFIX)
+    try:
         shims = Path(tmp) / "bin"
         make_shims(shims)
         env = dict(env)
         env.setdefault("THINSIM_HOST", os.path.join(tmp, "host"))
         env["THINSIM_SHIMS"] = str(shims)
         env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', '')}"
-        proc = subprocess.Popen(command, env=env, cwd=cwd)
+        from .sandbox import named_fds
+
+        proc = subprocess.Popen(command, env=env, cwd=cwd, pass_fds=named_fds(command))
         try:
             return _status(proc.wait())
         except _Stopped:
@@ -306,3 +315,5 @@ def _unsandboxed(command: list[str], env: dict[str, str], cwd: str | None) -> in
             # the loop devices' files go with the run (in the sandbox, the holder dies with
             # the namespace)
             loopfile.stop(env["THINSIM_HOST"])
+    finally:
+        leftovers.remove_private_folder(tmp, held)

@@ -11,8 +11,9 @@ namespace's init it sets the namespace up, still with every capability:
   kernel's knobs (``/proc/sys``, ``/proc/sysrq-trigger``, ``/proc/irq``, ``/proc/bus``,
   ``/proc/fs``) are read-only and ``/proc/kcore``, ``/proc/keys``, ``/proc/scsi`` ... hidden,
   as container runtimes do;
-- ``/dev``: a tmpfs with only harmless nodes (null, zero, random, tty ...), a private
-  ``/dev/shm``, and the simulated devices' nodes (thinsim/host/devnodes.py), all of major 0;
+- ``/dev``: a tmpfs with only harmless nodes (null, zero, random, tty ...), a devpts
+  instance of its own (``/dev/ptmx`` links to it), a private ``/dev/shm``, and the simulated
+  devices' nodes (thinsim/host/devnodes.py), all of major 0;
 - ``/sys``: read-only everywhere, with a tmpfs of the simulated devices over each folder
   that names block devices (thinsim/host/sysfs.py) and an empty one over the host's own
   disks' folders, ``/sys/firmware`` and ``/sys/kernel/debug``;
@@ -34,6 +35,7 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import signal
 import socket
 import stat
@@ -79,7 +81,7 @@ DEFAULT_HOST = f"{RUN}/host"
 PROC_VIEWS = f"{RUN}/proc"  # sources of /proc/partitions and /proc/diskstats
 NODES = f"{RUN}/nodes"  # the socket serve_nodes answers on
 
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 # what the kernel's /proc shows of the hardware and lets root change, as runc hides it
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_HIDDEN_FILES = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats")
@@ -191,9 +193,11 @@ def _host_disk_folders() -> list[str]:
 
 
 def _dev(dev_fd: int) -> None:
-    """The private /dev: harmless nodes as on the host (made again where root may, bound from
-    the host's /dev in a user namespace), a private /dev/shm, and the run's own folder."""
-    mount("thinsim-dev", "/dev", "tmpfs", MS_NOSUID, "mode=755,size=1m")
+    """The private /dev, as a Debian host's looks: harmless nodes as on the host (made again
+    where root may, bound from the host's /dev in a user namespace), a devpts of the run's
+    own, a private /dev/shm, the links udev and systemd make, and the run's own folder.
+    Sized as the kernel sizes devtmpfs and a default tmpfs: half of RAM."""
+    mount("udev", "/dev", "tmpfs", MS_NOSUID, "mode=755")
     for name in DEV_NODES:
         real = f"/proc/self/fd/{dev_fd}/{name}"
         try:
@@ -209,22 +213,38 @@ def _dev(dev_fd: int) -> None:
             open(path, "w").close()
             mount(real, path, None, MS_BIND)
             set_attr(path, clear=MOUNT_ATTR_NODEV)
-    os.mkdir("/dev/pts")
-    mount(f"/proc/self/fd/{dev_fd}/pts", "/dev/pts", None, MS_BIND)
-    set_attr("/dev/pts", clear=MOUNT_ATTR_NODEV)  # the script's terminal
+    _devpts()
     os.mkdir("/dev/shm")
-    mount("thinsim-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for link, target in (
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
     ):
         os.symlink(target, f"/dev/{link}")
     os.mkdir("/dev/mapper")
     os.mkdir(RUN)
     mount("thinsim-run", RUN, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     os.mkdir(PROC_VIEWS)
+
+
+def _devpts() -> None:
+    """A devpts instance of the run's own (``newinstance``, as container runtimes mount it),
+    reached through the /dev/ptmx link: openpty, script and ssh-like programs get
+    terminals there, numbered from 0, and the host's terminals stay out of sight.  Debian's
+    options (gid=5 the tty group, mode=620), but ptmxmode=666, since /dev/ptmx is the
+    instance's own ptmx node."""
+    os.mkdir("/dev/pts")
+    options = "newinstance,ptmxmode=0666,mode=0620"
+    try:
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"{options},gid=5")
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # a user namespace that maps no tty group (thinsim run as non-root)
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, options)
 
 
 def _sys() -> None:
@@ -342,45 +362,189 @@ def _make_node(dev: int, kind: str, minor: int, path: str) -> int:
     return 0
 
 
+def named_fds(argv: list[str]) -> list[int]:
+    """The descriptors of this process that ARGV names as ``/dev/fd/N`` or
+    ``/proc/self/fd/N`` (bash's process substitution: ``thinsim run <(echo 'dmsetup ls')``
+    runs ``bash /dev/fd/63``).  They must reach the script under their numbers, as they would
+    without thinsim run, where a child inherits them (subprocess closes all others)."""
+    fds = set()
+    for arg in argv:
+        m = re.fullmatch(r"/(?:dev|proc/self)/fd/([0-9]{1,9})", arg)
+        if m is not None and int(m.group(1)) > 2:
+            try:
+                os.fstat(int(m.group(1)))
+            except OSError:
+                continue  # not open here: bash says so, as it would
+            fds.add(int(m.group(1)))
+    return sorted(fds)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``sandbox.py REPORT_FD [--workdir SOURCE TARGET] -- COMMAND...``: set up, report
-    ``pid N`` (this process outside the namespace) and ``ready`` on REPORT_FD (or ``error:
-    WHY`` and exit 125), run COMMAND, exit with its status (128+N when killed by signal N)."""
+    """``sandbox.py REPORT_FD [--workdir SOURCE TARGET] [--pass-fds N,...] -- COMMAND...``:
+    set up, report ``pid N`` (this process outside the namespace) and ``ready`` on REPORT_FD
+    (or ``error: WHY`` and exit 125), run COMMAND with the descriptors N... open, exit with
+    its status (128+N when killed by signal N)."""
     argv = sys.argv[1:] if argv is None else argv
     report = os.fdopen(int(argv[0]), "w", buffering=1)
-    workdir = None
-    if argv[1] == "--workdir":
-        workdir, argv = (argv[2], argv[3]), argv[3:]
-    command = argv[argv.index("--") + 1 :]
+    options, command = argv[1 : argv.index("--")], argv[argv.index("--") + 1 :]
+    workdir, fds = None, []
+    while options:
+        if options[0] == "--workdir":
+            workdir, options = (options[1], options[2]), options[3:]
+        else:  # --pass-fds
+            fds, options = [int(fd) for fd in options[1].split(",")], options[2:]
+    # an init ignores the signals it has no handler for; the tty's ^C is the script's.
+    # SIGTERM (thinsim run ending the run, set-up included) ends the namespace: exiting
+    # kills all in it.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: _exit(128 + signal.SIGTERM))
     if os.getpid() != 1:
-        report.write("error: not the init of a new PID namespace\n")
+        _say(report, "error: not the init of a new PID namespace")
         return 125
-    report.write(f"pid {os.readlink('/proc/self')}\n")  # the host's proc, not replaced yet
+    _say(report, f"pid {os.readlink('/proc/self')}")  # the host's proc, not replaced yet
     try:
         env = set_up(workdir)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener.bind(NODES)
         listener.listen(16)
     except Exception as exc:  # noqa: BLE001 (whatever failed, the run goes on without)
-        report.write(f"error: {exc}\n")
+        _say(report, f"error: {exc}")
         return 125
-    report.write("ready\n")
+    _say(report, "ready")
     report.close()
-    # an init ignores the signals it has no handler for; the tty's ^C is the script's.
-    # SIGTERM (thinsim run ending the run) ends the namespace: exiting kills all in it.
-    signal.signal(signal.SIGINT, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last_cap = int(f.read())
     # no thread yet: serve_nodes starts once the script's process exists
     drop = functools.partial(drop_privileges, last_cap)
-    script = subprocess.Popen(command, env=env, preexec_fn=drop)  # noqa: PLW1509
+    terminal = _Terminal.open()
+    if terminal is None:
+        script = subprocess.Popen(command, env=env, preexec_fn=drop, pass_fds=fds)  # noqa: PLW1509
+    else:
+        script = terminal.start(command, env, drop, fds)
+    for fd in fds:  # the script's now: a pipe's reader sees its end when the script is done
+        os.close(fd)
     threading.Thread(target=serve_nodes, args=(listener,), daemon=True).start()
     while True:  # reap everything (orphans come to init) until the script is done
         pid, status = os.wait()
         if pid == script.pid:
             code = os.waitstatus_to_exitcode(status)
-            os._exit(code if code >= 0 else 128 - code)
+            _exit(code if code >= 0 else 128 - code)
+
+
+_at_exit: list = []  # what the init undoes before it ends (the user's terminal mode)
+
+
+def _exit(code: int) -> None:
+    for undo in _at_exit:
+        undo()
+    os._exit(code)
+
+
+class _Terminal:
+    """A terminal of the run's devpts for a script run from a terminal (``thinsim shell``),
+    as ``docker run -t`` gives one: the host's terminals are not in the run's /dev/pts, so
+    the script's own would have no name there (``tty`` would say "not a tty").  The init
+    copies bytes both ways with the user's terminal in raw mode (^C, ^Z and the line
+    discipline are the inner terminal's), passes on its size (SIGWINCH), and puts the
+    user's terminal back as it was when the run ends."""
+
+    def __init__(self, master: int, slave: int, saved: list) -> None:
+        self.master, self.slave, self.saved = master, slave, saved
+        self.output: threading.Thread | None = None
+
+    @classmethod
+    def open(cls) -> _Terminal | None:
+        """One when stdin and stdout are the same terminal (an interactive run)."""
+        import termios
+
+        try:
+            if not (os.isatty(0) and os.isatty(1)):
+                return None
+            if os.fstat(0).st_rdev != os.fstat(1).st_rdev:
+                return None
+            saved = termios.tcgetattr(0)
+            master, slave = os.openpty()  # /dev/ptmx: the run's own devpts
+            termios.tcsetattr(slave, termios.TCSANOW, saved)
+            _copy_size(0, slave)
+        except (OSError, termios.error):
+            return None
+        return cls(master, slave, saved)
+
+    def start(self, command: list[str], env: dict[str, str], drop, fds: list[int]):
+        import fcntl
+        import termios
+        import tty
+
+        stderr = self.slave if os.isatty(2) and os.fstat(2).st_rdev == os.fstat(0).st_rdev else None
+
+        def preexec() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # after setsid: the script's session's
+            drop()
+
+        script = subprocess.Popen(
+            command,
+            env=env,
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=preexec,  # noqa: PLW1509 (no thread yet)
+            pass_fds=fds,
+        )
+        os.close(self.slave)
+        _at_exit.append(self.finish)
+        tty.setraw(0)
+        signal.signal(signal.SIGWINCH, lambda *_: _copy_size(0, self.master))
+        threading.Thread(target=_copy, args=(0, self.master), daemon=True).start()
+        self.output = threading.Thread(target=_copy, args=(self.master, 1), daemon=True)
+        self.output.start()
+        return script
+
+    def finish(self) -> None:
+        """The script's last output shown, the user's terminal as it was."""
+        import termios
+
+        if self.output is not None:
+            self.output.join(timeout=1)
+        try:
+            termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
+        except (OSError, termios.error):
+            pass
+
+
+def _copy(source: int, target: int) -> None:
+    while True:
+        try:
+            data = os.read(source, 65536)
+        except OSError:  # EIO: the inner terminal has no process left
+            return
+        if not data:
+            return
+        while data:
+            try:
+                data = data[os.write(target, data) :]
+            except OSError:
+                return
+
+
+def _copy_size(source: int, target: int) -> None:
+    import fcntl
+    import termios
+
+    try:
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+def _say(report, line: str) -> None:
+    """A line to thinsim run; if it stopped listening (it is ending the run), the init ends
+    quietly, and the namespace with it."""
+    try:
+        report.write(line + "\n")
+    except OSError:
+        _exit(125)
 
 
 if __name__ == "__main__":
