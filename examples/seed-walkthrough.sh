@@ -65,6 +65,7 @@ run dmsetup status thin
 # 192 KiB written: three 64 KiB blocks are provisioned, no more
 seq 1 100000 | head -c 196608 > written.bin
 run dd if=written.bin of=/dev/mapper/thin bs=64K oflag=direct conv=fsync
+udevadm settle  # udev's probe of the written device is done before the suspend
 run dmsetup status pool thin
 # An internal snapshot: the origin is suspended while it is taken
 run dmsetup suspend /dev/mapper/thin
