@@ -9,9 +9,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from thinsim.backends.model import ModelPool
-from thinsim.model.disk import MetadataDevice, bm_checksum, write_metadata
+from thinsim.model.disk import (
+    MetadataDevice,
+    bm_checksum,
+    crc32c_raw,
+    crc32c_raw_table,
+    write_metadata,
+)
 from thinsim.thin_dump import dump_xml
 
 MiB, GiB, BLOCK = 1 << 20, 1 << 30, 64 << 10
@@ -25,6 +33,11 @@ needs_tools = pytest.mark.skipif(
 def test_checksums_are_the_kernels_crc32c_with_its_xor():
     # crc32c of "123456789" is 0xE3069283; the kernel's register is its complement
     assert bm_checksum(b"123456789", 0) == 0xE3069283 ^ 0xFFFFFFFF
+
+
+@given(st.binary(max_size=4096), st.integers(0, 0xFFFFFFFF))
+def test_the_crc32c_in_c_is_the_kernels_byte_table(data, crc):
+    assert crc32c_raw(data, crc) == crc32c_raw_table(data, crc)
 
 
 def _busy_pool():
