@@ -53,6 +53,11 @@ done
 CHECK = "dmsetup ls; dmsetup status pool > /dev/null; echo status rc=$?\n"
 
 
+def _default_signals() -> None:
+    for sig in SIGNALS[:-1]:
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _processes_of(token: str) -> list[int]:
     """The processes whose environment or argv holds TOKEN (the run's: thinsim run, unshare,
     the namespace's init, bash, the shims, the script's commands)."""
@@ -235,7 +240,13 @@ def test_thinsim_diff_killed_at_a_random_point_leaves_no_process_and_no_folder(t
         f"import sys; sys.path.insert(0, {ROOT!r}); from pathlib import Path; "
         f"from thinsim.host.diff import run_simulated; run_simulated(Path({str(script)!r}))"
     )
-    diff = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    # with the signals' default actions, whatever this process was started with (nohup, or a
+    # shell's & ignoring SIGINT): an ignored signal is inherited, and Python keeps it ignored
+    diff = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_signals,  # noqa: PLW1509 (no threads here)
+    )
     try:
         _wait_for_phase(phase, token, diff, f"seed {seed}")
         time.sleep(rng.uniform(0, 0.05 if phase == "simulated" else 0.3))

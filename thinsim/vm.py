@@ -313,7 +313,13 @@ class _Signalled(BaseException):
         self.signum = signum
 
 
+_received: list[int] = []  # the signal _raise_signalled raised for, if one came
+
+
 def _raise_signalled(signum: int, frame) -> None:
+    _received.append(signum)
+    for other in (signal.SIGTERM, signal.SIGHUP):  # a second one would cut the VM's kill short
+        signal.signal(other, signal.SIG_IGN)
     raise _Signalled(signum)
 
 
@@ -323,11 +329,15 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, _raise_signalled)
     try:
         return _main(argv)
-    except _Signalled as exc:
-        # The VM is gone (see _run); end as the signal would have ended us.
-        signal.signal(exc.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), exc.signum)
-        return 128 + exc.signum
+    except BaseException:
+        # The VM is gone (see _run); end as the signal would have ended us.  The exception
+        # may not be the _Signalled itself: raised inside threading's own locking (a thread
+        # starting in _forward), it surfaces as "RuntimeError: release unlocked lock".
+        if not _received:
+            raise
+        signal.signal(_received[0], signal.SIG_DFL)
+        os.kill(os.getpid(), _received[0])
+        return 128 + _received[0]
 
 
 def _main(argv: list[str]) -> int:
