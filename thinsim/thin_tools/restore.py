@@ -110,13 +110,14 @@ class Restorer(Emitter):
     """restore_emitter.cc: builds the metadata as the events come (writer.py, the C++'s
     own layout); ``end_superblock`` commits."""
 
-    def __init__(self, nr_metadata_blocks: int, warn=None, prog: str = "thin_restore") -> None:
+    def __init__(self, nr_metadata_blocks: int, warn=None, prog: str = "thin_restore",
+                 traced: bool = False) -> None:  # fmt: skip
         self.prog = prog
         self.md = None
         self.empty_mapping = None
-        self.create(nr_metadata_blocks, warn)
+        self.create(nr_metadata_blocks, warn, traced)
 
-    def create(self, nr_metadata_blocks: int, warn=None) -> None:
+    def create(self, nr_metadata_blocks: int, warn=None, traced: bool = False) -> None:
         """metadata(bm, CREATE), then the restorer's own empty mapping tree.  Where that
         runs out (a 32 KiB output) ``self.md`` holds what was made, which the block cache
         still writes back as the metadata is destroyed."""
@@ -126,7 +127,7 @@ class Restorer(Emitter):
             if warn is not None:
                 warn(f"truncating metadata device to {MAX_METADATA_BLOCKS} 4k blocks\n")
             nr_metadata_blocks = MAX_METADATA_BLOCKS
-        self.md = MetadataWriter(nr_metadata_blocks)
+        self.md = MetadataWriter(nr_metadata_blocks, traced)
         self.in_superblock = False
         self.committed = False
         self.nr_data_blocks = 0
@@ -347,6 +348,7 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err,
     bm = open_bm(files, dev, write=True)
     touched = False
     restorer = None
+    traced = False
     try:
 
         def begin():
@@ -355,10 +357,27 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err,
             if not bm.nr_blocks:
                 raise ToolError("Metadata is not large enough for superblock.")
             restorer = Restorer.__new__(Restorer)
-            restorer.__init__(bm.nr_blocks, err, prog)
+            restorer.__init__(bm.nr_blocks, err, prog, traced)
             return OverrideEmitter(restorer, overrides)
 
-        source(begin)
+        try:
+            source(begin)
+        except Abort:
+            if restorer is None or restorer.md is None:
+                raise
+            # the run again, its locks through the C++'s block cache (block_cache.py):
+            # what it had written back when the exception that ends in std::terminate
+            # was thrown is all the output gets
+            traced = True
+            restorer = None
+            try:
+                source(begin)
+            except Abort as abort:
+                cache = restorer.md.tm.cache
+                for b, block in cache.writes[: cache.mark]:
+                    bm.handle.pwrite(b * MD_BLOCK_SIZE, block)
+                raise abort from None
+            raise AssertionError("thinsim: a restore aborted once and not again") from None
     except ToolError:
         if restorer is not None and restorer.md is not None:
             # the block cache writes back what the transaction touched (the restorer's
