@@ -168,8 +168,8 @@ def _check_verdict(corpus: Path, name: str):
 
 @pytest.mark.parametrize(
     "size",
-    [32 * KiB, 40 * KiB, 64 * KiB, 256 * KiB, 1 * MiB],
-    ids=["32k", "40k", "64k", "256k", "1m"],
+    [32 * KiB, 40 * KiB, 64 * KiB, 128 * KiB, 192 * KiB, 256 * KiB, 1 * MiB, 3 * MiB],
+    ids=["32k", "40k", "64k", "128k", "192k", "256k", "1m", "3m"],
 )
 @pytest.mark.parametrize("src", SOURCES)
 def test_a_repair_onto_an_output_too_small_fails_as_debians_does(corpus, src, size):
@@ -177,20 +177,33 @@ def test_a_repair_onto_an_output_too_small_fails_as_debians_does(corpus, src, si
     # walk of a thin's mappings as damage, carries on, and aborts when the last run of
     # mappings is emitted from a destructor (status 134); thinsim exited 0 with part of
     # the mappings written.  Smaller still (32 KiB), the restorer's own empty tree finds
-    # no block: status 1, what was made written back, the superblock zeroed
+    # no block: status 1, what was made written back, the superblock zeroed.  On the
+    # abort the output holds what the C++ block cache had written back (block_cache.py)
     _pair(corpus, size)
     want = real(corpus, "thin_repair", "-i", f"{src}.md", "-o", "real.img")
     got = ours(corpus, "thin_repair", "-i", f"{src}.md", "-o", "ours.img")
     assert got == want
     if want[2] == 0:
         assert _check_verdict(corpus, "ours.img")[2] == 0
-    if want[2] != -signal.SIGABRT:
-        assert (corpus / "ours.img").read_bytes() == (corpus / "real.img").read_bytes()
-    else:
-        # the superblock is never written (on an abort the blocks the C++ cache had
-        # written back stay behind in the real output; thinsim writes none of them)
-        assert _block(corpus / "ours.img", 0) == _block(corpus / "real.img", 0)
-        assert _check_verdict(corpus, "ours.img") == _check_verdict(corpus, "real.img")
+    assert (corpus / "ours.img").read_bytes() in _debians_outputs(corpus, want, src, size)
+
+
+def _debians_outputs(corpus: Path, want, src: str, size: int, runs: int = 8) -> list[bytes]:
+    """The output files Debian's thin_repair leaves: one, unless it aborts and its
+    block cache's write backs hang on when the kernel completes them (io_getevents takes
+    what has completed: measured, kernel-basic onto 256 KiB leaves one file 5 runs in 8,
+    another 3 in 8).  Then the files of up to ``runs`` runs, and thinsim's must be one
+    of them (thinsim's cache completes every write it waits for)."""
+    outputs = [(corpus / "real.img").read_bytes()]
+    if want[2] != -signal.SIGABRT or (corpus / "ours.img").read_bytes() == outputs[0]:
+        return outputs
+    for _ in range(runs - 1):
+        path = corpus / "real.img"
+        path.write_bytes(b"")
+        os.truncate(path, size)
+        assert real(corpus, "thin_repair", "-i", f"{src}.md", "-o", "real.img") == want
+        outputs.append(path.read_bytes())
+    return outputs
 
 
 @pytest.mark.parametrize(

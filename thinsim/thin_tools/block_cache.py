@@ -50,7 +50,7 @@ def nr_cache_blocks(nr_blocks: int) -> int:
 
 
 class _Block:
-    __slots__ = ("index", "ref", "dirty", "pending")
+    __slots__ = ("dirty", "index", "pending", "ref")
 
     def __init__(self, index: int) -> None:
         self.index = index
