@@ -327,24 +327,17 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err,
     failure after the output was touched its superblock is zeroed, as the C++ does.
 
     An abort (:class:`Abort`: thin_repair onto an output too small, whose last run of
-    mappings is emitted from a destructor) writes nothing here, and that is where thinsim's
-    output file is not Debian's. The C++ tool dies with its block cache unflushed, but the
-    cache (block-cache/block_cache.cc) has written back blocks on the way: it holds max(16,
-    min(16 MiB, 4096 * blocks) // (4096 + 168)) blocks, 168 the size of its block struct
-    (io_setup's nr_events: 16, 30, 61, 122, 245 for 64 KiB to 1 MiB), and each release of a
-    dirty block whose cache has under a third free (nr_dirty - nr_io_pending) writes back
-    the least recently used unheld dirty blocks up to two thirds (preemptive_writeback), a
-    new block with none free or clean writes back 16 (new_block). Those writes are the same
-    from run to run (measured: deep.md's repair onto 64 KiB writes blocks 2 1 5 6 7 8, then
-    aborts; 6, 11, 42, 82, 164 blocks for 64 KiB to 1 MiB), but which blocks and what they
-    hold then follows every read_lock, write_lock and release the transaction manager, the
-    recursive and careful space maps, the btrees' shadow spines and the data space map's
-    index btree make, in order: a port of the cache's LRU lists over a trace of those, which
-    writer.py (a port of what they leave, not of their locks) does not keep. So after an
-    abort thinsim leaves the output as it was: block 0 is Debian's (the superblock is never
-    written before the commit, and the zeroing is skipped), the file is no valid metadata
-    unless it held some before, and thin_check's verdict on a fresh output is Debian's
-    (tests/test_thin_tools_failures.py)."""
+    mappings is emitted from a destructor) leaves the output as the C++ block cache had
+    written it back: the tool dies with its cache unflushed, no superblock written and
+    none zeroed, but the cache (block-cache/block_cache.cc) wrote back blocks on the way,
+    as its lists and every read_lock, write_lock and release of the transaction manager,
+    space maps and btrees decided (measured: deep.md onto 64 KiB writes blocks 2 1 5 6 7
+    8).  Those locks cost time the ordinary run need not spend, so a run that aborts is run
+    again with them traced through a port of the cache (block_cache.py, writer.py), and
+    the blocks it had written back when the exception that ends in std::terminate was
+    thrown (std::terminate unwinds nothing) are written.  Where Debian's file depends on
+    when the kernel completes the cache's AIO writes (io_getevents takes what is done),
+    thinsim's is the one where every write waited for has completed."""
     bm = open_bm(files, dev, write=True)
     touched = False
     restorer = None

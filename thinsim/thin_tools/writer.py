@@ -50,6 +50,12 @@ class Transaction:
         if self.cache is not None:
             self.cache.put(b)
 
+    def thrown(self) -> None:
+        """An exception is thrown: where one that ends in std::terminate (which unwinds
+        nothing) leaves the cache."""
+        if self.cache is not None:
+            self.cache.mark = len(self.cache.writes)
+
     def new_block(self, kind: str) -> int:
         """transaction_manager::new_block: the block comes back write locked (``put`` it)."""
         b = self.sm.new_block()
@@ -171,9 +177,7 @@ class MetadataCounts:
         if self.disk:
             self._find_free(b)
         if b < 0:
-            if self.tm.cache is not None:
-                # where an exception that ends in std::terminate leaves the cache
-                self.tm.cache.mark = len(self.tm.cache.writes)
+            self.tm.thrown()
             # transaction_manager::new_block or ::shadow
             raise ToolError(f"transaction_manager::{caller}() couldn't allocate new block")
         self.inc(b)
@@ -539,6 +543,7 @@ class DataSpaceMap:
             # the bitmap saying 3 with no count in the tree
             v = self.ref_counts.lookup(b)
             if v is None:
+                self.tm.thrown()
                 raise ToolError("ref count not in tree")
             return struct.unpack("<I", v)[0]
         return c
@@ -562,6 +567,7 @@ class DataSpaceMap:
         i, bit = divmod(b, ENTRIES_PER_BLOCK)
         if i >= len(self.ies):
             # btree_index_store::find_ie: a data device so large its bitmap count wrapped
+            self.tm.thrown()
             raise ToolError("Couldn't lookup bitmap")
         tm = self.tm
         if tm.cache is not None:
