@@ -548,6 +548,25 @@ def test_a_restore_of_odd_xml_ends_as_debians_does(corpus, case, size):
     assert (corpus / "ours.img").read_bytes() == (corpus / "real.img").read_bytes()
 
 
+@pytest.mark.parametrize(("nr_mappings", "size"), [(1500, 128 * KiB), (600, 96 * KiB), (2500, 192 * KiB), (3500, 256 * KiB)],
+                         ids=["1500-128k", "600-96k", "2500-192k", "3500-256k"])  # fmt: skip
+def test_a_restore_that_aborts_leaves_what_debians_block_cache_wrote_back(corpus, nr_mappings,
+                                                                          size):  # fmt: skip
+    # a <device> nested in another after enough mappings that the C++ block cache has
+    # written blocks back when the assertion aborts: they stay in the output, the
+    # superblock is never written (measured: 11 blocks for 1500 mappings onto 128 KiB)
+    maps = "".join(MAP.format(3 * i, i) for i in range(nr_mappings))
+    xml = (SB.format(100000) + DEV.format(1) + maps + DEV.format(2) + MAP.format(0, 7)
+           + "</device></device></superblock>\n")  # fmt: skip
+    (corpus / "nested-late.xml").write_text(xml)
+    _pair(corpus, size)
+    want = real(corpus, "thin_restore", "-i", "nested-late.xml", "-o", "real.img")
+    assert want[2] == -signal.SIGABRT
+    assert any((corpus / "real.img").read_bytes())
+    assert ours(corpus, "thin_restore", "-i", "nested-late.xml", "-o", "ours.img") == want
+    assert (corpus / "ours.img").read_bytes() == (corpus / "real.img").read_bytes()
+
+
 # -- 7. POSIXLY_CORRECT ------------------------------------------------------------------------
 
 POSIX_CASES = [

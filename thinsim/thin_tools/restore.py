@@ -179,7 +179,9 @@ class Restorer(Emitter):
         key = self.device
         if key is None:
             # *current_device_ on an empty boost::optional: a </device> closing a device
-            # nested in another, whose own </device> came first
+            # nested in another, whose own </device> came first (the cache keeps what it
+            # wrote back until here)
+            self.md.tm.thrown()
             raise Abort(
                 f"{self.prog}: /usr/include/boost/optional/optional.hpp:1212: "
                 "boost::optional<T>::reference_type boost::optional<T>::get() [with T = "
@@ -198,8 +200,10 @@ class Restorer(Emitter):
         import struct
 
         if self.device is None:
+            self.md.tm.thrown()
             raise ToolError("not in device")
         if data_block >= self.nr_data_blocks:
+            self.md.tm.thrown()
             raise ToolError(
                 f"mapping beyond end of data device ({data_block} >= {self.nr_data_blocks})"
             )
