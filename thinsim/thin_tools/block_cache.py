@@ -75,9 +75,6 @@ class BlockCache:
         self.nr_dirty = 0
         self.nr_io_pending = 0
         self.writes: list[tuple[int, bytes]] = []
-        # len(writes) when the last exception was thrown: an abort (std::terminate from
-        # a destructor) unwinds nothing, so the releases after the throw never happen
-        self.mark = 0
 
     # -- the lists --------------------------------------------------------------------
 

@@ -50,12 +50,6 @@ class Transaction:
         if self.cache is not None:
             self.cache.put(b)
 
-    def thrown(self) -> None:
-        """An exception is thrown: where one that ends in std::terminate (which unwinds
-        nothing) leaves the cache."""
-        if self.cache is not None:
-            self.cache.mark = len(self.cache.writes)
-
     def new_block(self, kind: str) -> int:
         """transaction_manager::new_block: the block comes back write locked (``put`` it)."""
         b = self.sm.new_block()
@@ -177,7 +171,6 @@ class MetadataCounts:
         if self.disk:
             self._find_free(b)
         if b < 0:
-            self.tm.thrown()
             # transaction_manager::new_block or ::shadow
             raise ToolError(f"transaction_manager::{caller}() couldn't allocate new block")
         self.inc(b)
@@ -543,7 +536,6 @@ class DataSpaceMap:
             # the bitmap saying 3 with no count in the tree
             v = self.ref_counts.lookup(b)
             if v is None:
-                self.tm.thrown()
                 raise ToolError("ref count not in tree")
             return struct.unpack("<I", v)[0]
         return c
@@ -567,7 +559,6 @@ class DataSpaceMap:
         i, bit = divmod(b, ENTRIES_PER_BLOCK)
         if i >= len(self.ies):
             # btree_index_store::find_ie: a data device so large its bitmap count wrapped
-            self.tm.thrown()
             raise ToolError("Couldn't lookup bitmap")
         tm = self.tm
         if tm.cache is not None:
