@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from xml.parsers import expat
 
-from .common import MD_BLOCK_SIZE, VERSION, Abort, Files, Output, ToolError, terminate
+from .common import MD_BLOCK_SIZE, VERSION, Abort, Crash, Files, Output, ToolError, terminate
 from .dump import Emitter
 from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .open import check_file_exists, get_file_length, lexical_uint64, open_bm, parse_uint64
@@ -358,21 +358,22 @@ def write_restored(files: Files, dev: str, source, overrides: Overrides, err,
 
         try:
             source(begin)
-        except Abort:
+        except (Abort, Crash):
             if restorer is None or restorer.md is None:
                 raise
             # the run again, its locks through the C++'s block cache (block_cache.py):
-            # what it has written back when it dies is all the output gets
+            # what it has written back when it dies (abort or segfault) is all the
+            # output gets
             traced = True
             restorer = None
             try:
                 source(begin)
-            except Abort as abort:
+            except (Abort, Crash) as death:
                 cache = restorer.md.tm.cache
                 for b, block in cache.writes:
                     bm.handle.pwrite(b * MD_BLOCK_SIZE, block)
-                raise abort from None
-            raise AssertionError("thinsim: a restore aborted once and not again") from None
+                raise death from None
+            raise AssertionError("thinsim: a restore died once and not again") from None
     except ToolError:
         if restorer is not None and restorer.md is not None:
             # the block cache writes back what the transaction touched (the restorer's
