@@ -64,7 +64,8 @@ class Transaction:
         comes back write locked (``put`` it)."""
         need_inc = self.sm.get(b) > 1
         if b in self.shadows and not need_inc:
-            self.get(b, 1)
+            if self.cache is not None:
+                self.cache.get(b, 1)
             return b, need_inc
         self.get(b)
         try:
@@ -344,6 +345,8 @@ class BTree:
         extra references a shared leaf's values need when it is copied (inc_children)."""
         tm = self.tm
         spine: list[int] = []  # shadow_spine: the path of shadowed blocks
+        if tm.cache is None:
+            return self._insert(key, value, on_shared_leaf, spine, None)
         held: list[int] = []  # its write_refs: the last two
         try:
             return self._insert(key, value, on_shared_leaf, spine, held)
@@ -365,7 +368,8 @@ class BTree:
         while True:
             b, inc = tm.shadow(block)
             spine.append(b)
-            self._step(held, b)
+            if held is not None:
+                self._step(held, b)
             if inc:
                 self._inc_children(b, on_shared_leaf)
             if len(spine) > 1:
@@ -462,11 +466,11 @@ class BTree:
         q.overwrite(1, r.key(0), struct.pack("<Q", right))
         child = left if key < r.key(0) else right
         spine.append(child)
-        if tm.cache is not None:
+        if held is not None:
             tm.cache.copy(child)
-        self._step(held, child)
-        tm.put(right)
-        tm.put(left)
+            self._step(held, child)
+            tm.put(right)
+            tm.put(left)
 
     def _split_sibling(self, spine, held, parent_index: int, key: int, vs: int) -> None:
         tm = self.tm
@@ -488,11 +492,11 @@ class BTree:
         if key >= r.key(0):
             spine.pop()
             spine.append(right)
-            # spine.pop(), then step(right)
-            tm.put(held.pop())
-            if tm.cache is not None:
+            if held is not None:
+                # spine.pop(), then step(right)
+                tm.put(held.pop())
                 tm.cache.copy(right)
-            self._step(held, right)
+                self._step(held, right)
         tm.put(right)
 
 
