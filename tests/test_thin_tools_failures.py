@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import struct
@@ -233,6 +234,44 @@ def test_a_repair_that_fits_still_writes_debians_file(corpus):
     assert want == ("", "", 0)
     assert ours(corpus, "thin_repair", "-i", "scattered.md", "-o", "ours.img") == want
     assert (corpus / "ours.img").read_bytes() == (corpus / "real.img").read_bytes()
+
+
+def _strace_writes(corpus: Path, *argv: str):
+    """Debian's thin_repair under strace: the output cache's size (io_setup's nr_events)
+    and the blocks its io_submit writes, in order."""
+    log = corpus / "strace.log"
+    subprocess.run(["strace", "-e", "trace=io_setup,io_submit", "-o", str(log), *argv],
+                   cwd=corpus, capture_output=True, check=False)  # fmt: skip
+    text = log.read_text() if log.exists() else ""
+    if "io_setup(" not in text:
+        pytest.skip("strace cannot trace here (no ptrace)")
+    ctxs = {ctx: int(n) for n, ctx in re.findall(r"io_setup\((\d+), \[(0x[0-9a-f]+)\]\)", text)}
+    writes = re.findall(r"io_submit\((0x[0-9a-f]+), 1, .*IOCB_CMD_PWRITE.*aio_offset=(\d+)", text)
+    return {ctxs[c] for c, _ in writes}, [int(off) // BLOCK for _, off in writes]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.parametrize(("src", "size"), [("kernel-deep", 64 * KiB), ("kernel-basic", 128 * KiB),
+                                           ("kernel-many", 1 * MiB)])  # fmt: skip
+def test_thinsims_block_cache_writes_back_what_debians_does_in_its_order(corpus, src, size,
+                                                                         monkeypatch):  # fmt: skip
+    # the port of block_cache.cc (thinsim/thin_tools/block_cache.py) against the real
+    # cache's io_submit calls: its size, and the blocks it writes back before the abort
+    from thinsim.thin_tools import block_cache
+
+    caches = []
+    init = block_cache.BlockCache.__init__
+
+    def recording_init(self, *args):
+        init(self, *args)
+        caches.append(self)
+
+    monkeypatch.setattr(block_cache.BlockCache, "__init__", recording_init)
+    _pair(corpus, size)
+    sizes, order = _strace_writes(corpus, "thin_repair", "-i", f"{src}.md", "-o", "real.img")
+    assert ours(corpus, "thin_repair", "-i", f"{src}.md", "-o", "ours.img")[2] == -signal.SIGABRT
+    assert order and sizes == {caches[-1].n}
+    assert [b for b, _ in caches[-1].writes] == order
 
 
 # -- 2. a restore from something that is not a file ----------------------------------------
