@@ -23,7 +23,7 @@ What the cache does, after block_cache.cc:
   (preemptive_writeback);
 * waiting for io completes every pending write, the completed blocks going clean in the
   order they were issued.  The C++'s io_getevents takes what the kernel has completed,
-  usually all (strace shows the batches), but not always: kernel-basic repaired onto
+  usually all (strace shows the batches), but not always: kernel-many repaired onto
   256 KiB found 19 of 21 done in some runs, and with two writes still pending counted as
   available the cache wrote back 21 blocks fewer.  Debian's own output differs from run
   to run there; thinsim's is the one where every write waited for was done.
