@@ -34,78 +34,165 @@ class Transaction:
         self.blocks: dict[int, bytearray] = {0: bytearray(MD_BLOCK_SIZE)}
         self.kinds: dict[int, str] = {0: "superblock"}
         self.shadows: set[int] = set()
-        self.sm = MetadataCounts(nr_blocks)
+        # the block cache the locks go through (block_cache.py), when its write backs
+        # matter: a run that aborts
+        self.cache = None
+        self.sm = MetadataCounts(nr_blocks, self)
         self.sm.set(0, 1)
 
+    def get(self, b: int, flags: int = 0) -> None:
+        """block_manager::read_lock (0), write_lock (1), write_lock_zero (2)."""
+        if self.cache is not None:
+            self.cache.get(b, flags)
+
+    def put(self, b: int) -> None:
+        """The last reference to a read_ref or write_ref goes."""
+        if self.cache is not None:
+            self.cache.put(b)
+
     def new_block(self, kind: str) -> int:
+        """transaction_manager::new_block: the block comes back write locked (``put`` it)."""
         b = self.sm.new_block()
+        self.get(b, 2)
         self.blocks[b] = bytearray(MD_BLOCK_SIZE)
         self.kinds[b] = kind
         self.shadows.add(b)
         return b
 
     def shadow(self, b: int) -> tuple[int, bool]:
-        """(the block to write, whether the children need an extra reference)."""
+        """(the block to write, whether the children need an extra reference); the block
+        comes back write locked (``put`` it)."""
         need_inc = self.sm.get(b) > 1
         if b in self.shadows and not need_inc:
+            if self.cache is not None:
+                self.cache.get(b, 1)
             return b, need_inc
-        copy = self.sm.new_block("shadow")
+        self.get(b)
+        try:
+            copy = self.sm.new_block("shadow")
+        except ToolError:
+            self.put(b)
+            raise
+        self.get(copy, 2)
         self.blocks[copy] = bytearray(self.blocks[b])
         self.kinds[copy] = self.kinds[b]
         self.sm.dec(b)
         self.shadows.add(copy)
+        self.put(b)
         return copy, need_inc
 
 
 class MetadataCounts:
     """The metadata space map (sm_disk over a metadata_index_store) as a restore drives it:
-    two-bit counts in bitmaps, index entries with nr_free and none_free_before."""
+    two-bit counts in bitmaps, index entries with nr_free and none_free_before.
 
-    def __init__(self, nr_blocks: int) -> None:
+    ``disk`` is false while create_metadata_sm allocates from the core space map (no
+    locks); ``tm_core`` while the transaction manager still counts with the core map (the
+    shadowing of a bitmap then asks no bitmap)."""
+
+    def __init__(self, nr_blocks: int, tm: Transaction | None = None) -> None:
         self.nr_blocks = nr_blocks
+        self.tm = tm
         self.counts = bytearray(nr_blocks)
         self.nr_allocated = 0
         self.bitmaps: list[int] = []
         self.entries: list[list[int]] = []  # [nr_free, none_free_before] per bitmap
         self.big: dict[int, int] = {}
         self.ref_tree: BTree | None = None  # counts above two
+        self.disk = False
+        self.tm_core = True
+        self.search_start = 0
+
+    def _lookup_bitmap(self, b: int) -> None:
+        # bitmap::lookup: a read lock of the bitmap, released
+        bm = self.bitmaps[b // ENTRIES_PER_BLOCK]
+        self.tm.get(bm)
+        self.tm.put(bm)
 
     def get(self, b: int) -> int:
         c = self.counts[b]
+        if self.disk and self.tm.cache is not None:
+            self._lookup_bitmap(b)
+            if c == 3:
+                self.ref_tree.lookup(b)
         return self.big[b] if c == 3 else c
 
-    def set(self, b: int, c: int) -> None:
-        old = self.get(b)
+    def _insert_bitmap(self, b: int, c: int) -> None:
+        # bitmap::insert: the bitmap shadowed (a shadow already: write locked), changed
         i, bit = divmod(b, ENTRIES_PER_BLOCK)
-        if self.entries:
-            _bitmap_ie(self.entries[i], bit, old, c)
-        if c > 2:
-            self.counts[b] = 3
+        tm = self.tm
+        cache = tm.cache
+        if cache is not None:
+            bm = self.bitmaps[i]
+            if not self.tm_core:
+                self._lookup_bitmap(bm)
+            cache.get(bm, 1)
+        old = self.counts[b]
+        old = (1 if old else 0) if old < 3 else 3
+        _bitmap_ie(self.entries[i], bit, old, c)
+        self.counts[b] = c
+        if cache is not None:
+            cache.put(bm)
+
+    def set(self, b: int, c: int, delta: bool = False) -> None:
+        """sm_disk::modify_count: set_count, or with ``delta`` inc and dec."""
+        old = self.get(b)
+        if delta:
+            c += old
+        if not self.entries:
+            self.counts[b] = min(c, 3)
+            if c > 2:
+                self.big[b] = c
+        elif c > 2:
+            if old < 3:
+                self._insert_bitmap(b, 3)
             self.big[b] = c
             if self.ref_tree is not None:
                 self.ref_tree.insert(b, struct.pack("<I", c))
         else:
             if self.big.pop(b, None) is not None and self.ref_tree is not None:
                 self.ref_tree.remove(b)
-            self.counts[b] = c
+            self._insert_bitmap(b, c)
         if old == 0 and c:
             self.nr_allocated += 1
         elif c == 0 and old:
             self.nr_allocated -= 1
+            self.search_start = min(self.search_start, b)
 
     def inc(self, b: int) -> None:
-        self.set(b, self.get(b) + 1)
+        if b == self.search_start:
+            self.search_start += 1
+        self.set(b, 1, True)
 
     def dec(self, b: int) -> None:
-        self.set(b, self.get(b) - 1)
+        self.set(b, -1, True)
 
     def new_block(self, caller: str = "new_block") -> int:
         b = self.counts.find(0)
+        if self.disk:
+            self._find_free(b)
         if b < 0:
             # transaction_manager::new_block or ::shadow
             raise ToolError(f"transaction_manager::{caller}() couldn't allocate new block")
         self.inc(b)
         return b
+
+    def _find_free(self, found: int) -> None:
+        """sm_disk::find_free from search_start: the bitmaps it reads (each one whose
+        none_free_before leaves it something to search), up to the one with ``found``."""
+        start = self.search_start
+        nr = self.nr_blocks
+        for i in range(start // ENTRIES_PER_BLOCK, -(-nr // ENTRIES_PER_BLOCK)):
+            lo = start % ENTRIES_PER_BLOCK if i == start // ENTRIES_PER_BLOCK else 0
+            hi = min(ENTRIES_PER_BLOCK, nr - ENTRIES_PER_BLOCK * i)
+            if max(lo, self.entries[i][1]) < hi:
+                bm = self.bitmaps[i]
+                self.tm.get(bm)
+                self.tm.put(bm)
+                if found >= 0 and found // ENTRIES_PER_BLOCK == i:
+                    break
+        if found > 0:
+            self.search_start = found - 1
 
 
 def _bitmap_ie(ie: list[int], bit: int, old: int, new: int) -> None:
@@ -206,7 +293,11 @@ class NodeBuf:
 
 
 class BTree:
-    """A one-level persistent-data btree of ``value_size``-byte values."""
+    """A one-level persistent-data btree of ``value_size``-byte values.
+
+    The locks are btree.tcc's: a lookup's ro_spine holds the last two nodes read, an
+    insert's shadow_spine the last two shadowed, released front to back when it ends (or
+    an exception leaves it)."""
 
     def __init__(self, tm: Transaction, value_size: int, root: int | None = None) -> None:
         self.tm = tm
@@ -218,11 +309,29 @@ class BTree:
             n.set_nr(0)
             n.set_max()
             n.set_value_size()
+            tm.put(root)
         self.root = root
 
     def lookup(self, key: int) -> bytes | None:
+        tm = self.tm
+        if tm.cache is None:
+            return self._lookup(key, None)
+        spine: list[int] = []
+        try:
+            return self._lookup(key, spine)
+        finally:
+            for b in spine:
+                tm.put(b)
+
+    def _lookup(self, key: int, spine: list[int] | None) -> bytes | None:
         b = self.root
         while True:
+            if spine is not None:
+                # ro_spine::step
+                self.tm.get(b)
+                spine.append(b)
+                if len(spine) > 2:
+                    self.tm.put(spine.pop(0))
             n = NodeBuf(self.tm.blocks[b], self.vs)
             i = n.lower_bound(key)
             if n.is_leaf():
@@ -236,12 +345,31 @@ class BTree:
         extra references a shared leaf's values need when it is copied (inc_children)."""
         tm = self.tm
         spine: list[int] = []  # shadow_spine: the path of shadowed blocks
+        if tm.cache is None:
+            return self._insert(key, value, on_shared_leaf, spine, None)
+        held: list[int] = []  # its write_refs: the last two
+        try:
+            return self._insert(key, value, on_shared_leaf, spine, held)
+        finally:
+            for b in held:
+                tm.put(b)
+
+    def _step(self, held: list[int], b: int) -> None:
+        # shadow_spine::step(write_ref): the spine keeps two references
+        held.append(b)
+        if len(held) > 2:
+            self.tm.put(held.pop(0))
+
+    def _insert(self, key, value, on_shared_leaf, spine, held) -> bool:
+        tm = self.tm
         block = self.root
         top = True
         i = -1
         while True:
             b, inc = tm.shadow(block)
             spine.append(b)
+            if held is not None:
+                self._step(held, b)
             if inc:
                 self._inc_children(b, on_shared_leaf)
             if len(spine) > 1:
@@ -253,9 +381,9 @@ class BTree:
             vs = 8 if not node.is_leaf() else self.vs
             if NodeBuf(tm.blocks[b], vs).nr == NodeBuf(tm.blocks[b], vs).max:
                 if top:
-                    self._split_beneath(spine, key, vs)
+                    self._split_beneath(spine, held, key, vs)
                 else:
-                    self._split_sibling(spine, i, key, vs)
+                    self._split_sibling(spine, held, i, key, vs)
             node = NodeBuf(tm.blocks[spine[-1]], 8)
             i = node.lower_bound(key)
             if node.is_leaf():
@@ -278,18 +406,21 @@ class BTree:
         """btree::remove, for a tree that is one leaf (all a restore's metadata reference
         count tree ever holds)."""
         b, _inc = self.tm.shadow(self.root)
-        self.root = b
-        leaf = NodeBuf(self.tm.blocks[b], self.vs)
-        if not leaf.is_leaf():
-            raise ToolError("thinsim: removing from a multi-level btree is not simulated")
-        i = leaf.lower_bound(key)
-        if i < 0 or leaf.key(i) != key:
-            return
-        n = leaf.nr
-        buf = leaf.buf
-        buf[leaf.kp(i) : leaf.kp(n - 1)] = buf[leaf.kp(i + 1) : leaf.kp(n)]
-        buf[leaf.vp(i) : leaf.vp(n - 1)] = buf[leaf.vp(i + 1) : leaf.vp(n)]
-        leaf.set_nr(n - 1)
+        try:
+            self.root = b
+            leaf = NodeBuf(self.tm.blocks[b], self.vs)
+            if not leaf.is_leaf():
+                raise ToolError("thinsim: removing from a multi-level btree is not simulated")
+            i = leaf.lower_bound(key)
+            if i < 0 or leaf.key(i) != key:
+                return
+            n = leaf.nr
+            buf = leaf.buf
+            buf[leaf.kp(i) : leaf.kp(n - 1)] = buf[leaf.kp(i + 1) : leaf.kp(n)]
+            buf[leaf.vp(i) : leaf.vp(n - 1)] = buf[leaf.vp(i + 1) : leaf.vp(n)]
+            leaf.set_nr(n - 1)
+        finally:
+            self.tm.put(b)
 
     def _inc_children(self, b: int, on_shared_leaf) -> None:
         node = NodeBuf(self.tm.blocks[b], 8)
@@ -300,16 +431,20 @@ class BTree:
             leaf = NodeBuf(self.tm.blocks[b], self.vs)
             on_shared_leaf([leaf.value(j) for j in range(leaf.nr)])
 
-    def _split_beneath(self, spine: list[int], key: int, vs: int) -> None:
+    def _split_beneath(self, spine: list[int], held: list[int], key: int, vs: int) -> None:
         tm = self.tm
         # btree.tcc: split_beneath sets each new node's header as it gets it, so a right
         # node the metadata has no room for leaves the left one's header written
         left = tm.new_block("node")
-        l = NodeBuf(tm.blocks[left], vs)
-        l.set_nr(0)
-        l.set_max()
-        l.set_value_size()
-        right = tm.new_block("node")
+        try:
+            l = NodeBuf(tm.blocks[left], vs)
+            l.set_nr(0)
+            l.set_max()
+            l.set_value_size()
+            right = tm.new_block("node")
+        except ToolError:
+            tm.put(left)
+            raise
         r = NodeBuf(tm.blocks[right], vs)
         r.set_nr(0)
         r.set_max()
@@ -329,9 +464,15 @@ class BTree:
         q.set_value_size()
         q.overwrite(0, l.key(0), struct.pack("<Q", left))
         q.overwrite(1, r.key(0), struct.pack("<Q", right))
-        spine.append(left if key < r.key(0) else right)
+        child = left if key < r.key(0) else right
+        spine.append(child)
+        if held is not None:
+            tm.cache.copy(child)
+            self._step(held, child)
+            tm.put(right)
+            tm.put(left)
 
-    def _split_sibling(self, spine: list[int], parent_index: int, key: int, vs: int) -> None:
+    def _split_sibling(self, spine, held, parent_index: int, key: int, vs: int) -> None:
         tm = self.tm
         left = spine[-1]
         l = NodeBuf(tm.blocks[left], vs)
@@ -351,6 +492,12 @@ class BTree:
         if key >= r.key(0):
             spine.pop()
             spine.append(right)
+            if held is not None:
+                # spine.pop(), then step(right)
+                tm.put(held.pop())
+                tm.cache.copy(right)
+                self._step(held, right)
+        tm.put(right)
 
 
 class DataSpaceMap:
@@ -373,9 +520,14 @@ class DataSpaceMap:
         old = _div_up(self.nr_blocks, ENTRIES_PER_BLOCK)
         for i in range(old, count):
             b = self.tm.new_block("bitmap")
-            nr_free = nr_blocks - ENTRIES_PER_BLOCK * i if i == count - 1 else ENTRIES_PER_BLOCK
-            self.ies.append([b, nr_free, 0])
-            self._save_ie(i)
+            try:
+                nr_free = (nr_blocks - ENTRIES_PER_BLOCK * i if i == count - 1
+                           else ENTRIES_PER_BLOCK)  # fmt: skip
+                self.ies.append([b, nr_free, 0])
+                self._save_ie(i)
+            finally:
+                # the bitmap's write_ref lives to the end of the iteration
+                self.tm.put(b)
         self.nr_blocks = nr_blocks
 
     def _save_ie(self, i: int) -> None:
@@ -392,24 +544,44 @@ class DataSpaceMap:
             return struct.unpack("<I", v)[0]
         return c
 
+    def _insert_bitmap(self, i: int, bit: int, old: int, c: int) -> None:
+        # bitmap::insert: the bitmap shadowed (its own count asked of the metadata space
+        # map), changed, released
+        tm = self.tm
+        bm = self.ies[i][0]
+        if tm.cache is not None:
+            tm.sm.get(bm)
+            tm.cache.get(bm, 1)
+        ie = self.ies[i][1:]
+        _bitmap_ie(ie, bit, old, c)
+        self.ies[i][1:] = ie
+        if tm.cache is not None:
+            tm.cache.put(bm)
+
     def inc(self, b: int) -> None:
         """sm_disk::inc through modify_count."""
-        if b // ENTRIES_PER_BLOCK >= len(self.ies):
+        i, bit = divmod(b, ENTRIES_PER_BLOCK)
+        if i >= len(self.ies):
             # btree_index_store::find_ie: a data device so large its bitmap count wrapped
             raise ToolError("Couldn't lookup bitmap")
+        tm = self.tm
+        if tm.cache is not None:
+            # find_ie (a lookup in the index tree), then bitmap::lookup
+            self.index.lookup(i)
+            tm.get(self.ies[i][0])
+            tm.put(self.ies[i][0])
+        stored = self.counts.get(b, 0)
         old = self.get(b)
         c = old + 1
-        i, bit = divmod(b, ENTRIES_PER_BLOCK)
         if c > 2:
             if old < 3:
+                self._insert_bitmap(i, bit, stored, 3)
                 self.counts[b] = 3
                 self._save_ie(i)
             self.ref_counts.insert(b, struct.pack("<I", c))
         else:
+            self._insert_bitmap(i, bit, old, c)
             self.counts[b] = c
-            ie = self.ies[i][1:]
-            _bitmap_ie(ie, bit, old, c)
-            self.ies[i][1:] = ie
             self._save_ie(i)
         if old == 0:
             self.nr_allocated += 1
@@ -443,31 +615,42 @@ def bitmap_block(counts, start: int, n: int) -> bytearray:
 class MetadataWriter:
     """metadata(bm, CREATE) plus the restore emitter's edits; ``blocks()`` at the end."""
 
-    def __init__(self, nr_blocks: int) -> None:
+    def __init__(self, nr_blocks: int, traced: bool = False) -> None:
         tm = Transaction(nr_blocks)
         self.tm = tm
+        self.data_sm = None
+        if traced:
+            from .block_cache import BlockCache
+
+            tm.cache = BlockCache(nr_blocks, self.content)
         sm = tm.sm
         # create_metadata_sm: the index block, the ref count tree, then the bitmaps (all
         # allocated from the core space map, whose counts are then copied in)
         self.md_index = tm.new_block("index")
+        tm.put(self.md_index)
         self.md_ref_counts = BTree(tm, 4)
         sm.ref_tree = self.md_ref_counts
         for i in range(-(-nr_blocks // ENTRIES_PER_BLOCK)):
             sm.bitmaps.append(tm.new_block("bitmap"))
+            tm.put(sm.bitmaps[-1])
         sm.entries = []
         for i in range(len(sm.bitmaps)):
             last = i == len(sm.bitmaps) - 1
             sm.entries.append([nr_blocks - ENTRIES_PER_BLOCK * i if last else ENTRIES_PER_BLOCK, 0])
         # create_metadata_sm commits here: the index block holds these entries until the
         # restore's own commit
-        self._index_entries = [list(e) for e in sm.entries]
+        self._commit_ies()
         self._superblock = None
         used = [b for b in range(nr_blocks) if sm.counts[b]]
         core = {b: sm.counts[b] for b in used}
         sm.counts = bytearray(nr_blocks)
         sm.nr_allocated = 0
+        # copy_space_maps: the counts set through the disk space map (whose bitmaps the
+        # transaction manager, still on the core map, shadows without asking it)
+        sm.disk = True
         for b in used:
             sm.set(b, core[b])
+        sm.tm_core = False
         self.data_sm = DataSpaceMap(tm)
         self.details = BTree(tm, 24)
         self.mappings = BTree(tm, 8)  # the top level: thin id -> mapping tree root
@@ -484,9 +667,50 @@ class MetadataWriter:
         root = struct.pack("<QQQQ", sm.nr_blocks, sm.nr_allocated, self.md_index,
                            self.md_ref_counts.root)  # fmt: skip
         sb.metadata_space_map_root = root + bytes(128 - len(root))
-        # the index block as commit_ies writes it
-        self._index_entries = [list(e) for e in sm.entries]
+        self._commit_ies()
         self._superblock = sb.pack()
+
+    def _commit_ies(self) -> None:
+        """metadata_index_store::commit_ies: the index block shadowed (a shadow since it
+        was made) and the entries written into it."""
+        tm = self.tm
+        tm.sm.get(self.md_index)
+        tm.get(self.md_index, 1)
+        self._index_entries = [list(e) for e in tm.sm.entries]
+        tm.put(self.md_index)
+
+    def content(self, b: int) -> bytes:
+        """Block ``b`` as the C++ holds it now, sealed by its validator (what the block
+        cache writes back)."""
+        tm = self.tm
+        kind = tm.kinds.get(b)
+        if kind == "node":
+            block = bytearray(tm.blocks[b])
+            struct.pack_into("<Q", block, 8, b)
+            struct.pack_into("<I", block, 0, bm_checksum(bytes(block[4:]), BTREE_CSUM_XOR))
+            return bytes(block)
+        sm = tm.sm
+        if b in sm.bitmaps:
+            i = sm.bitmaps.index(b)
+            start = i * ENTRIES_PER_BLOCK
+            n = min(ENTRIES_PER_BLOCK, sm.nr_blocks - start)
+            return _seal(bitmap_block(sm.counts, start, n), b, BITMAP_CSUM_XOR)
+        for i, ie in enumerate(self.data_sm.ies if self.data_sm is not None else ()):
+            if ie[0] == b:
+                d = self.data_sm
+                start = i * ENTRIES_PER_BLOCK
+                counts = bytearray(ENTRIES_PER_BLOCK)
+                for k, c in d.counts.items():
+                    if start <= k < start + ENTRIES_PER_BLOCK:
+                        counts[k - start] = c
+                n = min(ENTRIES_PER_BLOCK, d.nr_blocks - start)
+                return _seal(bitmap_block(counts, 0, n), b, BITMAP_CSUM_XOR)
+        if b == self.md_index:
+            index = bytearray(MD_BLOCK_SIZE)
+            for i, (nr_free, nfb) in enumerate(self._index_entries):
+                struct.pack_into("<QII", index, 16 + 16 * i, sm.bitmaps[i], nr_free, nfb)
+            return _seal(index, b, INDEX_CSUM_XOR)
+        raise AssertionError(f"thinsim: no content for block {b} ({kind})")
 
     def blocks(self) -> dict[int, bytes]:
         """Every block the transaction wrote, sealed by its validator."""
