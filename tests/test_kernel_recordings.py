@@ -1,6 +1,6 @@
 """The model reproduces, byte for byte, what a real 6.1 kernel printed for each scenario.
 
-Transcripts were recorded in the VM (tests/kernel/record.sh) and are kept under
+Transcripts were recorded in the VM (dev/kernel/record.sh) and are kept under
 tests/kernel/recorded; the scenarios are in tests/kernel/scenarios.
 """
 

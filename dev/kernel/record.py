@@ -1,6 +1,6 @@
 """Record scenario transcripts on the real kernel.  Runs inside the VM (see record.sh).
 
-    python3 tests/kernel/record.py [--out DIR] [--environment] [NAME...]
+    python3 dev/kernel/record.py [--out DIR] [--environment] [NAME...]
 
 For each scenario NAME (default: every tests/kernel/scenarios/*.scn) it mounts a fresh tmpfs,
 runs the scenario with KernelExecutor and writes DIR/NAME.txt (DIR defaults to
@@ -18,13 +18,14 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent.parent), str(HERE)]
+REPO = HERE.parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "kernel")]
 
 from kernel_executor import KernelExecutor, run_command
 
 from thinsim.scenario import parse, run
 
-SCENARIOS = HERE / "scenarios"
+SCENARIOS = REPO / "tests" / "kernel" / "scenarios"
 WORKDIR = Path("/run/thinsim")
 
 
@@ -60,7 +61,7 @@ def record(name: str, out_dir: Path, scenarios: Path = SCENARIOS) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME")
-    parser.add_argument("--out", type=Path, default=HERE / "recorded")
+    parser.add_argument("--out", type=Path, default=REPO / "tests" / "kernel" / "recorded")
     parser.add_argument("--scenarios", type=Path, default=SCENARIOS, help="scenario folder")
     parser.add_argument("--environment", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -1,6 +1,6 @@
 """Seeded random scenario generator: scenarios to record on the kernel and replay on the model.
 
-    python3 tests/kernel/gen.py --seed N --kind K > file.scn
+    python3 dev/kernel/gen.py --seed N --kind K > file.scn
 
 Kinds:
 
@@ -1190,7 +1190,7 @@ def generate(seed: int, kind: str) -> str:
     rng = random.Random(f"{kind}:{seed}")
     g = Gen(rng)
     g.number = seed
-    g.comment(f"generated: tests/kernel/gen.py --seed {seed} --kind {kind}")
+    g.comment(f"generated: dev/kernel/gen.py --seed {seed} --kind {kind}")
     GENERATORS[kind](g)
     return g.text()
 
