@@ -3,7 +3,8 @@
     python3 dev/kernel/record.py [--out DIR] [--environment] [NAME...]
 
 For each scenario NAME (default: every tests/kernel/scenarios/*.scn) it mounts a fresh tmpfs,
-runs the scenario with KernelExecutor and writes DIR/NAME.txt (DIR defaults to
+runs the scenario with the package's one scenario executor on the real kernel
+(``ScenarioExecutor.on_kernel``: thinsim/executor.py over thinsim/backends/kernel.py) and writes DIR/NAME.txt (DIR defaults to
 tests/kernel/recorded).  ``--environment`` also writes DIR/ENVIRONMENT.txt.
 """
 
@@ -19,14 +20,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "kernel")]
+sys.path.insert(0, str(REPO))
 
-from kernel_executor import KernelExecutor, run_command
-
+from thinsim.backends.dmtools import run_command
+from thinsim.executor import ScenarioExecutor
 from thinsim.scenario import parse, run
 
 SCENARIOS = REPO / "tests" / "kernel" / "scenarios"
-WORKDIR = Path("/run/thinsim")
+# The backing files' tmpfs, fresh for each scenario (the kernel backend's ledgers stay in
+# /run/thinsim/kernel-ledger, outside it).
+WORKDIR = Path("/run/thinsim/scenario")
 
 
 def environment() -> str:
@@ -48,7 +51,7 @@ def record(name: str, out_dir: Path, scenarios: Path = SCENARIOS) -> None:
     WORKDIR.mkdir(parents=True, exist_ok=True)
     run_command(["mount", "-t", "tmpfs", "-o", "size=8g", "tmpfs", str(WORKDIR)])
     try:
-        executor = KernelExecutor(WORKDIR)
+        executor = ScenarioExecutor.on_kernel(WORKDIR)
         try:
             transcript = run(ops, executor)
         finally:
