@@ -21,16 +21,13 @@ import errno as E
 import hashlib
 from collections.abc import Callable, Iterator
 
-from .constants import SECTOR_SIZE
+from .constants import MAX_REQUEST, SECTOR_SIZE
 from .errors import error_for
 from .interface import Machine, Pool, Thin
 from .model.store import DataStore, MemoryStore
 from .scenario import Executor, pattern
 
-__all__ = ["MAX_REQUEST", "ScenarioExecutor"]
-
-# Requests larger than this are split even inside one data block (huge block sizes only).
-MAX_REQUEST = 8 << 20
+__all__ = ["ScenarioExecutor"]
 
 
 class ScenarioExecutor(Executor):

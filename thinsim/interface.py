@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+from .constants import SECTOR_SIZE
 from .errors import InvalidArgumentError, NoSpaceError
 
 FEATURES = (
@@ -248,7 +249,7 @@ class Machine(abc.ABC):
 # could not even be given (a str size, None as a message) are EINVAL, as the ioctl that
 # receives garbage answers.
 
-SECTOR = 512
+SECTOR = SECTOR_SIZE
 
 
 def _name(value: object) -> str:

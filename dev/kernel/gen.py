@@ -47,8 +47,12 @@ import argparse
 import random
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-SECTOR = 512
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+from thinsim.constants import SECTOR_SIZE as SECTOR
+
 KINDS = ("mixed", "snapshots", "space", "features", "metadata", "edges", "refcounts")
 FEATURES = ("skip_block_zeroing", "ignore_discard", "no_discard_passdown", "error_if_no_space")
 

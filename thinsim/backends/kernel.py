@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Self
 
 from .. import interface
+from ..constants import MAX_REQUEST
 from ..constants import SECTOR_SIZE as SECTOR
 from ..errors import DeviceIOError, ExistsError, InvalidArgumentError, error_for
 from .dmtools import (
@@ -77,8 +78,6 @@ __all__ = [
 
 log = logging.getLogger("thinsim.kernel")
 
-# Requests larger than this are split even inside one data block (huge block sizes only).
-MAX_REQUEST = 8 << 20
 # linux/fs.h
 BLKDISCARD = 0x1277
 
