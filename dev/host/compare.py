@@ -9,7 +9,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "..", "tests", "host"), HERE]
 from harness import RECORDED, SCRIPTS, recorded, run_simulated
-from record import mask
+
+from thinsim.host.real import mask
 
 args = sys.argv[1:]
 show = "-d" in args

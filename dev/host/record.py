@@ -25,9 +25,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
 
-from thinsim.host.real import TIMEOUT, environment, in_vm, mask, run_in_vm
+from thinsim.host.real import TIMEOUT, environment, in_vm, run_in_vm
 
-__all__ = ["mask", "record"]  # compare.py takes mask from here
+__all__ = ["record"]
 
 SCRIPTS = REPO / "tests" / "host" / "scripts"
 
