@@ -8,9 +8,9 @@ import struct
 from dataclasses import dataclass
 
 from ..constants import BITMAP_CSUM_XOR, ENTRIES_PER_BITMAP, INDEX_CSUM_XOR
+from ..getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from ..model.disk import bm_checksum
 from .common import MD_BLOCK_SIZE, VERSION, Files, Output, ToolError
-from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .metadata import (
     DEVICE_DETAILS_SIZE,
     BlockManager,
