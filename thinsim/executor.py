@@ -21,9 +21,9 @@ import errno as E
 import hashlib
 from collections.abc import Callable, Iterator
 
-from .constants import MAX_REQUEST, SECTOR_SIZE
+from .constants import SECTOR_SIZE
 from .errors import error_for
-from .interface import Machine, Pool, Thin
+from .interface import Machine, Pool, Thin, io_requests
 from .model.store import DataStore, MemoryStore
 from .scenario import Executor, pattern
 
@@ -74,15 +74,8 @@ class ScenarioExecutor(Executor):
         return self.thins[thin_id]
 
     def _requests(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
-        """(offset, length) pieces of one I/O: split at data-block boundaries (and at 8 MiB
-        inside larger blocks), ascending, so that at most one block is in flight and the
-        kernel allocates blocks in a deterministic order."""
-        step = min(self._pool().data_block_size_sectors * SECTOR_SIZE, MAX_REQUEST)
-        pos, end = offset, offset + length
-        while pos < end:
-            nxt = min(end, (pos // step + 1) * step)
-            yield pos, nxt - pos
-            pos = nxt
+        """One O_DIRECT request per pool data block (interface.io_requests)."""
+        return io_requests(offset, length, self._pool().data_block_size_sectors)
 
     # -- pool lifecycle -------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ message, a negative length) raise EINVAL before anything is touched (``check_*``
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from .constants import SECTOR_SIZE
+from .constants import MAX_REQUEST, SECTOR_SIZE
 from .errors import InvalidArgumentError, NoSpaceError
 
 FEATURES = (
@@ -384,6 +384,22 @@ def check_write(offset: object, data: object, size: int) -> memoryview:
             f"device ({size} bytes)"
         )
     return view
+
+
+def io_requests(offset: int, length: int, block_size_sectors: int) -> Iterator[tuple[int, int]]:
+    """The (offset, length) requests one I/O is issued as: split at data-block boundaries
+    (and at MAX_REQUEST inside larger blocks), ascending, so that at most one block is in
+    flight and the kernel allocates blocks in the order the model does.
+
+    >>> list(io_requests(61440, 8192, 128))
+    [(61440, 4096), (65536, 4096)]
+    """
+    step = min(block_size_sectors * SECTOR, MAX_REQUEST)
+    pos, end = offset, offset + length
+    while pos < end:
+        nxt = min(end, (pos // step + 1) * step)
+        yield pos, nxt - pos
+        pos = nxt
 
 
 def check_discard(offset: object, length: object) -> None:

@@ -175,20 +175,11 @@ class KernelThin(interface.Thin):
                 raise _oserror(e) from None
         return self._fd
 
-    def _requests(self, offset: int, length: int):
-        """(offset, length) pieces of one I/O: split at data-block boundaries, ascending."""
-        step = min(self.pool.data_block_size_sectors * SECTOR, MAX_REQUEST)
-        pos, end = offset, offset + length
-        while pos < end:
-            nxt = min(end, (pos // step + 1) * step)
-            yield pos, nxt - pos
-            pos = nxt
-
     def _read_sectors(self, offset: int, length: int) -> bytes:
         fd = self._open()
         buf = self.pool._buffer
         out = bytearray()
-        for pos, n in self._requests(offset, length):
+        for pos, n in interface.io_requests(offset, length, self.pool.data_block_size_sectors):
             with memoryview(buf)[:n] as view:
                 try:
                     done = os.preadv(fd, [view], pos)
@@ -227,7 +218,7 @@ class KernelThin(interface.Thin):
             offset, data = start, bytes(old)
         fd = self._open()
         buf = self.pool._buffer
-        for pos, n in self._requests(offset, len(data)):
+        for pos, n in interface.io_requests(offset, len(data), self.pool.data_block_size_sectors):
             with memoryview(buf)[:n] as view:
                 view[:] = data[pos - offset : pos - offset + n]
                 try:
