@@ -74,13 +74,13 @@ from hypothesis.stateful import (
 )
 
 from thinsim.backends.model import ModelPool
+from thinsim.constants import SECTOR_SIZE as SECTOR
 from thinsim.errors import ThinsimError, error_for
 from thinsim.thin_dump import dump_xml
 from thinsim.thin_tools import metadata as port_metadata
 from thinsim.thin_tools.common import Files, Handle, Stat
 from thinsim.thin_tools.dump import dump_text
 
-SECTOR = 512
 KiB, MiB = 1 << 10, 1 << 20
 # dm_thin_pool's no_space_timeout (seconds) while the test runs, instead of 60: a write that
 # runs out of data space in queue mode (no error_if_no_space) is held that long, then fails.

@@ -92,7 +92,7 @@ KERNEL_METADATA = os.path.join(os.path.dirname(__file__), "kernel", "metadata")
 
 @pytest.mark.parametrize("name", ["basic", "held"])
 def test_metadata_a_real_kernel_wrote_opens_in_the_model(name):
-    """tests/kernel/metadata/make.sh made these on Debian's 6.1 kernel; NAME.xml is what
+    """dev/kernel/make-metadata.sh made these on Debian's 6.1 kernel; NAME.xml is what
     Debian's thin_dump printed for them and NAME.status the pool's last status line."""
     from thinsim.model.disk import read_metadata
 

@@ -40,7 +40,7 @@ def _fill(folder: Path) -> None:
 
 
 # What Debian's 6.1 kernel did (tests/kernel/enospc/recorded.txt, recorded in thinsim vm by
-# tests/kernel/enospc/record.sh): the metadata file of a pool on a full
+# dev/kernel/record-enospc.sh): the metadata file of a pool on a full
 # 8 MiB tmpfs, then a create_thin (the message succeeds, its commit fails).
 KERNEL_DM_LINES = [
     "device-mapper: thin: 254:0: metadata operation 'dm_pool_commit_metadata' failed: error = -5",

@@ -21,9 +21,9 @@ from conftest import in_ci
 HOST = Path(__file__).parent / "host"
 sys.path.insert(0, str(HOST))
 from harness import SCRIPTS, recorded, run_simulated
-from record import mask
 
 from thinsim.host import real
+from thinsim.host.real import mask
 
 MATCHING = [
     line.strip()

@@ -29,7 +29,7 @@ from thinsim.thin_tools.metadata import Superblock
 MiB, GiB, BLOCK = 1 << 20, 1 << 30, 64 << 10
 KERNEL_METADATA = Path(__file__).parent / "kernel" / "metadata"
 # deeper trees, hundreds of thins, data shared three ways, a held snapshot:
-# tests/thin_tools_metadata/make.sh ran in the VM on Debian's kernel
+# dev/thin_tools/make-metadata.sh ran in the VM on Debian's kernel
 MORE_KERNEL_METADATA = Path(__file__).parent / "thin_tools_metadata"
 KERNEL_MADE = ["deep", "many", "shared-held"]
 HAVE_TOOLS = shutil.which("thin_check") is not None

@@ -370,7 +370,7 @@ def test_a_repair_without_a_superblock_picks_the_roots_debians_sort_picks(corpus
 def test_debians_sort_port_sorts_what_a_strict_order_sorts():
     import random
 
-    from thinsim.thin_tools.repair import std_sort
+    from thinsim.thin_tools.metadata_dumper import std_sort
 
     r = random.Random(5)
     for n in [*range(40), 100, 1000]:

@@ -11,8 +11,9 @@ message, a negative length) raise EINVAL before anything is touched (``check_*``
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from .constants import MAX_REQUEST, SECTOR_SIZE
 from .errors import InvalidArgumentError, NoSpaceError
 
 FEATURES = (
@@ -65,6 +66,14 @@ class Thin(abc.ABC):
     @abc.abstractmethod
     def deactivate(self) -> None:
         """Remove the thin device (the thin stays in the pool's metadata)."""
+
+    @abc.abstractmethod
+    def suspend(self) -> None:
+        """``dmsetup suspend`` of the thin device (no I/O reaches it until :meth:`resume`)."""
+
+    @abc.abstractmethod
+    def resume(self) -> None:
+        """``dmsetup resume`` of the thin device."""
 
 
 class Pool(abc.ABC):
@@ -158,8 +167,79 @@ class Pool(abc.ABC):
     def event_nr(self) -> int:
         """The pool device's event counter (``dmsetup info``'s Event number)."""
 
+    @abc.abstractmethod
+    def reload_table(
+        self,
+        *,
+        metadata_size: int,
+        data_size: int,
+        length_sectors: int,
+        block_size: str,
+        low_water_mark: str,
+        features: Sequence[str],
+    ) -> None:
+        """:meth:`reload` as a shell does it, with the table's words as written (the kernel
+        parses ``block_size`` and ``low_water_mark``, so malformed ones are refused with its
+        log lines): set the devices to exactly these sizes (``truncate`` and ``losetup -c``
+        where a size changes; the sizes stay even if the reload fails), suspend, load the
+        table ``0 LEN thin-pool MD DATA BS LWM [N f1 ... fN]``, resume.  If the load or the
+        resume fails, the pool is resumed again when it was left suspended (a table that
+        fails in preresume stays loaded, so that resume fails too; its error is ignored) and
+        the first error is raised."""
+
+    @abc.abstractmethod
+    def metadata_dump(self) -> str:
+        """thin_dump's XML of the metadata under a snapshot: ``reserve_metadata_snap``,
+        ``thin_dump -m``, ``release_metadata_snap``.  If the reserve fails its error is
+        raised and nothing else is done."""
+
+    @abc.abstractmethod
+    def allocated_bytes(self) -> int:
+        """The data device's allocated size (``du`` of its backing file: st_blocks * 512)."""
+
     def close(self) -> None:
         """Release the pool (and, for the kernel backend, every device it made)."""
+
+
+class Machine(abc.ABC):
+    """The machine pools are made on, spoken to as dmsetup and losetup are: tables as words.
+
+    What a scenario (the language of tests/kernel/README.md) runs on, so that one executor
+    (:mod:`thinsim.executor`) drives the model and the real kernel alike.  Pools it makes are
+    on fresh zero-filled backing files attached as loop0 (metadata) and loop1 (data), so that
+    their tables show ``7:0 7:1``; dm minors are handed out lowest-free-first from 0 (a
+    failed create takes one and gives it back), the dm major is 254.
+    """
+
+    @abc.abstractmethod
+    def create_pool(
+        self,
+        *,
+        metadata_size: int,
+        data_size: int,
+        length_sectors: int,
+        block_size: str,
+        low_water_mark: str,
+        features: Sequence[str],
+    ) -> Pool:
+        """Fresh sparse metadata and data files of these sizes on loop devices, and a
+        ``thin-pool`` device over them with the table ``0 LEN thin-pool MD DATA BS LWM
+        [N f1 ... fN]`` (the feature group only when ``features`` is non-empty), the words
+        as given.  A rejected table raises the kernel's errno (its log lines logged) and
+        leaves nothing made."""
+
+    @abc.abstractmethod
+    def log_lines(self) -> list[str]:
+        """The kernel log lines starting with ``device-mapper:`` printed since the previous
+        call (or since the machine was made), oldest first, without timestamps."""
+
+    @abc.abstractmethod
+    def set_no_space_timeout(self, seconds: int) -> None:
+        """Set dm_thin_pool's module parameter ``no_space_timeout`` (seconds; 0 queues I/O
+        for ever); :meth:`close` puts back the value it had."""
+
+    def close(self) -> None:
+        """Remove every device and file this machine made; restore module parameters."""
 
 
 # -- argument checks, shared by the backends ------------------------------------------------
@@ -169,7 +249,7 @@ class Pool(abc.ABC):
 # could not even be given (a str size, None as a message) are EINVAL, as the ioctl that
 # receives garbage answers.
 
-SECTOR = 512
+SECTOR = SECTOR_SIZE
 
 
 def _name(value: object) -> str:
@@ -304,6 +384,22 @@ def check_write(offset: object, data: object, size: int) -> memoryview:
             f"device ({size} bytes)"
         )
     return view
+
+
+def io_requests(offset: int, length: int, block_size_sectors: int) -> Iterator[tuple[int, int]]:
+    """The (offset, length) requests one I/O is issued as: split at data-block boundaries
+    (and at MAX_REQUEST inside larger blocks), ascending, so that at most one block is in
+    flight and the kernel allocates blocks in the order the model does.
+
+    >>> list(io_requests(61440, 8192, 128))
+    [(61440, 4096), (65536, 4096)]
+    """
+    step = min(block_size_sectors * SECTOR, MAX_REQUEST)
+    pos, end = offset, offset + length
+    while pos < end:
+        nxt = min(end, (pos // step + 1) * step)
+        yield pos, nxt - pos
+        pos = nxt
 
 
 def check_discard(offset: object, length: object) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from thinsim.constants import SECTOR_SIZE
 from thinsim.errors import ThinsimError
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "steps",
 ]
 
-SECTOR_SIZE = 512
 
 _SUFFIXES = {"k": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # The largest size or offset a file or a device takes (off_t, loff_t): a scenario's sizes

@@ -5,7 +5,8 @@ without writing it to a device first: the emitter is thin_dump's own
 from __future__ import annotations
 
 from .model.metadata import TIME_BITS, TIME_MASK, PoolMetadata
-from .thin_tools.dump import XmlEmitter, _MappingRuns
+from .thin_tools.dump import XmlEmitter
+from .thin_tools.metadata_dumper import _MappingRuns
 
 
 def dump_xml(pmd: PoolMetadata, *, metadata_snap: bool = False) -> list[str]:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-# This checkout's thinsim, also when compare.py runs from here and another one is installed
+# This checkout's thinsim, also when dev/host/compare.py runs and another one is installed
 sys.path.insert(0, str(HERE.parent.parent))
 
 from thinsim.host.real import normalise  # the backing files' device and inode numbers

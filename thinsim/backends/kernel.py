@@ -22,9 +22,14 @@ Care for the host:
   to be on the very file this pool made or adopted (device, inode and file handle, written
   down before the attach), never because a path matches.
 
-Determinism follows tests/kernel/kernel_executor.py (which the scenario recorder uses): I/O
-is issued one request per pool data block, in ascending order, one at a time, so the kernel
-allocates blocks in the order the model does.
+Determinism: I/O is issued one request per pool data block, in ascending order, one at a
+time, so the kernel allocates blocks in the order the model does (the scenario executor,
+thinsim/executor.py, splits its I/O the same way before it reaches a thin).
+
+:class:`KernelMachine` is the scenario's machine (:class:`thinsim.interface.Machine`): pools
+made from a table's words, the kernel log read from ``/dev/kmsg``, dm_thin_pool's
+``no_space_timeout``.  It expects a machine as just booted (no loop or dm device), so that
+the metadata file gets loop0, the data file loop1 and the pool dm minor 0: run it in the VM.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from pathlib import Path
 from typing import Self
 
 from .. import interface
+from ..constants import MAX_REQUEST
+from ..constants import SECTOR_SIZE as SECTOR
 from ..errors import DeviceIOError, ExistsError, InvalidArgumentError, error_for
 from .dmtools import (
     VM_HINT,
@@ -61,6 +68,7 @@ from .ledger import Ledger, dm_uuid, our_dm_devices, recover, remove_dm, teardow
 __all__ = [
     "VM_HINT",
     "CommandError",
+    "KernelMachine",
     "KernelPool",
     "KernelThin",
     "KernelUnavailableError",
@@ -70,9 +78,6 @@ __all__ = [
 
 log = logging.getLogger("thinsim.kernel")
 
-SECTOR = 512
-# Requests larger than this are split even inside one data block (huge block sizes only).
-MAX_REQUEST = 8 << 20
 # linux/fs.h
 BLKDISCARD = 0x1277
 
@@ -170,20 +175,11 @@ class KernelThin(interface.Thin):
                 raise _oserror(e) from None
         return self._fd
 
-    def _requests(self, offset: int, length: int):
-        """(offset, length) pieces of one I/O: split at data-block boundaries, ascending."""
-        step = min(self.pool.data_block_size_sectors * SECTOR, MAX_REQUEST)
-        pos, end = offset, offset + length
-        while pos < end:
-            nxt = min(end, (pos // step + 1) * step)
-            yield pos, nxt - pos
-            pos = nxt
-
     def _read_sectors(self, offset: int, length: int) -> bytes:
         fd = self._open()
         buf = self.pool._buffer
         out = bytearray()
-        for pos, n in self._requests(offset, length):
+        for pos, n in interface.io_requests(offset, length, self.pool.data_block_size_sectors):
             with memoryview(buf)[:n] as view:
                 try:
                     done = os.preadv(fd, [view], pos)
@@ -222,7 +218,7 @@ class KernelThin(interface.Thin):
             offset, data = start, bytes(old)
         fd = self._open()
         buf = self.pool._buffer
-        for pos, n in self._requests(offset, len(data)):
+        for pos, n in interface.io_requests(offset, len(data), self.pool.data_block_size_sectors):
             with memoryview(buf)[:n] as view:
                 view[:] = data[pos - offset : pos - offset + n]
                 try:
@@ -269,6 +265,12 @@ class KernelThin(interface.Thin):
             self.pool._ledger.add("-dm", self.name)
         self.pool._thins.pop(self.name, None)
 
+    def suspend(self) -> None:
+        dmsetup("suspend", self.name)
+
+    def resume(self) -> None:
+        dmsetup("resume", self.name)
+
 
 # -- pools --------------------------------------------------------------------------------
 
@@ -307,16 +309,75 @@ class KernelPool(interface.Pool):
             features,
             length_sectors,
         )
+        self._start(
+            data_size,
+            metadata_size,
+            length_sectors if length_sectors is not None else data_size // SECTOR,
+            str(data_block_size_sectors),
+            str(low_water_mark_blocks),
+            list(features),
+            workdir=workdir,
+            metadata_file=metadata_file,
+            data_file=data_file,
+            adopt_files=adopt_files,
+            recover_stale=recover_stale,
+        )
+
+    @classmethod
+    def from_table(
+        cls,
+        *,
+        metadata_size: int,
+        data_size: int,
+        length_sectors: int,
+        block_size: str,
+        low_water_mark: str,
+        features: Sequence[str],
+        workdir: str | os.PathLike[str] | None = None,
+    ) -> KernelPool:
+        """A pool made from a table's words, as ``dmsetup create`` is given them (what
+        :meth:`KernelMachine.create_pool` does): the kernel parses them."""
+        pool = cls.__new__(cls)
+        pool._start(
+            data_size,
+            metadata_size,
+            length_sectors,
+            block_size,
+            low_water_mark,
+            list(features),
+            workdir=workdir,
+        )
+        return pool
+
+    def _start(
+        self,
+        data_size: int,
+        metadata_size: int,
+        length_sectors: int,
+        block_size: str,
+        low_water_mark: str,
+        features: list[str],
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        metadata_file: str | os.PathLike[str] | None = None,
+        data_file: str | os.PathLike[str] | None = None,
+        adopt_files: bool = False,
+        recover_stale: bool = True,
+    ) -> None:
         require_kernel()
         if recover_stale:
             for what in recover():
                 log.warning("removed %s left by a dead run", what)
         self.data_size = data_size
         self.metadata_size = metadata_size
-        self.data_block_size_sectors = data_block_size_sectors
-        self._lwm = low_water_mark_blocks
-        self._features = list(features)
-        self._length = length_sectors if length_sectors is not None else data_size // SECTOR
+        self._bs = block_size
+        try:  # for __repr__ until the kernel took the word (set again then)
+            self.data_block_size_sectors = int(block_size)
+        except ValueError:
+            self.data_block_size_sectors = 0
+        self._lwm = low_water_mark
+        self._features = features
+        self._length = length_sectors
         self.token = secrets.token_hex(4)
         self.name = f"thinsim-{self.token}-pool"
         self._thins: dict[str, KernelThin] = {}
@@ -333,6 +394,8 @@ class KernelPool(interface.Pool):
         except BaseException:
             self.close()
             raise
+        # the kernel took the word (dm-thin.c: pool_ctr's kstrtoul, base 10)
+        self.data_block_size_sectors = int(block_size)
 
     def __repr__(self) -> str:
         return (
@@ -411,7 +474,7 @@ class KernelPool(interface.Pool):
 
     def _line(self) -> str:
         words = ["0", str(self._length), "thin-pool", *self._loops]
-        words += [str(self.data_block_size_sectors), str(self._lwm)]
+        words += [self._bs, self._lwm]
         if self._features:
             words += [str(len(self._features)), *self._features]
         return " ".join(words)
@@ -477,29 +540,48 @@ class KernelPool(interface.Pool):
         )
         if length_sectors is None:
             length_sectors = new_data // SECTOR if data_size is not None else self._length
-        for path, loop, old, new in (
-            (self.metadata_path, self._loops[0], self.metadata_size, new_md),
-            (self.data_path, self._loops[1], self.data_size, new_data),
+        self.reload_table(
+            metadata_size=new_md,
+            data_size=new_data,
+            length_sectors=length_sectors,
+            block_size=self._bs,
+            low_water_mark=self._lwm
+            if low_water_mark_blocks is None
+            else str(low_water_mark_blocks),
+            features=self._features if features is None else features,
+        )
+
+    def reload_table(
+        self,
+        *,
+        metadata_size: int,
+        data_size: int,
+        length_sectors: int,
+        block_size: str,
+        low_water_mark: str,
+        features: Sequence[str],
+    ) -> None:
+        for path, loop, new in (
+            (self.metadata_path, self._loops[0], metadata_size),
+            (self.data_path, self._loops[1], data_size),
         ):
-            if new != old:
+            if os.stat(path).st_size != new:
                 os.truncate(path, new)
                 run_command(["losetup", "-c", loop])
-        self.data_size, self.metadata_size = new_data, new_md
-        saved = (self._lwm, self._features, self._length)
-        if low_water_mark_blocks is not None:
-            self._lwm = low_water_mark_blocks
-        if features is not None:
-            self._features = list(features)
+        self.data_size, self.metadata_size = data_size, metadata_size
+        saved = (self._bs, self._lwm, self._features, self._length)
+        self._bs, self._lwm, self._features = block_size, low_water_mark, list(features)
         self._length = length_sectors
         dmsetup("suspend", self.name)
         try:
             dmsetup("reload", self.name, "--table", self._line())
             dmsetup("resume", self.name)
         except BaseException:
-            self._lwm, self._features, self._length = saved
+            self._bs, self._lwm, self._features, self._length = saved
             if self._suspended():
                 run_command(["dmsetup", "resume", self.name], check=False)
             raise
+        self.data_block_size_sectors = int(block_size)
 
     def _suspended(self) -> bool:
         proc = run_command(
@@ -569,6 +651,84 @@ class KernelPool(interface.Pool):
             self._buffer.close()
             self._closed = True
             _OPEN.pop(id(self), None)
+
+
+# -- the scenario's machine ------------------------------------------------------------
+
+NO_SPACE_TIMEOUT = Path("/sys/module/dm_thin_pool/parameters/no_space_timeout")
+
+
+class KernelMachine(interface.Machine):
+    """The real kernel as a scenario drives it: pools made from a table's words (backing
+    files in ``workdir``: a file system that punches holes, such as the tmpfs the recorder
+    mounts), device-mapper's log lines read from ``/dev/kmsg``, dm_thin_pool's
+    ``no_space_timeout`` (put back by :meth:`close`).
+
+    It drives losetup and dmsetup: run it only where nothing else uses loop or dm devices
+    (inside ``thinsim vm``), as the scenarios expect loop0, loop1 and dm minor 0.
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        require_kernel()
+        self.workdir = workdir
+        self._saved_timeout = NO_SPACE_TIMEOUT.read_text().strip()
+        self._kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.lseek(self._kmsg, 0, os.SEEK_END)
+        self._pools: list[KernelPool] = []
+
+    def __repr__(self) -> str:
+        return f"KernelMachine({self.workdir!r})"
+
+    def create_pool(
+        self,
+        *,
+        metadata_size: int,
+        data_size: int,
+        length_sectors: int,
+        block_size: str,
+        low_water_mark: str,
+        features: Sequence[str],
+    ) -> KernelPool:
+        pool = KernelPool.from_table(
+            metadata_size=metadata_size,
+            data_size=data_size,
+            length_sectors=length_sectors,
+            block_size=block_size,
+            low_water_mark=low_water_mark,
+            features=features,
+            workdir=self.workdir,
+        )
+        self._pools.append(pool)
+        return pool
+
+    def log_lines(self) -> list[str]:
+        lines = []
+        while True:
+            try:
+                record = os.read(self._kmsg, 65536)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # records overwritten before we read them
+                continue
+            # "prio,seq,usec,flags;text\n" then optional " KEY=value" continuation lines.
+            text = record.decode("utf-8", "replace").split(";", 1)[1].split("\n", 1)[0]
+            if text.startswith("device-mapper:"):
+                lines.append(text)
+        return lines
+
+    def set_no_space_timeout(self, seconds: int) -> None:
+        NO_SPACE_TIMEOUT.write_text(f"{seconds}\n")
+
+    def close(self) -> None:
+        """Remove every pool made here (thins, loop devices, files); put back
+        ``no_space_timeout``.  Safe to call twice."""
+        for pool in self._pools:
+            pool.close()
+        self._pools.clear()
+        NO_SPACE_TIMEOUT.write_text(f"{self._saved_timeout}\n")
+        if self._kmsg >= 0:
+            os.close(self._kmsg)
+            self._kmsg = -1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from .state import HostState, Target
 
-SECTOR = 512
-
 
 def _origin(state: HostState, t: Target):
     from .kernel import device_size, resolve_devno

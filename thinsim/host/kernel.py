@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno as E
 import os
 
+from ..constants import SECTOR_SIZE as SECTOR
 from ..dm import log_device_too_small, log_table_error
 from ..errors import ThinsimError, error_for
 from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_too_big
@@ -17,9 +18,6 @@ from ..model.store import MemoryStore
 from ..model.thin import Thin
 from . import loopfile
 from .state import DM_MAJOR, LOOP_MAJOR, DmDevice, HostState, LoopDevice, Target
-
-SECTOR = 512
-
 
 # -- loop devices ---------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Bash scripts on the real tools: ``thinsim run --backend kernel`` and the host recorder.
 
-A script runs the way tests/host/record.py has always recorded them: ``bash SCRIPT`` in an
+A script runs the way dev/host/record.py has always recorded them: ``bash SCRIPT`` in an
 empty folder :data:`WORKDIR` on a fresh ext4 (not a tmpfs: the thin tools open files with
 O_DIRECT, which tmpfs refuses on 6.1; ext4 punches holes for discards like tmpfs does), with
 the fixed environment :data:`ENV`, stdin from /dev/null, stdout and stderr captured apart.

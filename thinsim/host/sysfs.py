@@ -23,10 +23,10 @@ from __future__ import annotations
 import os
 import shutil
 
+from ..constants import SECTOR_SIZE as SECTOR
 from . import kernel, loopfile
 from .state import DmDevice, HostState, LoopDevice
 
-SECTOR = 512
 MAX_SECTORS_KB = 1280
 LOOP_MAX_DISCARD = (0xFFFFFFFF >> 9) << 9  # loop_config_discard: UINT_MAX >> 9 sectors
 THIN_MAX_DISCARD = 2048 * 1024 * 16 * SECTOR  # thin_io_hints: 16 GiB

@@ -18,8 +18,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..constants import METADATA_BLOCK_SIZE
+
 NODE_HEADER_SIZE = 32
-METADATA_BLOCK_SIZE = 4096
 
 
 def calc_max_entries(value_size: int, block_size: int = METADATA_BLOCK_SIZE) -> int:

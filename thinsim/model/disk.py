@@ -17,20 +17,23 @@ import struct
 import numpy as np
 from crc32c import crc32c as _crc32c
 
+from ..constants import (
+    BITMAP_CSUM_XOR,
+    BTREE_CSUM_XOR,
+    INDEX_CSUM_XOR,
+    INTERNAL_NODE,
+    LEAF_NODE,
+    METADATA_BLOCK_SIZE,
+    SUPERBLOCK_CSUM_XOR,
+    THIN_SUPERBLOCK_MAGIC,
+    THIN_VERSION,
+)
 from ..errors import ThinsimError
 from .btree import Node
 from .metadata import THIN_SUPERBLOCK_LOCATION, PoolMetadata
 from .space_map import ENTRIES_PER_BITMAP
 
-BLOCK = 4096
-THIN_SUPERBLOCK_MAGIC = 27022010
-THIN_VERSION = 2
-SUPERBLOCK_CSUM_XOR = 160774
-BTREE_CSUM_XOR = 121107
-INDEX_CSUM_XOR = 160478
-BITMAP_CSUM_XOR = 240779
-INTERNAL_NODE = 1
-LEAF_NODE = 2
+BLOCK = METADATA_BLOCK_SIZE
 MAX_METADATA_BITMAPS = 255
 
 

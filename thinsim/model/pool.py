@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno as E
 from dataclasses import dataclass, replace
 
+from ..constants import DM_MAJOR, SECTOR_SIZE
 from ..errors import ThinsimError, error_for
 from .disk import MetadataWriteError
 from .metadata import (
@@ -21,7 +22,7 @@ from .metadata import (
 from .space_map import FormatError, NoSpace
 from .store import AccountingStore, DataStore
 
-SECTOR = 512
+SECTOR = SECTOR_SIZE
 DATA_DEV_BLOCK_SIZE_MIN_SECTORS = 128
 DATA_DEV_BLOCK_SIZE_MAX_SECTORS = 2097152
 NO_SPACE_TIMEOUT_SECS = 60
@@ -217,7 +218,7 @@ class Pool:
         store: DataStore | None = None,
         log: KernelLog | None = None,
         clock: Clock | None = None,
-        name: str = "254:0",
+        name: str = f"{DM_MAJOR}:0",
         data_dev_name: str = "loop1",
         data_dev_discards: bool = True,
         metadata: PoolMetadata | None = None,

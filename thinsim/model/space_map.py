@@ -22,9 +22,9 @@ from __future__ import annotations
 import errno as E
 from array import array
 
+from ..constants import ENTRIES_PER_BITMAP
 from .btree import BTreeInfo, ValueType
 
-ENTRIES_PER_BITMAP = (4096 - 16) * 4  # 16320, dm-space-map-common.c: sm_ll_init
 MAX_METADATA_BITMAPS = 255
 MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP  # DM_SM_METADATA_MAX_BLOCKS
 IE_CACHE_SIZE = 64

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno as E
 
+from ..constants import DM_MAJOR
 from ..errors import error_for
 from .metadata import MAX_DEV_ID
 from .pool import PM_FAIL, SECTOR, Pool, TableError, kstrtoull
@@ -36,7 +37,9 @@ def discard_bios(sector: int, nr_sects: int, granularity_sectors: int):
 class Thin:
     """One active thin device: ``dev_id`` in ``pool``, ``length_sectors`` long."""
 
-    def __init__(self, pool: Pool, dev_id: int, length_sectors: int, pool_dev: str = "254:0"):
+    def __init__(
+        self, pool: Pool, dev_id: int, length_sectors: int, pool_dev: str = f"{DM_MAJOR}:0"
+    ):
         self.pool = pool
         self.dev_id = dev_id
         self.length_sectors = length_sectors

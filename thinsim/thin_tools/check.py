@@ -7,12 +7,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..model.disk import BITMAP_CSUM_XOR, INDEX_CSUM_XOR, bm_checksum
+from ..constants import BITMAP_CSUM_XOR, ENTRIES_PER_BITMAP, INDEX_CSUM_XOR
+from ..getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
+from ..model.disk import bm_checksum
 from .common import MD_BLOCK_SIZE, VERSION, Files, Output, ToolError
-from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .metadata import (
     DEVICE_DETAILS_SIZE,
-    ENTRIES_PER_BITMAP,
     BlockManager,
     Location,
     NodeChecker,

@@ -13,8 +13,10 @@ import stat as st
 import sys
 from dataclasses import dataclass
 
+from ..constants import METADATA_BLOCK_SIZE
+
 VERSION = "0.9.0"
-MD_BLOCK_SIZE = 4096
+MD_BLOCK_SIZE = METADATA_BLOCK_SIZE
 
 
 class ToolError(RuntimeError):

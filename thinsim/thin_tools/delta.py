@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .common import VERSION, Files, Output, ToolError
-from .getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .metadata import block_time, open_metadata, open_metadata_snap
 from .open import lexical_uint64, open_bm
 

@@ -1,40 +1,19 @@
-"""thin_dump (thin_dump.cc, metadata_dumper.cc, xml_format.cc, human_readable_format.cc):
-the metadata as XML or the human readable form, from a file, a device or the held
-metadata snapshot."""
+"""thin_dump (thin_dump.cc, xml_format.cc, human_readable_format.cc): the metadata as XML or
+the human readable form, from a file, a device or the held metadata snapshot (the events
+come from metadata_dumper.py)."""
 
 from __future__ import annotations
 
 import io as _io
 
-from .common import VERSION, Files, OFStream, Output, ToolError, terminate
-from .getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
-from .metadata import (
-    Metadata,
-    block_time,
-    dump_nr_data_blocks,
-    open_metadata,
-    open_metadata_snap,
-)
+from ..getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
+from .common import VERSION, Files, OFStream, Output, ToolError
+from .emitter import Emitter, OverrideEmitter, Overrides
+from .metadata import open_metadata, open_metadata_snap
+from .metadata_dumper import metadata_dump, metadata_repair
 from .open import open_bm, parse_uint64
 
 # -- emitters -----------------------------------------------------------------------------
-
-
-class Emitter:
-    """thin_provisioning::emitter: the events of a dump (and of an XML being restored)."""
-
-    def begin_superblock(self, uuid, time, trans_id, flags, version, data_block_size,
-                         nr_data_blocks, metadata_snap) -> None: ...  # fmt: skip
-
-    def end_superblock(self) -> None: ...
-
-    def begin_device(self, dev_id, mapped_blocks, trans_id, creation_time, snap_time): ...
-
-    def end_device(self) -> None: ...
-
-    def range_map(self, origin_begin, data_begin, time, length) -> None: ...
-
-    def single_map(self, origin_block, data_block, time) -> None: ...
 
 
 class XmlEmitter(Emitter):
@@ -124,103 +103,6 @@ class HumanReadableEmitter(Emitter):
         self.write(f"    {origin_block} -> {data_block}, {time}\n")
 
 
-class _MappingRuns:
-    """mapping_emit_visitor: runs contiguous in both block spaces with one time become a
-    range_map, lone mappings a single_map."""
-
-    def __init__(self, e: Emitter) -> None:
-        self.e = e
-        self.run = None  # [origin, data, time, length]
-
-    def add(self, origin: int, data: int, time: int) -> None:
-        r = self.run
-        if r is not None and origin == r[0] + r[3] and data == r[1] + r[3] and time == r[2]:
-            r[3] += 1
-            return
-        self.end()
-        self.run = [origin, data, time, 1]
-
-    def end(self) -> None:
-        r = self.run
-        if r is not None:
-            if r[3] == 1:
-                self.e.single_map(r[0], r[1], r[2])
-            else:
-                self.e.range_map(r[0], r[1], r[2], r[3])
-            self.run = None
-
-
-def _raise_damage(repair: bool):
-    def visit(_damage) -> None:
-        if not repair:
-            raise ToolError(
-                "metadata contains errors (run thin_check for details).\n"
-                "perhaps you wanted to run with --repair"
-            )
-
-    return visit
-
-
-def metadata_dump(
-    md: Metadata,
-    e: Emitter,
-    *,
-    dev_ids: set[int] | None = None,
-    skip_mappings: bool = False,
-    repair: bool = False,
-    errors=None,
-) -> None:
-    """metadata_dump (and emit_trees_ with ``repair``): the events of a dump.
-
-    ``dev_ids`` limits the devices (``--dev-id``); ``errors`` receives what the C++
-    writes straight to cerr while dumping a device."""
-    damage = _raise_damage(repair)
-    details = {
-        k: v for k, v in md.device_details(damage).items() if dev_ids is None or k in dev_ids
-    }
-    sb = md.sb
-    e.begin_superblock("", sb.time, sb.trans_id, sb.flags, sb.version, sb.data_block_size,
-                       dump_nr_data_blocks(md), None)  # fmt: skip
-
-    def device(path, root) -> None:
-        dev_id = path[0]
-        if dev_ids is not None and dev_id not in dev_ids:
-            return
-        d = details.get(dev_id)
-        if d is None:
-            raise ToolError(
-                f"mappings present for device {dev_id}, but it isn't present in device tree"
-            )
-        e.begin_device(dev_id, d.mapped_blocks, d.transaction_id, d.creation_time,
-                       d.snapshotted_time)  # fmt: skip
-        try:
-            if not skip_mappings:
-                runs = _MappingRuns(e)
-                try:
-                    # an emitter's exception (a restore's output full) is caught by the
-                    # walk as damage to the node being visited (btree.tcc: walk_tree)
-                    md.mappings(root, lambda p, v: runs.add(p[0], *block_time(v)), damage,
-                                ignore_non_fatal=True)  # fmt: skip
-                finally:
-                    # ~mapping_emit_visitor emits the last run: an exception leaving that
-                    # destructor (noexcept) is std::terminate
-                    try:
-                        runs.end()
-                    except ToolError as exc:
-                        raise terminate(str(exc)) from None
-        except ToolError as exc:
-            if errors is not None:
-                errors(str(exc))
-            e.end_device()
-            raise
-        e.end_device()
-
-    from .metadata import visit_values
-
-    visit_values(md.bm, sb.data_mapping_root, 1, 8, device, damage, ignore_non_fatal=True)
-    e.end_superblock()
-
-
 def create_emitter(fmt: str, write) -> Emitter:
     if fmt == "xml":
         return XmlEmitter(write)
@@ -247,13 +129,9 @@ def dump_text(files: Files, path: str, *, fmt: str = "xml", metadata_snap=False,
 
 def _dump(files, path, write, fmt, metadata_snap, snap_location, dev_ids, skip_mappings,
           repair, errors, overrides=None) -> None:  # fmt: skip
-    from .restore import OverrideEmitter, Overrides
-
     overrides = overrides or Overrides()
     e = OverrideEmitter(create_emitter(fmt, write), overrides)
     if repair:
-        from .repair import metadata_repair
-
         bm = open_bm(files, path, excl=True)
         try:
             metadata_repair(bm, e, overrides)
@@ -316,7 +194,6 @@ def strtoull(text: str) -> int | None:
 
 def main(prog: str, argv: list[str], out: Output, files: Files) -> int:
     """``thin_dump ARGV``."""
-    from .restore import Overrides
 
     name = "thin_dump"
     usage = USAGE.format(prog=name)

@@ -3,8 +3,8 @@ devices, with how many of their blocks are shared."""
 
 from __future__ import annotations
 
+from ..getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .common import VERSION, Files, Output, ToolError
-from .getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .metadata import Metadata, block_time, open_metadata, open_metadata_snap
 from .open import open_bm
 

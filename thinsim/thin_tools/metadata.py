@@ -13,21 +13,20 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from ..model.disk import (
+from ..constants import (
     BITMAP_CSUM_XOR,
     BTREE_CSUM_XOR,
     INDEX_CSUM_XOR,
+    INTERNAL_NODE,
+    LEAF_NODE,
     SUPERBLOCK_CSUM_XOR,
-    bm_checksum,
 )
+from ..constants import THIN_SUPERBLOCK_LOCATION as SUPERBLOCK_LOCATION
+from ..constants import THIN_SUPERBLOCK_MAGIC as SUPERBLOCK_MAGIC
+from ..model.disk import bm_checksum
 from .common import MD_BLOCK_SIZE, Handle, ToolError
 
-SUPERBLOCK_LOCATION = 0
-SUPERBLOCK_MAGIC = 27022010
-INTERNAL_NODE = 1
-LEAF_NODE = 2
 NODE_HEADER_SIZE = 32
-ENTRIES_PER_BITMAP = (MD_BLOCK_SIZE - 16) * 4
 DEVICE_DETAILS_SIZE = 24
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import os
 
+from ..getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .common import VERSION, Output
-from .getopt import NO_ARGUMENT, OPTIONAL_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 
 U64 = (1 << 64) - 1
 LLONG_MAX = (1 << 63) - 1

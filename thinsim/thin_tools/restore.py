@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from xml.parsers import expat
 
+from ..getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
 from .common import MD_BLOCK_SIZE, VERSION, Abort, Crash, Files, Output, ToolError, terminate
-from .dump import Emitter
-from .getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption, getopt_long
+from .emitter import Emitter, OverrideEmitter, Overrides
 from .open import check_file_exists, get_file_length, lexical_uint64, open_bm, parse_uint64
 
 MAX_METADATA_BLOCKS = 255 * ((MD_BLOCK_SIZE - 16) * 4)
@@ -51,59 +51,6 @@ EXPLAIN = (
     "or an existing file.  The file needs to be large\n"
     "enough to hold the metadata."
 )
-
-
-class OverrideError(ToolError):
-    """override_error: a field the superblock lost and the command line must give."""
-
-
-class Overrides:
-    """override_options: --transaction-id, --data-block-size, --nr-data-blocks."""
-
-    def __init__(self, transaction_id=None, data_block_size=None, nr_data_blocks=None):
-        self.transaction_id = transaction_id
-        self.data_block_size = data_block_size
-        self.nr_data_blocks = nr_data_blocks
-
-    def get(self, name: str, value=None):
-        v = getattr(self, name)
-        if v is not None:
-            return v
-        if value is None:
-            raise OverrideError(name.replace("_", " "))
-        return value
-
-
-class OverrideEmitter(Emitter):
-    """override_emitter.cc: the superblock's fields the command line overrides."""
-
-    def __init__(self, inner: Emitter, overrides: Overrides) -> None:
-        self.inner = inner
-        self.o = overrides
-
-    def begin_superblock(self, uuid, time, trans_id, flags, version, data_block_size,
-                         nr_data_blocks, metadata_snap) -> None:  # fmt: skip
-        o = self.o
-        self.inner.begin_superblock(
-            uuid, time, o.get("transaction_id", trans_id), flags, version,
-            o.get("data_block_size", data_block_size), o.get("nr_data_blocks", nr_data_blocks),
-            metadata_snap,
-        )  # fmt: skip
-
-    def end_superblock(self) -> None:
-        self.inner.end_superblock()
-
-    def begin_device(self, *args) -> None:
-        self.inner.begin_device(*args)
-
-    def end_device(self) -> None:
-        self.inner.end_device()
-
-    def range_map(self, *args) -> None:
-        self.inner.range_map(*args)
-
-    def single_map(self, *args) -> None:
-        self.inner.single_map(*args)
 
 
 class Restorer(Emitter):

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import struct
 
-from ..model.disk import BITMAP_CSUM_XOR, BTREE_CSUM_XOR, INDEX_CSUM_XOR, bm_checksum
+from ..constants import (
+    BITMAP_CSUM_XOR,
+    BTREE_CSUM_XOR,
+    INDEX_CSUM_XOR,
+    INTERNAL_NODE,
+    LEAF_NODE,
+)
+from ..model.disk import bm_checksum
 from .common import MD_BLOCK_SIZE, ToolError
 from .metadata import Superblock
 
 ENTRIES_PER_BLOCK = (MD_BLOCK_SIZE - 16) * 4
 MAX_METADATA_BLOCKS = 255 * ENTRIES_PER_BLOCK
-INTERNAL_NODE, LEAF_NODE = 1, 2
 U64 = (1 << 64) - 1
 
 

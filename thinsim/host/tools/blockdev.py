@@ -8,6 +8,7 @@ import errno as E
 import os
 import stat
 
+from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
 from .. import blockio, kernel
 from ..state import DmDevice, HostState, LoopDevice, is_device_path
@@ -15,7 +16,6 @@ from .common import IO, unsupported
 from .getopt import NO, REQUIRED, GetoptError, Long, getopt_long
 from .losetup import _strtosize
 
-SECTOR = 512
 PAGE_SIZE = 4096
 MAX_SECTORS = 2560  # queue/max_sectors_kb 1280: what loop and dm devices showed in the VM
 

@@ -15,13 +15,13 @@ import os
 import stat
 import time
 
+from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
 from .. import blockio, kernel
 from ..state import HostState, is_device_path
 from .common import IO, unsupported
 
 PROG = "dd"
-SECTOR = 512
 DEFAULT_BLOCKSIZE = 512
 INTMAX_MAX = (1 << 63) - 1
 

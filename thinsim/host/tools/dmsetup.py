@@ -13,6 +13,8 @@ import re
 import sys
 
 from ...errors import ThinsimError
+from ...getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption
+from ...getopt import parse as getopt_parse
 from .. import kernel
 from ..libdm_report import (
     NUM,
@@ -432,63 +434,18 @@ class _GetoptError(Exception):
 
 
 def _getopt(argv: list[str]):
-    """GNU getopt_long with permutation: (options as (name, arg) in order, operands)."""
+    """GNU getopt_long with permutation (thinsim/getopt.py): (options as (name, arg) in
+    order, operands); the first error raises _GetoptError with glibc's line."""
+    longopts = [
+        LongOption(name, REQUIRED_ARGUMENT if _LONGOPTS[name] else NO_ARGUMENT, name)
+        for name in _LONG_ORDER
+    ]
     opts: list[tuple[str, str | None]] = []
     operands: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if a == "--":
-            operands += argv[i:]
-            break
-        if not a.startswith("-") or a == "-":
-            operands.append(a)
-            continue
-        if a.startswith("--"):
-            name, eq, value = a[2:].partition("=")
-            if name in _LONGOPTS:
-                matches = [name]
-            else:
-                matches = [o for o in _LONG_ORDER if o.startswith(name)]
-            if not matches:
-                raise _GetoptError(f"dmsetup: unrecognized option '--{name}'\n")
-            if len(matches) > 1:
-                cands = "".join(f" '--{m}'" for m in matches)
-                raise _GetoptError(
-                    f"dmsetup: option '--{name}' is ambiguous; possibilities:{cands}\n"
-                )
-            opt = matches[0]
-            if _LONGOPTS[opt]:
-                if not eq:
-                    if i >= len(argv):
-                        raise _GetoptError(f"dmsetup: option '--{opt}' requires an argument\n")
-                    value = argv[i]
-                    i += 1
-                opts.append((opt, value))
-            else:
-                if eq:
-                    raise _GetoptError(f"dmsetup: option '--{opt}' doesn't allow an argument\n")
-                opts.append((opt, None))
-            continue
-        j = 1
-        while j < len(a):
-            c = a[j]
-            j += 1
-            pos = _SHORTOPTS.find(c)
-            if pos < 0 or c == ":":
-                raise _GetoptError(f"dmsetup: invalid option -- '{c}'\n")
-            if _SHORTOPTS[pos + 1 : pos + 2] == ":":
-                if j < len(a):
-                    value = a[j:]
-                elif i < len(argv):
-                    value = argv[i]
-                    i += 1
-                else:
-                    raise _GetoptError(f"dmsetup: option requires an argument -- '{c}'\n")
-                opts.append((_SHORT_TO_LONG[c], value))
-                break
-            opts.append((_SHORT_TO_LONG[c], None))
+    for val, arg in getopt_parse(argv, _SHORTOPTS, longopts, operands):
+        if val == "?":
+            raise _GetoptError(f"dmsetup: {arg}\n")
+        opts.append((_SHORT_TO_LONG.get(val, val), arg))
     return opts, operands
 
 

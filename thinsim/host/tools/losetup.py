@@ -13,6 +13,7 @@ import errno as E
 import os
 import stat
 
+from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
 from .. import kernel, loopfile
 from ..state import LOOP_MAJOR, HostState, LoopDevice, is_device_path
@@ -22,7 +23,6 @@ from .smartcols import BOOLEAN, NUMBER, Column, render
 
 PROG = "losetup"
 LOOPDEV_DEFAULT_NNODES = 8
-SECTOR = 512
 
 # losetup.c: infos[] (name, width hint, right-aligned, JSON type), in COL_* order
 COLUMNS = [

@@ -1,9 +1,10 @@
 """Record scenario transcripts on the real kernel.  Runs inside the VM (see record.sh).
 
-    python3 tests/kernel/record.py [--out DIR] [--environment] [NAME...]
+    python3 dev/kernel/record.py [--out DIR] [--environment] [NAME...]
 
 For each scenario NAME (default: every tests/kernel/scenarios/*.scn) it mounts a fresh tmpfs,
-runs the scenario with KernelExecutor and writes DIR/NAME.txt (DIR defaults to
+runs the scenario with the package's one scenario executor on the real kernel
+(``ScenarioExecutor.on_kernel``: thinsim/executor.py over thinsim/backends/kernel.py) and writes DIR/NAME.txt (DIR defaults to
 tests/kernel/recorded).  ``--environment`` also writes DIR/ENVIRONMENT.txt.
 """
 
@@ -18,14 +19,17 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent.parent), str(HERE)]
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))
 
-from kernel_executor import KernelExecutor, run_command
-
+from thinsim.backends.dmtools import run_command
+from thinsim.executor import ScenarioExecutor
 from thinsim.scenario import parse, run
 
-SCENARIOS = HERE / "scenarios"
-WORKDIR = Path("/run/thinsim")
+SCENARIOS = REPO / "tests" / "kernel" / "scenarios"
+# The backing files' tmpfs, fresh for each scenario (the kernel backend's ledgers stay in
+# /run/thinsim/kernel-ledger, outside it).
+WORKDIR = Path("/run/thinsim/scenario")
 
 
 def environment() -> str:
@@ -47,7 +51,7 @@ def record(name: str, out_dir: Path, scenarios: Path = SCENARIOS) -> None:
     WORKDIR.mkdir(parents=True, exist_ok=True)
     run_command(["mount", "-t", "tmpfs", "-o", "size=8g", "tmpfs", str(WORKDIR)])
     try:
-        executor = KernelExecutor(WORKDIR)
+        executor = ScenarioExecutor.on_kernel(WORKDIR)
         try:
             transcript = run(ops, executor)
         finally:
@@ -60,7 +64,7 @@ def record(name: str, out_dir: Path, scenarios: Path = SCENARIOS) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME")
-    parser.add_argument("--out", type=Path, default=HERE / "recorded")
+    parser.add_argument("--out", type=Path, default=REPO / "tests" / "kernel" / "recorded")
     parser.add_argument("--scenarios", type=Path, default=SCENARIOS, help="scenario folder")
     parser.add_argument("--environment", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Metadata a real kernel wrote, for tests/test_thin_tools.py: run inside the VM
 #   python -m thinsim.cli vm --rwdir "$PWD/tests/thin_tools_metadata" -- \
-#       sh "$PWD/tests/thin_tools_metadata/make.sh" "$PWD/tests/thin_tools_metadata"
+#       sh "$PWD/dev/thin_tools/make-metadata.sh" "$PWD/tests/thin_tools_metadata"
 # Each NAME.md is a pool's metadata device after the pool was removed (NAME-held.md keeps a
 # held metadata snapshot).  Deep mapping trees, a details tree of several levels, data
 # blocks shared three ways (the data space map's reference count tree).

@@ -1,14 +1,16 @@
 """Run recorded host scripts (default: all) on the simulated host and say which ones match
 the real host's stdout, stderr and exit status after the recorder's masking.  A development
-tool: `python tests/host/compare.py [-d] [NAME...]` (-d prints the diffs)."""
+tool: `python dev/host/compare.py [-d] [NAME...]` (-d prints the diffs)."""
 
 import difflib
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "..", "tests", "host"), HERE]
 from harness import RECORDED, SCRIPTS, recorded, run_simulated
-from record import mask
+
+from thinsim.host.real import mask
 
 args = sys.argv[1:]
 show = "-d" in args

@@ -1,8 +1,8 @@
 """Record what the real host tools print for tests/host/scripts/NAME.sh.  Runs inside the VM.
 
-    python3 tests/host/record.py [--scripts DIR] [--out DIR] [--environment] [NAME...]
+    python3 dev/host/record.py [--scripts DIR] [--out DIR] [--environment] [NAME...]
 
-Started by tests/host/record.sh (one ``thinsim vm`` boot).  NEVER run it on a machine whose
+Started by dev/host/record.sh (one ``thinsim vm`` boot).  NEVER run it on a machine whose
 devices you care about: inside the VM every script starts from a wiped machine.
 
 For each script NAME (default: every DIR/*.sh, sorted) it runs ``bash NAME.sh`` as
@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))
 
-from thinsim.host.real import TIMEOUT, environment, in_vm, mask, run_in_vm
+from thinsim.host.real import TIMEOUT, environment, in_vm, run_in_vm
 
-__all__ = ["mask", "record"]  # compare.py takes mask from here
+__all__ = ["record"]
 
-SCRIPTS = HERE / "scripts"
+SCRIPTS = REPO / "tests" / "host" / "scripts"
 
 
 def record(script: Path, out_dir: Path) -> float:
@@ -49,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME")
     parser.add_argument("--scripts", type=Path, default=SCRIPTS)
-    parser.add_argument("--out", type=Path, default=HERE / "recorded")
+    parser.add_argument("--out", type=Path, default=REPO / "tests" / "host" / "recorded")
     parser.add_argument("--environment", action="store_true")
     args = parser.parse_args(argv)
     if not in_vm():
-        parser.error("runs only inside `thinsim vm` (use tests/host/record.sh)")
+        parser.error("runs only inside `thinsim vm` (use dev/host/record.sh)")
     scripts = sorted(args.scripts.glob("*.sh"))
     if args.names:
         scripts = [args.scripts / f"{name.removesuffix('.sh')}.sh" for name in args.names]

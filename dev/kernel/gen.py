@@ -1,6 +1,6 @@
 """Seeded random scenario generator: scenarios to record on the kernel and replay on the model.
 
-    python3 tests/kernel/gen.py --seed N --kind K > file.scn
+    python3 dev/kernel/gen.py --seed N --kind K > file.scn
 
 Kinds:
 
@@ -47,8 +47,12 @@ import argparse
 import random
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-SECTOR = 512
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+from thinsim.constants import SECTOR_SIZE as SECTOR
+
 KINDS = ("mixed", "snapshots", "space", "features", "metadata", "edges", "refcounts")
 FEATURES = ("skip_block_zeroing", "ignore_discard", "no_discard_passdown", "error_if_no_space")
 
@@ -1190,7 +1194,7 @@ def generate(seed: int, kind: str) -> str:
     rng = random.Random(f"{kind}:{seed}")
     g = Gen(rng)
     g.number = seed
-    g.comment(f"generated: tests/kernel/gen.py --seed {seed} --kind {kind}")
+    g.comment(f"generated: dev/kernel/gen.py --seed {seed} --kind {kind}")
     GENERATORS[kind](g)
     return g.text()
 

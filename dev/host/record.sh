@@ -1,17 +1,17 @@
 #!/bin/sh
 # Record what the real host tools print for tests/host/scripts/*.sh, in one VM boot.
 #
-#   tests/host/record.sh [-o OUTDIR] [NAME...]
+#   dev/host/record.sh [-o OUTDIR] [NAME...]
 #
 # Boots the stock Debian kernel with `thinsim vm` (thinsim/vm.py, vm-recipe.md), with the
-# repository as the writable folder, and runs tests/host/record.py inside the guest for the
+# repository as the writable folder, and runs dev/host/record.py inside the guest for the
 # named scripts (default: all), writing tests/host/recorded/NAME.{out,err,rc} (or into OUTDIR)
 # and ENVIRONMENT.txt.  Every losetup/dmsetup runs inside the guest, never on this host.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out="$here/recorded"
+out="$repo/tests/host/recorded"
 while getopts o: opt; do
     case $opt in
         o) out=$(mkdir -p "$OPTARG" && cd "$OPTARG" && pwd) ;;
@@ -29,7 +29,7 @@ case "$out/" in
     *) rwdirs="$rwdirs --rwdir $out" ;;
 esac
 
-cmd="cd '$repo' && '$python' tests/host/record.py --environment --out '$out'"
+cmd="cd '$repo' && '$python' dev/host/record.py --environment --out '$out'"
 for name in "$@"; do
     cmd="$cmd '$name'"
 done

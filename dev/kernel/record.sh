@@ -1,7 +1,7 @@
 #!/bin/sh
 # Record scenario transcripts on a real 6.1 kernel, in one VM boot (see vm-recipe.md).
 #
-#   tests/kernel/record.sh [-o OUTDIR] [-v] [NAME...]
+#   dev/kernel/record.sh [-o OUTDIR] [-v] [NAME...]
 #
 # Boots the stock Debian kernel with `thinsim vm` (thinsim/vm.py) and runs record.py inside it
 # for the named scenarios (default: all), writing tests/kernel/recorded/NAME.txt (or
@@ -10,7 +10,7 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out="$here/recorded"
+out="$repo/tests/kernel/recorded"
 verbose=""
 while getopts o:v opt; do
     case $opt in
@@ -30,7 +30,7 @@ case "$out/" in
     *) rwdirs="$rwdirs --rwdir $out" ;;
 esac
 
-cmd="cd '$repo' && '$python' tests/kernel/record.py --environment $verbose --out '$out'"
+cmd="cd '$repo' && '$python' dev/kernel/record.py --environment $verbose --out '$out'"
 for name in "$@"; do
     cmd="$cmd '$name'"
 done
