@@ -33,10 +33,20 @@ def test_a_missing_kernel_image_says_which_package_brings_it(monkeypatch):
         vm.kernel_image()
 
 
-def test_missing_vng_says_how_to_install_it(monkeypatch):
+def test_missing_vng_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setattr(vm.shutil, "which", lambda name: None)
+    monkeypatch.setattr(vm.sys, "executable", str(tmp_path / "python"))  # no vng beside it
     with pytest.raises(vm.VMError, match=r"pip install virtme-ng.*apt-get install qemu"):
         vm.check_tools()
+
+
+def test_vng_beside_this_python_is_found_when_it_is_not_on_path(monkeypatch, tmp_path):
+    # .venv/bin/thinsim run by its path: pip put vng in .venv/bin, which is not on PATH
+    (tmp_path / "vng").write_text("#!/bin/sh\n")
+    (tmp_path / "vng").chmod(0o755)
+    monkeypatch.setattr(vm.shutil, "which", lambda name: None)
+    monkeypatch.setattr(vm.sys, "executable", str(tmp_path / "python"))
+    assert vm.vng() == str(tmp_path / "vng")
 
 
 def test_kvm_is_not_used_when_there_is_no_dev_kvm(monkeypatch):

@@ -78,10 +78,19 @@ def kernel_image() -> str:
     return images[-1]
 
 
+def vng() -> str | None:
+    """virtme-ng's ``vng``: on PATH, or beside this python (a virtual environment's bin, which
+    ``.venv/bin/thinsim`` run by its path does not put on PATH)."""
+    if shutil.which("vng"):
+        return "vng"
+    beside = Path(sys.executable).parent / "vng"
+    return str(beside) if os.access(beside, os.X_OK) else None
+
+
 def check_tools() -> None:
     """Raise :class:`VMError` naming what to install if vng or QEMU is missing."""
     missing = []
-    if not shutil.which("vng"):
+    if not vng():
         missing.append("vng (pip install virtme-ng)")
     if not shutil.which("qemu-system-x86_64"):
         missing.append("qemu-system-x86_64 (apt-get install qemu-system-x86)")
@@ -208,7 +217,17 @@ def vng_argv(
     guest_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
     guest_env.update(env or {})
     rwdirs = list(rwdirs)
-    argv = ["vng", "--run", kernel, "--user", "root", "--memory", memory, "--cpus", str(cpus)]
+    argv = [
+        vng() or "vng",
+        "--run",
+        kernel,
+        "--user",
+        "root",
+        "--memory",
+        memory,
+        "--cpus",
+        str(cpus),
+    ]
     if accelerator(kernel) == "tcg":
         argv.append("--disable-kvm")
     if nonce_file is not None:
