@@ -274,8 +274,15 @@ def _run(argv: list[str], capture: bool, timeout: float | None) -> subprocess.Co
     log.info("vm: %s", shlex.join(argv))
     # Always pipes: QEMU opens the guest's stdout as a file, /proc/self/fd/1, with O_TRUNC, so
     # a log file our stdout was redirected to would lose everything written before the boot.
+    env = None
+    if os.sep in argv[0]:  # vng beside this python: its virtme-run is there too
+        env = {
+            **os.environ,
+            "PATH": os.pathsep.join([os.path.dirname(argv[0]), os.environ.get("PATH", "")]),
+        }
     proc = subprocess.Popen(
         argv,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
