@@ -116,6 +116,19 @@ def _shell(args) -> int:
     return run_shell(args.host or os.path.expanduser("~/.thinsim/host"))
 
 
+def _host(args) -> int:
+    import os
+
+    from .host.server import stop
+
+    host = args.dir or os.path.expanduser("~/.thinsim/host")
+    if not os.path.isdir(host):
+        print(f"thinsim host stop: {host}: no such host folder", file=sys.stderr)
+        return 1
+    stop(host)
+    return 0
+
+
 def _bench(args) -> int:
     from .bench import run_all
 
@@ -174,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("shell", help="an interactive bash on a simulated host")
     p.add_argument("--host", help="the host's state folder (default: ~/.thinsim/host)")
     p.set_defaults(func=_shell)
+    p = sub.add_parser("host", help="the simulated host's process (thinsim host stop [DIR])")
+    p.add_argument("action", choices=["stop"])
+    p.add_argument("dir", nargs="?", help="the host folder (default: ~/.thinsim/host)")
+    p.set_defaults(func=_host)
     p = sub.add_parser("bench", help="measure the model's speed and memory")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--quick", action="store_true", help="smaller sizes (for a smoke run)")

@@ -17,6 +17,7 @@ import time
 
 from ...errors import ThinsimError
 from .. import blockio, kernel
+from ..server import unlocked
 from ..state import HostState, is_device_path
 from .common import IO, unsupported
 
@@ -185,10 +186,12 @@ class _RealFile:
         self._close = close
 
     def read(self, n: int) -> bytes:
-        return os.read(self.fd, n)
+        with unlocked():  # a pipe may wait for another simulated command
+            return os.read(self.fd, n)
 
     def write(self, data: bytes) -> int:
-        return os.write(self.fd, data)
+        with unlocked():
+            return os.write(self.fd, data)
 
     def lseek(self, offset: int, whence: int) -> int:
         return os.lseek(self.fd, offset, whence)
