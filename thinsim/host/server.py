@@ -460,7 +460,7 @@ class Server:
                         "cannot reach the real device\n"
                     )
                     return "E1"
-                if name not in COMMANDS:
+                if name not in COMMANDS and sysfs.reads_names(argv):
                     with self._locked():
                         sysfs.refresh_names_of(self.state, argv)
                 real = _real(name)

@@ -180,14 +180,20 @@ def refresh_names(host: str, argv: list[str], root: str = SYS) -> None:
         _refresh(state, root, mounted)
 
 
+def reads_names(argv: list[str], root: str = SYS) -> bool:
+    """Whether a command that is not simulated may read a loop device's backing_file (an
+    argument under ROOT, the private /sys)."""
+    if os.environ.get("THINSIM_PRIVATE_SYS") != root:
+        return False
+    top = os.path.join(root, "")
+    return any(
+        os.path.realpath(part).startswith(top) for a in argv for part in {a, a.split("=", 1)[-1]}
+    )
+
+
 def refresh_names_of(state, argv: list[str], root: str = SYS) -> None:
     """refresh_names with the host's state in hand (the host's process: server.py)."""
-    if os.environ.get("THINSIM_PRIVATE_SYS") != root:
-        return
-    top = os.path.join(root, "")
-    if not any(
-        os.path.realpath(part).startswith(top) for a in argv for part in {a, a.split("=", 1)[-1]}
-    ):
+    if not reads_names(argv, root):
         return
     mounted = private_mounts(root)
     if "block" in mounted:
