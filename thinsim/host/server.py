@@ -429,11 +429,13 @@ class Server:
         std: dict[int, int | None] = {}
         for fd in (0, 1, 2):
             std[fd] = rest.pop(0) if mask >> fd & 1 and rest else None
-        self.busy += 1
+        with self.lock.guard:
+            self.busy += 1
         try:
             return self._run(name, argv, env, umask, cwd, std)
         finally:
-            self.busy -= 1
+            with self.lock.guard:
+                self.busy -= 1
             self.last = time.monotonic()
             for fd in [cwd, *std.values()]:
                 if fd is not None:
@@ -520,7 +522,7 @@ class Server:
             yield
             self.state.stamp_log()
             try:
-                _save_state(Path(self.host), self.state)
+                _save_state(Path(self.host), self.state, sync=False)
             finally:
                 self.saved = _stat(path)
         except BaseException:
@@ -573,10 +575,15 @@ def _ending(status: int, streams: dict) -> str:
     return f"E{status}"
 
 
+_libc = None
+
+
 def _unshare_fs() -> None:
     """This thread's own working folder and umask."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_FS) != 0:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.unshare(CLONE_FS) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 
