@@ -107,3 +107,16 @@ def _cmdline(pid: str) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_the_hosts_process_killed_outright_loses_no_finished_command(tmp_path):
+    # the process is in the run's PID namespace: pgrep there sees only the run's processes
+    r = _run(
+        tmp_path,
+        SETUP + "kill -9 $(pgrep -f thinsim.host.server); sleep 0.2\n"
+        "dmsetup ls\n"
+        "dmsetup message pool 0 create_thin 7 && dmsetup status pool | cut -d' ' -f6\n"
+        "dd if=/dev/mapper/a bs=13 count=1 status=none\n",
+    )
+    assert r.stdout == "a\t(254:1)\nb\t(254:2)\npool\t(254:0)\n1/1024\nhello from a\n"
+    assert (r.stderr, r.returncode) == ("", 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno as E
 import os
+import signal
 import stat
 import time
 
@@ -190,8 +191,13 @@ class _RealFile:
             return os.read(self.fd, n)
 
     def write(self, data: bytes) -> int:
-        with unlocked():
-            return os.write(self.fd, data)
+        try:
+            with unlocked():
+                return os.write(self.fd, data)
+        except BrokenPipeError:
+            # a pipe nobody reads: SIGPIPE kills GNU dd there, silently (cmp <(dd ...)
+            # that stops at the first difference); the shim dies of it too
+            raise _Quit(-signal.SIGPIPE) from None
 
     def lseek(self, offset: int, whence: int) -> int:
         return os.lseek(self.fd, offset, whence)
