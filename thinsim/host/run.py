@@ -1,7 +1,8 @@
 """``thinsim run`` and ``thinsim shell``: bash on a simulated host.
 
-The simulated commands come first on PATH as small shims that call back into thinsim with
-the host folder in ``THINSIM_HOST``.  Commands that are not simulated but could be pointed
+The simulated commands come first on PATH as small shims with the host folder in
+``THINSIM_HOST``: clients of the host's process (thinsim/host/server.py; the compiled
+client.c, or Python shims where there is no compiler), which runs them.  Commands that are not simulated but could be pointed
 at a simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an
 argument names one, and otherwise runs the real command.  The script runs in the sandbox of
 thinsim/host/sandbox.py (own PID and mount namespaces, no capability that reaches devices).

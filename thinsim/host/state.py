@@ -1,8 +1,9 @@
 """The simulated host's state: loop devices, device-mapper devices, pools, the kernel log.
 
-Every simulated command is its own process (a shim on PATH), so the state lives in a folder
-(``--host DIR``) and each command loads it, changes it and saves it under an exclusive
-``flock``, so that commands run at once lose nothing.
+The state lives in a folder (``--host DIR``), loaded, changed and saved under an exclusive
+``flock`` so that commands run at once lose nothing: by the host's process
+(thinsim/host/server.py), which keeps it in memory and saves it after each command, or by a
+command run in a process of its own (``THINSIM_SERVER=0``).
 """
 
 from __future__ import annotations
