@@ -85,6 +85,16 @@ def _argvs_of(token: str) -> list[bytes]:
     return argvs
 
 
+def _exes_of(token: str) -> list[str]:
+    exes = []
+    for pid in _processes_of(token):
+        try:
+            exes.append(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+            pass
+    return exes
+
+
 def _wait_for(what, seconds: float, why: str) -> None:
     deadline = time.monotonic() + seconds
     while not what():
@@ -98,8 +108,10 @@ def _wait_for_phase(phase: str, token: str, proc: subprocess.Popen, why: str) ->
         argvs = _argvs_of(token)
         if phase == "set-up":  # the namespace's init runs (the script starts after it)
             return any(b"thinsim.host.sandbox" in a for a in argvs)
-        if phase == "simulated":
-            return any(SHIM in a for a in argvs)
+        if phase == "simulated":  # a Python shim, or the compiled client (server.py)
+            return any(SHIM in a for a in argvs) or any(
+                "/thinsim/client-" in exe for exe in _exes_of(token)
+            )
         return any(a.split(b"\0")[0] in (b"sleep", b"/usr/bin/sleep") for a in argvs)
 
     _wait_for(reached, 120, f"{why}: {phase} never came")

@@ -108,3 +108,118 @@ def run_all(quick: bool = False) -> dict:
         "bytes_per_mapping": round(bytes_per_mapping(), 1),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
     }
+
+
+# -- the simulated host: per-command time (issue 11) --------------------------------------
+
+_HOST_SETUP = """\
+truncate -s 64M meta.img; truncate -s 2G data.img
+losetup -f meta.img; losetup -f data.img
+dmsetup create pool --table "0 4194304 thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup message pool 0 create_thin 0
+dmsetup create thin --table "0 2097152 thin /dev/mapper/pool 0"
+"""
+
+# a fully mapped 100 GiB thin: its metadata restored (writing 100 GiB through dd would take
+# hours and 100 GiB of disk), the data file sparse
+_FULL_BLOCKS = 100 * GiB // BLOCK
+_FULL_SETUP = f"""\
+truncate -s 1G meta.img; truncate -s 100G data.img
+printf '<superblock uuid="" time="0" transaction="1" flags="0" version="2" \
+data_block_size="128" nr_data_blocks="{_FULL_BLOCKS}">\\n<device dev_id="0" \
+mapped_blocks="{_FULL_BLOCKS}" transaction="0" creation_time="0" snap_time="0">\\n\
+<range_mapping origin_begin="0" data_begin="0" length="{_FULL_BLOCKS}" time="0"/>\\n\
+</device>\\n</superblock>\\n' > full.xml
+thin_restore -q -i full.xml -o meta.img
+losetup -f meta.img; losetup -f data.img
+dmsetup create pool --table "0 {100 * GiB // 512} thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup create thin --table "0 {100 * GiB // 512} thin /dev/mapper/pool 0"
+"""
+
+_HOST_LOOP = """\
+t() {{ local s=$EPOCHREALTIME; "$@" > /dev/null; local e=$EPOCHREALTIME; echo "T $s $e"; }}
+for i in $(seq 1 {n}); do
+  t dmsetup status pool
+  t dmsetup message pool 0 set_transaction_id $((i - 1)) $i
+  t dd if=/dev/zero of=/dev/mapper/thin bs=4K count=1 seek=$i status=none
+done
+"""
+
+_LAB = """\
+truncate -s 256M meta.img; truncate -s 8G data.img
+losetup -f meta.img; losetup -f data.img
+dmsetup create pool --table "0 16777216 thin-pool /dev/loop0 /dev/loop1 128 0"
+for i in $(seq 1 300); do dmsetup message pool 0 create_thin $i; done
+dmsetup create thin --table "0 2097152 thin /dev/mapper/pool 1"
+for i in $(seq 1 500); do dd if=/dev/urandom of=/dev/mapper/thin bs=4K count=1 seek=$i status=none; done
+for i in $(seq 1 100); do dmsetup message pool 0 create_snap $((1000 + i)) 1; done
+for i in $(seq 201 300); do dmsetup message pool 0 delete $i; done
+"""
+
+
+def _host_script(text: str, env: dict | None = None) -> tuple[str, float]:
+    """Run TEXT with ``thinsim run`` in a fresh folder; its stdout and wall time."""
+    import subprocess
+    import sys
+    import tempfile
+
+    code = "import sys; from thinsim.cli import main; sys.exit(main())"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory(prefix="thinsim-bench-") as tmp:
+        script = os.path.join(tmp, "bench.sh")
+        with open(script, "w") as f:
+            f.write("set -e\n" + text)
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {root!r}); {code}",
+                "run",
+                script,
+            ],
+            cwd=tmp,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"the benchmark's script failed: {r.stderr[-2000:]}")
+    return r.stdout, took
+
+
+def _times_ms(out: str) -> list[float]:
+    return sorted(
+        (float(e) - float(s)) * 1000
+        for _, s, e in (line.split() for line in out.splitlines() if line.startswith("T "))
+    )
+
+
+def _pct(xs: list[float], p: float) -> float:
+    return round(xs[min(len(xs) - 1, int(len(xs) * p))], 1)
+
+
+def host_commands(n: int = 100, before: bool = True, full: bool = True, lab: bool = True) -> dict:
+    """Per-command wall time (ms) of `dmsetup status`, `dmsetup message` and a 4 KiB dd on a
+    simulated device, as a script sees it; with BEFORE, the same with THINSIM_SERVER=0 (a
+    process per command, as before the host's process); a 1,000-command lab script."""
+    loop = _HOST_LOOP.format(n=n)
+    xs = _times_ms(_host_script(_HOST_SETUP + loop)[0])
+    out = {"host_cmd_ms_p50": _pct(xs, 0.5), "host_cmd_ms_p99": _pct(xs, 0.99)}
+    if full:
+        full_loop = _HOST_LOOP.format(n=max(n // 10, 3)).replace("$((i - 1)) $i", "$i $((i + 1))")
+        full_xs = _times_ms(_host_script(_FULL_SETUP + full_loop)[0])
+        out["host_cmd_ms_p50_full_pool"] = _pct(full_xs, 0.5)
+    if lab:
+        out["host_lab_script_s"] = round(_host_script(_LAB)[1], 1)
+    if before:
+        old = {"THINSIM_SERVER": "0"}
+        few = _HOST_LOOP.format(n=max(n // 5, 3))
+        xs = _times_ms(_host_script(_HOST_SETUP + few, old)[0])
+        out["before_host_cmd_ms_p50"] = _pct(xs, 0.5)
+        out["before_host_cmd_ms_p99"] = _pct(xs, 0.99)
+        if lab and os.environ.get("THINSIM_BENCH_LAB_BEFORE") == "1":  # a quarter of an hour
+            out["before_host_lab_script_s"] = round(_host_script(_LAB, old)[1], 1)
+    return out

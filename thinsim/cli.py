@@ -116,10 +116,28 @@ def _shell(args) -> int:
     return run_shell(args.host or os.path.expanduser("~/.thinsim/host"))
 
 
-def _bench(args) -> int:
-    from .bench import run_all
+def _host(args) -> int:
+    import os
 
-    results = run_all(quick=args.quick)
+    from .host.server import stop
+
+    host = args.dir or os.path.expanduser("~/.thinsim/host")
+    if not os.path.isdir(host):
+        print(f"thinsim host stop: {host}: no such host folder", file=sys.stderr)
+        return 1
+    stop(host)
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import host_commands, run_all
+
+    if args.host:
+        results = host_commands(
+            n=20 if args.quick else 100, before=args.before, full=not args.quick, lab=args.lab
+        )
+    else:
+        results = run_all(quick=args.quick)
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     else:
@@ -174,9 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("shell", help="an interactive bash on a simulated host")
     p.add_argument("--host", help="the host's state folder (default: ~/.thinsim/host)")
     p.set_defaults(func=_shell)
+    p = sub.add_parser("host", help="the simulated host's process (thinsim host stop [DIR])")
+    p.add_argument("action", choices=["stop"])
+    p.add_argument("dir", nargs="?", help="the host folder (default: ~/.thinsim/host)")
+    p.set_defaults(func=_host)
     p = sub.add_parser("bench", help="measure the model's speed and memory")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--quick", action="store_true", help="smaller sizes (for a smoke run)")
+    p.add_argument(
+        "--host",
+        action="store_true",
+        help="per-command time of the simulated host (dmsetup status, message, 4 KiB dd)",
+    )
+    p.add_argument("--before", action="store_true", help="with --host: also a process per command")
+    p.add_argument("--lab", action="store_true", help="with --host: a 1,000-command script")
     p.set_defaults(func=_bench)
     p = sub.add_parser(
         "vm", help="run a command as root in a VM with a dm-thin kernel (thinsim vm -h)"

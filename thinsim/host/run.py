@@ -1,7 +1,8 @@
 """``thinsim run`` and ``thinsim shell``: bash on a simulated host.
 
-The simulated commands come first on PATH as small shims that call back into thinsim with
-the host folder in ``THINSIM_HOST``.  Commands that are not simulated but could be pointed
+The simulated commands come first on PATH as small shims with the host folder in
+``THINSIM_HOST``: clients of the host's process (thinsim/host/server.py; the compiled
+client.c, or Python shims where there is no compiler), which runs them.  Commands that are not simulated but could be pointed
 at a simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an
 argument names one, and otherwise runs the real command.  The script runs in the sandbox of
 thinsim/host/sandbox.py (own PID and mount namespaces, no capability that reaches devices).
@@ -15,6 +16,7 @@ process of it is gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import devnodes, leftovers, loopfile, sysfs
+from . import devnodes, leftovers, loopfile, server, sysfs
 from .state import is_device_path, open_host
 from .tools import COMMANDS, GUARDED, IO
 
@@ -46,12 +48,65 @@ def this_thinsim(module: str, *args: str) -> list[str]:
 
 
 def make_shims(folder: Path | str) -> None:
+    """The commands' shims in FOLDER: the compiled client of the host's process
+    (thinsim/host/client.c, server.py) under every name, or where it cannot be compiled,
+    the Python shims, which FOLDER/.py has in any case (the client execs them to start the
+    host's process).  THINSIM_SERVER=0: Python shims that run the command themselves."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    python = folder / ".py"
+    python.mkdir(parents=True, exist_ok=True)
+    client = compiled_client() if os.environ.get("THINSIM_SERVER") != "0" else None
     for name in list(COMMANDS) + list(GUARDED):
-        path = folder / name
+        path = python / name
         path.write_text(SHIM.format(python=sys.executable, root=ROOT, name=name))
         path.chmod(0o755)
+        if client is not None:
+            os.symlink(client, folder / name)
+        else:
+            os.symlink(os.path.join(".py", name), folder / name)
+
+
+def compiled_client() -> str | None:
+    """thinsim/host/client.c compiled (once: a cache under the venv, or the user's cache
+    folder, named by the source's hash), or None where no compiler or cache folder is."""
+    import hashlib
+    import tempfile
+
+    source = Path(__file__).with_name("client.c")
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    key = hashlib.sha256(source.read_bytes() + cc.encode()).hexdigest()[:16]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for base in (os.path.join(sys.prefix, "share", "thinsim"), os.path.join(cache, "thinsim")):
+        binary = os.path.join(base, f"client-{key}")
+        if os.access(binary, os.X_OK):
+            return binary
+        try:
+            os.makedirs(base, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".client-", dir=base)
+            os.close(fd)
+        except OSError:
+            continue
+        try:
+            done = subprocess.run(
+                [cc, "-O2", "-o", tmp, str(source)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+            if done.returncode != 0:
+                return None
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, binary)  # whole or not there, whoever compiles at once
+            return binary
+        except OSError:
+            continue
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return None
 
 
 def _real(name: str) -> str | None:
@@ -75,6 +130,10 @@ def shim_main(name: str, argv: list[str]) -> int:
     if host is None:
         sys.stderr.write(f"thinsim: {name}: THINSIM_HOST is not set\n")
         return 1
+    if os.environ.get("THINSIM_SERVER") != "0":
+        from .server import client_main
+
+        return client_main(name, argv)
     if name in COMMANDS:
         if name == "dd" and _names_device(argv) is None:
             return _exec_real(name, argv)
@@ -205,7 +264,8 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
     finally:
         if private is not None:  # nothing of the run is left to write in it
             leftovers.remove_private_folder(private, held)
-        if host is not None:  # the loop devices' files go with the run
+        if host is not None:  # the host's process and the loop devices' files go with the run
+            server.stop(env["THINSIM_HOST"])
             loopfile.stop(env["THINSIM_HOST"])
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -312,8 +372,9 @@ def _unsandboxed(command: list[str], env: dict[str, str], cwd: str | None) -> in
             proc.wait()
             raise
         finally:
-            # the loop devices' files go with the run (in the sandbox, the holder dies with
-            # the namespace)
+            # the host's process and the loop devices' files go with the run (in the
+            # sandbox, they die with the namespace)
+            server.stop(env["THINSIM_HOST"])
             loopfile.stop(env["THINSIM_HOST"])
     finally:
         leftovers.remove_private_folder(tmp, held)

@@ -1,8 +1,9 @@
 """The simulated host's state: loop devices, device-mapper devices, pools, the kernel log.
 
-Every simulated command is its own process (a shim on PATH), so the state lives in a folder
-(``--host DIR``) and each command loads it, changes it and saves it under an exclusive
-``flock``, so that commands run at once lose nothing.
+The state lives in a folder (``--host DIR``), loaded, changed and saved under an exclusive
+``flock`` so that commands run at once lose nothing: by the host's process
+(thinsim/host/server.py), which keeps it in memory and saves it after each command, or by a
+command run in a process of its own (``THINSIM_SERVER=0``).
 """
 
 from __future__ import annotations
@@ -277,9 +278,13 @@ def _load_state(path: Path) -> HostState:
     return state
 
 
-def _save_state(folder: Path, state: HostState) -> None:
+def _save_state(folder: Path, state: HostState, *, sync: bool = True) -> None:
     """Write the state to a file of its own, flush it, then rename it over the old one, so
-    that the state file is always a whole state: the old one or the new one."""
+    that the state file is always a whole state: the old one or the new one.  Without SYNC
+    (the host's process, server.py, after every command) the file is not forced to the
+    disk: the rename alone makes it whole for whoever reads it next, a kill -9 included;
+    only a crash of the real machine may take the last commands' host state back (the
+    pools' metadata is written as the kernel writes it, whatever SYNC)."""
     path = folder / STATE_FILE
     data = _seal(_state_key(), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
     tmp = folder / f"{STATE_FILE}.{os.getpid()}.tmp"
@@ -289,15 +294,17 @@ def _save_state(folder: Path, state: HostState) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        if sync:
+            dirfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

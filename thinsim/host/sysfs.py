@@ -176,21 +176,45 @@ def refresh_names(host: str, argv: list[str], root: str = SYS) -> None:
         return  # the real sysfs: not ours to write
     from .state import open_host
 
-    home = DEVICES if DEVICES in mounted else "block"
     with open_host(host, write=False) as state:
-        for n, loop in state.loops.items():
-            path = os.path.join(root, home, f"loop{n}", "loop", "backing_file")
-            text = loopfile.backing_name(loop) + "\n"
-            try:
-                with open(path) as f:
-                    if f.read() == text:
-                        continue
-                tmp = f"{path}.{os.getpid()}"
-                with open(tmp, "w") as f:
-                    f.write(text)
-                os.replace(tmp, path)
-            except OSError:
-                pass  # no such folder (yet): the next simulated command writes it
+        _refresh(state, root, mounted)
+
+
+def reads_names(argv: list[str], root: str = SYS) -> bool:
+    """Whether a command that is not simulated may read a loop device's backing_file (an
+    argument under ROOT, the private /sys)."""
+    if os.environ.get("THINSIM_PRIVATE_SYS") != root:
+        return False
+    top = os.path.join(root, "")
+    return any(
+        os.path.realpath(part).startswith(top) for a in argv for part in {a, a.split("=", 1)[-1]}
+    )
+
+
+def refresh_names_of(state, argv: list[str], root: str = SYS) -> None:
+    """refresh_names with the host's state in hand (the host's process: server.py)."""
+    if not reads_names(argv, root):
+        return
+    mounted = private_mounts(root)
+    if "block" in mounted:
+        _refresh(state, root, mounted)
+
+
+def _refresh(state, root: str, mounted) -> None:
+    home = DEVICES if DEVICES in mounted else "block"
+    for n, loop in state.loops.items():
+        path = os.path.join(root, home, f"loop{n}", "loop", "backing_file")
+        text = loopfile.backing_name(loop) + "\n"
+        try:
+            with open(path) as f:
+                if f.read() == text:
+                    continue
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # no such folder (yet): the next simulated command writes it
 
 
 def _write_bdi(state: HostState, root: str, devices: dict[str, object], links: bool) -> None:

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from ..constants import METADATA_BLOCK_SIZE
+from ..host.server import unlocked
 
 VERSION = "0.9.0"
 MD_BLOCK_SIZE = METADATA_BLOCK_SIZE
@@ -155,9 +156,10 @@ class Output:
         if which in self._bad or stream is None:
             return
         try:
-            stream.write(text)
-            if flush:
-                stream.flush()
+            with unlocked():  # a pipe's reader may be a simulated command
+                stream.write(text)
+                if flush:
+                    stream.flush()
         except BrokenPipeError:
             raise BrokenPipe from None
         except (OSError, ValueError):  # ValueError: a closed Python file
@@ -172,7 +174,8 @@ class Output:
         self._pending, self._pending_len = [], 0
         if data:
             if self._written and "out" not in self._bad:
-                _io_destroy_wait(self.stdout, self.IO_DESTROY_S, self.reader_start_s)
+                with unlocked():  # the reader may be a simulated command
+                    _io_destroy_wait(self.stdout, self.IO_DESTROY_S, self.reader_start_s)
             self._write("out", self.stdout, data)
 
     def discard(self) -> None:

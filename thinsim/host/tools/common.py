@@ -139,8 +139,12 @@ def _isatty(stream) -> bool:
 
 
 def _call(argv: list[str]) -> None:
+    from ..server import command_streams
+
     try:
-        subprocess.call(argv)
+        # in the host's process, the command's own streams and environment (its
+        # descriptors 0-2 and C environ are the process's)
+        subprocess.call(argv, **command_streams())
     except OSError:
         pass  # execvp failed: the child's _exit(127)
 

@@ -1,0 +1,122 @@
+"""The host's process (thinsim/host/server.py): commands served at once, pipes between
+simulated commands, one process per host folder, and ``thinsim host stop``."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from thinsim.host.run import ROOT, this_thinsim
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's root is the host's")
+
+SETUP = """\
+truncate -s 4M meta.img; truncate -s 64M data.img
+losetup -f meta.img; losetup -f data.img
+dmsetup create pool --table "0 131072 thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup message pool 0 create_thin 0
+dmsetup message pool 0 create_thin 1
+dmsetup create a --table "0 65536 thin /dev/mapper/pool 0"
+dmsetup create b --table "0 65536 thin /dev/mapper/pool 1"
+printf 'hello from a\\n' | dd of=/dev/mapper/a bs=4K conv=sync status=none
+"""
+
+
+def _run(tmp_path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.sh"
+    script.write_text(text)
+    return subprocess.run(
+        this_thinsim("thinsim.cli", "run", *args, str(script)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_pipe_from_one_simulated_device_to_another_copies_the_block(tmp_path):
+    r = _run(
+        tmp_path,
+        SETUP + "dd if=/dev/mapper/a bs=1M count=2 status=none | dd of=/dev/mapper/b bs=1M "
+        "iflag=fullblock status=none\n"
+        "dd if=/dev/mapper/b bs=13 count=1 status=none\n",
+    )
+    assert (r.stdout, r.stderr, r.returncode) == ("hello from a\n", "", 0)
+
+
+def test_two_simulated_devices_compared_through_process_substitution(tmp_path):
+    r = _run(
+        tmp_path,
+        SETUP + "dd if=/dev/mapper/a of=/dev/mapper/b bs=1M count=2 status=none\n"
+        "cmp <(dd if=/dev/mapper/a bs=1M count=2 status=none) "
+        "<(dd if=/dev/mapper/b bs=1M count=2 status=none) && echo same\n"
+        "dmsetup message pool 0 create_thin 2\n"
+        "dmsetup create c --table '0 65536 thin /dev/mapper/pool 2'\n"
+        "cmp <(dd if=/dev/mapper/a bs=1M count=2 status=none) "
+        "<(dd if=/dev/mapper/c bs=1M count=2 status=none); echo rc=$?\n",
+    )
+    assert r.stdout == "same\n/dev/fd/63 /dev/fd/62 differ: byte 1, line 1\nrc=1\n"
+    assert (r.stderr, r.returncode) == ("", 0)
+
+
+def test_commands_started_at_once_all_run_on_one_host(tmp_path):
+    r = _run(
+        tmp_path,
+        SETUP + "for i in $(seq 2 21); do dmsetup message pool 0 create_thin $i & done; wait\n"
+        "dmsetup status pool | cut -d' ' -f6\n",
+    )
+    assert (r.stdout, r.stderr, r.returncode) == ("1/1024\n", "", 0)
+
+
+def test_one_process_serves_a_host_folder_and_host_stop_ends_it(tmp_path):
+    host = tmp_path / "host"
+    host.mkdir()
+    env = dict(os.environ, THINSIM_HOST=str(host))
+    # outside a run's sandbox: the Python shim starts the process and asks it
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r}); from thinsim.host.run import shim_main; "
+        "sys.exit(shim_main('dmsetup', ['ls']))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert outs == ["No devices found\n"] * 4
+    servers = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and _cmdline(pid).count(str(host)) and "server_main" in _cmdline(pid)
+    ]
+    assert len(servers) == 1
+    r = subprocess.run(
+        this_thinsim("thinsim.cli", "host", "stop", str(host)), capture_output=True, check=False
+    )
+    assert r.returncode == 0
+    assert not os.path.exists(f"/proc/{servers[0]}/cmdline") or "server_main" not in _cmdline(
+        servers[0]
+    )
+    assert sorted(p.name for p in host.iterdir()) == ["lock", "state.pickle"]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_the_hosts_process_killed_outright_loses_no_finished_command(tmp_path):
+    # the process is in the run's PID namespace: pgrep there sees only the run's processes
+    r = _run(
+        tmp_path,
+        SETUP + "kill -9 $(pgrep -f thinsim.host.server); sleep 0.2\n"
+        "dmsetup ls\n"
+        "dmsetup message pool 0 create_thin 7 && dmsetup status pool | cut -d' ' -f6\n"
+        "dd if=/dev/mapper/a bs=13 count=1 status=none\n",
+    )
+    assert r.stdout == "a\t(254:1)\nb\t(254:2)\npool\t(254:0)\n1/1024\nhello from a\n"
+    assert (r.stderr, r.returncode) == ("", 0)

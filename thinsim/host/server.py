@@ -1,0 +1,616 @@
+"""The host's process: one per host folder, holding the simulated host in memory.
+
+Every simulated command used to be a Python process that imported thinsim, loaded the whole
+host state from its file, worked and saved it back (85 ms and up per command).  Now the host
+lives in one process per host folder, started by the first command that finds none
+(:func:`connect`; two first commands at once start one, under a POSIX lock on the host's lock file), listening
+on ``server.sock`` in the host folder.  A command is a small client (thinsim/host/client.c,
+or :func:`client_main` where no C compiler is) that sends its name, argv, environment, umask
+and working folder, with its standard streams and working folder as descriptors
+(SCM_RIGHTS), and gets back how it ends: ``E<status>``, ``S<signal>`` (it dies of the
+signal, as the real tool would: ``thin_ls | head -n1`` dies of SIGPIPE), or ``X<path>``
+(a command that is not simulated, or dd without a simulated device: the client execs the
+real one).
+
+Each command runs in a thread of its own with its own working folder and umask
+(``unshare(CLONE_FS)``), its own environment and standard streams (thread-local views
+behind ``os.environ`` and ``sys.std*``), under the machine's lock.  A command blocked on
+its pipes holds no lock (:func:`unlocked`, around dd's reads and writes of real files), so
+``dd if=/dev/mapper/a | dd of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a
+real host.
+
+Durability is the file's, as before: the host state is saved (state.py: sealed, written
+aside and renamed) at the end of every command, under the host folder's flock, so a
+``kill -9`` of the process, or of a command, loses nothing a finished command did, and the
+next command starts a new process that loads it.  The state file is also how a process
+learns that another one (a second run on the same folder, a command run without a process)
+changed the host: it is reloaded whenever it is no longer the one this process last saved.
+
+The process ends when it has been idle for ``THINSIM_SERVER_IDLE`` seconds (default 300),
+when its socket leaves the host folder, at ``thinsim host stop`` (:func:`stop`), and with
+its run: it is started inside the run's sandbox, so the end of the namespace ends it, and an
+unsandboxed run stops it at its end.  ``THINSIM_SERVER=0`` runs each command in its own
+process as before (thinsim/host/run.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno as E
+import fcntl
+import io as _io
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import MutableMapping
+from pathlib import Path
+
+SOCKET = "server.sock"  # in the host folder
+START_BYTE = 1 << 30  # the byte of the lock file whose POSIX lock a starter holds
+IDLE_SECONDS = 300.0
+POLL_SECONDS = 1.0
+ROOT = str(Path(__file__).resolve().parents[2])
+CLONE_FS = 0x200
+HEADER = struct.Struct("<III")  # payload length, which of fds 0-2 are open, umask
+
+_SERVER = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from thinsim.host.server import server_main; sys.exit(server_main(sys.argv[2], int(sys.argv[3])))"
+)
+
+
+def _address(dirfd: int) -> str:
+    """The socket's name through a descriptor of the host folder: a host folder's path may
+    be longer than sun_path's 108 bytes."""
+    return f"/proc/self/fd/{dirfd}/{SOCKET}"
+
+
+# -- the client side -----------------------------------------------------------------------
+
+
+def connect(host: str) -> socket.socket:
+    """A connection to HOST's process, started first if there is none (one only, however
+    many commands start at once)."""
+    dirfd = os.open(host, os.O_PATH | os.O_DIRECTORY)
+    try:
+        try:
+            return _connect(dirfd)
+        except OSError:
+            pass
+        from .state import LOCK_FILE
+
+        # a POSIX record lock on the state's lock file (independent of the commands' flock
+        # on it): one starter at a time
+        lock = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX, 1, START_BYTE)
+            try:
+                return _connect(dirfd)
+            except OSError:
+                pass
+            _start(host, dirfd)
+            return _connect(dirfd)
+        finally:
+            os.close(lock)
+    finally:
+        os.close(dirfd)
+
+
+def _connect(dirfd: int) -> socket.socket:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(_address(dirfd))
+    except OSError:
+        conn.close()
+        raise
+    return conn
+
+
+def _start(host: str, dirfd: int) -> None:
+    """Bind the socket (a dead process's is replaced), then start the process on it: the
+    first request waits in the backlog.  No stdio of the command (a script's pipe would stay
+    open), a session of its own."""
+    path = _address(dirfd)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    log = os.environ.get("THINSIM_SERVER_LOG")  # where the process's own errors go
+    with listener, open(log or os.devnull, "ab") as errors:
+        listener.bind(path)
+        listener.listen(128)
+        subprocess.Popen(
+            [sys.executable, "-c", _SERVER, ROOT, os.path.abspath(host), str(listener.fileno())],
+            pass_fds=(listener.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            cwd="/",
+            start_new_session=True,
+        )
+
+
+def request(conn: socket.socket, name: str, argv: list[str]) -> str:
+    """Send the command; the answer (E, S or X and its argument)."""
+    payload = b"\0".join(
+        [name.encode(), str(len(argv)).encode()]
+        + [os.fsencode(a) for a in argv]
+        + [os.fsencode(f"{k}={v}") for k, v in os.environ.items()]
+    )
+    mask = 0
+    fds = [os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
+    try:
+        for fd in (0, 1, 2):
+            with contextlib.suppress(OSError):
+                os.fstat(fd)
+                mask |= 1 << fd
+                fds.append(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        socket.send_fds(conn, [HEADER.pack(len(payload), mask, umask) + payload], fds)
+    finally:
+        os.close(fds[0])
+    answer = b""
+    while chunk := conn.recv(4096):
+        answer += chunk
+    return answer.decode(errors="surrogateescape")
+
+
+def client_main(name: str, argv: list[str]) -> int:
+    """A simulated command as a Python client (no C compiler): thinsim/host/client.c in
+    Python."""
+    host = os.environ["THINSIM_HOST"]
+    try:
+        with connect(host) as conn:
+            answer = request(conn, name, argv)
+    except OSError:
+        answer = ""
+    if not answer:
+        # no process could start (a full host folder), or it died before it answered: the
+        # command runs here, on the host state's file, as it did before there was one
+        os.environ["THINSIM_SERVER"] = "0"
+        from .run import shim_main
+
+        return shim_main(name, argv)
+    kind, arg = answer[:1], answer[1:]
+    if kind == "X":
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.execv(arg, [name, *argv])
+    if kind == "S":
+        signal.signal(int(arg), signal.SIG_DFL)
+        os.kill(os.getpid(), int(arg))
+        return 128 + int(arg)
+    if kind == "E":
+        return int(arg)
+    sys.stderr.write(f"thinsim: {name}: the host's process answered {answer!r}\n")
+    return 1
+
+
+def stop(host: str) -> bool:
+    """Stop HOST's process (``thinsim host stop``): it answers once it no longer takes
+    commands and has finished those it had.  Whether one was running."""
+    try:
+        dirfd = os.open(host, os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        try:
+            conn = _connect(dirfd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(_address(dirfd)).st_mode):
+                    os.unlink(_address(dirfd))  # a dead process's
+            return False
+        with conn:
+            payload = b"stop"
+            try:
+                conn.sendall(HEADER.pack(len(payload), 0, 0) + payload)
+                while conn.recv(256):
+                    pass
+            except OSError:
+                pass
+        return True
+    finally:
+        os.close(dirfd)
+
+
+# -- the process ---------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+class _Env(MutableMapping):
+    """``os.environ`` in the process: the environment of the command the thread runs."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def _d(self):
+        return getattr(_local, "env", None) or self.base
+
+    def __getitem__(self, key):
+        return self._d()[key]
+
+    def __setitem__(self, key, value):
+        self._d()[key] = value
+
+    def __delitem__(self, key):
+        del self._d()[key]
+
+    def __iter__(self):
+        return iter(dict(self._d()))
+
+    def __len__(self):
+        return len(self._d())
+
+    def copy(self):
+        return dict(self._d())
+
+
+class _Std:
+    """``sys.stdout`` (...) in the process: the stream of the command the thread runs."""
+
+    def __init__(self, which: str, base) -> None:
+        object.__setattr__(self, "_which", which)
+        object.__setattr__(self, "_base", base)
+
+    def _s(self):
+        streams = getattr(_local, "std", None)
+        if streams is None:
+            return self._base
+        return streams[self._which]
+
+    def __getattr__(self, name):
+        return getattr(self._s(), name)
+
+    def __iter__(self):
+        return iter(self._s())
+
+
+class _Lock:
+    """The machine's lock: a thread lock, and the host folder's flock while any command of
+    this process is under way (other processes on the folder wait for it); the state
+    reloaded when another process saved it since."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.mutex = threading.Lock()
+        self.count = 0  # commands under way
+        self.guard = threading.Lock()
+
+    def enter(self) -> None:
+        with self.guard:
+            self.count += 1
+            if self.count == 1:
+                fcntl.flock(self.server.lockfd, fcntl.LOCK_EX)
+        self.mutex.acquire()
+
+    def leave(self) -> None:
+        self.mutex.release()
+        with self.guard:
+            self.count -= 1
+            if self.count == 0:
+                fcntl.flock(self.server.lockfd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def unlocked():
+    """Around a wait on a pipe, a terminal or a file of the real host: the command lets
+    the machine go meanwhile, as a process blocked in read(2) holds no device's lock."""
+    lock = getattr(_local, "lock", None)
+    if lock is None or not getattr(_local, "held", False):
+        yield
+        return
+    lock.mutex.release()
+    _local.held = False
+    try:
+        yield
+    finally:
+        lock.mutex.acquire()
+        _local.held = True
+
+
+def command_streams() -> dict:
+    """subprocess's keywords for a child of the command this thread runs: its streams and
+    environment (none outside the host's process: the child inherits the process's)."""
+    streams = getattr(_local, "std", None)
+    if streams is None:
+        return {}
+    kw = {"env": dict(os.environ)}
+    for key in ("stdin", "stdout", "stderr"):
+        try:
+            kw[key] = streams[key].fileno()
+        except (AttributeError, OSError, ValueError):  # closed: a StringIO
+            kw[key] = subprocess.DEVNULL
+    return kw
+
+
+class Server:
+    def __init__(self, host: str, listener: socket.socket) -> None:
+        from .state import LOCK_FILE
+
+        self.host = host
+        self.listener = listener
+        self.dirfd = os.open(host, os.O_PATH | os.O_DIRECTORY)
+        self.ino = os.stat(_address(self.dirfd)).st_ino
+        self.lockfd = os.open(
+            LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=self.dirfd
+        )
+        self.lock = _Lock(self)
+        self.state = None
+        self.saved: tuple | None = None  # the state file as this process last saw it
+        self.last = time.monotonic()
+        self.busy = 0
+        self.stopping = False
+        self.idle = float(os.environ.get("THINSIM_SERVER_IDLE", IDLE_SECONDS))
+
+    def serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.listener], [], [], POLL_SECONDS)
+            if not ready:
+                if self._done():
+                    return
+                continue
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.last = time.monotonic()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            if self.stopping:
+                return
+
+    def _done(self) -> bool:
+        try:
+            if os.stat(_address(self.dirfd)).st_ino != self.ino:
+                return True  # another process's socket, or none: the host folder moved on
+        except OSError:
+            return True
+        return self.busy == 0 and time.monotonic() - self.last > self.idle
+
+    def _serve(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        with conn:
+            try:
+                head, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
+                if len(head) < HEADER.size:
+                    return
+                length, mask, umask = HEADER.unpack_from(head)
+                payload = head[HEADER.size :]
+                while len(payload) < length:
+                    chunk = conn.recv(length - len(payload))
+                    if not chunk:
+                        return
+                    payload += chunk
+                if payload == b"stop":
+                    self._stop()
+                    return
+                answer = self._command(payload, mask, umask, fds)
+                fds = []
+                conn.sendall(answer.encode(errors="surrogateescape"))
+            except OSError:
+                pass  # the command was killed: what it did stays done
+            finally:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _stop(self) -> None:
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            if os.stat(_address(self.dirfd)).st_ino == self.ino:
+                os.unlink(_address(self.dirfd))
+        self.listener.close()
+        while self.busy:  # the commands under way finish
+            time.sleep(0.01)
+        os._exit(0)
+
+    def _command(self, payload: bytes, mask: int, umask: int, fds: list[int]) -> str:
+        parts = payload.split(b"\0")
+        name = parts[0].decode()
+        argc = int(parts[1])
+        argv = [os.fsdecode(a) for a in parts[2 : 2 + argc]]
+        env = {}
+        for item in parts[2 + argc :]:
+            k, _, v = os.fsdecode(item).partition("=")
+            env[k] = v
+        cwd, rest = fds[0], fds[1:]
+        std: dict[int, int | None] = {}
+        for fd in (0, 1, 2):
+            std[fd] = rest.pop(0) if mask >> fd & 1 and rest else None
+        with self.lock.guard:
+            self.busy += 1
+        try:
+            return self._run(name, argv, env, umask, cwd, std)
+        finally:
+            with self.lock.guard:
+                self.busy -= 1
+            self.last = time.monotonic()
+            for fd in [cwd, *std.values()]:
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _run(self, name, argv, env, umask, cwd, std) -> str:
+        from . import devnodes, sysfs
+        from .run import _names_device, _real
+        from .state import HostStateError
+        from .tools import COMMANDS, IO
+
+        _local.env = env
+        os.fchdir(cwd)
+        os.umask(umask)
+        streams = _streams(std)
+        _local.std = streams
+        try:
+            if name not in COMMANDS or (name == "dd" and _names_device(argv) is None):
+                if name not in COMMANDS and _names_device(argv) is not None:
+                    device = _names_device(argv)
+                    streams["stderr"].write(
+                        f"thinsim: {name} on {device} is not simulated: refused, so that it "
+                        "cannot reach the real device\n"
+                    )
+                    return "E1"
+                if name not in COMMANDS and sysfs.reads_names(argv):
+                    with self._locked():
+                        sysfs.refresh_names_of(self.state, argv)
+                real = _real(name)
+                if real is None:
+                    streams["stderr"].write(f"{name}: command not found\n")
+                    return "E127"
+                return f"X{real}"
+            io = IO(streams["stdin"], streams["stdout"], streams["stderr"], defer=True)
+            try:
+                with self._locked():
+                    status = COMMANDS[name](self.state, argv, io)
+                    devnodes.sync(self.state)
+            except HostStateError as e:
+                streams["stderr"].write(f"{e.code}\n")
+                return "E1"
+            except SystemExit as e:
+                code = e.code
+                if isinstance(code, str):
+                    streams["stderr"].write(code + "\n")
+                    code = 1
+                return f"E{code or 0}"
+            try:
+                io.finish()
+            except BrokenPipeError:
+                status = status if status < 0 else -signal.SIGPIPE
+            except (OSError, ValueError):
+                pass
+            return _ending(status, streams)
+        except Exception:  # noqa: BLE001 -- the command's traceback, as the shim printed it
+            with contextlib.suppress(Exception):
+                streams["stderr"].write(traceback.format_exc())
+                streams["stderr"].flush()
+            return "E1"
+        finally:
+            for s in streams.values():
+                with contextlib.suppress(Exception):
+                    s.flush()
+            _local.std = None
+            _local.env = None
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The machine for this command: the state as the file has it, saved at the end."""
+        from .blockio import new_command
+        from .state import STATE_FILE, _load_state, _save_state
+
+        self.lock.enter()
+        _local.lock, _local.held = self.lock, True
+        try:
+            path = Path(self.host) / STATE_FILE
+            seen = _stat(path)
+            if self.state is None or seen != self.saved:
+                self.state = None
+                self.state = _load_state(path)
+                self.saved = seen
+            new_command(self.state)
+            yield
+            self.state.stamp_log()
+            try:
+                _save_state(Path(self.host), self.state, sync=False)
+            finally:
+                self.saved = _stat(path)
+        except BaseException:
+            self.state = None  # half a command's changes: the file has the last whole state
+            raise
+        finally:
+            _local.held = False
+            _local.lock = None
+            self.lock.leave()
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+
+def _streams(std: dict[int, int | None]) -> dict:
+    """The command's sys.stdin, sys.stdout and sys.stderr, as Python makes them (a closed
+    descriptor's: a stream that drops what is written, as the shim's IO did)."""
+
+    def text(fd, mode, **kw):
+        if fd is None:
+            return _io.StringIO()
+        return open(fd, mode, encoding="utf-8", errors="surrogateescape", closefd=False, **kw)
+
+    tty = std[1] is not None and os.isatty(std[1])
+    return {
+        "stdin": text(std[0], "r"),
+        "stdout": text(std[1], "w", buffering=1 if tty else -1),
+        "stderr": text(std[2], "w", buffering=1),
+    }
+
+
+def _ending(status: int, streams: dict) -> str:
+    """The shim's _exit_as: stdout flushed (a reader gone: SIGPIPE), then the status or
+    the signal the client dies of."""
+    try:
+        streams["stdout"].flush()
+    except BrokenPipeError:
+        status = status if status < 0 else -signal.SIGPIPE
+    except (OSError, ValueError):
+        pass
+    with contextlib.suppress(OSError, ValueError):
+        streams["stderr"].flush()
+    if status < 0:
+        return f"S{-status}"
+    return f"E{status}"
+
+
+_libc = None
+
+
+def _unshare_fs() -> None:
+    """This thread's own working folder and umask."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.unshare(CLONE_FS) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def server_main(host: str, listen_fd: int) -> int:
+    listener = socket.socket(fileno=listen_fd)
+    # a view per thread, not a change of the environment
+    os.environ = _Env(os.environ)  # type: ignore[assignment]  # noqa: B003
+    sys.stdin = _Std("stdin", sys.stdin)  # type: ignore[assignment]
+    sys.stdout = _Std("stdout", sys.stdout)  # type: ignore[assignment]
+    sys.stderr = _Std("stderr", sys.stderr)  # type: ignore[assignment]
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # each command's thread has its own working folder and umask
+    original = threading.Thread.run
+
+    def run(self) -> None:
+        try:
+            _unshare_fs()
+        except OSError as e:  # pragma: no cover -- Linux has had it since 2.6.16
+            if e.errno != E.EINVAL:
+                raise
+        original(self)
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    # what commands import, imported once
+    from . import blockio, devnodes, sysfs  # noqa: F401
+    from .tools import COMMANDS  # noqa: F401
+
+    Server(host, listener).serve()
+    return 0
