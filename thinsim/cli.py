@@ -8,7 +8,7 @@ import sys
 
 
 def _scenario(args) -> int:
-    from .model_executor import ModelExecutor
+    from .executor import ScenarioExecutor
     from .scenario import ScenarioError, parse, steps
 
     def fail(message: str) -> int:
@@ -29,7 +29,7 @@ def _scenario(args) -> int:
         ops = parse(text)
     except ScenarioError as e:
         return fail(str(e))
-    transcript = steps(ops, ModelExecutor())
+    transcript = steps(ops, ScenarioExecutor.on_model())
     for op in ops:  # steps() runs one operation per part it yields
         try:
             part = next(transcript)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno as E
 import os
 
+from ..constants import DM_MAJOR, LOOP_MAJOR
 from ..constants import SECTOR_SIZE as SECTOR
 from ..dm import log_device_too_small, log_table_error
 from ..errors import ThinsimError, error_for
@@ -17,7 +18,7 @@ from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_to
 from ..model.store import MemoryStore
 from ..model.thin import Thin
 from . import loopfile
-from .state import DM_MAJOR, LOOP_MAJOR, DmDevice, HostState, LoopDevice, Target
+from .state import DmDevice, HostState, LoopDevice, Target
 
 # -- loop devices ---------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ import traceback
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from .command import _local
+
 SOCKET = "server.sock"  # in the host folder
 START_BYTE = 1 << 30  # the byte of the lock file whose POSIX lock a starter holds
 IDLE_SECONDS = 300.0
@@ -227,8 +229,6 @@ def stop(host: str) -> bool:
 
 # -- the process ---------------------------------------------------------------------------
 
-_local = threading.local()
-
 
 class _Env(MutableMapping):
     """``os.environ`` in the process: the environment of the command the thread runs."""
@@ -302,38 +302,6 @@ class _Lock:
             self.count -= 1
             if self.count == 0:
                 fcntl.flock(self.server.lockfd, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def unlocked():
-    """Around a wait on a pipe, a terminal or a file of the real host: the command lets
-    the machine go meanwhile, as a process blocked in read(2) holds no device's lock."""
-    lock = getattr(_local, "lock", None)
-    if lock is None or not getattr(_local, "held", False):
-        yield
-        return
-    lock.mutex.release()
-    _local.held = False
-    try:
-        yield
-    finally:
-        lock.mutex.acquire()
-        _local.held = True
-
-
-def command_streams() -> dict:
-    """subprocess's keywords for a child of the command this thread runs: its streams and
-    environment (none outside the host's process: the child inherits the process's)."""
-    streams = getattr(_local, "std", None)
-    if streams is None:
-        return {}
-    kw = {"env": dict(os.environ)}
-    for key in ("stdin", "stdout", "stderr"):
-        try:
-            kw[key] = streams[key].fileno()
-        except (AttributeError, OSError, ValueError):  # closed: a StringIO
-            kw[key] = subprocess.DEVNULL
-    return kw
 
 
 class Server:

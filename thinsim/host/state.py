@@ -18,10 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..constants import DM_MAJOR, LOOP_MAJOR
 from ..model.pool import Clock, KernelLog
 
-LOOP_MAJOR = 7
-DM_MAJOR = 254  # what Debian 12's kernel gave device-mapper in the VM (vm-recipe.md)
 STATE_FILE = "state.pickle"
 LOCK_FILE = "lock"
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from ..constants import METADATA_BLOCK_SIZE
-from ..host.server import unlocked
+from ..host.command import unlocked
 
 VERSION = "0.9.0"
 MD_BLOCK_SIZE = METADATA_BLOCK_SIZE

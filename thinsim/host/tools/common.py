@@ -139,7 +139,7 @@ def _isatty(stream) -> bool:
 
 
 def _call(argv: list[str]) -> None:
-    from ..server import command_streams
+    from ..command import command_streams
 
     try:
         # in the host's process, the command's own streams and environment (its

@@ -19,7 +19,7 @@ import time
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
 from .. import blockio, kernel
-from ..server import unlocked
+from ..command import unlocked
 from ..state import HostState, is_device_path
 from .common import IO, unsupported
 

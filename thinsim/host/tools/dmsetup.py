@@ -12,6 +12,7 @@ import os
 import re
 import sys
 
+from ...constants import DM_MAJOR, LOOP_MAJOR
 from ...errors import ThinsimError
 from ...getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption
 from ...getopt import parse as getopt_parse
@@ -25,7 +26,7 @@ from ..libdm_report import (
     ReportError,
     ReportFieldError,
 )
-from ..state import DM_MAJOR, LOOP_MAJOR, DmDevice, HostState
+from ..state import DmDevice, HostState
 from .common import IO, unsupported
 
 DMSETUP_LIBRARY = "1.02.185 (2022-05-18)"

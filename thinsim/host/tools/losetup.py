@@ -13,10 +13,11 @@ import errno as E
 import os
 import stat
 
+from ...constants import LOOP_MAJOR
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
 from .. import kernel, loopfile
-from ..state import LOOP_MAJOR, HostState, LoopDevice, is_device_path
+from ..state import HostState, LoopDevice, is_device_path
 from .common import IO, unsupported
 from .getopt import NO, OPTIONAL, REQUIRED, GetoptError, Long, getopt_long
 from .smartcols import BOOLEAN, NUMBER, Column, render
