@@ -128,7 +128,6 @@ class Pool(abc.ABC):
         """Activate thin ``dev_id`` as a device of ``length`` bytes (a positive multiple of
         512: EINVAL otherwise).  ENODATA if absent."""
 
-    @abc.abstractmethod
     def reload(
         self,
         *,
@@ -139,7 +138,36 @@ class Pool(abc.ABC):
         features: Sequence[str] | None = None,
     ) -> None:
         """Grow the devices, then suspend, load a new table, resume.  Unchanged fields keep
-        their values; the table length follows ``data_size`` unless given."""
+        their values; the table length follows ``data_size`` unless given.  Bad arguments
+        raise before anything is touched.
+
+        Both backends through :meth:`reload_table`, with the table words they keep:
+        ``data_size``, ``metadata_size``, ``_length`` (sectors), ``_bs``, ``_lwm`` (words)
+        and ``_features``."""
+        check_reload_args(
+            self.data_size,
+            data_size=data_size,
+            metadata_size=metadata_size,
+            length_sectors=length_sectors,
+            low_water_mark_blocks=low_water_mark_blocks,
+            features=features,
+        )
+        new_data = self.data_size if data_size is None else max(data_size, self.data_size)
+        new_md = (
+            self.metadata_size if metadata_size is None else max(metadata_size, self.metadata_size)
+        )
+        if length_sectors is None:
+            length_sectors = new_data // SECTOR_SIZE if data_size is not None else self._length
+        self.reload_table(
+            metadata_size=new_md,
+            data_size=new_data,
+            length_sectors=length_sectors,
+            block_size=self._bs,
+            low_water_mark=self._lwm
+            if low_water_mark_blocks is None
+            else str(low_water_mark_blocks),
+            features=self._features if features is None else features,
+        )
 
     @abc.abstractmethod
     def suspend(self) -> None:

@@ -284,40 +284,6 @@ class ModelPool(interface.Pool):
         self._thins[dev_id] = thin
         return thin
 
-    def reload(
-        self,
-        *,
-        data_size: int | None = None,
-        metadata_size: int | None = None,
-        length_sectors: int | None = None,
-        low_water_mark_blocks: int | None = None,
-        features: Sequence[str] | None = None,
-    ) -> None:
-        interface.check_reload_args(
-            self.data_size,
-            data_size=data_size,
-            metadata_size=metadata_size,
-            length_sectors=length_sectors,
-            low_water_mark_blocks=low_water_mark_blocks,
-            features=features,
-        )
-        new_data = self.data_size if data_size is None else max(data_size, self.data_size)
-        new_md = (
-            self.metadata_size if metadata_size is None else max(metadata_size, self.metadata_size)
-        )
-        if length_sectors is None:
-            length_sectors = new_data // SECTOR_SIZE if data_size is not None else self._length
-        self.reload_table(
-            metadata_size=new_md,
-            data_size=new_data,
-            length_sectors=length_sectors,
-            block_size=self._bs,
-            low_water_mark=self._lwm
-            if low_water_mark_blocks is None
-            else str(low_water_mark_blocks),
-            features=self._features if features is None else features,
-        )
-
     def reload_table(
         self,
         *,
