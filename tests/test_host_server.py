@@ -120,3 +120,101 @@ def test_the_hosts_process_killed_outright_loses_no_finished_command(tmp_path):
     )
     assert r.stdout == "a\t(254:1)\nb\t(254:2)\npool\t(254:0)\n1/1024\nhello from a\n"
     assert (r.stderr, r.returncode) == ("", 0)
+
+
+def _stop(host) -> None:
+    r = subprocess.run(
+        this_thinsim("thinsim.cli", "host", "stop", str(host)), capture_output=True, check=False
+    )
+    assert r.returncode == 0
+
+
+# a fully mapped 10 GiB thin: its metadata restored (as thinsim bench does), the data sparse
+_BLOCKS = 10 * 1024 * 1024 * 1024 // (128 * 512)
+FULL = f"""\
+truncate -s 64M meta.img; truncate -s 10G data.img
+printf '<superblock uuid="" time="0" transaction="1" flags="0" version="2" \
+data_block_size="128" nr_data_blocks="{_BLOCKS}">\\n<device dev_id="0" \
+mapped_blocks="{_BLOCKS}" transaction="0" creation_time="0" snap_time="0">\\n\
+<range_mapping origin_begin="0" data_begin="0" length="{_BLOCKS}" time="0"/>\\n\
+</device>\\n</superblock>\\n' > full.xml
+thin_restore -q -i full.xml -o meta.img
+losetup -f meta.img; losetup -f data.img
+dmsetup create pool --table "0 {_BLOCKS * 128} thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup create thin --table "0 {_BLOCKS * 128} thin /dev/mapper/pool 0"
+"""
+
+
+def test_a_fully_mapped_pool_stays_out_of_the_host_state_file(tmp_path):
+    host = tmp_path / "host"
+    r = _run(
+        tmp_path,
+        FULL + "dmsetup status pool | cut -d' ' -f6\n"
+        "printf 'last block\\n' | dd of=/dev/mapper/thin bs=4K seek=$(("
+        f"{_BLOCKS} * 16 - 1)) conv=sync,fsync status=none\n"
+        "dmsetup status pool | cut -d' ' -f6\n",
+        "--host",
+        str(host),
+    )
+    assert r.stdout == f"{_BLOCKS}/{_BLOCKS}\n{_BLOCKS}/{_BLOCKS}\n"
+    assert (r.stderr, r.returncode) == ("", 0)
+    # the pool's in-core metadata (every mapping of 163,840 blocks) is not in the state
+    assert (host / "state.pickle").stat().st_size < 64 * 1024
+    _stop(host)
+    # a new process re-opens the pool from its metadata device: the mapping is there
+    r = _run(
+        tmp_path,
+        "dmsetup status pool | cut -d' ' -f6\n"
+        f"dd if=/dev/mapper/thin bs=4K skip=$(({_BLOCKS} * 16 - 1)) count=1 status=none "
+        "| head -c 11\n",
+        "--host",
+        str(host),
+    )
+    assert (r.stdout, r.stderr, r.returncode) == (
+        f"{_BLOCKS}/{_BLOCKS}\nlast block\n",
+        "",
+        0,
+    )
+
+
+def test_the_hosts_process_killed_mid_script_then_a_command_sees_what_the_pool_committed(
+    tmp_path,
+):
+    r = _run(
+        tmp_path,
+        SETUP + "dmsetup message pool 0 create_thin 7\n"
+        "printf 'on seven\\n' > seven.txt\n"
+        "dmsetup create c --table '0 65536 thin /dev/mapper/pool 7'\n"
+        "dd if=seven.txt of=/dev/mapper/c bs=4K conv=sync,fsync status=none\n"
+        "dmsetup message pool 0 set_transaction_id 0 5\n"
+        "kill -9 $(pgrep -f thinsim.host.server); sleep 0.2\n"
+        "dmsetup status pool | cut -d' ' -f4,6\n"
+        "dd if=/dev/mapper/c bs=9 count=1 status=none\n"
+        "dmsetup remove c && dmsetup message pool 0 delete 7 && echo deleted\n",
+    )
+    assert r.stdout == "5 2/1024\non seven\ndeleted\n"
+    assert (r.stderr, r.returncode) == ("", 0)
+
+
+def test_a_pool_whose_metadata_file_is_gone_opens_failed_and_its_io_ends_in_eio(tmp_path):
+    host = tmp_path / "host"
+    work = tmp_path / "work"
+    work.mkdir()
+    r = _run(work, SETUP, "--host", str(host))
+    assert (r.stderr, r.returncode) == ("", 0)
+    _stop(host)
+    for name in ("meta.img", "data.img", "script.sh"):
+        (work / name).unlink()
+    r = _run(
+        tmp_path,
+        "dmsetup status pool; dmsetup status a\n"
+        "dd if=/dev/mapper/a bs=4K count=1 status=none of=/dev/null; echo rc=$?\n"
+        "dmsetup ls\n",
+        "--host",
+        str(host),
+    )
+    assert r.stdout == (
+        "0 131072 thin-pool Fail\n0 65536 thin Fail\nrc=1\na\t(254:1)\nb\t(254:2)\npool\t(254:0)\n"
+    )
+    assert r.stderr == "dd: error reading '/dev/mapper/a': Input/output error\n"
+    assert r.returncode == 0

@@ -835,3 +835,100 @@ __all__ = [
     "target_status",
     "warn_if_metadata_device_too_big",
 ]
+
+
+def reopen_pools(state: HostState) -> None:
+    """Re-create every pool of a state loaded without its metadata (state.Unloaded), as
+    pool_ctr opens a formatted metadata device: dm_pool_metadata_open reads the superblock
+    and the space maps, then each active thin's details are opened again (__open_device).
+
+    The metadata is what the pool last committed (the kernel keeps uncommitted changes in
+    its memory only: the host's process keeps its pools in memory while it runs, and its
+    state file leaves them out, so this runs at the process's start: after a kill, an idle
+    stop or the end of a run, where a real host would have kept the kernel's memory; what
+    it had not committed is lost then, as a crash loses it -- every message, suspend and
+    FLUSH commits, and so does the periodic commit at the next command's start).  The pool's other
+    in-core facts (table, mode, counters, suspension, the space maps' allocation cursors,
+    needs_check) are the state's, so that a pool re-opened after a commit goes on as the one
+    kept in memory would.  A metadata device whose file is lost or unreadable gives a pool
+    in failure mode (PM_FAIL: status "Fail", I/O ends in EIO), as the kernel's pool is after
+    a metadata I/O error, never a host that cannot load.
+
+    The whole metadata is still read into memory here (disk.read_metadata), once per
+    process start: the kernel reads btree nodes on demand through dm-bufio."""
+    from ..model.pool import PM_FAIL
+    from .state import Unloaded
+
+    pools: dict[int, tuple[Pool, Target]] = {}
+    thins: list[Thin] = []
+    for dev in state.dm.values():
+        for t in (dev.live or []) + (dev.inactive or []):
+            if isinstance(t.obj, Pool) and isinstance(t.obj.pmd, Unloaded):
+                pools.setdefault(id(t.obj), (t.obj, t))
+            elif isinstance(t.obj, Thin) and isinstance(t.obj.td, Unloaded):
+                thins.append(t.obj)
+    for pool, target in pools.values():
+        if not _reopen_metadata(state, pool, target):
+            pool._set_mode(PM_FAIL)
+    for thin in thins:
+        pool = thin.pool
+        if isinstance(pool.pmd, Unloaded):  # a pool no table holds any more
+            _blank_metadata(pool, pool.pmd.value)
+            pool._set_mode(PM_FAIL)
+        try:
+            thin.td = pool.pmd.open_device(thin.dev_id)
+        except KeyError:
+            # the committed metadata has no such thin (created after the last commit)
+            if pool.mode != PM_FAIL:
+                pool._set_mode(PM_FAIL)
+            pool.pmd.create_thin(thin.dev_id)
+            thin.td = pool.pmd.open_device(thin.dev_id)
+
+
+def _reopen_metadata(state: HostState, pool: Pool, target: Target) -> bool:
+    """Read the pool's metadata from its device; False (a blank in-core metadata in its
+    place) when the device's file is lost or holds no metadata this pool can use."""
+    from ..model.disk import CorruptMetadata, MetadataDevice, read_metadata, superblock_is_blank
+
+    offset = pool.pmd.value
+    md = state.loops.get(getattr(target, "md_loop", -1))
+    path = loopfile.io_path(md) if md is not None else None
+    pmd = None
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                blank = superblock_is_blank(f.read(512))
+            if not blank:
+                pmd = read_metadata(path, offset)
+        except (OSError, CorruptMetadata) as e:
+            state.log.emit("thin metadata", f"{pool.name}: cannot reopen the metadata: {e}")
+            pmd = None
+    if pmd is None or pmd.data_block_size != pool.sectors_per_block:
+        _blank_metadata(pool, offset)
+        return False
+    if pmd.tm.dirty is None:
+        pmd.tm.dirty = set()
+    pmd.device = MetadataDevice(path, offset)
+    pmd.metadata_sm.log = pool.log
+    incore = pool.pmd.incore
+    pmd.metadata_sm.begin = incore.get("metadata_begin", pmd.metadata_sm.begin)
+    pmd.data_sm.begin = incore.get("data_begin", pmd.data_sm.begin)
+    pmd.commit_count = incore.get("commit_count", pmd.commit_count)
+    pmd.in_service = incore.get("in_service", pmd.in_service)
+    # set in core when a commit failed (it reaches the disk when the pool goes)
+    pmd.needs_check = pmd.needs_check or incore.get("needs_check", False)
+    pmd.device.flags_on_disk = incore.get("flags_on_disk", pmd.device.flags_on_disk)
+    pool.pmd = pmd
+    pmd.metadata_sm.register_threshold(pool.metadata_threshold(), pool._metadata_low_callback)
+    return True
+
+
+def _blank_metadata(pool: Pool, offset: int) -> None:
+    """An in-core metadata for a failed pool (nothing is ever committed from it)."""
+    from ..model.disk import MetadataDevice
+    from ..model.metadata import PoolMetadata
+
+    pool.pmd = PoolMetadata(1024, pool.sectors_per_block, track_writes=True)
+    pool.pmd.device = MetadataDevice(None, offset)
+    pool.pmd.metadata_sm.log = pool.log

@@ -19,10 +19,14 @@ its pipes holds no lock (:func:`unlocked`, around dd's reads and writes of real 
 ``dd if=/dev/mapper/a | dd of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a
 real host.
 
-Durability is the file's, as before: the host state is saved (state.py: sealed, written
-aside and renamed) at the end of every command, under the host folder's flock, so a
-``kill -9`` of the process, or of a command, loses nothing a finished command did, and the
-next command starts a new process that loads it.  The state file is also how a process
+Durability is the kernel's: the host state (loop bindings, dm tables, the pools' in-core
+facts, the log) is saved (state.py: sealed, written aside and renamed) at the end of every
+command, under the host folder's flock, without the pools' metadata, which this process
+keeps in memory as the kernel does and which reaches the disk as the kernel writes it, at
+each commit.  A ``kill -9`` of the process, or of a command, loses nothing committed: the
+next command starts a new process that loads the state and re-opens each pool from its
+metadata device (kernel.reopen_pools), so that a command's cost does not grow with the
+pools' metadata.  The state file is also how a process
 learns that another one (a second run on the same folder, a command run without a process)
 changed the host: it is reloaded whenever it is no longer the one this process last saved.
 
@@ -490,7 +494,7 @@ class Server:
             yield
             self.state.stamp_log()
             try:
-                _save_state(Path(self.host), self.state, sync=False)
+                _save_state(Path(self.host), self.state, sync=False, pools=False)
             finally:
                 self.saved = _stat(path)
         except BaseException:

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import io
 import os
 import pickle
 import time
@@ -173,8 +174,9 @@ class HostStateError(SystemExit):
         super().__init__(f"thinsim: {message}")
 
 
-# The state is a pickle of the whole simulated kernel (pools with their in-core metadata,
-# uncommitted transactions included), which no plain data format holds without rewriting
+# The state is a pickle of the simulated kernel (with the pools' in-core metadata, uncommitted
+# transactions included, from the per-process path; without it from the host's process, see
+# _save_state), which no plain data format holds without rewriting
 # every model class.  Unpickling runs whatever code the file names, so a state file is only
 # unpickled once it is proven to be one this user wrote: an HMAC-SHA256 over it, keyed by a
 # per-user secret that only this user can read, is checked first (with ssh's StrictModes
@@ -244,6 +246,60 @@ def _seal(key: bytes, payload: bytes) -> bytes:
     return STATE_MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
 
 
+class Unloaded:
+    """What stands for a pool's metadata (``kind`` "pmd": the metadata device's byte
+    offset as ``value``, and ``incore``: the in-core facts the kernel keeps beside what it
+    reads from the device: its space maps' allocation cursors, the needs_check flag
+    set after a failed commit) or a thin's in-core details
+    (``kind`` "td": its device id) in a state saved without its pools, until
+    kernel.reopen_pools reads them from the metadata device."""
+
+    def __init__(self, kind: str, value: int, incore: dict | None = None) -> None:
+        self.kind, self.value, self.incore = kind, value, incore or {}
+
+    def __repr__(self) -> str:
+        return f"Unloaded({self.kind}, {self.value})"
+
+
+class _PoolsOut(pickle.Pickler):
+    """Pickles a host state without its pools' metadata: each PoolMetadata and ThinDevice
+    becomes a reference (persistent_id), so that the state's size and the cost of saving it
+    do not grow with the pools'."""
+
+    def persistent_id(self, obj):
+        from ..model.metadata import PoolMetadata, ThinDevice
+
+        if isinstance(obj, PoolMetadata):
+            device = getattr(obj, "device", None)
+            incore = {
+                "metadata_begin": obj.metadata_sm.begin,
+                "data_begin": obj.data_sm.begin,
+                "commit_count": obj.commit_count,
+                "in_service": obj.in_service,
+                "needs_check": obj.needs_check,
+                "flags_on_disk": getattr(device, "flags_on_disk", 0),
+            }
+            return ("pmd", getattr(device, "offset", 0), incore)
+        if isinstance(obj, ThinDevice):
+            return ("td", obj.id)
+        return None
+
+
+class _PoolsIn(pickle.Unpickler):
+    """Unpickles a state _PoolsOut wrote: the references become Unloaded placeholders."""
+
+    unloaded = False
+
+    def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 3 and pid[0] == "pmd":
+            self.unloaded = True
+            return Unloaded("pmd", int(pid[1]), dict(pid[2]))
+        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "td":
+            self.unloaded = True
+            return Unloaded("td", int(pid[1]))
+        raise pickle.UnpicklingError("unknown reference")
+
+
 def _load_state(path: Path) -> HostState:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -268,24 +324,41 @@ def _load_state(path: Path) -> HostState:
             "someone else); refusing to load it"
         )
     try:
-        state = pickle.loads(payload)
+        unpickler = _PoolsIn(io.BytesIO(payload))
+        state = unpickler.load()
     except (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError) as e:
         # an authenticated state from an incompatible thinsim
         raise HostStateError(f"{path}: cannot load the host state: {e}") from None
     if not isinstance(state, HostState):
         raise HostStateError(f"{path}: cannot load the host state: not a HostState")
+    if unpickler.unloaded:
+        from .kernel import reopen_pools
+
+        reopen_pools(state)
     return state
 
 
-def _save_state(folder: Path, state: HostState, *, sync: bool = True) -> None:
+def _save_state(folder: Path, state: HostState, *, sync: bool = True, pools: bool = True) -> None:
     """Write the state to a file of its own, flush it, then rename it over the old one, so
     that the state file is always a whole state: the old one or the new one.  Without SYNC
     (the host's process, server.py, after every command) the file is not forced to the
     disk: the rename alone makes it whole for whoever reads it next, a kill -9 included;
     only a crash of the real machine may take the last commands' host state back (the
-    pools' metadata is written as the kernel writes it, whatever SYNC)."""
+    pools' metadata is written as the kernel writes it, whatever SYNC).
+
+    Without POOLS (the host's process, which keeps the pools in its memory while it runs)
+    the pools' metadata is left out (_PoolsOut): whoever loads the state next without them
+    in memory re-opens each pool from its metadata device (kernel.reopen_pools), which holds
+    what the pool last committed; the per-process path (THINSIM_SERVER=0) keeps them whole,
+    uncommitted changes included, since its next command is another process."""
     path = folder / STATE_FILE
-    data = _seal(_state_key(), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    if pools:
+        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    else:
+        buf = io.BytesIO()
+        _PoolsOut(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+        payload = buf.getvalue()
+    data = _seal(_state_key(), payload)
     tmp = folder / f"{STATE_FILE}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
