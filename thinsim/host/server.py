@@ -70,7 +70,8 @@ HEADER = struct.Struct("<III")  # payload length, which of fds 0-2 are open, uma
 
 _SERVER = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from thinsim.host.server import server_main; sys.exit(server_main(sys.argv[2], int(sys.argv[3])))"
+    "from thinsim.host.server import server_main; "
+    "sys.exit(server_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))"
 )
 
 
@@ -136,8 +137,20 @@ def _start(host: str, dirfd: int) -> None:
     with listener, open(log or os.devnull, "ab") as errors:
         listener.bind(path)
         listener.listen(128)
+        # the socket file the process owns, told rather than looked up when it starts: by
+        # then another starter may have put its own in its place, and a process that took
+        # that one for its own left it behind, dead, when it stopped
+        ino = os.stat(path).st_ino
         subprocess.Popen(
-            [sys.executable, "-c", _SERVER, ROOT, os.path.abspath(host), str(listener.fileno())],
+            [
+                sys.executable,
+                "-c",
+                _SERVER,
+                ROOT,
+                os.path.abspath(host),
+                str(listener.fileno()),
+                str(ino),
+            ],
             pass_fds=(listener.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -309,13 +322,13 @@ class _Lock:
 
 
 class Server:
-    def __init__(self, host: str, listener: socket.socket) -> None:
+    def __init__(self, host: str, listener: socket.socket, ino: int) -> None:
         from .state import LOCK_FILE
 
         self.host = host
         self.listener = listener
         self.dirfd = os.open(host, os.O_PATH | os.O_DIRECTORY)
-        self.ino = os.stat(_address(self.dirfd)).st_ino
+        self.ino = ino  # the inode of the socket file it listens on
         self.lockfd = os.open(
             LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644, dir_fd=self.dirfd
         )
@@ -560,7 +573,7 @@ def _unshare_fs() -> None:
         raise OSError(e, os.strerror(e))
 
 
-def server_main(host: str, listen_fd: int) -> int:
+def server_main(host: str, listen_fd: int, ino: int) -> int:
     listener = socket.socket(fileno=listen_fd)
     # a view per thread, not a change of the environment
     os.environ = _Env(os.environ)  # type: ignore[assignment]  # noqa: B003
@@ -584,5 +597,5 @@ def server_main(host: str, listen_fd: int) -> int:
     from . import blockio, devnodes, sysfs  # noqa: F401
     from .tools import COMMANDS  # noqa: F401
 
-    Server(host, listener).serve()
+    Server(host, listener, ino).serve()
     return 0
