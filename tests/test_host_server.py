@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from thinsim.bench import full_pool_setup
 from thinsim.host.run import ROOT, this_thinsim
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's root is the host's")
@@ -138,20 +139,8 @@ def _stop(host) -> None:
     assert r.returncode == 0
 
 
-# a fully mapped 10 GiB thin: its metadata restored (as thinsim bench does), the data sparse
-_BLOCKS = 10 * 1024 * 1024 * 1024 // (128 * 512)
-FULL = f"""\
-truncate -s 64M meta.img; truncate -s 10G data.img
-printf '<superblock uuid="" time="0" transaction="1" flags="0" version="2" \
-data_block_size="128" nr_data_blocks="{_BLOCKS}">\\n<device dev_id="0" \
-mapped_blocks="{_BLOCKS}" transaction="0" creation_time="0" snap_time="0">\\n\
-<range_mapping origin_begin="0" data_begin="0" length="{_BLOCKS}" time="0"/>\\n\
-</device>\\n</superblock>\\n' > full.xml
-thin_restore -q -i full.xml -o meta.img
-losetup -f meta.img; losetup -f data.img
-dmsetup create pool --table "0 {_BLOCKS * 128} thin-pool /dev/loop0 /dev/loop1 128 0"
-dmsetup create thin --table "0 {_BLOCKS * 128} thin /dev/mapper/pool 0"
-"""
+_BLOCKS = (10 << 30) // (64 << 10)
+FULL = full_pool_setup(10 << 30, "10G", "64M")  # a fully mapped 10 GiB thin, as bench does
 
 
 def test_a_fully_mapped_pool_stays_out_of_the_host_state_file(tmp_path):

@@ -120,21 +120,28 @@ dmsetup message pool 0 create_thin 0
 dmsetup create thin --table "0 2097152 thin /dev/mapper/pool 0"
 """
 
-# a fully mapped 100 GiB thin: its metadata restored (writing 100 GiB through dd would take
-# hours and 100 GiB of disk), the data file sparse
-_FULL_BLOCKS = 100 * GiB // BLOCK
-_FULL_SETUP = f"""\
-truncate -s 1G meta.img; truncate -s 100G data.img
+
+def full_pool_setup(data_bytes: int, data: str, metadata: str) -> str:
+    """A script making a pool whose thin 0 maps every block of a DATA_BYTES data file (DATA
+    as truncate is given it): its metadata restored with thin_restore (writing the blocks
+    through dd would take hours and as much disk), the data file sparse."""
+    blocks = data_bytes // BLOCK
+    return f"""\
+truncate -s {metadata} meta.img; truncate -s {data} data.img
 printf '<superblock uuid="" time="0" transaction="1" flags="0" version="2" \
-data_block_size="128" nr_data_blocks="{_FULL_BLOCKS}">\\n<device dev_id="0" \
-mapped_blocks="{_FULL_BLOCKS}" transaction="0" creation_time="0" snap_time="0">\\n\
-<range_mapping origin_begin="0" data_begin="0" length="{_FULL_BLOCKS}" time="0"/>\\n\
+data_block_size="128" nr_data_blocks="{blocks}">\\n<device dev_id="0" \
+mapped_blocks="{blocks}" transaction="0" creation_time="0" snap_time="0">\\n\
+<range_mapping origin_begin="0" data_begin="0" length="{blocks}" time="0"/>\\n\
 </device>\\n</superblock>\\n' > full.xml
 thin_restore -q -i full.xml -o meta.img
 losetup -f meta.img; losetup -f data.img
-dmsetup create pool --table "0 {100 * GiB // 512} thin-pool /dev/loop0 /dev/loop1 128 0"
-dmsetup create thin --table "0 {100 * GiB // 512} thin /dev/mapper/pool 0"
+dmsetup create pool --table "0 {data_bytes // 512} thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup create thin --table "0 {data_bytes // 512} thin /dev/mapper/pool 0"
 """
+
+
+# a fully mapped 100 GiB thin
+_FULL_SETUP = full_pool_setup(100 * GiB, "100G", "1G")
 
 _HOST_LOOP = """\
 t() {{ local s=$EPOCHREALTIME; "$@" > /dev/null; local e=$EPOCHREALTIME; echo "T $s $e"; }}
