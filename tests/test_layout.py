@@ -20,15 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "thinsim"
 
 # Cycles through deferred imports that the simulated host's rewrite (issue 11, part 2:
-# host/run.py, state.py, sandbox.py and the kernel they serve) is taking apart.  Nothing
+# host/run.py, sandbox.py and server.py) is taking apart.  Nothing
 # may join them, and no other cycle may appear; an entry goes when its cycle does.
 KNOWN_DEFERRED_CYCLES = [
-    {
-        "thinsim.host.blockio",
-        "thinsim.host.external_origin",
-        "thinsim.host.kernel",
-        "thinsim.host.state",
-    },
     # the shims start the host's process, which runs the shims' commands in the sandbox
     {"thinsim.host.run", "thinsim.host.sandbox", "thinsim.host.server"},
 ]

@@ -8,31 +8,14 @@ import os
 from ..errors import error_for
 from ..model.thin import Thin
 from . import external_origin, loopfile
+from .devices import DmDevice, HostState, LoopDevice, lookup
 from .kernel import device_size, resolve_devno
-from .state import DmDevice, HostState, LoopDevice
 
 
 def lookup_path(state: HostState, path: str):
     """The simulated block device a file name opens (/dev/loopN, /dev/mapper/NAME,
-    /dev/dm-N, relative names too), or None.  An existing loop device that is not bound
-    opens as a device of size 0."""
-    p = os.path.normpath(os.path.join(os.getcwd(), path))
-    if p.startswith("/dev/loop") and p[9:].isdigit() and p[9:] == str(int(p[9:])):
-        n = int(p[9:])
-        if n in state.loops:
-            return state.loops[n]
-        if n in getattr(state, "loop_nodes", range(8)):
-            return LoopDevice(n, "", 0, 0)
-        return None
-    if p.startswith("/dev/mapper/"):
-        dev = state.dm.get(p[12:])
-    elif p.startswith("/dev/dm-") and p[8:].isdigit() and p[8:] == str(int(p[8:])):
-        dev = next((d for d in state.dm.values() if d.minor == int(p[8:])), None)
-    else:
-        return None
-    if dev is None or not getattr(dev, "disk_added", True):
-        return None  # no node: udev makes it with the device's first table
-    return dev
+    /dev/dm-N, relative names too), or None: devices.lookup."""
+    return lookup(state, path)
 
 
 def read_only(dev) -> bool:
@@ -147,6 +130,13 @@ def write(state: HostState, dev, offset: int, data: bytes) -> None:
     _dm_io(state, dev, offset, len(data), data)
 
 
+def _origin_reader(state: HostState, t) -> external_origin.OriginReader:
+    """The external origin of thin target ``t``: its size in bytes, and a read of it."""
+    dev = resolve_devno(state, t.origin)
+    size = device_size(state, dev) if dev is not None else 0
+    return external_origin.OriginReader(size, lambda offset, n: read(state, dev, offset, n))
+
+
 def _targets(dev: DmDevice):
     if dev.live is None:
         raise error_for(E.ENXIO)
@@ -168,12 +158,16 @@ def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: byte
             thin: Thin = t.obj
             origin = getattr(t, "origin", None)
             if piece is None:
-                out += external_origin.read(state, t, rel, n) if origin else thin.read(rel, n)
+                out += (
+                    external_origin.read(t, rel, n, _origin_reader(state, t))
+                    if origin
+                    else thin.read(rel, n)
+                )
             else:
                 before = thin.pool.pmd.commit_count
                 try:
                     if origin:
-                        external_origin.write(state, t, rel, piece)
+                        external_origin.write(t, rel, piece, _origin_reader(state, t))
                     else:
                         thin.write(rel, piece)
                 finally:

@@ -18,7 +18,20 @@ from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_to
 from ..model.store import MemoryStore
 from ..model.thin import Thin
 from . import loopfile
-from .state import DmDevice, HostState, LoopDevice, Target
+from .devices import (
+    DmDevice,
+    HostState,
+    LoopDevice,
+    StoreLoop,
+    Target,
+    dm_by_minor,
+    dm_by_uuid,
+    get_by_devno,
+    is_devno,
+    loop_nodes,
+    node_devno,
+    unbound_loop,
+)
 
 # -- loop devices ---------------------------------------------------------------------
 
@@ -62,10 +75,19 @@ def loop_attach(
     return loop
 
 
+def loop_add_store(state: HostState, size: int, store=None) -> StoreLoop:
+    """The model backend's loop device: the lowest free number, ``size`` bytes of
+    ``store`` (see StoreLoop)."""
+    n = state.free_loop()
+    loop = state.loops[n] = StoreLoop(n, "", 0, 0, size=size, store=store)
+    return loop
+
+
 def loop_detach(state: HostState, loop: LoopDevice) -> None:
     """loop_clr_fd (__loop_clr_fd): the device is unbound and lets its file go."""
     del state.loops[loop.number]
-    loopfile.release(loop)
+    if not isinstance(loop, StoreLoop):
+        loopfile.release(loop)
 
 
 def loop_in_use(state: HostState, loop: LoopDevice) -> bool:
@@ -143,75 +165,32 @@ class NotSimulated(Exception):
     """The kernel would do this, the simulation does not (the caller refuses)."""
 
 
-def _unbound_loop(number: int) -> LoopDevice:
-    """A loop device node with no backing file: it opens, with size 0."""
-    return LoopDevice(number, "", 0, 0)
-
-
 def lookup_device(state: HostState, path: str):
     """dm-table.c: dm_get_device's lookup (lookup_bdev, else "major:minor"), then the open:
-    a LoopDevice (bound, or unbound with size 0), a DmDevice, None (-ENODEV) or NO_DISK
-    (a device number nothing answers: -ENXIO).  Opening
-    7:N for a loop device that does not exist yet makes the loop driver create it."""
-    nodes = getattr(state, "loop_nodes", None)
-    if nodes is None:
-        nodes = set(range(8))
-    p = os.path.normpath(path) if path.startswith("/") else path
-    if p.startswith("/dev/loop") and p[9:].isdigit() and p[9:] == str(int(p[9:])):
-        n = int(p[9:])
-        if n in state.loops:
-            return state.loops[n]
-        return _unbound_loop(n) if n in nodes else None
-    if p.startswith("/dev/mapper/"):
-        dev = state.dm.get(p[12:])
-        return dev if dev is not None and has_mapper_node(dev) else None
-    if p.startswith("/dev/dm-") and p[8:].isdigit():
-        dev = dm_by_minor(state, int(p[8:]))
-        return dev if dev is not None and dev.disk_added else None
-    if p.startswith("/"):
+    a LoopDevice (bound, or unbound with size 0), a DmDevice, None (-ENODEV: no such node)
+    or NO_DISK (a device number nothing answers: -ENXIO).  Opening 7:N for a loop device
+    that does not exist yet makes the loop driver create it."""
+    if path.startswith("/"):
+        devno = node_devno(state, path)
+        if devno is None:
+            return None
+    elif is_devno(path):
+        devno = path
+    else:
         return None
-    major, sep, minor = path.partition(":")
-    if not (sep and major.isdigit() and minor.isdigit()):
-        return None
-    major_n, minor_n = int(major), int(minor)
-    if major_n == LOOP_MAJOR and minor_n < (1 << 20):
-        if minor_n in state.loops:
-            return state.loops[minor_n]
-        if isinstance(nodes, set):
-            nodes.add(minor_n)  # loop_probe: the open creates loopN
-        return _unbound_loop(minor_n)
-    if major_n == DM_MAJOR:
-        dev = dm_by_minor(state, minor_n)
-        if dev is not None and dev.disk_added:
-            return dev
-    # blkdev_get_by_dev: a device number with no disk behind it
-    return NO_DISK
+    dev = get_by_devno(state, devno, probe=True)
+    return dev if dev is not None else NO_DISK
 
 
 NO_DISK = "ENXIO"
-
-
-def has_mapper_node(dev: DmDevice) -> bool:
-    """udev makes /dev/mapper/NAME once the device has a disk (its first table load);
-    libdm's dm_mknodes makes a node for one without (``mknod``)."""
-    return dev.disk_added or getattr(dev, "mknod", False)
-
-
-def dm_by_minor(state: HostState, minor: int) -> DmDevice | None:
-    return next((d for d in state.dm.values() if d.minor == minor), None)
-
-
-def dm_by_uuid(state: HostState, uuid: str) -> DmDevice | None:
-    return next((d for d in state.dm.values() if d.uuid == uuid), None)
 
 
 def blkdev_name(state: HostState, devno: str) -> str | None:
     """The kernel name of a block device (/sys/dev/block/M:N), None if there is none."""
     major, _, minor = devno.partition(":")
     if int(major) == LOOP_MAJOR:
-        nodes = getattr(state, "loop_nodes", set(range(8)))
         n = int(minor)
-        return f"loop{n}" if n in nodes or n in state.loops else None
+        return f"loop{n}" if n in loop_nodes(state) or n in state.loops else None
     dev = dm_by_minor(state, int(minor))
     return f"dm-{dev.minor}" if dev is not None and dev.disk_added else None
 
@@ -258,7 +237,8 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
     table = PoolTable.parse(argv, metadata_bytes=md_size, metadata_dev_name=md_name, log=log)
     md, md_offset = _backing_loop(md_dev)
     data, data_offset = _backing_loop(data_dev)
-    if not md.backing_file:
+    in_memory = isinstance(md, StoreLoop)  # the model backend's: no metadata file
+    if not md.backing_file and not in_memory:
         raise NotSimulated("a pool on an unattached metadata loop device")
     data_name = _bdev_name(data_dev)
     target.md_loop = md.number
@@ -283,8 +263,10 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
     ):
         # __pool_find: this mapped device already binds a pool on other devices
         raise TableError("different pool cannot replace a pool", E.EINVAL)
-    metadata = _open_metadata(state, md, md_offset, table)
-    if data.backing_file:
+    metadata = None if in_memory else _open_metadata(state, md, md_offset, table)
+    if isinstance(data, StoreLoop):
+        store, discards = data.store, True
+    elif data.backing_file:
         store = loopfile.LoopStore(data, data_offset)
         discards = store.supports_discard()
     else:
@@ -301,11 +283,13 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         data_dev_name=data_name,
         data_dev_discards=discards,
         metadata=metadata,
-        track_metadata_writes=True,
+        track_metadata_writes=not in_memory,
     )
-    if pool.pmd.tm.dirty is None:
-        pool.pmd.tm.dirty = set()
-    _attach_metadata_device(pool, md, md_offset, formatted=metadata is None)
+    pool.no_space_timeout = getattr(state, "no_space_timeout", pool.no_space_timeout)
+    if not in_memory:
+        if pool.pmd.tm.dirty is None:
+            pool.pmd.tm.dirty = set()
+        _attach_metadata_device(pool, md, md_offset, formatted=metadata is None)
     target.obj = pool
 
 
@@ -459,7 +443,7 @@ def resolve_devno(state: HostState, devno: str):
     """The device a table's MAJ:MIN names: a loop device (bound or not) or a dm device."""
     major, _, minor = devno.partition(":")
     if int(major) == LOOP_MAJOR:
-        return state.loops.get(int(minor)) or _unbound_loop(int(minor))
+        return state.loops.get(int(minor)) or unbound_loop(int(minor))
     return dm_by_minor(state, int(minor))
 
 
@@ -805,6 +789,17 @@ def target_status(
     return ""
 
 
+def status_lines(
+    state: HostState, dev: DmDevice, *, table: bool, noflush: bool = False
+) -> list[str]:
+    """DM_TABLE_STATUS as dmsetup prints it: ``START LENGTH TYPE PARAMS`` for each live
+    target."""
+    return [
+        f"{t.start} {t.length} {t.type} {target_status(state, t, table=table, noflush=noflush)}"
+        for t in dev.live or []
+    ]
+
+
 def event_nr(dev: DmDevice) -> int:
     n = dev.event_nr
     for t in dev.live or []:
@@ -857,7 +852,7 @@ def reopen_pools(state: HostState) -> None:
     The whole metadata is still read into memory here (disk.read_metadata), once per
     process start: the kernel reads btree nodes on demand through dm-bufio."""
     from ..model.pool import PM_FAIL
-    from .state import Unloaded
+    from .devices import Unloaded
 
     pools: dict[int, tuple[Pool, Target]] = {}
     thins: list[Thin] = []

@@ -12,11 +12,11 @@ import os
 import re
 import sys
 
-from ...constants import DM_MAJOR, LOOP_MAJOR
+from ...constants import DM_MAJOR
 from ...errors import ThinsimError
 from ...getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption
 from ...getopt import parse as getopt_parse
-from .. import kernel
+from .. import devices, kernel
 from ..libdm_report import (
     NUM,
     STR,
@@ -26,7 +26,7 @@ from ..libdm_report import (
     ReportError,
     ReportFieldError,
 )
-from ..state import DmDevice, HostState
+from ..state import DmDevice, HostState, is_device_path
 from .common import IO, unsupported
 
 DMSETUP_LIBRARY = "1.02.185 (2022-05-18)"
@@ -518,18 +518,8 @@ class Dmsetup:
     def _node_rdev(self, path: str):
         """stat(path).st_rdev on the simulated host: a devno string, "" for a file that is
         no device node, None when the path does not exist."""
-        p = os.path.normpath(path)
-        state = self.state
-        if p.startswith("/dev/mapper/"):
-            dev = state.dm.get(p[12:])
-            return dev.devno if dev is not None and kernel.has_mapper_node(dev) else None
-        if p.startswith("/dev/dm-") and p[8:].isdigit():
-            dev = kernel.dm_by_minor(state, int(p[8:]))
-            return dev.devno if dev is not None and dev.disk_added else None
-        if p.startswith("/dev/loop") and p[9:].isdigit():
-            n = int(p[9:])
-            nodes = getattr(state, "loop_nodes", set(range(8)))
-            return f"{LOOP_MAJOR}:{n}" if n in nodes or n in state.loops else None
+        if is_device_path(path):
+            return devices.node_devno(self.state, path)
         return "" if os.path.exists(path) else None
 
     def set_name(self, name: str, task: str) -> str:
@@ -555,7 +545,7 @@ class Dmsetup:
         elif rdev and self._node_rdev("/dev/mapper/" + last) == rdev:
             return last
         for dev in sorted(self.state.dm.values(), key=lambda d: d.minor):
-            if rdev and kernel.has_mapper_node(dev) and dev.devno == rdev:
+            if rdev and devices.has_mapper_node(dev) and dev.devno == rdev:
                 return dev.name
         self.err(f"Device {last} not found")
         raise _Fail
@@ -579,13 +569,13 @@ class Dmsetup:
         if ident.get("uuid"):
             if ident.get("name") or ident.get("major"):
                 return None
-            return kernel.dm_by_uuid(state, ident["uuid"])
+            return devices.dm_by_uuid(state, ident["uuid"])
         if ident.get("name"):
             return state.dm.get(ident["name"])
         if ident.get("major") is not None:
             if ident["major"] != DM_MAJOR:
                 return None
-            return kernel.dm_by_minor(state, ident["minor"])
+            return devices.dm_by_minor(state, ident["minor"])
         return None
 
     def ioctl_error(self, op: str, ident: dict, errno: int) -> None:
@@ -644,7 +634,7 @@ class Dmsetup:
         major, _, minor = devno.partition(":")
         if prefer_kernel or int(major) != DM_MAJOR:
             return kname
-        return kernel.dm_by_minor(self.state, int(minor)).name
+        return devices.dm_by_minor(self.state, int(minor)).name
 
     # -- the run (dmsetup.c: main) -----------------------------------------------------------
 
@@ -1852,7 +1842,7 @@ class _DepTree:
         major, _, minor = node.partition(":")
         if int(major) != DM_MAJOR:
             return None
-        return kernel.dm_by_minor(self.state, int(minor))
+        return devices.dm_by_minor(self.state, int(minor))
 
     def name(self, node: str) -> str:
         dev = self.device(node)
