@@ -6,10 +6,9 @@ import errno as E
 import os
 
 from ..errors import error_for
-from ..model.thin import Thin
-from . import external_origin, loopfile
+from . import loopfile
 from .devices import DmDevice, HostState, LoopDevice, lookup
-from .kernel import device_size, resolve_devno
+from .kernel import device_size, target_type
 
 
 def lookup_path(state: HostState, path: str):
@@ -43,7 +42,7 @@ def _period_passed(state: HostState, pool) -> bool:
     return now - getattr(pool, "host_commit_seq", now) >= COMMIT_PERIOD_COMMANDS
 
 
-def _worker_committed(state: HostState, pool, before: int) -> None:
+def worker_committed(state: HostState, pool, before: int) -> None:
     """process_deferred_bios sets last_commit_jiffies after each commit it makes (for a
     flush or a FUA write, or for time); the other commits (messages, status, suspend,
     resize) leave it alone."""
@@ -64,24 +63,13 @@ def worker_commit(state: HostState, pool) -> None:
 
 
 def new_command(state: HostState) -> None:
-    """A command starts.  A pool created since the last command set last_commit_jiffies
-    then (pool_create); do_waker has woken the worker every second meanwhile, which
-    committed any pool whose transaction changed if COMMIT_PERIOD had passed."""
-    now = getattr(state, "command_seq", 0) + 1
-    state.command_seq = now
+    """A command starts: the live targets' threads ran meanwhile (a pool's worker, woken
+    every second by do_waker, committed a changed transaction once COMMIT_PERIOD had
+    passed; a pool created since the last command set last_commit_jiffies then)."""
+    state.command_seq = getattr(state, "command_seq", 0) + 1
     for dev in state.dm.values():
         for t in dev.live or []:
-            pool = t.obj
-            if t.type != "thin-pool" or pool is None:
-                continue
-            if not hasattr(pool, "host_commit_seq"):
-                pool.host_commit_seq = now - 1
-            if pool.pmd.device is not None:
-                # the metadata loop device's file as it holds it now (loopfile.py): the
-                # holder's fd, or None once the file is lost, when commits fail with EIO
-                md = state.loops.get(t.md_loop)
-                pool.pmd.device.path = loopfile.io_path(md) if md is not None else None
-            worker_commit(state, pool)
+            target_type(t).worker(state, t)
 
 
 def _loop_file(loop: LoopDevice) -> int:
@@ -130,13 +118,6 @@ def write(state: HostState, dev, offset: int, data: bytes) -> None:
     _dm_io(state, dev, offset, len(data), data)
 
 
-def _origin_reader(state: HostState, t) -> external_origin.OriginReader:
-    """The external origin of thin target ``t``: its size in bytes, and a read of it."""
-    dev = resolve_devno(state, t.origin)
-    size = device_size(state, dev) if dev is not None else 0
-    return external_origin.OriginReader(size, lambda offset, n: read(state, dev, offset, n))
-
-
 def _targets(dev: DmDevice):
     if dev.live is None:
         raise error_for(E.ENXIO)
@@ -144,6 +125,7 @@ def _targets(dev: DmDevice):
 
 
 def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: bytes | None):
+    """The bio split at target boundaries, each piece through its target's map."""
     out = bytearray()
     pos = offset
     end = offset + length
@@ -153,41 +135,10 @@ def _dm_io(state: HostState, dev: DmDevice, offset: int, length: int, data: byte
             continue
         n = min(end, t_end) - pos
         rel = pos - t_start
-        piece = None if data is None else data[pos - offset : pos - offset + n]
-        if t.type == "thin":
-            thin: Thin = t.obj
-            origin = getattr(t, "origin", None)
-            if piece is None:
-                out += (
-                    external_origin.read(t, rel, n, _origin_reader(state, t))
-                    if origin
-                    else thin.read(rel, n)
-                )
-            else:
-                before = thin.pool.pmd.commit_count
-                try:
-                    if origin:
-                        external_origin.write(t, rel, piece, _origin_reader(state, t))
-                    else:
-                        thin.write(rel, piece)
-                finally:
-                    _worker_committed(state, thin.pool, before)
-                    worker_commit(state, thin.pool)
-        elif t.type == "thin-pool":
-            # pool_map: I/O to the pool device goes straight to the data device
-            under = resolve_devno(state, t.data_devno)
-            if piece is None:
-                out += read(state, under, rel, n)
-            else:
-                write(state, under, rel, piece)
-        elif t.type == "linear":
-            _, under, start = t.obj
-            if piece is None:
-                out += read(state, under, start * 512 + rel, n)
-            else:
-                write(state, under, start * 512 + rel, piece)
+        if data is None:
+            out += target_type(t).read(state, t, rel, n)
         else:
-            raise error_for(E.EIO)
+            target_type(t).write(state, t, rel, data[pos - offset : pos - offset + n])
         pos += n
     return bytes(out)
 
@@ -211,18 +162,7 @@ def discard(state: HostState, dev, offset: int, length: int) -> None:
         if pos >= t_end or pos >= end:
             continue
         n = min(end, t_end) - pos
-        if t.type == "thin":
-            before = t.obj.pool.pmd.commit_count
-            try:
-                t.obj.discard(pos - t_start, n)
-            finally:
-                _worker_committed(state, t.obj.pool, before)
-                worker_commit(state, t.obj.pool)
-        elif t.type == "linear":
-            _, under, start = t.obj
-            discard(state, under, start * 512 + pos - t_start, n)
-        else:
-            raise error_for(E.EOPNOTSUPP)
+        target_type(t).discard(state, t, pos - t_start, n)
         pos += n
 
 
@@ -230,12 +170,7 @@ def flush(state: HostState, dev) -> None:
     """An empty flush bio (fsync of the device)."""
     if isinstance(dev, DmDevice):
         for t in dev.live or []:
-            if t.type == "thin":
-                before = t.obj.pool.pmd.commit_count
-                t.obj.flush()
-                _worker_committed(state, t.obj.pool, before)
-            elif t.type == "thin-pool":
-                t.obj.commit()
+            target_type(t).flush(state, t)
 
 
 def supports_discard(state: HostState, dev) -> bool:
@@ -243,15 +178,4 @@ def supports_discard(state: HostState, dev) -> bool:
     on a file, a thin whose pool does not ignore discards, a linear device over either."""
     if isinstance(dev, LoopDevice):
         return True
-    if not dev.live:
-        return False
-    for t in dev.live:
-        if t.type == "thin":
-            if not t.obj.pool.pf.discard_enabled:
-                return False
-        elif t.type == "linear":
-            if not supports_discard(state, t.obj[1]):
-                return False
-        else:
-            return False
-    return True
+    return bool(dev.live) and all(target_type(t).supports_discard(state, t) for t in dev.live)

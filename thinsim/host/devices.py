@@ -164,7 +164,7 @@ class Unloaded:
     reads from the device: its space maps' allocation cursors, the needs_check flag
     set after a failed commit) or a thin's in-core details
     (``kind`` "td": its device id) in a state saved without its pools, until
-    kernel.reopen_pools reads them from the metadata device."""
+    dm_thin.reopen_pools reads them from the metadata device."""
 
     def __init__(self, kind: str, value: int, incore: dict | None = None) -> None:
         self.kind, self.value, self.incore = kind, value, incore or {}

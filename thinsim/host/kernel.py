@@ -14,9 +14,7 @@ from ..constants import DM_MAJOR, LOOP_MAJOR
 from ..constants import SECTOR_SIZE as SECTOR
 from ..dm import log_device_too_small, log_table_error
 from ..errors import ThinsimError, error_for
-from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_too_big
-from ..model.store import MemoryStore
-from ..model.thin import Thin
+from ..model.pool import TableError, warn_if_metadata_device_too_big
 from . import loopfile
 from .devices import (
     DmDevice,
@@ -209,16 +207,97 @@ def dm_create(state: HostState, name: str, uuid: str = "", minor: int | None = N
     return dev
 
 
-def _pool_for_metadata(state: HostState, md_devno: str):
-    """__pool_find: the live pool object whose metadata device is ``md_devno``, if any."""
-    for d in state.dm.values():
-        for t in (d.live or []) + (d.inactive or []):
-            if t.type == "thin-pool" and t.obj is not None and t.md_devno == md_devno:
-                return d, t
-    return None, None
+class TargetType:
+    """struct target_type: the hooks of one kind of target, which the core calls and
+    nothing else switches on (dm_register_target).  Each hook's default is what the core
+    does for a target without it."""
+
+    name = ""
+
+    def ctr(self, state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
+        """Construct ``target`` from its table words (``target.obj``, ``target.devs``);
+        TableError with the kernel's ti->error refuses the table."""
+        raise NotImplementedError
+
+    def dtr(self, state: HostState, target: Target) -> None:
+        """The target leaves its table (the table is destroyed)."""
+
+    def cancel_load(self, target: Target) -> None:
+        """A constructed table is dropped before it went live (its queue limits failed)."""
+
+    def postsuspend(self, target: Target) -> None:
+        pass
+
+    def resume(self, target: Target) -> None:
+        """preresume, then resume: may raise (the table stays live, the device suspended)."""
+
+    def status(self, state: HostState, target: Target, noflush: bool) -> str:
+        return ""  # STATUSTYPE_INFO
+
+    def table(self, state: HostState, target: Target) -> str:
+        return ""  # STATUSTYPE_TABLE
+
+    def ima(self, state: HostState, target: Target) -> str:
+        return ""  # STATUSTYPE_IMA
+
+    def message(self, state: HostState, target: Target, text: str) -> None:
+        state.log.emit("ioctl", "Target type does not support messages")
+        raise error_for(E.EINVAL)
+
+    def iterate_devices(self, target: Target) -> list[tuple[str, int, int]]:
+        """The device areas the target maps to, ``(devno, start, length)`` in sectors:
+        each is checked against its device's size (device_area_is_invalid)."""
+        return []
+
+    def io_opt(self, state: HostState, target: Target) -> int:
+        """io_hints: the optimal I/O size in bytes, 0 for none."""
+        return 0
+
+    def event_nr(self, target: Target) -> int:
+        """Events the target raised (dm_table_event), beside the device's own."""
+        return 0
+
+    def worker(self, state: HostState, target: Target) -> None:
+        """What the target's own threads did between two commands (a live target)."""
+
+    # the map: I/O at byte offsets into the target (thinsim/host/blockio.py calls these)
+
+    def read(self, state: HostState, target: Target, offset: int, length: int) -> bytes:
+        raise error_for(E.EIO)
+
+    def write(self, state: HostState, target: Target, offset: int, data: bytes) -> None:
+        raise error_for(E.EIO)
+
+    def discard(self, state: HostState, target: Target, offset: int, length: int) -> None:
+        raise error_for(E.EOPNOTSUPP)
+
+    def flush(self, state: HostState, target: Target) -> None:
+        pass
+
+    def supports_discard(self, state: HostState, target: Target) -> bool:
+        return False
 
 
-def _open(state: HostState, target: Target, path: str, error: str, errno: int = E.ENODEV):
+TARGET_TYPES: dict[str, TargetType] = {}
+
+
+def dm_register_target(tt: TargetType) -> TargetType:
+    """dm_register_target: the core finds the type by its name from now on."""
+    TARGET_TYPES[tt.name] = tt
+    return tt
+
+
+_NO_TYPE = TargetType()
+
+
+def target_type(target: Target) -> TargetType:
+    """The registered type of a table's target (ti->type)."""
+    return TARGET_TYPES.get(target.type, _NO_TYPE)
+
+
+def dm_get_device(state: HostState, target: Target, path: str, error: str, errno: int = E.ENODEV):
+    """dm_get_device: open the device ``path`` names for ``target`` (it joins the table's
+    devices) or refuse the table with ``error``."""
     dev = lookup_device(state, path)
     if dev is None or dev is NO_DISK:
         raise TableError(error, E.ENXIO if dev is NO_DISK else errno)
@@ -226,208 +305,11 @@ def _open(state: HostState, target: Target, path: str, error: str, errno: int = 
     return dev
 
 
-def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
-    log = state.log
-    # pool_ctr: argument count, distinct devices and features first, then the devices,
-    # then block size and low water mark
-    PoolTable.parse(argv[:2] + ["128", "0"] + argv[4:] if len(argv) >= 4 else argv)
-    md_dev = _open(state, target, argv[0], "Error opening metadata block device")
-    data_dev = _open(state, target, argv[1], "Error getting data device")
-    md_size, md_name = device_size(state, md_dev), _bdev_name(md_dev)
-    table = PoolTable.parse(argv, metadata_bytes=md_size, metadata_dev_name=md_name, log=log)
-    md, md_offset = _backing_loop(md_dev)
-    data, data_offset = _backing_loop(data_dev)
-    in_memory = isinstance(md, StoreLoop)  # the model backend's: no metadata file
-    if not md.backing_file and not in_memory:
-        raise NotSimulated("a pool on an unattached metadata loop device")
-    data_name = _bdev_name(data_dev)
-    target.md_loop = md.number
-    target.data_loop = data.number
-    target.md_devno, target.data_devno = target.devs[0], target.devs[1]
-    target.loops = (md.number, data.number)
-    other_dev, other = _pool_for_metadata(state, target.md_devno)
-    if other is not None and other_dev is not dev:
-        raise TableError("metadata device already in use by a pool", E.EBUSY)
-    if other is not None:
-        # a reload of the same pool: the pool object is kept
-        pool = other.obj
-        if pool.data_dev_name != data_name:
-            raise TableError("data device already in use by a pool", E.EBUSY)
-        pool.metadata_bytes = md_size
-        pool.data_bytes = device_size(state, data_dev)
-        pool.load(table, target.length)
-        target.obj = pool
-        return
-    if any(
-        t.type == "thin-pool" and t.obj is not None for t in (dev.live or []) + (dev.inactive or [])
-    ):
-        # __pool_find: this mapped device already binds a pool on other devices
-        raise TableError("different pool cannot replace a pool", E.EINVAL)
-    metadata = None if in_memory else _open_metadata(state, md, md_offset, table)
-    if isinstance(data, StoreLoop):
-        store, discards = data.store, True
-    elif data.backing_file:
-        store = loopfile.LoopStore(data, data_offset)
-        discards = store.supports_discard()
-    else:
-        store, discards = MemoryStore(), False  # an unattached loop device: size 0
-    pool = Pool(
-        table,
-        length_sectors=target.length,
-        metadata_bytes=md_size,
-        data_bytes=device_size(state, data_dev),
-        store=store,
-        log=log,
-        clock=state.clock,
-        name=dev.devno,
-        data_dev_name=data_name,
-        data_dev_discards=discards,
-        metadata=metadata,
-        track_metadata_writes=not in_memory,
-    )
-    pool.no_space_timeout = getattr(state, "no_space_timeout", pool.no_space_timeout)
-    if not in_memory:
-        if pool.pmd.tm.dirty is None:
-            pool.pmd.tm.dirty = set()
-        _attach_metadata_device(pool, md, md_offset, formatted=metadata is None)
-    target.obj = pool
-
-
-def _bdev_name(dev) -> str:
-    """The kernel's name for a block device (bdevname): loopN, dm-N."""
-    return f"loop{dev.number}" if isinstance(dev, LoopDevice) else f"dm-{dev.minor}"
-
-
-def _backing_loop(dev) -> tuple[LoopDevice, int]:
-    """The loop device a pool's metadata or data I/O reaches, and the byte offset into it
-    (past the loop device's own): the device itself, or, for a dm device whose live table is
-    one linear target (LVM's tmeta/tdata), what that target maps to, followed down as
-    linear_map does."""
-    offset = 0
-    while isinstance(dev, DmDevice):
-        live = dev.live or []
-        if len(live) != 1 or live[0].type != "linear":
-            raise NotSimulated(
-                f"a pool on dm-{dev.minor}: only a dm device of one linear target is simulated "
-                "under a pool"
-            )
-        _, dev, start = live[0].obj
-        offset += start * SECTOR
-    return dev, offset
-
-
-def _attach_metadata_device(pool: Pool, md: LoopDevice, offset: int, formatted: bool) -> None:
-    """Commits go to the metadata loop device's file from now on (at ``offset`` bytes into
-    the device, for a linear device on it).  A device just formatted is written at once, as
-    __format_metadata writes its initial superblock in pool_ctr (a failure fails the table
-    load: "Error creating metadata object")."""
-    from ..model.disk import MetadataDevice, MetadataWriteError
-
-    pool.pmd.device = MetadataDevice(loopfile.io_path(md), md.offset + offset)
-    if formatted:
-        try:
-            pool.pmd.device.write(pool.pmd)
-        except MetadataWriteError as e:
-            pool.store.close()
-            raise TableError("Error creating metadata object", e.errno) from None
-
-
-def _open_metadata(state: HostState, md: LoopDevice, offset: int, table: PoolTable):
-    """__open_or_format_metadata: None (format) when the superblock is all zeroes, else
-    what the device holds (``offset`` bytes into the loop device)."""
-    from ..model.disk import CorruptMetadata, read_metadata, superblock_is_blank
-
-    path = loopfile.io_path(md)
-    if path is None:
-        raise TableError("Error creating metadata object", E.EIO)  # the file is lost
-    with open(path, "rb") as f:
-        f.seek(md.offset + offset)
-        head = f.read(512)
-    if superblock_is_blank(head):
-        return None
-    try:
-        return read_metadata(path, md.offset + offset)
-    except CorruptMetadata as e:
-        state.log.emit("thin metadata", str(e))
-        raise TableError("Error creating metadata object", E.EILSEQ) from None
-
-
-def _ctr_thin(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
-    dev_id = Thin.parse(argv)
-    origin = None
-    if len(argv) > 2:
-        # thin_ctr opens an external origin before the pool; reads of unprovisioned blocks
-        # would come from it, which the model does not do (see target.origin)
-        _open(state, target, argv[2], "Error opening origin device")
-        origin = target.devs[-1]
-    pool_dev = _open(state, target, argv[0], "Error opening pool device")
-    if not isinstance(pool_dev, DmDevice):
-        raise TableError("Couldn't get pool mapped device", E.EINVAL)
-    pt = next(
-        (
-            t
-            for t in (pool_dev.live or []) + (pool_dev.inactive or [])
-            if t.type == "thin-pool" and t.obj is not None
-        ),
-        None,
-    )
-    if pt is None:
-        raise TableError("Couldn't find pool object", E.EINVAL)
-    pool: Pool = pt.obj
-    if pool.suspended:
-        raise TableError("Unable to activate thin device while pool is suspended", E.EINVAL)
-    thin = Thin(pool, dev_id, target.length, pool_dev=pool_dev.devno)
-    target.origin = origin
-    target.obj = thin
-    target.pool_name = pool_dev.name
-    target.pool_minor = pool_dev.minor
-
-
-def _ctr_linear(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
-    if len(argv) != 2:
-        raise TableError("Invalid argument count")
-    start = _sscanf_llu(argv[1])
-    if start is None:
-        raise TableError("Invalid device sector")
-    under = _open(state, target, argv[0], "Device lookup failed")
-    target.obj = ("linear", under, start)
-
-
-def _ctr_error(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
-    target.obj = ("error",)
-
-
-def _sscanf_llu(text: str) -> int | None:
-    """sscanf(argv, "%llu%c", ...) == 1: digits after optional space and sign, nothing
-    after them."""
-    s = text.lstrip()
-    body = s[1:] if s[:1] in "+-" else s
-    if not body.isdigit() or not body.isascii():
-        return None
-    value = int(body) & ((1 << 64) - 1)
-    return (-value) & ((1 << 64) - 1) if s[:1] == "-" else value
-
-
-_CTRS = {
-    "thin-pool": _ctr_thin_pool,
-    "thin": _ctr_thin,
-    "linear": _ctr_linear,
-    "error": _ctr_error,
-}
-
-
 def _device_area_checks(state: HostState, dev: DmDevice, targets: list[Target]) -> bool:
     """dm-table.c: device_area_is_invalid over each target's iterate_devices; logs the
     first device too small and returns False."""
     for t in targets:
-        if t.type == "thin-pool":
-            areas = [(t.data_devno, 0, t.length)]
-        elif t.type == "linear":
-            under, start = t.obj[1], t.obj[2]
-            areas = [(t.devs[0], start, t.length)]
-        else:
-            continue
-        for devno, start, length in areas:
+        for devno, start, length in target_type(t).iterate_devices(t):
             under = resolve_devno(state, devno)
             size = device_size(state, under) // SECTOR if under is not None else 0
             if size and start + length > size:  # a device of size 0 is not checked
@@ -470,15 +352,15 @@ def dm_load(
                 raise error_for(E.EINVAL)
             if ttype in UNSIMULATED_TARGETS:
                 raise NotSimulated(f"the {ttype} target")
-            ctr = _CTRS.get(ttype)
-            if ctr is None:
+            tt = TARGET_TYPES.get(ttype)
+            if tt is None:
                 state.log.emit("table", f"{dev.devno}: {ttype}: unknown target type")
                 state.log.emit("ioctl", "error adding target to table")
                 raise error_for(E.EINVAL)
             prev = targets[-1] if targets else None
             if start != (prev.start + prev.length if prev else 0):
                 raise TableError("Gap in table")
-            ctr(state, dev, target, params.split())
+            tt.ctr(state, dev, target, params.split())
         except TableError as e:
             log_table_error(state.log, dev.devno, ttype, e)
             _destroy(state, targets)
@@ -491,8 +373,7 @@ def dm_load(
         # dm_setup_md_queue: the first table's queue limits (device areas) decide now
         if not _device_area_checks(state, dev, targets):
             for t in targets:
-                if t.type == "thin-pool" and t.obj is not None:
-                    t.obj.pending = None
+                target_type(t).cancel_load(t)
             _destroy(state, targets)
             raise error_for(E.EINVAL)
         dev.disk_added = True
@@ -513,24 +394,7 @@ def dm_clear(state: HostState, dev: DmDevice) -> None:
 def _destroy(state: HostState, targets: list[Target]) -> None:
     """The targets' dtrs."""
     for t in targets:
-        if t.type == "thin" and isinstance(t.obj, Thin):
-            t.obj.close()
-        elif (
-            t.type == "thin-pool" and isinstance(t.obj, Pool) and not _pool_used_elsewhere(state, t)
-        ):
-            pool = t.obj
-            pool.suspend()  # dm_pool_metadata_close commits
-            if pool.pmd.device is not None:
-                pool.pmd.device.close(pool.pmd)
-            pool.store.close()
-
-
-def _pool_used_elsewhere(state: HostState, target: Target) -> bool:
-    return any(
-        t is not target and t.obj is target.obj
-        for d in state.dm.values()
-        for t in (d.live or []) + (d.inactive or [])
-    )
+        target_type(t).dtr(state, t)
 
 
 def dm_suspend(state: HostState, dev: DmDevice, *, noflush: bool = False) -> None:
@@ -538,8 +402,7 @@ def dm_suspend(state: HostState, dev: DmDevice, *, noflush: bool = False) -> Non
     if dev.suspended:
         return
     for t in dev.live or []:
-        if t.type == "thin-pool":
-            t.obj.suspend()
+        target_type(t).postsuspend(t)
     dev.suspended = True
 
 
@@ -554,8 +417,7 @@ def dm_resume(state: HostState, dev: DmDevice) -> None:
         # dm_swap_table: the new table's queue limits (dm_calculate_queue_limits)
         if dev.live is not None and not _device_area_checks(state, dev, new):
             for t in new:
-                if t.type == "thin-pool" and t.obj is not None:
-                    t.obj.pending = None
+                target_type(t).cancel_load(t)
             _destroy(state, new)
             raise error_for(E.EINVAL)
         old = dev.live
@@ -563,30 +425,25 @@ def dm_resume(state: HostState, dev: DmDevice) -> None:
         dev.read_only = new_ro
         dev.read_ahead = _default_read_ahead(state, dev)
         if old:
-            _destroy(state, [t for t in old if t.type != "thin-pool" or t.obj is not new[0].obj])
+            # a target object the new table took over (a pool's) outlives the old table
+            kept = {id(t.obj) for t in new}
+            _destroy(state, [t for t in old if id(t.obj) not in kept])
     if not dev.suspended:
         return
     if not dev.live:
         raise error_for(E.EINVAL)  # dm_resume: nothing to resume without a table
     for t in dev.live:
-        if t.type == "thin-pool":
-            t.obj.resume()  # may raise: the new table stays live, the device suspended
+        target_type(t).resume(t)  # may raise: the new table stays live, the device suspended
     dev.suspended = False
 
 
-def _io_opt(state: HostState, dev) -> int:
+def io_opt(state: HostState, dev) -> int:
     """The queue's optimal I/O size in bytes (the targets' io_hints, stacked)."""
     if not isinstance(dev, DmDevice):
         return 0
     opt = 0
     for t in dev.live or []:
-        if t.type in ("thin-pool", "thin"):
-            pool = t.obj if t.type == "thin-pool" else t.obj.pool
-            value = pool.block_bytes
-        elif t.type == "linear":
-            value = _io_opt(state, t.obj[1])
-        else:
-            value = 0
+        value = target_type(t).io_opt(state, t)
         if value:
             opt = value if not opt else opt * value // _gcd(opt, value)
     return opt
@@ -601,7 +458,7 @@ def _gcd(a: int, b: int) -> int:
 def _default_read_ahead(state: HostState, dev: DmDevice) -> int:
     """blk-settings.c: disk_update_readahead -- twice the optimal I/O size, at least
     VM_READAHEAD_PAGES (128 KiB); in sectors."""
-    return max(2 * _io_opt(state, dev), 128 * 1024) // SECTOR
+    return max(2 * io_opt(state, dev), 128 * 1024) // SECTOR
 
 
 def table_devnos(dev: DmDevice, *, inactive: bool = False) -> list[str]:
@@ -650,8 +507,7 @@ def _remove(state: HostState, dev: DmDevice) -> None:
     targets = (dev.live or []) + (dev.inactive or [])
     if dev.live and not dev.suspended:
         for t in dev.live:
-            if t.type == "thin-pool":
-                t.obj.suspend()
+            target_type(t).postsuspend(t)
     del state.dm[dev.name]
     _destroy(state, targets)
     _autoclear_loops(state)
@@ -755,10 +611,7 @@ def dm_message(state: HostState, dev: DmDevice, sector: int, text: str) -> str:
     if target is None:
         state.log.emit("ioctl", "Target message sector outside device.")
         raise error_for(E.EINVAL)
-    if target.type != "thin-pool":
-        state.log.emit("ioctl", "Target type does not support messages")
-        raise error_for(E.EINVAL)
-    target.obj.message(text)
+    target_type(target).message(state, target, text)
     return ""
 
 
@@ -766,27 +619,10 @@ def target_status(
     state: HostState, t: Target, *, table: bool, noflush: bool = False, ima: bool = False
 ) -> str:
     """A target's status (STATUSTYPE_INFO), table (STATUSTYPE_TABLE) or IMA text."""
+    tt = target_type(t)
     if ima:
-        if t.type == "linear":
-            # dm-linear.c: linear_status, STATUSTYPE_IMA
-            return (
-                f"target_name=linear,target_version=1.4.0,device_name={t.devs[0]},start={t.obj[2]};"
-            )
-        return ""
-    if t.type == "thin-pool":
-        pool: Pool = t.obj
-        if table:
-            return pool.table_params(t.md_devno, t.data_devno)
-        return pool.status(noflush=noflush or pool.suspended)
-    if t.type == "thin":
-        thin: Thin = t.obj
-        if not table:
-            return thin.status()
-        origin = getattr(t, "origin", None)
-        return thin.table_params() + (f" {origin}" if origin else "")
-    if t.type == "linear":
-        return f"{t.devs[0]} {t.obj[2]}" if table else ""
-    return ""
+        return tt.ima(state, t)
+    return tt.table(state, t) if table else tt.status(state, t, noflush)
 
 
 def status_lines(
@@ -801,11 +637,7 @@ def status_lines(
 
 
 def event_nr(dev: DmDevice) -> int:
-    n = dev.event_nr
-    for t in dev.live or []:
-        if t.type == "thin-pool":
-            n += t.obj.event_nr
-    return n
+    return dev.event_nr + sum(target_type(t).event_nr(t) for t in dev.live or [])
 
 
 def dm_major() -> int:
@@ -830,100 +662,3 @@ __all__ = [
     "target_status",
     "warn_if_metadata_device_too_big",
 ]
-
-
-def reopen_pools(state: HostState) -> None:
-    """Re-create every pool of a state loaded without its metadata (state.Unloaded), as
-    pool_ctr opens a formatted metadata device: dm_pool_metadata_open reads the superblock
-    and the space maps, then each active thin's details are opened again (__open_device).
-
-    The metadata is what the pool last committed (the kernel keeps uncommitted changes in
-    its memory only: the host's process keeps its pools in memory while it runs, and its
-    state file leaves them out, so this runs at the process's start: after a kill, an idle
-    stop or the end of a run, where a real host would have kept the kernel's memory; what
-    it had not committed is lost then, as a crash loses it -- every message, suspend and
-    FLUSH commits, and so does the periodic commit at the next command's start).  The pool's other
-    in-core facts (table, mode, counters, suspension, the space maps' allocation cursors,
-    needs_check) are the state's, so that a pool re-opened after a commit goes on as the one
-    kept in memory would.  A metadata device whose file is lost or unreadable gives a pool
-    in failure mode (PM_FAIL: status "Fail", I/O ends in EIO), as the kernel's pool is after
-    a metadata I/O error, never a host that cannot load.
-
-    The whole metadata is still read into memory here (disk.read_metadata), once per
-    process start: the kernel reads btree nodes on demand through dm-bufio."""
-    from ..model.pool import PM_FAIL
-    from .devices import Unloaded
-
-    pools: dict[int, tuple[Pool, Target]] = {}
-    thins: list[Thin] = []
-    for dev in state.dm.values():
-        for t in (dev.live or []) + (dev.inactive or []):
-            if isinstance(t.obj, Pool) and isinstance(t.obj.pmd, Unloaded):
-                pools.setdefault(id(t.obj), (t.obj, t))
-            elif isinstance(t.obj, Thin) and isinstance(t.obj.td, Unloaded):
-                thins.append(t.obj)
-    for pool, target in pools.values():
-        if not _reopen_metadata(state, pool, target):
-            pool._set_mode(PM_FAIL)
-    for thin in thins:
-        pool = thin.pool
-        if isinstance(pool.pmd, Unloaded):  # a pool no table holds any more
-            _blank_metadata(pool, pool.pmd.value)
-            pool._set_mode(PM_FAIL)
-        try:
-            thin.td = pool.pmd.open_device(thin.dev_id)
-        except KeyError:
-            # the committed metadata has no such thin (created after the last commit)
-            if pool.mode != PM_FAIL:
-                pool._set_mode(PM_FAIL)
-            pool.pmd.create_thin(thin.dev_id)
-            thin.td = pool.pmd.open_device(thin.dev_id)
-
-
-def _reopen_metadata(state: HostState, pool: Pool, target: Target) -> bool:
-    """Read the pool's metadata from its device; False (a blank in-core metadata in its
-    place) when the device's file is lost or holds no metadata this pool can use."""
-    from ..model.disk import CorruptMetadata, MetadataDevice, read_metadata, superblock_is_blank
-
-    offset = pool.pmd.value
-    md = state.loops.get(getattr(target, "md_loop", -1))
-    path = loopfile.io_path(md) if md is not None else None
-    pmd = None
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                blank = superblock_is_blank(f.read(512))
-            if not blank:
-                pmd = read_metadata(path, offset)
-        except (OSError, CorruptMetadata) as e:
-            state.log.emit("thin metadata", f"{pool.name}: cannot reopen the metadata: {e}")
-            pmd = None
-    if pmd is None or pmd.data_block_size != pool.sectors_per_block:
-        _blank_metadata(pool, offset)
-        return False
-    if pmd.tm.dirty is None:
-        pmd.tm.dirty = set()
-    pmd.device = MetadataDevice(path, offset)
-    pmd.metadata_sm.log = pool.log
-    incore = pool.pmd.incore
-    pmd.metadata_sm.begin = incore.get("metadata_begin", pmd.metadata_sm.begin)
-    pmd.data_sm.begin = incore.get("data_begin", pmd.data_sm.begin)
-    pmd.commit_count = incore.get("commit_count", pmd.commit_count)
-    pmd.in_service = incore.get("in_service", pmd.in_service)
-    # set in core when a commit failed (it reaches the disk when the pool goes)
-    pmd.needs_check = pmd.needs_check or incore.get("needs_check", False)
-    pmd.device.flags_on_disk = incore.get("flags_on_disk", pmd.device.flags_on_disk)
-    pool.pmd = pmd
-    pmd.metadata_sm.register_threshold(pool.metadata_threshold(), pool._metadata_low_callback)
-    return True
-
-
-def _blank_metadata(pool: Pool, offset: int) -> None:
-    """An in-core metadata for a failed pool (nothing is ever committed from it)."""
-    from ..model.disk import MetadataDevice
-    from ..model.metadata import PoolMetadata
-
-    pool.pmd = PoolMetadata(1024, pool.sectors_per_block, track_writes=True)
-    pool.pmd.device = MetadataDevice(None, offset)
-    pool.pmd.metadata_sm.log = pool.log

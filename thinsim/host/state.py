@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .blockio import new_command
 from .devices import DmDevice, HostState, LoopDevice, Target, Unloaded, is_device_path
-from .kernel import reopen_pools
+from .dm_thin import reopen_pools
 
 # the devices are defined in devices.py; their old home names them still (and a state file
 # pickled before names them here)
@@ -203,7 +203,7 @@ def _save_state(folder: Path, state: HostState, *, sync: bool = True, pools: boo
 
     Without POOLS (the host's process, which keeps the pools in its memory while it runs)
     the pools' metadata is left out (_PoolsOut): whoever loads the state next without them
-    in memory re-opens each pool from its metadata device (kernel.reopen_pools), which holds
+    in memory re-opens each pool from its metadata device (dm_thin.reopen_pools), which holds
     what the pool last committed; the per-process path (THINSIM_SERVER=0) keeps them whole,
     uncommitted changes included, since its next command is another process."""
     path = folder / STATE_FILE
