@@ -401,7 +401,9 @@ class ModelPool(interface.Pool):
         for thin in list(self._thins.values()):
             thin.deactivate()
         for dm in list(state.dm.values()):  # a thin activated twice under one id
-            if any(t.type == "thin" and t.obj.pool is self.target for t in dm.live or []):
+            if any(
+                isinstance(t.obj, ThinTarget) and t.obj.pool is self.target for t in dm.live or []
+            ):
                 _remove(state, dm)
         _remove(state, self._dm)
         for loop in self._loops:

@@ -173,6 +173,24 @@ def flush(state: HostState, dev) -> None:
             target_type(t).flush(state, t)
 
 
+def io_min(state: HostState, dev) -> int | None:
+    """The queue's minimum I/O size in bytes a target set (io_hints), or None."""
+    if isinstance(dev, DmDevice):
+        for t in dev.live or []:
+            value = target_type(t).io_min(state, t)
+            if value:
+                return value
+    return None
+
+
+def discard_granularity(state: HostState, dev: DmDevice) -> int:
+    """The discard granularity the targets' io_hints set: 0 (discards off) unless some
+    target sets one and none turns discards off."""
+    values = [target_type(t).discard_granularity(state, t) for t in dev.live or []]
+    values = [v for v in values if v is not None]
+    return values[0] if values and all(values) else 0
+
+
 def supports_discard(state: HostState, dev) -> bool:
     """Whether the device's queue takes discards (max_discard_sectors != 0): a loop device
     on a file, a thin whose pool does not ignore discards, a linear device over either."""

@@ -37,11 +37,17 @@ from .kernel import (
 )
 
 
+def _pool_targets(dev: DmDevice) -> list[Target]:
+    """dm-thin.c's pool table, by mapped device (__pool_table_lookup): the pool targets of
+    the device's tables, live or loaded, that bind a pool object."""
+    return [t for t in (dev.live or []) + (dev.inactive or []) if isinstance(t.obj, Pool)]
+
+
 def _pool_for_metadata(state: HostState, md_devno: str):
     """__pool_find: the live pool object whose metadata device is ``md_devno``, if any."""
     for d in state.dm.values():
-        for t in (d.live or []) + (d.inactive or []):
-            if t.type == "thin-pool" and t.obj is not None and t.md_devno == md_devno:
+        for t in _pool_targets(d):
+            if t.md_devno == md_devno:
                 return d, t
     return None, None
 
@@ -86,9 +92,7 @@ def _ctr_thin_pool(state: HostState, dev: DmDevice, target: Target, argv: list[s
         pool.load(table, target.length)
         target.obj = pool
         return
-    if any(
-        t.type == "thin-pool" and t.obj is not None for t in (dev.live or []) + (dev.inactive or [])
-    ):
+    if _pool_targets(dev):
         # __pool_find: this mapped device already binds a pool on other devices
         raise TableError("different pool cannot replace a pool", E.EINVAL)
     metadata = None if in_memory else _open_metadata(state, md, md_offset, table)
@@ -187,14 +191,7 @@ def _ctr_thin(state: HostState, dev: DmDevice, target: Target, argv: list[str]) 
     pool_dev = dm_get_device(state, target, argv[0], "Error opening pool device")
     if not isinstance(pool_dev, DmDevice):
         raise TableError("Couldn't get pool mapped device", E.EINVAL)
-    pt = next(
-        (
-            t
-            for t in (pool_dev.live or []) + (pool_dev.inactive or [])
-            if t.type == "thin-pool" and t.obj is not None
-        ),
-        None,
-    )
+    pt = next(iter(_pool_targets(pool_dev)), None)
     if pt is None:
         raise TableError("Couldn't find pool object", E.EINVAL)
     pool: Pool = pt.obj
@@ -251,6 +248,13 @@ class ThinPoolType(TargetType):
     def io_opt(self, state: HostState, target: Target) -> int:
         return target.obj.block_bytes
 
+    def io_min(self, state: HostState, target: Target) -> int:
+        return target.obj.block_bytes if target.obj is not None else 0
+
+    def discard_granularity(self, state: HostState, target: Target) -> int | None:
+        pool: Pool = target.obj
+        return pool.block_bytes if pool.pf.discard_enabled else 0
+
     def event_nr(self, target: Target) -> int:
         return target.obj.event_nr
 
@@ -302,6 +306,13 @@ class ThinType(TargetType):
 
     def io_opt(self, state: HostState, target: Target) -> int:
         return target.obj.pool.block_bytes
+
+    def io_min(self, state: HostState, target: Target) -> int:
+        return target.obj.pool.block_bytes if target.obj is not None else 0
+
+    def discard_granularity(self, state: HostState, target: Target) -> int | None:
+        pool: Pool = target.obj.pool
+        return pool.block_bytes if pool.pf.discard_enabled else 0
 
     # thin_map; the worker's commit for time after each bio it processed
 

@@ -253,6 +253,16 @@ class TargetType:
         """io_hints: the optimal I/O size in bytes, 0 for none."""
         return 0
 
+    def io_min(self, state: HostState, target: Target) -> int:
+        """io_hints: the minimum I/O size in bytes, 0 for the queue's own (a pool's data
+        block size; not stacked through other targets in the simulation)."""
+        return 0
+
+    def discard_granularity(self, state: HostState, target: Target) -> int | None:
+        """io_hints: the discard granularity in bytes (0: discards off), or None for a
+        target that sets none."""
+        return None
+
     def event_nr(self, target: Target) -> int:
         """Events the target raised (dm_table_event), beside the device's own."""
         return 0

@@ -24,7 +24,7 @@ import os
 import shutil
 
 from ..constants import SECTOR_SIZE as SECTOR
-from . import kernel, loopfile
+from . import blockio, kernel, loopfile
 from .state import DmDevice, HostState, LoopDevice
 
 MAX_SECTORS_KB = 1280
@@ -43,15 +43,8 @@ def _queue(state: HostState, dev) -> dict[str, str]:
             granularity, max_discard = FS_BLOCK, LOOP_MAX_DISCARD
     else:
         block = _pool_block_bytes(state, dev)
-        thins = [t for t in dev.live or [] if t.type in ("thin", "thin-pool")]
-        if (
-            thins
-            and block
-            and all(t.obj.pool.pf.discard_enabled for t in thins if t.type == "thin")
-        ):
-            pools = [t.obj for t in thins if t.type == "thin-pool"]
-            if all(p.pf.discard_enabled for p in pools):
-                granularity, max_discard = block, THIN_MAX_DISCARD
+        if block and blockio.discard_granularity(state, dev):
+            granularity, max_discard = block, THIN_MAX_DISCARD
     return {
         "logical_block_size": str(logical),
         "physical_block_size": str(logical),

@@ -11,7 +11,7 @@ import stat
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
 from .. import blockio, kernel
-from ..state import DmDevice, HostState, LoopDevice, is_device_path
+from ..state import HostState, LoopDevice, is_device_path
 from .common import IO, unsupported
 from .getopt import NO, REQUIRED, GetoptError, Long, getopt_long
 from .losetup import _strtosize
@@ -30,15 +30,7 @@ class _Exit(Exception):
 
 def _pool_block_bytes(state: HostState, dev) -> int | None:
     """The data block size of the pool under a thin or pool device (its io_min/io_opt)."""
-    if not isinstance(dev, DmDevice) or not dev.live:
-        return None
-    for t in dev.live:
-        obj = t.obj
-        if t.type == "thin-pool" and obj is not None:
-            return obj.block_bytes
-        if t.type == "thin" and obj is not None:
-            return obj.pool.block_bytes
-    return None
+    return blockio.io_min(state, dev)
 
 
 def _read_ahead(dev) -> int:
