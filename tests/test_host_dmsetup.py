@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from thinsim.host import kernel
 from thinsim.host.libdm_report import NUM, STR, FieldType, ObjectType, Report, ReportError
 from thinsim.host.state import HostState
 from thinsim.host.tools.common import IO
 from thinsim.host.tools.dmsetup import _split_name, dmsetup, usage_text
+from thinsim.model import loop
 
 RECORDED = Path(__file__).parent / "host" / "recorded"
 
@@ -31,7 +31,7 @@ def host(tmp_path: Path) -> HostState:
         path = tmp_path / f"disk{n}.img"
         with open(path, "wb") as f:
             f.truncate(size)
-        kernel.loop_attach(state, n, str(path))
+        loop.loop_attach(state, n, str(path))
     return state
 
 

@@ -1,8 +1,8 @@
 """The model backend: the interface on the simulation in ``thinsim.model``.
 
-A thin layer over the simulated kernel's device-mapper core (thinsim/host/kernel.py), the
+A thin layer over the simulated kernel's device-mapper core (thinsim/model/dm.py), the
 one the simulated host's dmsetup calls: a pool is a mapped device whose ``thin-pool`` table
-names two loop devices of its own (thinsim.host.devices.StoreLoop: the data device's bytes
+names two loop devices of its own (thinsim.model.devices.StoreLoop: the data device's bytes
 in the pool's store, the metadata in memory), a thin a mapped device with a ``thin`` table.
 Tables, constructor errors and their log lines, minors, status and table lines, suspend,
 resume, reload and remove are the core's; only the data path calls the thin target directly
@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from .. import interface
 from ..constants import SECTOR_SIZE
 from ..errors import InvalidArgumentError, NotFoundError, ThinsimError, error_for
-from ..host import kernel
-from ..host.devices import DmDevice, HostState
+from ..model import dm
+from ..model.devices import DmDevice, HostState
+from ..model.loop import loop_add_store, loop_detach
 from ..model.pool import NO_SPACE_TIMEOUT_SECS, Clock, KernelLog
 from ..model.pool import Pool as PoolTarget
 from ..model.store import AccountingStore, DataStore, FileStore, MemoryStore
@@ -76,7 +77,7 @@ def _ioctl() -> Iterator[None]:
     EOPNOTSUPP (a thinsim error, as every failure of the Python API is)."""
     try:
         yield
-    except kernel.NotSimulated as e:
+    except dm.NotSimulated as e:
         raise error_for(E.EOPNOTSUPP, f"not simulated: {e}") from None
 
 
@@ -84,17 +85,17 @@ def _remove(state: HostState, dev: DmDevice) -> None:
     """DM_DEV_REMOVE of a device this backend made, if it is still there."""
     if state.dm.get(dev.name) is dev:
         with _ioctl():
-            kernel.dm_remove(state, dev)
+            dm.dm_remove(state, dev)
 
 
 class ModelThin(interface.Thin):
-    def __init__(self, pool: ModelPool, dm: DmDevice) -> None:
+    def __init__(self, pool: ModelPool, md: DmDevice) -> None:
         self.pool = pool
-        self._dm = dm
+        self._dm = md
         # the data path calls the thin target itself, as dm's map does per bio
-        self.target: ThinTarget = dm.live[0].obj
+        self.target: ThinTarget = md.live[0].obj
         self.dev_id = self.target.dev_id
-        self.minor = dm.minor
+        self.minor = md.minor
 
     def __repr__(self) -> str:
         return f"ModelThin(dev_id={self.dev_id}, length={self.target.size})"
@@ -121,11 +122,11 @@ class ModelThin(interface.Thin):
         self.target.flush()
 
     def status(self) -> str:
-        (line,) = kernel.status_lines(self.pool._kernel, self._dm, table=False)
+        (line,) = dm.status_lines(self.pool._kernel, self._dm, table=False)
         return line
 
     def table(self) -> str:
-        (line,) = kernel.status_lines(self.pool._kernel, self._dm, table=True)
+        (line,) = dm.status_lines(self.pool._kernel, self._dm, table=True)
         return line
 
     def deactivate(self) -> None:
@@ -136,11 +137,11 @@ class ModelThin(interface.Thin):
     def suspend(self) -> None:
         # dm-thin.c: a thin's suspend only waits for its in-flight bios; the model has none
         with _ioctl():
-            kernel.dm_suspend(self.pool._kernel, self._dm)
+            dm.dm_suspend(self.pool._kernel, self._dm)
 
     def resume(self) -> None:
         with _ioctl():
-            kernel.dm_resume(self.pool._kernel, self._dm)
+            dm.dm_resume(self.pool._kernel, self._dm)
 
 
 class ModelPool(interface.Pool):
@@ -252,21 +253,21 @@ class ModelPool(interface.Pool):
         made = path is not None and not os.path.lexists(path)
         data_store = make_store(store, data_size)
         self._loops = (
-            kernel.loop_add_store(state, metadata_size),
-            kernel.loop_add_store(state, data_size, data_store),
+            loop_add_store(state, metadata_size),
+            loop_add_store(state, data_size, data_store),
         )
         minor = state.free_dm_minor() if minor is None else minor
-        dm = None
+        md = None
         try:
             with _ioctl():
-                dm = kernel.dm_create(state, f"pool{minor}", minor=minor)
-                kernel.dm_load(state, dm, [(0, length_sectors, "thin-pool", self._params())])
-                kernel.dm_resume(state, dm)
+                md = dm.dm_create(state, f"pool{minor}", minor=minor)
+                dm.dm_load(state, md, [(0, length_sectors, "thin-pool", self._params())])
+                dm.dm_resume(state, md)
         except BaseException as e:
-            if dm is not None:
-                _remove(state, dm)
+            if md is not None:
+                _remove(state, md)
             for loop in self._loops:
-                kernel.loop_detach(state, loop)
+                loop_detach(state, loop)
             if path is not None:
                 data_store.close()
                 if made:
@@ -276,10 +277,10 @@ class ModelPool(interface.Pool):
                     E.ENOMEM, f"not enough memory to model a pool of {data_size} bytes"
                 ) from None
             raise
-        self._dm = dm
-        self.minor = dm.minor
-        self.dev = dm.devno
-        self.target: PoolTarget = dm.live[0].obj
+        self._dm = md
+        self.minor = md.minor
+        self.dev = md.devno
+        self.target: PoolTarget = md.live[0].obj
         self.data_block_size_sectors = self.target.sectors_per_block
 
     def __repr__(self) -> str:
@@ -291,8 +292,8 @@ class ModelPool(interface.Pool):
 
     def _params(self) -> str:
         """The table's parameters: the pool's own two loop devices, then the words given."""
-        md, data = self._loops
-        words = [md.devno, data.devno, self._bs, self._lwm]
+        meta, data = self._loops
+        words = [meta.devno, data.devno, self._bs, self._lwm]
         if self._features:
             words += [str(len(self._features)), *self._features]
         return " ".join(words)
@@ -304,24 +305,22 @@ class ModelPool(interface.Pool):
     def message(self, text: str) -> None:
         text = interface.check_message(text)
         with _ioctl():
-            kernel.dm_message(self._kernel, self._dm, 0, text)
+            dm.dm_message(self._kernel, self._dm, 0, text)
 
     def activate(self, dev_id: int, length: int) -> ModelThin:
         """dmsetup create of a thin device: thin_ctr's checks, its refusals logged."""
         interface.check_activate(dev_id, length)
         state = self._kernel
         minor = state.free_dm_minor()
-        dm = kernel.dm_create(state, f"thin{minor}", minor=minor)
+        md = dm.dm_create(state, f"thin{minor}", minor=minor)
         try:
             with _ioctl():
-                kernel.dm_load(
-                    state, dm, [(0, length // SECTOR_SIZE, "thin", f"{self.dev} {dev_id}")]
-                )
-                kernel.dm_resume(state, dm)
+                dm.dm_load(state, md, [(0, length // SECTOR_SIZE, "thin", f"{self.dev} {dev_id}")])
+                dm.dm_resume(state, md)
         except BaseException:
-            _remove(state, dm)
+            _remove(state, md)
             raise
-        thin = ModelThin(self, dm)
+        thin = ModelThin(self, md)
         self._thins[dev_id] = thin
         return thin
 
@@ -338,48 +337,48 @@ class ModelPool(interface.Pool):
         """What KernelPool.reload_table does: the loop devices take their new sizes
         (``losetup -c``), then ``dmsetup suspend``, ``reload`` and ``resume``; after a
         failure the pool is resumed on its old table if it stayed suspended."""
-        state, dm = self._kernel, self._dm
-        md, data = self._loops
-        md.size, data.size = metadata_size, data_size
+        state, md = self._kernel, self._dm
+        meta, data = self._loops
+        meta.size, data.size = metadata_size, data_size
         self.data_size, self.metadata_size = data_size, metadata_size
         saved = (self._bs, self._lwm, self._features, self._length)
         self._bs, self._lwm, self._features = block_size, low_water_mark, list(features)
         self._length = length_sectors
         try:
             with _ioctl():
-                kernel.dm_suspend(state, dm)
-                kernel.dm_load(state, dm, [(0, length_sectors, "thin-pool", self._params())])
-                kernel.dm_resume(state, dm)
+                dm.dm_suspend(state, md)
+                dm.dm_load(state, md, [(0, length_sectors, "thin-pool", self._params())])
+                dm.dm_resume(state, md)
         except ThinsimError:
             self._bs, self._lwm, self._features, self._length = saved
-            if dm.suspended:
+            if md.suspended:
                 with contextlib.suppress(ThinsimError):
-                    kernel.dm_resume(state, dm)  # dmsetup's retry (fails again after preresume)
+                    dm.dm_resume(state, md)  # dmsetup's retry (fails again after preresume)
             raise
         self.data_block_size_sectors = self.target.sectors_per_block
 
     def suspend(self) -> None:
         with _ioctl():
-            kernel.dm_suspend(self._kernel, self._dm)
+            dm.dm_suspend(self._kernel, self._dm)
 
     def resume(self) -> None:
         with _ioctl():
-            kernel.dm_resume(self._kernel, self._dm)
+            dm.dm_resume(self._kernel, self._dm)
 
     def commit(self) -> None:
         self.target.commit()
 
     def status(self, noflush: bool = False) -> str:
-        (line,) = kernel.status_lines(self._kernel, self._dm, table=False, noflush=noflush)
+        (line,) = dm.status_lines(self._kernel, self._dm, table=False, noflush=noflush)
         return line
 
     def table(self) -> str:
-        (line,) = kernel.status_lines(self._kernel, self._dm, table=True)
+        (line,) = dm.status_lines(self._kernel, self._dm, table=True)
         return line
 
     @property
     def event_nr(self) -> int:
-        return kernel.event_nr(self._dm)
+        return dm.event_nr(self._dm)
 
     def metadata_dump(self) -> str:
         self.reserve_metadata_snap()
@@ -400,14 +399,14 @@ class ModelPool(interface.Pool):
         state = self._kernel
         for thin in list(self._thins.values()):
             thin.deactivate()
-        for dm in list(state.dm.values()):  # a thin activated twice under one id
+        for md in list(state.dm.values()):  # a thin activated twice under one id
             if any(
-                isinstance(t.obj, ThinTarget) and t.obj.pool is self.target for t in dm.live or []
+                isinstance(t.obj, ThinTarget) and t.obj.pool is self.target for t in md.live or []
             ):
-                _remove(state, dm)
+                _remove(state, md)
         _remove(state, self._dm)
         for loop in self._loops:
-            kernel.loop_detach(state, loop)
+            loop_detach(state, loop)
         self.closed = True
 
 

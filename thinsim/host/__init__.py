@@ -1,9 +1,4 @@
-"""The simulated host: the simulated kernel (devices.py, kernel.py: the device-mapper core
-and loop, blockio.py: the block layer, dm_thin.py and dm_linear.py: the targets) and what
-runs on it (tools/, run.py, server.py, sandbox.py).
-
-Importing the package loads the targets' modules, which register with the core, as the
-kernel's module_init does (dm_register_target): every user of the core finds them.
-"""
-
-from . import dm_linear, dm_thin  # noqa: F401 -- they register their target types
+"""The simulated host: what runs on the simulated kernel (thinsim/model/): the ported
+tools (tools/), the runner, its process and sandbox (run.py, server.py, sandbox.py), the
+private /dev and /sys (devnodes.py, sysfs.py), and the host's state file (state.py);
+and the real host (real.py, diff.py)."""

@@ -17,9 +17,9 @@ import os
 import pickle
 from pathlib import Path
 
-from .blockio import new_command
-from .devices import DmDevice, HostState, LoopDevice, Target, Unloaded, is_device_path
-from .dm_thin import reopen_pools
+from ..model.blockio import new_command
+from ..model.devices import DmDevice, HostState, LoopDevice, Target, Unloaded, is_device_path
+from ..model.dm_thin import reopen_pools
 
 # the devices are defined in devices.py; their old home names them still (and a state file
 # pickled before names them here)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno as E
 import os
 
+from ...model import blockio, devices
+from ...model.devices import device_size
+from ...model.dm import dm_open_count, table_devnos
 from ...thin_tools import run_tool
 from ...thin_tools.common import READER_START_S, Files, Handle, Output, RealFiles, Stat
-from .. import blockio, devices
-from ..kernel import device_size, dm_open_count, table_devnos
 from ..state import DmDevice, HostState, LoopDevice, is_device_path
 
 

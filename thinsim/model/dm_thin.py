@@ -6,7 +6,7 @@ constructors (opening the devices, the metadata device's superblock, __pool_find
 destructors, suspend and resume, status, messages, the device areas, io_hints, the map
 (I/O, an external origin's included), the worker's periodic commit, and a pool's re-open
 from its metadata device by the host's process (reopen_pools).  Registered with the core
-(dm_register_target) when the simulated kernel is imported (thinsim/host/__init__.py).
+(dm_register_target) when the simulated kernel is imported (thinsim/model/__init__.py).
 """
 
 from __future__ import annotations
@@ -14,20 +14,16 @@ from __future__ import annotations
 import errno as E
 
 from ..constants import SECTOR_SIZE as SECTOR
-from ..model.disk import (
+from . import blockio, external_origin, loopfile
+from .devices import DmDevice, HostState, LoopDevice, StoreLoop, Target, Unloaded
+from .disk import (
     CorruptMetadata,
     MetadataDevice,
     MetadataWriteError,
     read_metadata,
     superblock_is_blank,
 )
-from ..model.metadata import PoolMetadata
-from ..model.pool import PM_FAIL, Pool, PoolTable, TableError
-from ..model.store import MemoryStore
-from ..model.thin import Thin
-from . import blockio, external_origin, loopfile
-from .devices import DmDevice, HostState, LoopDevice, StoreLoop, Target, Unloaded
-from .kernel import (
+from .dm import (
     NotSimulated,
     TargetType,
     device_size,
@@ -35,6 +31,10 @@ from .kernel import (
     dm_register_target,
     resolve_devno,
 )
+from .metadata import PoolMetadata
+from .pool import PM_FAIL, Pool, PoolTable, TableError
+from .store import MemoryStore
+from .thin import Thin
 
 
 def _pool_targets(dev: DmDevice) -> list[Target]:

@@ -3,9 +3,8 @@ and the kernel log; and the one lookup of a device by its node or its number (wh
 lookup_bdev and blkdev_get_by_dev answer), which every command and the device-mapper core
 use.
 
-Plain data: the kernel's code over it is in thinsim/host/kernel.py (device-mapper, loop)
-and thinsim/host/blockio.py (the block layer's I/O); thinsim/host/state.py keeps it in the
-host's folder.
+Plain data: the kernel's code over it is in dm.py (device-mapper), loop.py and blockio.py
+(the block layer's I/O); thinsim/host/state.py keeps it in the host's folder.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..constants import DM_MAJOR, LOOP_MAJOR
-from ..model.pool import NO_SPACE_TIMEOUT_SECS, Clock, KernelLog
+from ..constants import DM_MAJOR, LOOP_MAJOR, SECTOR_SIZE
+from .pool import NO_SPACE_TIMEOUT_SECS, Clock, KernelLog
 
 
 @dataclass
@@ -34,7 +33,7 @@ class LoopDevice:
     dio: bool = False
     partscan: bool = False
     # the open backing file (lo_backing_file): fd HOLDER_FD of process HOLDER_PID, which
-    # thinsim/host/loopfile.py keeps for the host; device and inode are the file's
+    # thinsim/model/loopfile.py keeps for the host; device and inode are the file's
     holder_pid: int = 0
     holder_fd: int = -1
 
@@ -171,6 +170,15 @@ class Unloaded:
 
     def __repr__(self) -> str:
         return f"Unloaded({self.kind}, {self.value})"
+
+
+def device_size(state: HostState, dev) -> int:
+    """Bytes of a simulated block device."""
+    if isinstance(dev, LoopDevice):
+        return dev.size
+    if dev.live is None:
+        return 0
+    return sum(t.length for t in dev.live) * SECTOR_SIZE
 
 
 # -- the one lookup of a block device -------------------------------------------------------

@@ -1,14 +1,14 @@
 """dm-linear.c's ``linear`` target and dm-target.c's ``error`` target on the simulated
 kernel, registered with the core (dm_register_target) when the simulated kernel is
-imported (thinsim/host/__init__.py)."""
+imported (thinsim/model/__init__.py)."""
 
 from __future__ import annotations
 
 from ..constants import SECTOR_SIZE as SECTOR
-from ..model.pool import TableError
 from . import blockio
 from .devices import DmDevice, HostState, Target
-from .kernel import TargetType, dm_get_device, dm_register_target, io_opt
+from .dm import TargetType, dm_get_device, dm_register_target, io_opt
+from .pool import TableError
 
 
 def _ctr_linear(state: HostState, dev: DmDevice, target: Target, argv: list[str]) -> None:
