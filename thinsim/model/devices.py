@@ -64,6 +64,18 @@ class Target:
     type: str
     params: str  # as given
     obj: object = None  # the model target (pool, thin) once constructed
+    # what the constructor sets: the devices it opened (dm_get_device, MAJ:MIN); a
+    # pool's metadata and data devices and the loop devices their I/O reaches; a thin's
+    # external origin and its pool's mapped device
+    devs: list[str] = field(default_factory=list)
+    md_devno: str = ""
+    data_devno: str = ""
+    md_loop: int = -1
+    data_loop: int = -1
+    loops: tuple[int, ...] = ()
+    origin: str | None = None
+    pool_name: str | None = None
+    pool_minor: int | None = None
 
 
 @dataclass
@@ -84,6 +96,7 @@ class DmDevice:
     deferred_remove: bool = False
     disk_added: bool = False
     read_ahead: int = 256
+    mknod: bool = False  # a /dev/mapper node libdm made without a disk (dm_mknodes)
 
     @property
     def devno(self) -> str:
@@ -109,6 +122,8 @@ class HostState:
     loop_nodes: set[int] = field(default_factory=lambda: set(range(8)))
     # dm_thin_pool's module parameter no_space_timeout (seconds), given to each new pool
     no_space_timeout: int = NO_SPACE_TIMEOUT_SECS
+    # commands run so far: the simulated host's clock for a pool's periodic commit
+    command_seq: int = 0
 
     def __repr__(self) -> str:
         return f"HostState(loops={sorted(self.loops)}, dm={sorted(self.dm)})"

@@ -210,6 +210,11 @@ class TargetType:
         target that sets none."""
         return None
 
+    def remaps_to(self, target: Target) -> tuple[object, int] | None:
+        """The device the whole target maps onto unchanged and the byte offset into it
+        (a linear target), or None: a pool on such a device does its I/O there."""
+        return None
+
     def event_nr(self, target: Target) -> int:
         """Events the target raised (dm_table_event), beside the device's own."""
         return 0

@@ -50,6 +50,10 @@ class LinearType(TargetType):
             f"start={target.obj[2]};"
         )
 
+    def remaps_to(self, target: Target) -> tuple[object, int] | None:
+        _, under, start = target.obj
+        return under, start * SECTOR
+
     def iterate_devices(self, target: Target) -> list[tuple[str, int, int]]:
         return [(target.devs[0], target.obj[2], target.length)]
 

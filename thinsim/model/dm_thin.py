@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno as E
 
-from ..constants import SECTOR_SIZE as SECTOR
 from . import blockio, external_origin, loopfile
 from .devices import DmDevice, HostState, LoopDevice, StoreLoop, Target, Unloaded
 from .disk import (
@@ -30,6 +29,7 @@ from .dm import (
     dm_get_device,
     dm_register_target,
     resolve_devno,
+    target_type,
 )
 from .metadata import PoolMetadata
 from .pool import PM_FAIL, Pool, PoolTable, TableError
@@ -138,13 +138,14 @@ def _backing_loop(dev) -> tuple[LoopDevice, int]:
     offset = 0
     while isinstance(dev, DmDevice):
         live = dev.live or []
-        if len(live) != 1 or live[0].type != "linear":
+        under = target_type(live[0]).remaps_to(live[0]) if len(live) == 1 else None
+        if under is None:
             raise NotSimulated(
                 f"a pool on dm-{dev.minor}: only a dm device of one linear target is simulated "
                 "under a pool"
             )
-        _, dev, start = live[0].obj
-        offset += start * SECTOR
+        dev, start = under
+        offset += start
     return dev, offset
 
 

@@ -16,7 +16,7 @@ import stat
 from ...constants import LOOP_MAJOR
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
-from ...model import dm, loopfile
+from ...model import devices, dm, loopfile
 from ...model.loop import loop_attach, loop_detach, loop_set_capacity
 from ..state import HostState, LoopDevice, is_device_path
 from .common import IO, unsupported
@@ -147,18 +147,9 @@ class Losetup:
 
     def number_of(self, path: str | None) -> int | None:
         """The loop number a path names when it is an existing loop node (is_loopdev)."""
-        if not path:
-            return None
-        p = (
-            os.path.normpath(path)
-            if path.startswith("/")
-            else os.path.normpath(os.path.join(os.getcwd(), path))
-        )
-        if p.startswith("/dev/loop") and p[9:].isdigit() and str(int(p[9:])) == p[9:]:
-            n = int(p[9:])
-            if n in self.nodes:
-                return n
-        return None
+        devno = devices.node_devno(self.state, path) if path else None
+        major, _, minor = (devno or "").partition(":")
+        return int(minor) if major == str(LOOP_MAJOR) else None
 
     def is_loopdev(self, path: str) -> bool:
         return self.number_of(path) is not None
