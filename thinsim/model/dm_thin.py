@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno as E
 
 from . import blockio, external_origin, loopfile
-from .devices import DmDevice, HostState, LoopDevice, StoreLoop, Target, Unloaded
+from .devices import DmDevice, HostState, LoopDevice, StoreLoop, Target, Unloaded, device_size
 from .disk import (
     CorruptMetadata,
     MetadataDevice,
@@ -25,7 +25,6 @@ from .disk import (
 from .dm import (
     NotSimulated,
     TargetType,
-    device_size,
     dm_get_device,
     dm_register_target,
     resolve_devno,
