@@ -29,6 +29,7 @@ def test_a_pool_and_its_thin_are_mapped_devices_of_the_core_with_its_minors():
     pool.message("create_thin 0")
     thin = pool.activate(0, GiB)
     kernel = machine._kernel
+    kernel._check()
     assert sorted(d.minor for d in kernel.dm.values()) == [0, 1]
     assert (pool.minor, thin.minor) == (0, 1)
     assert pool.table() == "0 2097152 thin-pool 7:0 7:1 128 0 0 "
@@ -43,6 +44,7 @@ def test_pools_on_one_machine_get_loop_devices_of_their_own_and_free_them_on_clo
     second = _pool(machine)
     assert second.table().split()[3:5] == ["7:2", "7:3"]
     assert second.minor == 1
+    machine._kernel._check()
     first.close()
     third = _pool(machine)
     assert third.table().split()[3:5] == ["7:0", "7:1"]

@@ -138,6 +138,30 @@ class HostState:
 
     # -- lookups ---------------------------------------------------------------------
 
+    def _check(self) -> None:
+        """Assert the invariants of the machine's devices: names and minors unique, every
+        table a gapless run of constructed targets, a target's object (a pool's) bound by
+        one mapped device's tables only."""
+        minors = [d.minor for d in self.dm.values()]
+        assert len(minors) == len(set(minors)), minors
+        owner: dict[int, str] = {}
+        for name, dev in self.dm.items():
+            assert dev.name == name, (name, dev.name)
+            assert dev.disk_added or dev.live is None, name
+            for table in (dev.live, dev.inactive):
+                if table is None:
+                    continue
+                assert table, name
+                end = 0
+                for t in table:
+                    assert t.start == end and t.length > 0, (name, t)
+                    assert t.obj is not None, (name, t)
+                    end += t.length
+                    if not isinstance(t.obj, tuple):  # a pool's object outlives a reload
+                        assert owner.setdefault(id(t.obj), name) == name, name
+        for n, loop in self.loops.items():
+            assert loop.number == n, (n, loop)
+
     def free_loop(self) -> int:
         n = 0
         while n in self.loops:
