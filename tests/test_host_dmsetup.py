@@ -4,6 +4,7 @@ in the recorded host scripts (tests/host/recorded): the texts below are copied f
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def run(state: HostState, *argv: str, stdin: str = "") -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> HostState:
+def host(tmp_path: Path) -> Iterator[HostState]:
     """A host with loop0 on a 16 MiB file and loop1 on a 1 GiB file (sparse)."""
     state = HostState()
     for n, size in ((0, 16 << 20), (1, 1 << 30)):
@@ -32,7 +33,8 @@ def host(tmp_path: Path) -> HostState:
         with open(path, "wb") as f:
             f.truncate(size)
         loop.loop_attach(state, n, str(path))
-    return state
+    yield state
+    state._check()  # whatever the test did, the machine's devices are still consistent
 
 
 def test_the_usage_text_is_the_one_dmsetup_prints_after_an_unknown_command():
