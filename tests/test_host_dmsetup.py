@@ -4,15 +4,16 @@ in the recorded host scripts (tests/host/recorded): the texts below are copied f
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from thinsim.host import kernel
 from thinsim.host.libdm_report import NUM, STR, FieldType, ObjectType, Report, ReportError
 from thinsim.host.state import HostState
 from thinsim.host.tools.common import IO
 from thinsim.host.tools.dmsetup import _split_name, dmsetup, usage_text
+from thinsim.model import loop
 
 RECORDED = Path(__file__).parent / "host" / "recorded"
 
@@ -24,15 +25,16 @@ def run(state: HostState, *argv: str, stdin: str = "") -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> HostState:
+def host(tmp_path: Path) -> Iterator[HostState]:
     """A host with loop0 on a 16 MiB file and loop1 on a 1 GiB file (sparse)."""
     state = HostState()
     for n, size in ((0, 16 << 20), (1, 1 << 30)):
         path = tmp_path / f"disk{n}.img"
         with open(path, "wb") as f:
             f.truncate(size)
-        kernel.loop_attach(state, n, str(path))
-    return state
+        loop.loop_attach(state, n, str(path))
+    yield state
+    state._check()  # whatever the test did, the machine's devices are still consistent
 
 
 def test_the_usage_text_is_the_one_dmsetup_prints_after_an_unknown_command():

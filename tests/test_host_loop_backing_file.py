@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from thinsim.errors import ThinsimError
-from thinsim.host import blockio, loopfile
 from thinsim.host.run import this_thinsim
 from thinsim.host.state import HostState
 from thinsim.host.tools import IO
 from thinsim.host.tools.losetup import losetup
+from thinsim.model import blockio, loopfile
 
 
 def run(tool, state, *argv):

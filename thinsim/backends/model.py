@@ -1,16 +1,28 @@
-"""The model backend: the interface on the simulation in ``thinsim.model``."""
+"""The model backend: the interface on the simulation in ``thinsim.model``.
+
+A thin layer over the simulated kernel's device-mapper core (thinsim/model/dm.py), the
+one the simulated host's dmsetup calls: a pool is a mapped device whose ``thin-pool`` table
+names two loop devices of its own (thinsim.model.devices.StoreLoop: the data device's bytes
+in the pool's store, the metadata in memory), a thin a mapped device with a ``thin`` table.
+Tables, constructor errors and their log lines, minors, status and table lines, suspend,
+resume, reload and remove are the core's; only the data path calls the thin target directly
+(no device lookup per I/O), as a bio reaches thin_map.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno as E
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .. import interface
-from ..constants import DM_MAJOR, SECTOR_SIZE
-from ..dm import log_device_too_small, log_table_error
+from ..constants import SECTOR_SIZE
 from ..errors import InvalidArgumentError, NotFoundError, ThinsimError, error_for
-from ..model.pool import NO_SPACE_TIMEOUT_SECS, Clock, KernelLog, PoolTable, TableError
+from ..model import dm
+from ..model.devices import DmDevice, HostState
+from ..model.loop import loop_add_store, loop_detach
+from ..model.pool import NO_SPACE_TIMEOUT_SECS, Clock, KernelLog
 from ..model.pool import Pool as PoolTarget
 from ..model.store import AccountingStore, DataStore, FileStore, MemoryStore
 from ..model.thin import Thin as ThinTarget
@@ -59,16 +71,38 @@ def make_store(store: str | os.PathLike[str] | DataStore, data_size: int) -> Dat
         raise error_for(e.errno or E.EIO, f"store {path!r}: {e.strerror}") from None
 
 
+@contextlib.contextmanager
+def _ioctl() -> Iterator[None]:
+    """A call into the device-mapper core: what the simulation does not do is refused with
+    EOPNOTSUPP (a thinsim error, as every failure of the Python API is)."""
+    try:
+        yield
+    except dm.NotSimulated as e:
+        raise error_for(E.EOPNOTSUPP, f"not simulated: {e}") from None
+
+
+def _remove(state: HostState, dev: DmDevice) -> None:
+    """DM_DEV_REMOVE of a device this backend made, if it is still there."""
+    if state.dm.get(dev.name) is dev:
+        with _ioctl():
+            dm.dm_remove(state, dev)
+
+
 class ModelThin(interface.Thin):
-    def __init__(self, pool: ModelPool, target: ThinTarget, minor: int) -> None:
+    def __init__(self, pool: ModelPool, md: DmDevice) -> None:
         self.pool = pool
-        self.target = target
-        self.dev_id = target.dev_id
-        self.minor = minor
-        self.suspended = False
+        self._dm = md
+        # the data path calls the thin target itself, as dm's map does per bio
+        self.target: ThinTarget = md.live[0].obj
+        self.dev_id = self.target.dev_id
+        self.minor = md.minor
 
     def __repr__(self) -> str:
         return f"ModelThin(dev_id={self.dev_id}, length={self.target.size})"
+
+    @property
+    def suspended(self) -> bool:
+        return self._dm.suspended
 
     def read(self, offset: int, length: int) -> bytes:
         interface.check_read(offset, length)
@@ -88,21 +122,26 @@ class ModelThin(interface.Thin):
         self.target.flush()
 
     def status(self) -> str:
-        return f"0 {self.target.length_sectors} thin {self.target.status()}"
+        (line,) = dm.status_lines(self.pool._kernel, self._dm, table=False)
+        return line
 
     def table(self) -> str:
-        return f"0 {self.target.length_sectors} thin {self.target.table_params()}"
+        (line,) = dm.status_lines(self.pool._kernel, self._dm, table=True)
+        return line
 
     def deactivate(self) -> None:
-        self.target.close()
-        self.pool._thins.pop(self.dev_id, None)
+        _remove(self.pool._kernel, self._dm)
+        if self.pool._thins.get(self.dev_id) is self:
+            del self.pool._thins[self.dev_id]
 
     def suspend(self) -> None:
-        # dm-thin.c: a thin's suspend only waits for its in-flight bios; the model has none.
-        self.suspended = True
+        # dm-thin.c: a thin's suspend only waits for its in-flight bios; the model has none
+        with _ioctl():
+            dm.dm_suspend(self.pool._kernel, self._dm)
 
     def resume(self) -> None:
-        self.suspended = False
+        with _ioctl():
+            dm.dm_resume(self.pool._kernel, self._dm)
 
 
 class ModelPool(interface.Pool):
@@ -138,9 +177,18 @@ class ModelPool(interface.Pool):
             str(low_water_mark_blocks),
             list(features),
             store=store,
-            log=log,
-            clock=clock,
+            state=self._own_kernel(log, clock, NO_SPACE_TIMEOUT_SECS),
         )
+
+    @staticmethod
+    def _own_kernel(log: KernelLog | None, clock: Clock | None, no_space_timeout: int) -> HostState:
+        """A simulated kernel of the pool's own (a ModelMachine's pools share one)."""
+        state = HostState(
+            log=log if log is not None else KernelLog(),
+            clock=clock if clock is not None else Clock(),
+        )
+        state.no_space_timeout = no_space_timeout
+        return state
 
     @classmethod
     def from_table(
@@ -155,7 +203,7 @@ class ModelPool(interface.Pool):
         store: str | DataStore = "accounting",
         log: KernelLog | None = None,
         clock: Clock | None = None,
-        minor: int = 0,
+        minor: int | None = None,
         no_space_timeout: int = NO_SPACE_TIMEOUT_SECS,
     ) -> ModelPool:
         """A pool made as ``dmsetup create`` makes it from a table's words (what
@@ -170,10 +218,8 @@ class ModelPool(interface.Pool):
             low_water_mark,
             list(features),
             store=store,
-            log=log,
-            clock=clock,
+            state=cls._own_kernel(log, clock, no_space_timeout),
             minor=minor,
-            no_space_timeout=no_space_timeout,
         )
         return pool
 
@@ -187,56 +233,41 @@ class ModelPool(interface.Pool):
         features: list[str],
         *,
         store: str | DataStore,
-        log: KernelLog | None,
-        clock: Clock | None,
-        minor: int = 0,
-        no_space_timeout: int = NO_SPACE_TIMEOUT_SECS,
+        state: HostState,
+        minor: int | None = None,
     ) -> None:
-        """dm-ioctl.c's create and table load, then the first resume: the target's
-        constructor (a refusal logged as dm_table_add_target logs it), the check of the
-        table against its data device (dm-table.c: device_area_is_invalid), pool_resume."""
+        """``dmsetup create`` on two fresh loop devices: DM_DEV_CREATE, DM_TABLE_LOAD (the
+        target's constructor, a refusal logged as dm_table_add_target logs it; the check
+        of the table against its data device), then the first resume.  A pool that could
+        not be made leaves nothing: no device, no loop device, not the file it made."""
+        self._kernel = state
         self.data_size = data_size
         self.metadata_size = metadata_size
         self._bs = block_size
         self._lwm = low_water_mark
         self._features = features
         self._length = length_sectors
-        self.minor = minor
-        self.dev = f"{DM_MAJOR}:{minor}"
         self.closed = False
         self._thins: dict[int, ModelThin] = {}
-        log = log if log is not None else KernelLog()
         path = _store_path(store)
         made = path is not None and not os.path.lexists(path)
         data_store = make_store(store, data_size)
+        self._loops = (
+            loop_add_store(state, metadata_size),
+            loop_add_store(state, data_size, data_store),
+        )
+        minor = state.free_dm_minor() if minor is None else minor
+        md = None
         try:
-            try:
-                table = PoolTable.parse(self._argv(), metadata_bytes=metadata_size, log=log)
-                self.target = PoolTarget(
-                    table,
-                    length_sectors=length_sectors,
-                    metadata_bytes=metadata_size,
-                    data_bytes=data_size,
-                    store=data_store,
-                    log=log,
-                    clock=clock,
-                    name=self.dev,
-                )
-            except TableError as e:
-                log_table_error(log, self.dev, "thin-pool", e)
-                raise
-            data_sectors = data_size // SECTOR_SIZE
-            if length_sectors > data_sectors:
-                # checked after the target was constructed
-                log_device_too_small(
-                    log, self.dev, "loop1", 0, length_sectors, data_sectors, first_table=True
-                )
-                raise error_for(E.EINVAL)
-            self.data_block_size_sectors = table.block_size
-            self.target.no_space_timeout = no_space_timeout
-            self.target.resume()
+            with _ioctl():
+                md = dm.dm_create(state, f"pool{minor}", minor=minor)
+                dm.dm_load(state, md, [(0, length_sectors, "thin-pool", self._params())])
+                dm.dm_resume(state, md)
         except BaseException as e:
-            # a pool that could not be made leaves nothing: not the file it made either
+            if md is not None:
+                _remove(state, md)
+            for loop in self._loops:
+                loop_detach(state, loop)
             if path is not None:
                 data_store.close()
                 if made:
@@ -246,6 +277,11 @@ class ModelPool(interface.Pool):
                     E.ENOMEM, f"not enough memory to model a pool of {data_size} bytes"
                 ) from None
             raise
+        self._dm = md
+        self.minor = md.minor
+        self.dev = md.devno
+        self.target: PoolTarget = md.live[0].obj
+        self.data_block_size_sectors = self.target.sectors_per_block
 
     def __repr__(self) -> str:
         return (
@@ -254,33 +290,37 @@ class ModelPool(interface.Pool):
             f"low_water_mark_blocks={self._lwm}, features={self._features!r})"
         )
 
-    def _argv(self) -> list[str]:
-        argv = ["7:0", "7:1", self._bs, self._lwm]
+    def _params(self) -> str:
+        """The table's parameters: the pool's own two loop devices, then the words given."""
+        meta, data = self._loops
+        words = [meta.devno, data.devno, self._bs, self._lwm]
         if self._features:
-            argv += [str(len(self._features)), *self._features]
-        return argv
+            words += [str(len(self._features)), *self._features]
+        return " ".join(words)
 
     @property
     def log(self) -> KernelLog:
-        return self.target.log
+        return self._kernel.log
 
     def message(self, text: str) -> None:
-        self.target.message(interface.check_message(text))
+        text = interface.check_message(text)
+        with _ioctl():
+            dm.dm_message(self._kernel, self._dm, 0, text)
 
     def activate(self, dev_id: int, length: int) -> ModelThin:
         """dmsetup create of a thin device: thin_ctr's checks, its refusals logged."""
         interface.check_activate(dev_id, length)
-        used = {t.minor for t in self._thins.values()} | {self.minor}
-        minor = next(m for m in range(len(used) + 1) if m not in used)
+        state = self._kernel
+        minor = state.free_dm_minor()
+        md = dm.dm_create(state, f"thin{minor}", minor=minor)
         try:
-            dev = ThinTarget.parse([self.dev, str(dev_id)])
-            if self.target.suspended:
-                raise TableError("Unable to activate thin device while pool is suspended")
-            target = ThinTarget(self.target, dev, length // SECTOR_SIZE, pool_dev=self.dev)
-        except TableError as e:
-            log_table_error(self.log, f"{DM_MAJOR}:{minor}", "thin", e)
+            with _ioctl():
+                dm.dm_load(state, md, [(0, length // SECTOR_SIZE, "thin", f"{self.dev} {dev_id}")])
+                dm.dm_resume(state, md)
+        except BaseException:
+            _remove(state, md)
             raise
-        thin = ModelThin(self, target, minor)
+        thin = ModelThin(self, md)
         self._thins[dev_id] = thin
         return thin
 
@@ -294,61 +334,51 @@ class ModelPool(interface.Pool):
         low_water_mark: str,
         features: Sequence[str],
     ) -> None:
-        t = self.target
+        """What KernelPool.reload_table does: the loop devices take their new sizes
+        (``losetup -c``), then ``dmsetup suspend``, ``reload`` and ``resume``; after a
+        failure the pool is resumed on its old table if it stayed suspended."""
+        state, md = self._kernel, self._dm
+        meta, data = self._loops
+        meta.size, data.size = metadata_size, data_size
         self.data_size, self.metadata_size = data_size, metadata_size
-        t.data_bytes, t.metadata_bytes = data_size, metadata_size
         saved = (self._bs, self._lwm, self._features, self._length)
         self._bs, self._lwm, self._features = block_size, low_water_mark, list(features)
-        t.suspend()
+        self._length = length_sectors
         try:
-            try:
-                table = PoolTable.parse(self._argv(), metadata_bytes=metadata_size, log=t.log)
-                t.load(table, length_sectors)
-            except TableError as e:
-                log_table_error(t.log, self.dev, "thin-pool", e)
-                raise
-            if length_sectors > data_size // SECTOR_SIZE:
-                log_device_too_small(
-                    t.log,
-                    self.dev,
-                    "loop1",
-                    0,
-                    length_sectors,
-                    data_size // SECTOR_SIZE,
-                    first_table=False,
-                )
-                t.pending = None
-                raise error_for(E.EINVAL)
-            t.resume()
+            with _ioctl():
+                dm.dm_suspend(state, md)
+                dm.dm_load(state, md, [(0, length_sectors, "thin-pool", self._params())])
+                dm.dm_resume(state, md)
         except ThinsimError:
             self._bs, self._lwm, self._features, self._length = saved
-            if t.suspended:
-                try:
-                    t.resume()
-                except ThinsimError:
-                    pass  # a table that failed in preresume fails again: dmsetup's retry
+            if md.suspended:
+                with contextlib.suppress(ThinsimError):
+                    dm.dm_resume(state, md)  # dmsetup's retry (fails again after preresume)
             raise
-        self._length = length_sectors
-        self.data_block_size_sectors = table.block_size
+        self.data_block_size_sectors = self.target.sectors_per_block
 
     def suspend(self) -> None:
-        self.target.suspend()
+        with _ioctl():
+            dm.dm_suspend(self._kernel, self._dm)
 
     def resume(self) -> None:
-        self.target.resume()
+        with _ioctl():
+            dm.dm_resume(self._kernel, self._dm)
 
     def commit(self) -> None:
         self.target.commit()
 
     def status(self, noflush: bool = False) -> str:
-        return f"0 {self.target.length_sectors} thin-pool {self.target.status(noflush)}"
+        (line,) = dm.status_lines(self._kernel, self._dm, table=False, noflush=noflush)
+        return line
 
     def table(self) -> str:
-        return f"0 {self.target.length_sectors} thin-pool {self.target.table_params()}"
+        (line,) = dm.status_lines(self._kernel, self._dm, table=True)
+        return line
 
     @property
     def event_nr(self) -> int:
-        return self.target.event_nr
+        return dm.event_nr(self._dm)
 
     def metadata_dump(self) -> str:
         self.reserve_metadata_snap()
@@ -362,15 +392,27 @@ class ModelPool(interface.Pool):
         return self.target.store.allocated_bytes()
 
     def close(self) -> None:
+        """Remove the thins, the pool (which commits, as its last suspend does) and its
+        loop devices.  Safe to call twice."""
+        if self.closed:
+            return
+        state = self._kernel
         for thin in list(self._thins.values()):
             thin.deactivate()
-        self.target.suspend()
-        self.target.store.close()
+        for md in list(state.dm.values()):  # a thin activated twice under one id
+            if any(
+                isinstance(t.obj, ThinTarget) and t.obj.pool is self.target for t in md.live or []
+            ):
+                _remove(state, md)
+        _remove(state, self._dm)
+        for loop in self._loops:
+            loop_detach(state, loop)
         self.closed = True
 
 
 class ModelMachine(interface.Machine):
-    """Pools on the model, sharing one kernel log and one simulated clock.
+    """Pools on the model in one simulated kernel: one kernel log, one simulated clock,
+    one set of device minors.
 
     ``store_factory`` makes the data store of each new pool: a fresh ``MemoryStore`` by
     default; a ``FileStore`` on a real sparse file makes ``du`` a real measurement.
@@ -378,8 +420,9 @@ class ModelMachine(interface.Machine):
 
     def __init__(self, store_factory: Callable[[], DataStore] = MemoryStore) -> None:
         self.store_factory = store_factory
-        self.log = KernelLog()
-        self.clock = Clock()
+        self._kernel = HostState()
+        self.log = self._kernel.log
+        self.clock = self._kernel.clock
         self.no_space_timeout = NO_SPACE_TIMEOUT_SECS
         self._seen = 0
         self._pools: list[ModelPool] = []
@@ -398,21 +441,16 @@ class ModelMachine(interface.Machine):
         features: Sequence[str],
     ) -> ModelPool:
         self._pools = [p for p in self._pools if not p.closed]
-        used = {p.minor for p in self._pools} | {
-            t.minor for p in self._pools for t in p._thins.values()
-        }
-        pool = ModelPool.from_table(
-            metadata_size=metadata_size,
-            data_size=data_size,
-            length_sectors=length_sectors,
-            block_size=block_size,
-            low_water_mark=low_water_mark,
-            features=features,
+        pool = ModelPool.__new__(ModelPool)
+        pool._make(
+            data_size,
+            metadata_size,
+            length_sectors,
+            block_size,
+            low_water_mark,
+            list(features),
             store=self.store_factory(),  # fresh sparse files for every pool
-            log=self.log,
-            clock=self.clock,
-            minor=next(m for m in range(len(used) + 1) if m not in used),
-            no_space_timeout=self.no_space_timeout,
+            state=self._kernel,
         )
         self._pools.append(pool)
         return pool
@@ -423,6 +461,13 @@ class ModelMachine(interface.Machine):
         return new
 
     def set_no_space_timeout(self, seconds: int) -> None:
-        self.no_space_timeout = seconds
+        """dm_thin_pool's module parameter: every pool's, now and later."""
+        self.no_space_timeout = self._kernel.no_space_timeout = seconds
         for pool in self._pools:
             pool.target.no_space_timeout = seconds
+
+    def close(self) -> None:
+        """Remove every pool made here, with its thins."""
+        for pool in self._pools:
+            pool.close()
+        self._pools.clear()

@@ -15,155 +15,27 @@ import hmac
 import io
 import os
 import pickle
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..constants import DM_MAJOR, LOOP_MAJOR
-from ..model.pool import Clock, KernelLog
+from ..model.blockio import new_command
+from ..model.devices import DmDevice, HostState, LoopDevice, Target, Unloaded, is_device_path
+from ..model.dm_thin import reopen_pools
+
+# the devices are defined in devices.py; their old home names them still (and a state file
+# pickled before names them here)
+__all__ = [
+    "DmDevice",
+    "HostState",
+    "HostStateError",
+    "LoopDevice",
+    "Target",
+    "Unloaded",
+    "is_device_path",
+    "open_host",
+]
 
 STATE_FILE = "state.pickle"
 LOCK_FILE = "lock"
-
-
-@dataclass
-class LoopDevice:
-    """A loop device bound to a backing file (drivers/block/loop.c)."""
-
-    number: int
-    backing_file: str
-    inode: int
-    device: int
-    offset: int = 0
-    sizelimit: int = 0
-    read_only: bool = False
-    autoclear: bool = False
-    size: int = 0  # capacity in bytes, fixed at attach and at ``losetup -c``
-    dio: bool = False
-    partscan: bool = False
-    # the open backing file (lo_backing_file): fd HOLDER_FD of process HOLDER_PID, which
-    # thinsim/host/loopfile.py keeps for the host; device and inode are the file's
-    holder_pid: int = 0
-    holder_fd: int = -1
-
-    @property
-    def path(self) -> str:
-        return f"/dev/loop{self.number}"
-
-    @property
-    def devno(self) -> str:
-        return f"{LOOP_MAJOR}:{self.number}"
-
-
-@dataclass
-class Target:
-    """One row of a device-mapper table."""
-
-    start: int
-    length: int
-    type: str
-    params: str  # as given
-    obj: object = None  # the model target (pool, thin) once constructed
-
-
-@dataclass
-class DmDevice:
-    """A device-mapper device: a name, a minor, a live and an inactive table."""
-
-    name: str
-    minor: int
-    uuid: str = ""
-    live: list[Target] | None = None
-    inactive: list[Target] | None = None
-    suspended: bool = False
-    event_nr: int = 0
-    read_only: bool = False
-    # dm-ioctl.c/dm.c facts dmsetup shows: the inactive table's mode, a pending deferred
-    # remove, the gendisk's existence (added at the first table load) and its read-ahead
-    inactive_ro: bool = False
-    deferred_remove: bool = False
-    disk_added: bool = False
-    read_ahead: int = 256
-
-    @property
-    def devno(self) -> str:
-        return f"{DM_MAJOR}:{self.minor}"
-
-    @property
-    def path(self) -> str:
-        return f"/dev/mapper/{self.name}"
-
-
-@dataclass
-class HostState:
-    """Everything a simulated host remembers between commands."""
-
-    loops: dict[int, LoopDevice] = field(default_factory=dict)
-    dm: dict[str, DmDevice] = field(default_factory=dict)
-    log: KernelLog = field(default_factory=KernelLog)
-    log_times: list[float] = field(default_factory=list)
-    clock: Clock = field(default_factory=Clock)
-    boot_time: float = field(default_factory=time.time)
-    # loop devices that exist, bound or not: loop0-7 from loop.ko's load, more from
-    # LOOP_CTL_GET_FREE / LOOP_CTL_ADD (losetup); none goes away
-    loop_nodes: set[int] = field(default_factory=lambda: set(range(8)))
-
-    def __repr__(self) -> str:
-        return f"HostState(loops={sorted(self.loops)}, dm={sorted(self.dm)})"
-
-    # -- the kernel log with timestamps (dmesg) --------------------------------------
-
-    def stamp_log(self) -> None:
-        """Give every log line without a time the current uptime."""
-        now = time.time() - self.boot_time
-        while len(self.log_times) < len(self.log.lines):
-            self.log_times.append(now)
-
-    # -- lookups ---------------------------------------------------------------------
-
-    def free_loop(self) -> int:
-        n = 0
-        while n in self.loops:
-            n += 1
-        return n
-
-    def free_dm_minor(self) -> int:
-        used = {d.minor for d in self.dm.values()}
-        m = 0
-        while m in used:
-            m += 1
-        return m
-
-    def device_by_path(self, path: str):
-        """The simulated device a path names (/dev/loopN, /dev/mapper/NAME, /dev/dm-N,
-        MAJ:MIN), or None."""
-        p = os.path.normpath(path)
-        if p.startswith("/dev/loop") and p[9:].isdigit():
-            return self.loops.get(int(p[9:]))
-        if p.startswith("/dev/mapper/"):
-            return self.dm.get(p[12:])
-        if p.startswith("/dev/dm-") and p[8:].isdigit():
-            minor = int(p[8:])
-            return next((d for d in self.dm.values() if d.minor == minor), None)
-        if ":" in path:
-            major, _, minor = path.partition(":")
-            if major.isdigit() and minor.isdigit():
-                if int(major) == LOOP_MAJOR:
-                    return self.loops.get(int(minor))
-                if int(major) == DM_MAJOR:
-                    return next((d for d in self.dm.values() if d.minor == int(minor)), None)
-        return None
-
-
-def is_device_path(path: str) -> bool:
-    """Whether ``path`` names a device node the simulated host owns (whether or not it
-    exists there): such paths must never reach the real host."""
-    p = os.path.normpath(path)
-    return (
-        (p.startswith("/dev/loop") and (p[9:].isdigit() or p == "/dev/loop-control"))
-        or p.startswith("/dev/mapper/")
-        or (p.startswith("/dev/dm-") and p[8:].isdigit())
-    )
 
 
 class HostStateError(SystemExit):
@@ -246,21 +118,6 @@ def _seal(key: bytes, payload: bytes) -> bytes:
     return STATE_MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
 
 
-class Unloaded:
-    """What stands for a pool's metadata (``kind`` "pmd": the metadata device's byte
-    offset as ``value``, and ``incore``: the in-core facts the kernel keeps beside what it
-    reads from the device: its space maps' allocation cursors, the needs_check flag
-    set after a failed commit) or a thin's in-core details
-    (``kind`` "td": its device id) in a state saved without its pools, until
-    kernel.reopen_pools reads them from the metadata device."""
-
-    def __init__(self, kind: str, value: int, incore: dict | None = None) -> None:
-        self.kind, self.value, self.incore = kind, value, incore or {}
-
-    def __repr__(self) -> str:
-        return f"Unloaded({self.kind}, {self.value})"
-
-
 class _PoolsOut(pickle.Pickler):
     """Pickles a host state without its pools' metadata: each PoolMetadata and ThinDevice
     becomes a reference (persistent_id), so that the state's size and the cost of saving it
@@ -332,8 +189,6 @@ def _load_state(path: Path) -> HostState:
     if not isinstance(state, HostState):
         raise HostStateError(f"{path}: cannot load the host state: not a HostState")
     if unpickler.unloaded:
-        from .kernel import reopen_pools
-
         reopen_pools(state)
     return state
 
@@ -348,7 +203,7 @@ def _save_state(folder: Path, state: HostState, *, sync: bool = True, pools: boo
 
     Without POOLS (the host's process, which keeps the pools in its memory while it runs)
     the pools' metadata is left out (_PoolsOut): whoever loads the state next without them
-    in memory re-opens each pool from its metadata device (kernel.reopen_pools), which holds
+    in memory re-opens each pool from its metadata device (dm_thin.reopen_pools), which holds
     what the pool last committed; the per-process path (THINSIM_SERVER=0) keeps them whole,
     uncommitted changes included, since its next command is another process."""
     path = folder / STATE_FILE
@@ -402,8 +257,6 @@ def open_host(folder: str | os.PathLike, *, write: bool = True):
         fcntl.flock(lock, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
         state = _load_state(folder / STATE_FILE)
         if write:
-            from .blockio import new_command
-
             new_command(state)  # the pool's periodic commit between commands
         yield state
         if write:

@@ -24,7 +24,8 @@ import os
 import shutil
 
 from ..constants import SECTOR_SIZE as SECTOR
-from . import kernel, loopfile
+from ..model import blockio, loopfile
+from ..model.devices import device_size
 from .state import DmDevice, HostState, LoopDevice
 
 MAX_SECTORS_KB = 1280
@@ -43,15 +44,8 @@ def _queue(state: HostState, dev) -> dict[str, str]:
             granularity, max_discard = FS_BLOCK, LOOP_MAX_DISCARD
     else:
         block = _pool_block_bytes(state, dev)
-        thins = [t for t in dev.live or [] if t.type in ("thin", "thin-pool")]
-        if (
-            thins
-            and block
-            and all(t.obj.pool.pf.discard_enabled for t in thins if t.type == "thin")
-        ):
-            pools = [t.obj for t in thins if t.type == "thin-pool"]
-            if all(p.pf.discard_enabled for p in pools):
-                granularity, max_discard = block, THIN_MAX_DISCARD
+        if block and blockio.discard_granularity(state, dev):
+            granularity, max_discard = block, THIN_MAX_DISCARD
     return {
         "logical_block_size": str(logical),
         "physical_block_size": str(logical),
@@ -69,7 +63,7 @@ def _queue(state: HostState, dev) -> dict[str, str]:
 
 
 def _attributes(state: HostState, dev) -> dict[str, str]:
-    size = kernel.device_size(state, dev) // SECTOR
+    size = device_size(state, dev) // SECTOR
     ro = getattr(dev, "bd_read_only", False) or getattr(dev, "read_only", False)
     files = {"size": str(size), "ro": "1" if ro else "0", "removable": "0"}
     files.update({f"queue/{k}": v for k, v in _queue(state, dev).items()})
@@ -252,7 +246,7 @@ def _write_proc(state: HostState, devices: dict[str, object]) -> None:
     diskstats = []
     for name, dev in devices.items():
         major, minor = (int(x) for x in dev.devno.split(":"))
-        sectors = kernel.device_size(state, dev) // SECTOR
+        sectors = device_size(state, dev) // SECTOR
         if sectors:
             partitions.append(f"{major:4d}  {minor:7d} {sectors >> 1:10d} {name}\n")
         diskstats.append(f"{major:4d} {minor:7d} {name}" + " 0" * 17 + "\n")

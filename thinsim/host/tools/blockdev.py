@@ -10,8 +10,8 @@ import stat
 
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
-from .. import blockio, kernel
-from ..state import DmDevice, HostState, LoopDevice, is_device_path
+from ...model import blockio, devices, dm
+from ..state import HostState, LoopDevice, is_device_path
 from .common import IO, unsupported
 from .getopt import NO, REQUIRED, GetoptError, Long, getopt_long
 from .losetup import _strtosize
@@ -30,15 +30,7 @@ class _Exit(Exception):
 
 def _pool_block_bytes(state: HostState, dev) -> int | None:
     """The data block size of the pool under a thin or pool device (its io_min/io_opt)."""
-    if not isinstance(dev, DmDevice) or not dev.live:
-        return None
-    for t in dev.live:
-        obj = t.obj
-        if t.type == "thin-pool" and obj is not None:
-            return obj.block_bytes
-        if t.type == "thin" and obj is not None:
-            return obj.pool.block_bytes
-    return None
+    return blockio.io_min(state, dev)
 
 
 def _read_ahead(dev) -> int:
@@ -59,7 +51,7 @@ def _init_blocksize(size: int, logical: int = SECTOR) -> int:
 
 def _ioctl(state: HostState, dev, name: str) -> int | None:
     """The value a query ioctl returns for a simulated block device."""
-    size = kernel.device_size(state, dev)
+    size = devices.device_size(state, dev)
     block = _pool_block_bytes(state, dev)
     if name == "BLKROGET":
         return int(blockio.read_only(dev))
@@ -233,7 +225,7 @@ class _Blockdev:
         if isinstance(dev, tuple):
             st = dev[1]
             return st.st_size if stat.S_ISREG(st.st_mode) else None
-        return kernel.device_size(self.state, dev)
+        return devices.device_size(self.state, dev)
 
     def ioctl(self, dev, name: str, ioc: str, arg: int | None):
         """(errno, value) of one blockdev command's ioctl."""
@@ -267,7 +259,7 @@ class _Blockdev:
             self.warnx(f"ioctl error on {path}")
             return
         ro = "ro" if blockio.read_only(dev) else "rw"
-        size = kernel.device_size(self.state, dev)
+        size = devices.device_size(self.state, dev)
         logical = getattr(dev, "block_size", SECTOR)
         self.io.out(
             f"{ro} {_read_ahead(dev):5d} {logical:5d} {_init_blocksize(size, logical):5d} "
@@ -375,7 +367,7 @@ def blkdiscard(state: HostState, argv: list[str], io: IO) -> int:
         return errx(f"{path}: not a block device")
     if not force and _held(state, dev):
         return errx(f"cannot open {path}: {os.strerror(E.EBUSY)}")
-    blksize = kernel.device_size(state, dev)
+    blksize = devices.device_size(state, dev)
     secsize = getattr(dev, "block_size", SECTOR)  # BLKSSZGET
     if offset % secsize:
         return errx(f"{path}: offset {offset} is not aligned to sector size {secsize}")
@@ -411,8 +403,8 @@ def blkdiscard(state: HostState, argv: list[str], io: IO) -> int:
 def _held(state: HostState, dev) -> bool:
     """Whether a dm table holds the device (opened O_EXCL: blkdiscard gets EBUSY)."""
     if isinstance(dev, LoopDevice):
-        return dev.number in state.loops and kernel.loop_in_use(state, dev)
-    return kernel.dm_open_count(state, dev) > 0
+        return dev.number in state.loops and dm.loop_in_use(state, dev)
+    return dm.dm_open_count(state, dev) > 0
 
 
 def _blk_ioctl(state: HostState, dev, act: str, start: int, length: int, size: int) -> int:

@@ -18,7 +18,7 @@ import time
 
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
-from .. import blockio, kernel
+from ...model import blockio, devices
 from ..command import unlocked
 from ..state import HostState, is_device_path
 from .common import IO, unsupported
@@ -272,7 +272,7 @@ class _DeviceFile:
 
     @property
     def size(self) -> int:
-        return kernel.device_size(self.state, self.dev)
+        return devices.device_size(self.state, self.dev)
 
     def read(self, n: int) -> bytes:
         size = self.size

@@ -3,7 +3,7 @@
 A port of lvm2's libdm/dm-tools/dmsetup.c (option parsing, the command table, each command)
 over libdm's task layer (libdm/ioctl/libdm-iface.c: how an ioctl failure is reported) and
 its report engine (``thinsim.host.libdm_report``); the ioctls themselves are
-``thinsim.host.kernel``'s.
+``thinsim.model.dm``'s.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import os
 import re
 import sys
 
-from ...constants import DM_MAJOR, LOOP_MAJOR
+from ...constants import DM_MAJOR
 from ...errors import ThinsimError
 from ...getopt import NO_ARGUMENT, REQUIRED_ARGUMENT, LongOption
 from ...getopt import parse as getopt_parse
-from .. import kernel
+from ...model import devices, dm
 from ..libdm_report import (
     NUM,
     STR,
@@ -26,7 +26,7 @@ from ..libdm_report import (
     ReportError,
     ReportFieldError,
 )
-from ..state import DmDevice, HostState
+from ..state import DmDevice, HostState, is_device_path
 from .common import IO, unsupported
 
 DMSETUP_LIBRARY = "1.02.185 (2022-05-18)"
@@ -472,8 +472,8 @@ class _Info:
         self.suspended = dev.suspended
         self.live_table = dev.live is not None
         self.inactive_table = dev.inactive is not None
-        self.open_count = kernel.dm_open_count(state, dev)
-        self.event_nr = kernel.event_nr(dev)
+        self.open_count = dm.dm_open_count(state, dev)
+        self.event_nr = dm.event_nr(dev)
         self.deferred_remove = dev.deferred_remove
         if inactive:
             self.target_count = len(dev.inactive or [])
@@ -518,18 +518,8 @@ class Dmsetup:
     def _node_rdev(self, path: str):
         """stat(path).st_rdev on the simulated host: a devno string, "" for a file that is
         no device node, None when the path does not exist."""
-        p = os.path.normpath(path)
-        state = self.state
-        if p.startswith("/dev/mapper/"):
-            dev = state.dm.get(p[12:])
-            return dev.devno if dev is not None and kernel.has_mapper_node(dev) else None
-        if p.startswith("/dev/dm-") and p[8:].isdigit():
-            dev = kernel.dm_by_minor(state, int(p[8:]))
-            return dev.devno if dev is not None and dev.disk_added else None
-        if p.startswith("/dev/loop") and p[9:].isdigit():
-            n = int(p[9:])
-            nodes = getattr(state, "loop_nodes", set(range(8)))
-            return f"{LOOP_MAJOR}:{n}" if n in nodes or n in state.loops else None
+        if is_device_path(path):
+            return devices.node_devno(self.state, path)
         return "" if os.path.exists(path) else None
 
     def set_name(self, name: str, task: str) -> str:
@@ -555,7 +545,7 @@ class Dmsetup:
         elif rdev and self._node_rdev("/dev/mapper/" + last) == rdev:
             return last
         for dev in sorted(self.state.dm.values(), key=lambda d: d.minor):
-            if rdev and kernel.has_mapper_node(dev) and dev.devno == rdev:
+            if rdev and devices.has_mapper_node(dev) and dev.devno == rdev:
                 return dev.name
         self.err(f"Device {last} not found")
         raise _Fail
@@ -579,13 +569,13 @@ class Dmsetup:
         if ident.get("uuid"):
             if ident.get("name") or ident.get("major"):
                 return None
-            return kernel.dm_by_uuid(state, ident["uuid"])
+            return devices.dm_by_uuid(state, ident["uuid"])
         if ident.get("name"):
             return state.dm.get(ident["name"])
         if ident.get("major") is not None:
             if ident["major"] != DM_MAJOR:
                 return None
-            return kernel.dm_by_minor(state, ident["minor"])
+            return devices.dm_by_minor(state, ident["minor"])
         return None
 
     def ioctl_error(self, op: str, ident: dict, errno: int) -> None:
@@ -612,7 +602,7 @@ class Dmsetup:
     def kernel_call(self, op: str, ident: dict, fn, *args, **kw):
         try:
             return fn(*args, **kw)
-        except kernel.NotSimulated as e:
+        except dm.NotSimulated as e:
             self.io.err(f"thinsim: dmsetup: {e} is not simulated\n")
             raise _Fail from None
         except ThinsimError as e:
@@ -638,13 +628,13 @@ class Dmsetup:
 
     def device_get_name(self, devno: str, prefer_kernel: bool) -> str | None:
         """dm_device_get_name: the kernel name, or for a dm device its dm name."""
-        kname = kernel.blkdev_name(self.state, devno)
+        kname = dm.blkdev_name(self.state, devno)
         if kname is None:
             return None
         major, _, minor = devno.partition(":")
         if prefer_kernel or int(major) != DM_MAJOR:
             return kname
-        return kernel.dm_by_minor(self.state, int(minor)).name
+        return devices.dm_by_minor(self.state, int(minor)).name
 
     # -- the run (dmsetup.c: main) -----------------------------------------------------------
 
@@ -895,7 +885,7 @@ class Dmsetup:
         if rt & DR_TREE:
             objs[DR_TREE] = (self._deptree(), f"{DM_MAJOR}:{dev.minor}")
         if rt & DR_DEPS:
-            objs[DR_DEPS] = kernel.table_devnos(dev, inactive=bool(self.on("inactive")))
+            objs[DR_DEPS] = dm.table_devnos(dev, inactive=bool(self.on("inactive")))
         if rt & DR_NAME:
             objs[DR_NAME] = _split_name(dev.uuid, dev.name, "-")
         objs["dmsetup"] = self
@@ -983,7 +973,7 @@ class Dmsetup:
         if self.on("verbose"):
             self._display_info(info)
         line = f"{dev.name}: " if multiple and not self.on("verbose") else ""
-        devnos = kernel.table_devnos(dev, inactive=bool(self.on("inactive")))
+        devnos = dm.table_devnos(dev, inactive=bool(self.on("inactive")))
         line += f"{len(devnos)} dependencies\t:"
         for devno in devnos:
             shown = None
@@ -1043,7 +1033,7 @@ class Dmsetup:
                     params = self.kernel_call(
                         op,
                         ident,
-                        kernel.target_status,
+                        dm.target_status,
                         self.state,
                         t,
                         table=table,
@@ -1110,22 +1100,22 @@ class Dmsetup:
             raise _Fail
         state = self.state
         if op == "suspend":
-            self.kernel_call(op, ident, kernel.dm_suspend, state, dev)
+            self.kernel_call(op, ident, dm.dm_suspend, state, dev)
         elif op == "resume":
-            self.kernel_call(op, ident, kernel.dm_resume, state, dev)
+            self.kernel_call(op, ident, dm.dm_resume, state, dev)
             if self.on("readahead"):
                 self._set_read_ahead(dev)
         elif op == "clear":
-            self.kernel_call(op, ident, kernel.dm_clear, state, dev)
+            self.kernel_call(op, ident, dm.dm_clear, state, dev)
         elif op == "waitevent":
-            if event_nr == kernel.event_nr(dev):
+            if event_nr == dm.event_nr(dev):
                 return unsupported(self.io, "dmsetup", "waiting for a device event") == 0
         elif op == "remove":
             deferred = bool(self.on("deferred"))
             tries = DM_IOCTL_RETRIES if retry else 1
             for _ in range(tries):
                 try:
-                    kernel.dm_remove(state, dev, deferred=deferred)
+                    dm.dm_remove(state, dev, deferred=deferred)
                     break
                 except ThinsimError as e:
                     self.ioctl_error(op, ident, e.errno)
@@ -1197,7 +1187,7 @@ class Dmsetup:
         self.kernel_call(
             "reload",
             ident,
-            kernel.dm_load,
+            dm.dm_load,
             self.state,
             dev,
             [(0, size, "error", "")],
@@ -1214,14 +1204,14 @@ class Dmsetup:
         return True
 
     def _cmd_remove_all(self, cmd, args, name, multiple) -> bool:
-        kernel.dm_remove_all(self.state)
+        dm.dm_remove_all(self.state)
         if self.on("force") and self.state.dm:
             for dev_name in sorted(self.state.dm):
                 try:
                     self._cmd_wipe_table(cmd, [dev_name], None, True)
                 except _Fail:
                     pass
-            kernel.dm_remove_all(self.state)
+            dm.dm_remove_all(self.state)
             if self.state.dm:
                 self.err(f"Unable to remove {len(self.state.dm)} device(s).")
         return True
@@ -1266,7 +1256,7 @@ class Dmsetup:
         if minor is not None:
             ident.update(major=_atoi(self.args["major"]), minor=minor)
         state = self.state
-        dev = self.kernel_call("create", ident, kernel.dm_create, state, name, uuid, minor)
+        dev = self.kernel_call("create", ident, dm.dm_create, state, name, uuid, minor)
         if rows is None:
             return self._verbose_info(dev)
         load_ident = {"name": name, "major": DM_MAJOR, "minor": dev.minor}
@@ -1274,15 +1264,15 @@ class Dmsetup:
             self.kernel_call(
                 "reload",
                 load_ident,
-                kernel.dm_load,
+                dm.dm_load,
                 state,
                 dev,
                 rows,
                 read_only=bool(self.on("readonly")),
             )
-            self.kernel_call("resume", {"name": name}, kernel.dm_resume, state, dev)
+            self.kernel_call("resume", {"name": name}, dm.dm_resume, state, dev)
         except _Fail:
-            kernel.dm_remove(state, dev)
+            dm.dm_remove(state, dev)
             raise
         if self.on("readahead"):
             self._set_read_ahead(dev)
@@ -1399,7 +1389,7 @@ class Dmsetup:
         self.kernel_call(
             "reload",
             ident,
-            kernel.dm_load,
+            dm.dm_load,
             self.state,
             dev,
             rows,
@@ -1429,7 +1419,7 @@ class Dmsetup:
         self.kernel_call(
             "rename",
             ident,
-            kernel.dm_rename,
+            dm.dm_rename,
             self.state,
             ident.get("name", ""),
             new,
@@ -1453,7 +1443,7 @@ class Dmsetup:
             self.err("No message supplied.")
         dev = self.find("message", ident)
         response = self.kernel_call(
-            "message", ident, kernel.dm_message, self.state, dev, sector, " ".join(args)
+            "message", ident, dm.dm_message, self.state, dev, sector, " ".join(args)
         )
         if response:
             self.out(response if response.endswith("\n") else response + "\n")
@@ -1502,15 +1492,15 @@ class Dmsetup:
         return True
 
     def _cmd_targets(self, cmd, args, name, multiple) -> bool:
-        for tname, (a, b, c) in kernel.TARGET_VERSIONS:
+        for tname, (a, b, c) in dm.TARGET_VERSIONS:
             self.out(f"{tname:<16} v{a}.{b}.{c}\n")
         return True
 
     def _cmd_target_version(self, cmd, args, name, multiple) -> bool:
         target = args[0]
-        versions = dict(kernel.TARGET_VERSIONS)
+        versions = dict(dm.TARGET_VERSIONS)
         if target not in versions:
-            if target in kernel.UNSIMULATED_TARGETS:
+            if target in dm.UNSIMULATED_TARGETS:
                 self.io.err(f"thinsim: dmsetup: the {target} target is not simulated\n")
                 return False
             self.ioctl_error("target-version", {"name": target}, 22)
@@ -1575,7 +1565,7 @@ class Dmsetup:
             )
             return True
         self.out(f"{name}: renaming to {new_name}\n")
-        self.kernel_call("rename", {"name": name}, kernel.dm_rename, self.state, name, new_name)
+        self.kernel_call("rename", {"name": name}, dm.dm_rename, self.state, name, new_name)
         return True
 
     def _cmd_splitname(self, cmd, args, name, multiple) -> bool:
@@ -1803,7 +1793,7 @@ class Dmsetup:
         self._out_string(name)
         major, _, minor = node.partition(":")
         if ts.get("blkdevname"):
-            kname = kernel.blkdev_name(self.state, node)
+            kname = dm.blkdev_name(self.state, node)
             if kname is not None:
                 self._out_string(" <" if name is not None else "<")
                 self._out_string(kname)
@@ -1830,7 +1820,7 @@ class Dmsetup:
         if ts.get("rw"):
             parts.append("RO" if dev.read_only else "RW")
         if ts.get("open"):
-            parts.append(str(kernel.dm_open_count(self.state, dev)))
+            parts.append(str(dm.dm_open_count(self.state, dev)))
         if ts.get("uuid"):
             parts.append(dev.uuid)
         if parts:
@@ -1852,7 +1842,7 @@ class _DepTree:
         major, _, minor = node.partition(":")
         if int(major) != DM_MAJOR:
             return None
-        return kernel.dm_by_minor(self.state, int(minor))
+        return devices.dm_by_minor(self.state, int(minor))
 
     def name(self, node: str) -> str:
         dev = self.device(node)
@@ -1898,7 +1888,7 @@ class _DepTree:
         if not new:
             return
         dev = self.device(node)
-        deps = kernel.table_devnos(dev) if dev is not None else []
+        deps = dm.table_devnos(dev) if dev is not None else []
         if not deps:
             self._link_tree_nodes(node, _ROOT)
             return
@@ -1930,7 +1920,7 @@ def _n(value: int):
 
 
 def _blkdevname(info: _Info, prefer_kernel: bool = True):
-    name = kernel.blkdev_name(info.dmsetup.state, info.dev.devno)
+    name = dm.blkdev_name(info.dmsetup.state, info.dev.devno)
     if name is None:
         raise ReportFieldError(f"Could not resolve block device name for {DM_MAJOR}:{info.minor}.")
     return _s(name)
@@ -1956,7 +1946,7 @@ def _deps_names(devnos, kernel_names: bool, dms):
     out = []
     for d in devnos:
         if kernel_names:
-            name = kernel.blkdev_name(dms.state, d)
+            name = dm.blkdev_name(dms.state, d)
             if name is None:
                 raise ReportFieldError(f"Could not resolve block device name for {d}.")
             out.append(name)

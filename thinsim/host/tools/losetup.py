@@ -16,7 +16,8 @@ import stat
 from ...constants import LOOP_MAJOR
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
-from .. import kernel, loopfile
+from ...model import devices, dm, loopfile
+from ...model.loop import loop_attach, loop_detach, loop_set_capacity
 from ..state import HostState, LoopDevice, is_device_path
 from .common import IO, unsupported
 from .getopt import NO, OPTIONAL, REQUIRED, GetoptError, Long, getopt_long
@@ -146,18 +147,9 @@ class Losetup:
 
     def number_of(self, path: str | None) -> int | None:
         """The loop number a path names when it is an existing loop node (is_loopdev)."""
-        if not path:
-            return None
-        p = (
-            os.path.normpath(path)
-            if path.startswith("/")
-            else os.path.normpath(os.path.join(os.getcwd(), path))
-        )
-        if p.startswith("/dev/loop") and p[9:].isdigit() and str(int(p[9:])) == p[9:]:
-            n = int(p[9:])
-            if n in self.nodes:
-                return n
-        return None
+        devno = devices.node_devno(self.state, path) if path else None
+        major, _, minor = (devno or "").partition(":")
+        return int(minor) if major == str(LOOP_MAJOR) else None
 
     def is_loopdev(self, path: str) -> bool:
         return self.number_of(path) is not None
@@ -298,10 +290,10 @@ class Losetup:
         if loop is None:
             self.warn(f"{self.device}: detach failed", E.ENXIO)
             return -1
-        if kernel.loop_in_use(self.state, loop):
+        if dm.loop_in_use(self.state, loop):
             loop.autoclear = True  # loop_clr_fd on a held device: cleared on last close
             return 0
-        kernel.loop_detach(self.state, loop)
+        loop_detach(self.state, loop)
         return 0
 
     def find_unused(self) -> int:
@@ -379,7 +371,7 @@ class Losetup:
         if is_device_path(filename) or stat.S_ISBLK(st.st_mode):
             raise _Unsupported("a loop device on a block device")
         try:
-            loop = kernel.loop_attach(
+            loop = loop_attach(
                 self.state, n, filename, offset=offset, sizelimit=sizelimit, read_only=flags["ro"]
             )
         except ThinsimError as e:
@@ -660,7 +652,7 @@ def _main(lc: Losetup, argv: list[str]) -> int:
             res = 1
         else:
             try:
-                kernel.loop_set_capacity(lc.state, loop)
+                loop_set_capacity(lc.state, loop)
             except ThinsimError as e:  # the backing file is lost (loopfile.py)
                 lc.warn(f"{lc.device}: set capacity failed", e.errno)
                 res = 1

@@ -11,26 +11,21 @@ from __future__ import annotations
 import errno as E
 import os
 
+from ...model import blockio, devices
+from ...model.devices import device_size
+from ...model.dm import dm_open_count, table_devnos
 from ...thin_tools import run_tool
 from ...thin_tools.common import READER_START_S, Files, Handle, Output, RealFiles, Stat
-from .. import blockio
-from ..kernel import device_size, dm_open_count
 from ..state import DmDevice, HostState, LoopDevice, is_device_path
 
 
 def _claimed(state: HostState, dev) -> bool:
-    """Whether a table holds ``dev`` open exclusively (dm_get_device)."""
+    """Whether a table (live or loaded) holds ``dev`` open exclusively (dm_get_device)."""
     if isinstance(dev, DmDevice):
         return dm_open_count(state, dev) > 0
-    for d in state.dm.values():
-        for t in (d.live or []) + (d.inactive or []):
-            if t.obj is None:
-                continue
-            if dev.number in getattr(t, "loops", ()):
-                return True
-            if t.type == "linear" and isinstance(t.obj, tuple) and t.obj[1] is dev:
-                return True
-    return False
+    return any(
+        dev.devno in table_devnos(d) + table_devnos(d, inactive=True) for d in state.dm.values()
+    )
 
 
 class _DeviceHandle(Handle):
@@ -56,13 +51,13 @@ class HostFiles(Files):
         self.real = RealFiles()
 
     def _device(self, path: str):
-        dev = self.state.device_by_path(path)
-        if dev is None:
-            p = os.path.normpath(path)
-            # loop0..7 always have nodes (record.py's hosts); others only when attached
-            unbound = p.startswith("/dev/loop") and p[9:].isdigit() and int(p[9:]) < 8
-            if not unbound:
-                raise FileNotFoundError(E.ENOENT, os.strerror(E.ENOENT), path)
+        """The device the node names (None for a loop device with no file bound: it reads
+        as empty); FileNotFoundError when there is no such node."""
+        if devices.node_devno(self.state, path) is None:
+            raise FileNotFoundError(E.ENOENT, os.strerror(E.ENOENT), path)
+        dev = devices.lookup(self.state, path)
+        if isinstance(dev, LoopDevice) and dev.number not in self.state.loops:
+            return None
         return dev
 
     def stat(self, path: str) -> Stat:

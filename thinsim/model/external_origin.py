@@ -8,24 +8,26 @@ device knows no origin, so the host gives it whole blocks built from the origin'
 
 from __future__ import annotations
 
-from .state import HostState, Target
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .devices import Target
 
 
-def _origin(state: HostState, t: Target):
-    from .kernel import device_size, resolve_devno
+@dataclass
+class OriginReader:
+    """The origin device as the thin target sees it: its size, and a read of ``n`` bytes
+    at an offset inside it (the block layer's, given by the caller)."""
 
-    dev = resolve_devno(state, t.origin)
-    return dev, (device_size(state, dev) if dev is not None else 0)
+    size: int
+    read: Callable[[int, int], bytes]
 
 
-def _origin_bytes(state: HostState, t: Target, offset: int, length: int) -> bytes:
+def _origin_bytes(origin: OriginReader, offset: int, length: int) -> bytes:
     """The origin's bytes at ``offset``, zeros past its end (remap_to_origin_and_issue,
     zero_fill_bio)."""
-    from .blockio import read
-
-    dev, size = _origin(state, t)
-    have = max(0, min(length, size - offset))
-    data = read(state, dev, offset, have) if have else b""
+    have = max(0, min(length, origin.size - offset))
+    data = origin.read(offset, have) if have else b""
     return data + bytes(length - len(data))
 
 
@@ -34,7 +36,7 @@ def _mapped(t: Target, vblock: int) -> bool:
     return thin.pool.pmd.lookup(thin.td, vblock) is not None
 
 
-def read(state: HostState, t: Target, offset: int, length: int) -> bytes:
+def read(t: Target, offset: int, length: int, origin: OriginReader) -> bytes:
     """Read ``length`` bytes at ``offset`` of the thin device."""
     thin = t.obj
     length = max(0, min(length, thin.size - offset))
@@ -46,16 +48,16 @@ def read(state: HostState, t: Target, offset: int, length: int) -> bytes:
             out += thin.read(pos, n)
         else:
             thin.read(pos, 0)  # a failed pool still fails the read
-            out += _origin_bytes(state, t, vblock * bb + within, n)
+            out += _origin_bytes(origin, vblock * bb + within, n)
     return bytes(out)
 
 
-def write(state: HostState, t: Target, offset: int, data: bytes) -> None:
+def write(t: Target, offset: int, data: bytes, origin: OriginReader) -> None:
     """Write ``data`` at ``offset``: a partial write of an unprovisioned block inside the
     origin is done as the whole block, the origin's data under the new."""
     thin = t.obj
     bb = thin.pool.block_bytes
-    _, origin_size = _origin(state, t)
+    origin_size = origin.size
     if offset < 0 or offset >= thin.size:
         thin.write(offset, data)  # the model's errors (EINVAL, ENOSPC)
         return
@@ -68,6 +70,6 @@ def write(state: HostState, t: Target, offset: int, data: bytes) -> None:
             continue
         # schedule_copy of min(block, origin end) sectors; the rest of the block zeroed
         # (with skip_block_zeroing the kernel leaves what the data block held there)
-        block = bytearray(_origin_bytes(state, t, begin, min(bb, thin.size - begin)))
+        block = bytearray(_origin_bytes(origin, begin, min(bb, thin.size - begin)))
         block[within : within + n] = piece
         thin.write(begin, bytes(block))
