@@ -346,6 +346,36 @@ class BTreeInfo:
             node.values.insert(i + 1, value)
             return True
 
+    def leaf_in_place(self, root: int, key: int):
+        """For a single-level tree: the leaf ``_insert_in_place`` would put ``key`` in, if
+        it would (every node on the path shadowed and unshared, no internal node full), as
+        (leaf, lo, hi): every key in [lo, hi) takes the same path while the tree changes
+        only in that leaf.  None otherwise (the caller checks ``tm.sm._bops``)."""
+        tm = self.tm
+        shadows = tm.shadows
+        blocks = tm.blocks
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        b = root
+        lo, hi = 0, 1 << 64
+        while True:
+            if b not in shadows:
+                return None
+            m = maps[b // entries]
+            if m is None or m[b % entries] != 1:
+                return None
+            node = blocks[b]
+            nkeys = node.keys
+            if node.leaf:
+                return node, lo, hi
+            i = bisect_right(nkeys, key) - 1
+            if len(nkeys) == node.max_entries or i < 0:
+                return None
+            lo = nkeys[i]  # a child's keys are at least its parent's key for it
+            if i + 1 < len(nkeys) and nkeys[i + 1] < hi:
+                hi = nkeys[i + 1]
+            b = node.values[i]
+
     def rightmost_leaf_in_place(self, root: int) -> Node | None:
         """The rightmost leaf of a single-level tree if a key above all its keys would go
         into it in place (``_insert_in_place``'s conditions: every node on the path
