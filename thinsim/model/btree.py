@@ -153,20 +153,21 @@ class BTreeInfo:
 
     def lookup(self, root: int, keys) -> Any:
         """dm_btree_lookup: the value under ``keys`` (one key a level), or KeyError."""
-        tm = self.tm
+        blocks = self.tm.blocks
         value = root
         for key in keys:
-            node = tm.read(value)
+            node = blocks[value]
             while True:
-                i = bisect_right(node.keys, key) - 1
+                nkeys = node.keys
+                i = bisect_right(nkeys, key) - 1
                 if i < 0:
                     raise KeyError(key)
                 if node.leaf:
-                    if node.keys[i] != key:
+                    if nkeys[i] != key:
                         raise KeyError(key)
                     value = node.values[i]
                     break
-                node = tm.read(node.values[i])
+                node = blocks[node.values[i]]
         return value
 
     def lookup_next_single(self, root: int, key: int):

@@ -169,14 +169,18 @@ class LowLevel:
         """sm_ll_mutate for one block: shadow its bitmap, then set the count."""
         index = b // _entries
         e = b - index * _entries
-        self.shadow_bitmap(index)
+        if self.bitmaps[index] in self.tm.shadows:
+            self._index_changed(index)  # shadow_bitmap of a bitmap shadowed already
+        else:
+            self.shadow_bitmap(index)
         m = self.maps[index]
         if m is None:
             m = self.maps[index] = bytearray(_entries)
         c = m[e]
         old = self.big[b] if c == 3 else c
-        if b not in self.old:
-            self.old[b] = old
+        changed = self.old
+        if b not in changed:
+            changed[b] = old
         if new > 2:
             m[e] = 3
             self.big[b] = new
@@ -756,8 +760,14 @@ class MetadataSpaceMap:
             return
         self._recursing = True
         try:
-            self._apply(b, delta)
-            self._apply_bops()
+            # _apply, inline (every metadata count change runs this)
+            ll = self.ll
+            new = ll.get_count(b) + delta
+            ll.set_count(b, new)
+            if new == 0:
+                self.zeroed.append(b)
+            if self._bops:
+                self._apply_bops()
         finally:
             self._recursing = False
 
