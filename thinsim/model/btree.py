@@ -772,11 +772,22 @@ def _redistribute2(left: Node, right: Node) -> None:
         left.values.extend(right.values[:delta])
         del right.keys[:delta]
         del right.values[:delta]
+        _trim(right)
     elif nr_left > target_left:
         right.keys[0:0] = left.keys[target_left:]
         right.values[0:0] = left.values[target_left:]
         del left.keys[target_left:]
         del left.values[target_left:]
+        _trim(left)
+
+
+def _trim(node: Node) -> None:
+    """Give a node that lost entries arrays of exactly its length: an array keeps the room
+    it grew to (a sequential fill's closed leaves held 248 entries in arrays with room for
+    268 and more); the node that gained them keeps its room for the entries to come."""
+    node.keys = array("Q", node.keys)
+    vals = node.values
+    node.values = array("Q", vals) if type(vals) is array else list(vals)
 
 
 def _redistribute3(left: Node, middle: Node, right: Node) -> None:
