@@ -153,6 +153,14 @@ class BTreeInfo:
 
     def lookup(self, root: int, keys) -> Any:
         """dm_btree_lookup: the value under ``keys`` (one key a level), or KeyError."""
+        value = self.get(root, keys)
+        if value is None:
+            raise KeyError(keys)
+        return value
+
+    def get(self, root: int, keys) -> Any:
+        """``lookup``, with None for a missing key (no exception: a write to an unmapped
+        block looks up a missing key every time)."""
         blocks = self.tm.blocks
         value = root
         for key in keys:
@@ -161,10 +169,10 @@ class BTreeInfo:
                 nkeys = node.keys
                 i = bisect_right(nkeys, key) - 1
                 if i < 0:
-                    raise KeyError(key)
+                    return None
                 if node.leaf:
                     if nkeys[i] != key:
-                        raise KeyError(key)
+                        return None
                     value = node.values[i]
                     break
                 node = blocks[node.values[i]]
