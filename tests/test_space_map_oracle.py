@@ -46,6 +46,11 @@ class OldLowLevel:
     def counts(self) -> dict[int, int]:
         return {b: self.get_count(b) for b, c in enumerate(self.bits) if c}
 
+    def add_many(self, blocks, delta: int) -> None:
+        """e4b6105's DiskSpaceMap.inc_many and dec_many: one set_count a block."""
+        for b in blocks:
+            self.set_count(b, self.get_count(b) + delta)
+
     def extend(self, extra: int) -> None:
         """sm_ll_extend: grow, allocating a new bitmap block for each 16,320 blocks."""
         old_blocks = self.nr_blocks

@@ -153,20 +153,29 @@ class BTreeInfo:
 
     def lookup(self, root: int, keys) -> Any:
         """dm_btree_lookup: the value under ``keys`` (one key a level), or KeyError."""
-        tm = self.tm
+        value = self.get(root, keys)
+        if value is None:
+            raise KeyError(keys)
+        return value
+
+    def get(self, root: int, keys) -> Any:
+        """``lookup``, with None for a missing key (no exception: a write to an unmapped
+        block looks up a missing key every time)."""
+        blocks = self.tm.blocks
         value = root
         for key in keys:
-            node = tm.read(value)
+            node = blocks[value]
             while True:
-                i = bisect_right(node.keys, key) - 1
+                nkeys = node.keys
+                i = bisect_right(nkeys, key) - 1
                 if i < 0:
-                    raise KeyError(key)
+                    return None
                 if node.leaf:
-                    if node.keys[i] != key:
-                        raise KeyError(key)
+                    if nkeys[i] != key:
+                        return None
                     value = node.values[i]
                     break
-                node = tm.read(node.values[i])
+                node = blocks[node.values[i]]
         return value
 
     def lookup_next_single(self, root: int, key: int):
@@ -345,6 +354,36 @@ class BTreeInfo:
             nkeys.insert(i + 1, key)
             node.values.insert(i + 1, value)
             return True
+
+    def leaf_in_place(self, root: int, key: int):
+        """For a single-level tree: the leaf ``_insert_in_place`` would put ``key`` in, if
+        it would (every node on the path shadowed and unshared, no internal node full), as
+        (leaf, lo, hi): every key in [lo, hi) takes the same path while the tree changes
+        only in that leaf.  None otherwise (the caller checks ``tm.sm._bops``)."""
+        tm = self.tm
+        shadows = tm.shadows
+        blocks = tm.blocks
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        b = root
+        lo, hi = 0, 1 << 64
+        while True:
+            if b not in shadows:
+                return None
+            m = maps[b // entries]
+            if m is None or m[b % entries] != 1:
+                return None
+            node = blocks[b]
+            nkeys = node.keys
+            if node.leaf:
+                return node, lo, hi
+            i = bisect_right(nkeys, key) - 1
+            if len(nkeys) == node.max_entries or i < 0:
+                return None
+            lo = nkeys[i]  # a child's keys are at least its parent's key for it
+            if i + 1 < len(nkeys) and nkeys[i + 1] < hi:
+                hi = nkeys[i + 1]
+            b = node.values[i]
 
     def rightmost_leaf_in_place(self, root: int) -> Node | None:
         """The rightmost leaf of a single-level tree if a key above all its keys would go
@@ -741,11 +780,22 @@ def _redistribute2(left: Node, right: Node) -> None:
         left.values.extend(right.values[:delta])
         del right.keys[:delta]
         del right.values[:delta]
+        _trim(right)
     elif nr_left > target_left:
         right.keys[0:0] = left.keys[target_left:]
         right.values[0:0] = left.values[target_left:]
         del left.keys[target_left:]
         del left.values[target_left:]
+        _trim(left)
+
+
+def _trim(node: Node) -> None:
+    """Give a node that lost entries arrays of exactly its length: an array keeps the room
+    it grew to (a sequential fill's closed leaves held 248 entries in arrays with room for
+    268 and more); the node that gained them keeps its room for the entries to come."""
+    node.keys = array("Q", node.keys)
+    vals = node.values
+    node.values = array("Q", vals) if type(vals) is array else list(vals)
 
 
 def _redistribute3(left: Node, middle: Node, right: Node) -> None:

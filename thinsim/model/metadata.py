@@ -177,10 +177,7 @@ class PoolMetadata:
     # -- devices -------------------------------------------------------------------
 
     def _details(self, dev: int):
-        try:
-            return self.details_info.lookup(self.details_root, (dev,))
-        except KeyError:
-            return None
+        return self.details_info.get(self.details_root, (dev,))
 
     def device_exists(self, dev: int) -> bool:
         return dev in self.devices or self._details(dev) is not None
@@ -296,9 +293,8 @@ class PoolMetadata:
 
     def lookup(self, td: ThinDevice, block: int):
         """dm_thin_find_block: (data_block, shared) or None when unmapped."""
-        try:
-            value = self.info.lookup(self.root, (td.id, block))
-        except KeyError:
+        value = self.info.get(self.root, (td.id, block))
+        if value is None:
             return None
         return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
 

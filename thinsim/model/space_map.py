@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno as E
 from array import array
+from bisect import bisect_right
 
 from ..constants import ENTRIES_PER_BITMAP
 from .btree import BTreeInfo, ValueType
@@ -168,14 +169,18 @@ class LowLevel:
         """sm_ll_mutate for one block: shadow its bitmap, then set the count."""
         index = b // _entries
         e = b - index * _entries
-        self.shadow_bitmap(index)
+        if self.bitmaps[index] in self.tm.shadows:
+            self._index_changed(index)  # shadow_bitmap of a bitmap shadowed already
+        else:
+            self.shadow_bitmap(index)
         m = self.maps[index]
         if m is None:
             m = self.maps[index] = bytearray(_entries)
         c = m[e]
         old = self.big[b] if c == 3 else c
-        if b not in self.old:
-            self.old[b] = old
+        changed = self.old
+        if b not in changed:
+            changed[b] = old
         if new > 2:
             m[e] = 3
             self.big[b] = new
@@ -189,6 +194,92 @@ class LowLevel:
             self.nr_allocated += 1
         elif new == 0 and old:
             self.nr_allocated -= 1
+
+    def add_many(self, blocks, delta: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
+        """``set_count(b, get_count(b) + delta)`` for each of ``blocks`` in turn, leaving
+        exactly what those calls leave (a failure too stops where they would), faster:
+
+        - a bitmap is shadowed (and its index entry dirtied) once for a run of blocks in
+          it: the calls after the first change nothing (its block is a shadow of this
+          transaction, and the ie cache's slot already holds it);
+        - a count of 3 or more is set in the reference-count btree's leaf in place, as
+          ``BTreeInfo._insert_in_place`` would set it, with the leaves found by its walks
+          kept while nothing but in-place changes touched the tree (a key inside the key
+          range a walk went down lands in the same leaf)."""
+        maps, big, old = self.maps, self.big, self.old
+        tm = self.tm
+        shadows = tm.shadows
+        info = self.ref_info
+        # queued metadata counts (left by a failure) keep every insert off the in-place
+        # path (``_insert_in_place``); between the calls below there are none
+        cache = not tm.sm._bops
+        last = -1
+        m = None
+        base = 0
+        # ref-count leaves found in place by this call, by the lowest key of their range:
+        # keys in [lo, hi) go to the leaf, in place, until the tree changes elsewhere
+        los: list[int] = []
+        leaves: list[tuple] = []
+        node = None
+        lo = hi = 0
+        for b in blocks:
+            index = b // _entries
+            if index != last:
+                if self.bitmaps[index] in shadows:
+                    self._index_changed(index)
+                else:
+                    self.shadow_bitmap(index)
+                m = maps[index]
+                if m is None:
+                    m = maps[index] = bytearray(_entries)
+                base = index * _entries
+                last = index
+            e = b - base
+            c = m[e]
+            o = big[b] if c == 3 else c
+            if b not in old:
+                old[b] = o
+            n = o + delta
+            if n > 2:
+                m[e] = 3
+                big[b] = n
+                if not (lo <= b < hi) and cache:
+                    j = bisect_right(los, b) - 1
+                    if j >= 0 and b < leaves[j][2]:
+                        node, lo, hi = leaves[j]
+                    else:
+                        found = info.leaf_in_place(self.ref_root, b)
+                        if found is not None:
+                            node, lo, hi = found
+                            los.insert(j + 1, lo)
+                            leaves.insert(j + 1, found)
+                if lo <= b < hi:
+                    keys = node.keys
+                    i = bisect_right(keys, b) - 1
+                    if i >= 0 and keys[i] == b:
+                        node.values[i] = n
+                        continue  # o > 2: nr_allocated unchanged
+                    if len(keys) < node.max_entries:
+                        keys.insert(i + 1, b)
+                        node.values.insert(i + 1, n)
+                        continue  # o == 2
+                los.clear()
+                leaves.clear()
+                lo = hi = 0
+                self.ref_root, _ = info.insert(self.ref_root, (b,), n)
+            else:
+                m[e] = n
+                if o > 2:
+                    del big[b]
+                    los.clear()
+                    leaves.clear()
+                    lo = hi = 0
+                    self.ref_root = info.remove(self.ref_root, (b,))
+            if o == 0:
+                if n:
+                    self.nr_allocated += 1
+            elif n == 0:
+                self.nr_allocated -= 1
 
     def find_common_free(self, begin: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
         """sm_ll_find_common_free_block from ``begin``; NoSpace when none is left.
@@ -490,14 +581,12 @@ class DiskSpaceMap:
         self.ll.set_count(b, self.ll.get_count(b) - 1)
 
     def inc_many(self, blocks) -> None:
-        ll = self.ll
-        for b in blocks:
-            ll.set_count(b, ll.get_count(b) + 1)
+        """``inc`` each block in turn."""
+        self.ll.add_many(blocks, 1)
 
     def dec_many(self, blocks) -> None:
-        ll = self.ll
-        for b in blocks:
-            ll.set_count(b, ll.get_count(b) - 1)
+        """``dec`` each block in turn."""
+        self.ll.add_many(blocks, -1)
 
     def extend(self, extra: int) -> None:
         self.ll.extend(extra)
@@ -671,8 +760,14 @@ class MetadataSpaceMap:
             return
         self._recursing = True
         try:
-            self._apply(b, delta)
-            self._apply_bops()
+            # _apply, inline (every metadata count change runs this)
+            ll = self.ll
+            new = ll.get_count(b) + delta
+            ll.set_count(b, new)
+            if new == 0:
+                self.zeroed.append(b)
+            if self._bops:
+                self._apply_bops()
         finally:
             self._recursing = False
 

@@ -97,10 +97,11 @@ class Thin:
         """
         if offset < 0:
             raise error_for(E.EINVAL)
-        if offset >= self.size and data:
+        size = self.length_sectors * SECTOR
+        if offset >= size and data:
             raise error_for(E.ENOSPC)
-        if offset + len(data) > self.size:
-            data = data[: self.size - offset]
+        if offset + len(data) > size:
+            data = data[: size - offset]
         pool = self.pool
         bb = pool.block_bytes
         vblock, within = divmod(offset, bb)
