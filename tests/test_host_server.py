@@ -2,7 +2,6 @@
 simulated commands, one process per host folder, and ``thinsim host stop``."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -100,15 +99,8 @@ def test_one_process_serves_a_host_folder_and_host_stop_ends_it(tmp_path):
     assert not os.path.exists(f"/proc/{servers[0]}/cmdline") or "server_main" not in _cmdline(
         servers[0]
     )
-    # what stays is the state, and nothing that answers: a socket file without a listener
-    # is replaced by the next start (seen now and then when this runs after test_host.py:
-    # the process unlinks its socket, yet a listing right after host stop shows one)
-    left = sorted(p.name for p in host.iterdir())
-    assert left in (["lock", "state.pickle"], ["lock", "server.sock", "state.pickle"])
-    if "server.sock" in left:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with probe, pytest.raises(ConnectionRefusedError):
-            probe.connect(str(host / "server.sock"))
+    # what stays is the state: the process unlinked its socket before it ended
+    assert sorted(p.name for p in host.iterdir()) == ["lock", "state.pickle"]
 
 
 def _cmdline(pid: str) -> str:

@@ -29,8 +29,6 @@ KNOWN_DEFERRED_CYCLES = [
         "thinsim.host.kernel",
         "thinsim.host.state",
     },
-    # the shims start the host's process, which runs the shims' commands in the sandbox
-    {"thinsim.host.run", "thinsim.host.sandbox", "thinsim.host.server"},
 ]
 
 

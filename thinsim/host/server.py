@@ -5,7 +5,7 @@ host state from its file, worked and saved it back (85 ms and up per command).  
 lives in one process per host folder, started by the first command that finds none
 (:func:`connect`; two first commands at once start one, under a POSIX lock on the host's lock file), listening
 on ``server.sock`` in the host folder.  A command is a small client (thinsim/host/client.c,
-or :func:`client_main` where no C compiler is) that sends its name, argv, environment, umask
+or run.client_main where no C compiler is) that sends its name, argv, environment, umask
 and working folder, with its standard streams and working folder as descriptors
 (SCM_RIGHTS), and gets back how it ends: ``E<status>``, ``S<signal>`` (it dies of the
 signal, as the real tool would: ``thin_ls | head -n1`` dies of SIGPIPE), or ``X<path>``
@@ -59,6 +59,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 from .command import _local
+from .shims import names_device, real_command
 
 SOCKET = "server.sock"  # in the host folder
 START_BYTE = 1 << 30  # the byte of the lock file whose POSIX lock a starter holds
@@ -186,36 +187,6 @@ def request(conn: socket.socket, name: str, argv: list[str]) -> str:
     return answer.decode(errors="surrogateescape")
 
 
-def client_main(name: str, argv: list[str]) -> int:
-    """A simulated command as a Python client (no C compiler): thinsim/host/client.c in
-    Python."""
-    host = os.environ["THINSIM_HOST"]
-    try:
-        with connect(host) as conn:
-            answer = request(conn, name, argv)
-    except OSError:
-        answer = ""
-    if not answer:
-        # no process could start (a full host folder), or it died before it answered: the
-        # command runs here, on the host state's file, as it did before there was one
-        os.environ["THINSIM_SERVER"] = "0"
-        from .run import shim_main
-
-        return shim_main(name, argv)
-    kind, arg = answer[:1], answer[1:]
-    if kind == "X":
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        os.execv(arg, [name, *argv])
-    if kind == "S":
-        signal.signal(int(arg), signal.SIG_DFL)
-        os.kill(os.getpid(), int(arg))
-        return 128 + int(arg)
-    if kind == "E":
-        return int(arg)
-    sys.stderr.write(f"thinsim: {name}: the host's process answered {answer!r}\n")
-    return 1
-
-
 def stop(host: str) -> bool:
     """Stop HOST's process (``thinsim host stop``): it answers once it no longer takes
     commands and has finished those it had.  Whether one was running."""
@@ -341,7 +312,7 @@ class Server:
         self.idle = float(os.environ.get("THINSIM_SERVER_IDLE", IDLE_SECONDS))
 
     def serve(self) -> None:
-        while True:
+        while not self.stopping:
             ready, _, _ = select.select([self.listener], [], [], POLL_SECONDS)
             if not ready:
                 if self._done():
@@ -350,11 +321,15 @@ class Server:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
-                continue
+                continue  # shut down by a stop (EINVAL), or the client gone already
             self.last = time.monotonic()
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-            if self.stopping:
-                return
+        # A stop is under way in its own thread, which ends the process once the commands
+        # under way are done.  This thread must not end first: the end of the main thread
+        # ends the process, the stop's unlink of the socket or the commands' ends not done
+        # (the dead server.sock that host stop used to leave behind, 1 stop in 2).
+        while True:
+            time.sleep(POLL_SECONDS)
 
     def _done(self) -> bool:
         try:
@@ -392,11 +367,15 @@ class Server:
                         os.close(fd)
 
     def _stop(self) -> None:
-        self.stopping = True
+        """``thinsim host stop``: no new command (the socket unlinked, the listener shut
+        down: not closed, which the main thread's select could not see), those under way
+        finish, then the process ends, before it answers."""
         with contextlib.suppress(OSError):
             if os.stat(_address(self.dirfd)).st_ino == self.ino:
                 os.unlink(_address(self.dirfd))
-        self.listener.close()
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the select: accept fails
         while self.busy:  # the commands under way finish
             time.sleep(0.01)
         os._exit(0)
@@ -429,7 +408,6 @@ class Server:
 
     def _run(self, name, argv, env, umask, cwd, std) -> str:
         from . import devnodes, sysfs
-        from .run import _names_device, _real
         from .state import HostStateError
         from .tools import COMMANDS, IO
 
@@ -439,9 +417,9 @@ class Server:
         streams = _streams(std)
         _local.std = streams
         try:
-            if name not in COMMANDS or (name == "dd" and _names_device(argv) is None):
-                if name not in COMMANDS and _names_device(argv) is not None:
-                    device = _names_device(argv)
+            if name not in COMMANDS or (name == "dd" and names_device(argv) is None):
+                if name not in COMMANDS and names_device(argv) is not None:
+                    device = names_device(argv)
                     streams["stderr"].write(
                         f"thinsim: {name} on {device} is not simulated: refused, so that it "
                         "cannot reach the real device\n"
@@ -450,7 +428,7 @@ class Server:
                 if name not in COMMANDS and sysfs.reads_names(argv):
                     with self._locked():
                         sysfs.refresh_names_of(self.state, argv)
-                real = _real(name)
+                real = real_command(name)
                 if real is None:
                     streams["stderr"].write(f"{name}: command not found\n")
                     return "E127"
