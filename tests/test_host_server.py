@@ -208,3 +208,40 @@ def test_a_pool_whose_metadata_file_is_gone_opens_failed_and_its_io_ends_in_eio(
     )
     assert r.stderr == "dd: error reading '/dev/mapper/a': Input/output error\n"
     assert r.returncode == 0
+
+
+def test_a_write_to_a_suspended_device_waits_for_its_resume_while_other_commands_run(tmp_path):
+    # as on a real host: the bio waits in the suspended device (dd holds it open meanwhile,
+    # so it cannot be removed) and goes through at the resume another command makes
+    r = _run(
+        tmp_path,
+        SETUP + "dmsetup suspend b\n"
+        "printf 'written while suspended\\n' | dd of=/dev/mapper/b bs=4K conv=sync "
+        "oflag=direct status=none &\n"
+        'until [ "$(dmsetup info -c --noheadings -o open b)" = 1 ]; do sleep 0.1; done\n'
+        "dmsetup status b\n"
+        "dmsetup remove b\n"
+        "dmsetup resume b\n"
+        'wait $!; echo "dd: $?"\n'
+        "dmsetup status b\n"
+        "dd if=/dev/mapper/b bs=24 count=1 status=none\n"
+        "dmsetup info -c --noheadings -o open b\n",
+    )
+    assert r.stdout == (
+        "0 65536 thin 0 -\ndd: 0\n0 65536 thin 128 127\nwritten while suspended\n0\n"
+    )
+    assert r.stderr == (
+        "device-mapper: remove ioctl on b  failed: Device or resource busy\nCommand failed.\n"
+    )
+    assert r.returncode == 0
+
+
+def test_a_read_of_a_suspended_device_waits_for_its_resume(tmp_path):
+    r = _run(
+        tmp_path,
+        SETUP + "dmsetup suspend a\n"
+        "dd if=/dev/mapper/a bs=13 count=1 status=none > out &\n"
+        'until [ "$(dmsetup info -c --noheadings -o open a)" = 1 ]; do sleep 0.1; done\n'
+        "cat out; dmsetup resume a; wait $!; cat out\n",
+    )
+    assert (r.stdout, r.stderr, r.returncode) == ("hello from a\n", "", 0)

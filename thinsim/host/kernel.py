@@ -18,6 +18,7 @@ from ..model.pool import Pool, PoolTable, TableError, warn_if_metadata_device_to
 from ..model.store import MemoryStore
 from ..model.thin import Thin
 from . import loopfile
+from .command import command_opens
 from .state import DmDevice, HostState, LoopDevice, Target
 
 # -- loop devices ---------------------------------------------------------------------
@@ -643,8 +644,9 @@ def table_devices(state: HostState, dev: DmDevice) -> list:
 
 
 def dm_open_count(state: HostState, dev: DmDevice) -> int:
-    """How many opens the device has: one for each mapped device whose tables use it."""
-    return sum(
+    """How many opens the device has: one for each mapped device whose tables use it, and
+    those of the commands under way that have it open (a dd waiting for its resume)."""
+    return command_opens(dev) + sum(
         1
         for d in state.dm.values()
         if d is not dev and dev.devno in table_devnos(d) + table_devnos(d, inactive=True)

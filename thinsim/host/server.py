@@ -269,11 +269,17 @@ class _Std:
 class _Lock:
     """The machine's lock: a thread lock, and the host folder's flock while any command of
     this process is under way (other processes on the folder wait for it); the state
-    reloaded when another process saved it since."""
+    reloaded when another process saved it since.  ``changed`` is signalled whenever a
+    command lets the machine go (a waiter on a suspended device checks its device again);
+    ``generation`` counts the states loaded; ``waiting``, the commands waiting on a
+    suspended device."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.mutex = threading.Lock()
+        self.changed = threading.Condition(self.mutex)
+        self.generation = 0
+        self.waiting = 0
         self.count = 0  # commands under way
         self.guard = threading.Lock()
 
@@ -285,6 +291,7 @@ class _Lock:
         self.mutex.acquire()
 
     def leave(self) -> None:
+        self.changed.notify_all()
         self.mutex.release()
         with self.guard:
             self.count -= 1
@@ -376,7 +383,9 @@ class Server:
         self.stopping = True
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the select: accept fails
-        while self.busy:  # the commands under way finish
+        # the commands under way finish; not those waiting for the resume of a suspended
+        # device, which no command can come to do any more (the kernel would wait for ever)
+        while self.busy > self.lock.waiting:
             time.sleep(0.01)
         os._exit(0)
 
@@ -479,6 +488,7 @@ class Server:
             seen = _stat(path)
             if self.state is None or seen != self.saved:
                 self.state = None
+                self.lock.generation += 1
                 self.state = _load_state(path)
                 self.saved = seen
             new_command(self.state)
