@@ -444,7 +444,7 @@ class Server:
                 return f"X{real}"
             io = IO(streams["stdin"], streams["stdout"], streams["stderr"], defer=True)
             try:
-                with self._locked():
+                with self._locked() as command:
                     status = COMMANDS[name](self.state, argv, io)
                     devnodes.sync(self.state)
             except HostStateError as e:
@@ -462,6 +462,13 @@ class Server:
                 status = status if status < 0 else -signal.SIGPIPE
             except (OSError, ValueError):
                 pass
+            if command.unsaved is not None:
+                e = command.unsaved
+                streams["stderr"].write(
+                    f"thinsim: {e.folder}: cannot save the host state ({e.strerror}); the "
+                    "host's process goes on with it and saves it with the next command\n"
+                )
+                status = status if status < 0 else 1
             return _ending(status, streams)
         except Exception:  # noqa: BLE001 -- the command's traceback, as the shim printed it
             with contextlib.suppress(Exception):
@@ -477,9 +484,17 @@ class Server:
 
     @contextlib.contextmanager
     def _locked(self):
-        """The machine for this command: the state as the file has it, saved at the end."""
+        """The machine for this command: the state as the file has it, saved at the end.
+
+        A state that cannot be saved (a full or failing file system under the host folder)
+        is kept, not dropped: the command is done (its ioctls, and its pools' commits
+        already on their metadata devices, as the kernel would have them), so the process
+        goes on with it and tells so (``unsaved``, which the command reports, exit status
+        1); the next command saves it whole, and a kill meanwhile takes the host back to
+        the file's state, the pools to what they committed.  Only a command that failed
+        halfway (a traceback) has the state loaded again from the file."""
         from .blockio import new_command
-        from .state import STATE_FILE, _load_state, _save_state
+        from .state import STATE_FILE, StateNotSaved, _load_state, _save_state
 
         self.lock.enter()
         _local.lock, _local.held = self.lock, True
@@ -492,10 +507,13 @@ class Server:
                 self.state = _load_state(path)
                 self.saved = seen
             new_command(self.state)
-            yield
+            command = _Command()
+            yield command
             self.state.stamp_log()
             try:
                 _save_state(Path(self.host), self.state, sync=False, pools=False)
+            except StateNotSaved as e:
+                command.unsaved = e
             finally:
                 self.saved = _stat(path)
         except BaseException:
@@ -505,6 +523,12 @@ class Server:
             _local.held = False
             _local.lock = None
             self.lock.leave()
+
+
+class _Command:
+    """What _locked tells its command at the end: the state's save that failed, if any."""
+
+    unsaved = None
 
 
 def _stat(path: Path) -> tuple | None:
