@@ -245,3 +245,18 @@ def test_a_read_of_a_suspended_device_waits_for_its_resume(tmp_path):
         "cat out; dmsetup resume a; wait $!; cat out\n",
     )
     assert (r.stdout, r.stderr, r.returncode) == ("hello from a\n", "", 0)
+
+
+def test_a_write_through_a_linear_device_waits_for_the_resume_of_the_device_under_it(tmp_path):
+    r = _run(
+        tmp_path,
+        SETUP + 'dmsetup create lin --table "0 65536 linear /dev/mapper/b 0"\n'
+        "dmsetup suspend b\n"
+        "printf 'via linear\\n' | dd of=/dev/mapper/lin bs=4K conv=sync oflag=direct "
+        "status=none &\n"
+        'until [ "$(dmsetup info -c --noheadings -o open lin)" = 1 ]; do sleep 0.1; done\n'
+        "dmsetup status b; dmsetup resume b; wait $!; dmsetup status b\n"
+        "dd if=/dev/mapper/b bs=11 count=1 status=none\n",
+    )
+    assert r.stdout == "0 65536 thin 0 -\n0 65536 thin 128 127\nvia linear\n"
+    assert (r.stderr, r.returncode) == ("", 0)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from . import devnodes, leftovers, loopfile, server, sysfs
-from .server import connect, request
+from .server import STARTED, connect, request
 from .shims import ROOT, make_shims, names_device, real_command
 from .state import open_host
 from .tools import COMMANDS, IO
@@ -79,10 +79,14 @@ def client_main(name: str, argv: list[str]) -> int:
     except OSError:
         answer = ""
     if not answer:
-        # no process could start (a full host folder), or it died before it answered: the
-        # command runs here, on the host state's file, as it did before there was one
+        # no process could start (a full host folder), or it died before it took the
+        # command: the command runs here, on the host state's file, as it did before
+        # there was one
         os.environ["THINSIM_SERVER"] = "0"
         return shim_main(name, argv)
+    answer = answer.removeprefix(STARTED.decode())
+    if not answer:
+        return _died(name)
     kind, arg = answer[:1], answer[1:]
     if kind == "X":
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -94,6 +98,18 @@ def client_main(name: str, argv: list[str]) -> int:
     if kind == "E":
         return int(arg)
     sys.stderr.write(f"thinsim: {name}: the host's process answered {answer!r}\n")
+    return 1
+
+
+def _died(name: str) -> int:
+    """The host's process died (kill -9) while it ran the command: the command ends with
+    it, as a process does when its machine goes down, and is not run again (its input
+    may be read, its output written).  The host goes on from what the process saved and
+    its pools committed; the next command starts a new process."""
+    sys.stderr.write(
+        f"thinsim: {name}: the host's process died while it ran the command; the host goes "
+        "on from what it had committed\n"
+    )
     return 1
 
 

@@ -3,21 +3,27 @@
 Every simulated command used to be a Python process that imported thinsim, loaded the whole
 host state from its file, worked and saved it back (85 ms and up per command).  Now the host
 lives in one process per host folder, started by the first command that finds none
-(:func:`connect`; two first commands at once start one, under a POSIX lock on the host's lock file), listening
-on ``server.sock`` in the host folder.  A command is a small client (thinsim/host/client.c,
+(:func:`connect`; two first commands at once start one, under a POSIX lock on the host's
+lock file), listening on ``server.sock`` in the host folder.  A command is a small client (thinsim/host/client.c,
 or run.client_main where no C compiler is) that sends its name, argv, environment, umask
 and working folder, with its standard streams and working folder as descriptors
 (SCM_RIGHTS), and gets back how it ends: ``E<status>``, ``S<signal>`` (it dies of the
 signal, as the real tool would: ``thin_ls | head -n1`` dies of SIGPIPE), or ``X<path>``
 (a command that is not simulated, or dd without a simulated device: the client execs the
-real one).
+real one), each after an ``A`` sent when the process takes the command (:data:`STARTED`).
 
 Each command runs in a thread of its own with its own working folder and umask
 (``unshare(CLONE_FS)``), its own environment and standard streams (thread-local views
 behind ``os.environ`` and ``sys.std*``), under the machine's lock.  A command blocked on
 its pipes holds no lock (:func:`unlocked`, around dd's reads and writes of real files), so
 ``dd if=/dev/mapper/a | dd of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a
-real host.
+real host; nor does one whose I/O waits in a suspended device for its resume
+(command.wait_until: ``dmsetup suspend thin; dd of=/dev/mapper/thin ... & dmsetup resume
+thin; wait``), which keeps the device open meanwhile (dm_open_count counts it).  The kernel
+has finer locks (dm's _hash_lock for names and tables, each device's suspend_lock, each
+pool's); one machine lock, let go at every wait, gives a script the same outcomes with a
+coarser interleaving, since a simulated command only ever blocks on a pipe, a file of the
+real host or a suspended device.
 
 Durability is the kernel's: the host state (loop bindings, dm tables, the pools' in-core
 facts, the log) is saved (state.py: sealed, written aside and renamed) at the end of every
@@ -26,7 +32,9 @@ keeps in memory as the kernel does and which reaches the disk as the kernel writ
 each commit.  A ``kill -9`` of the process, or of a command, loses nothing committed: the
 next command starts a new process that loads the state and re-opens each pool from its
 metadata device (kernel.reopen_pools), so that a command's cost does not grow with the
-pools' metadata.  The state file is also how a process
+pools' metadata; the commands the process was running end with an error (after the
+``A``: they may have read their input and written their output, so they are not run
+again).  The state file is also how a process
 learns that another one (a second run on the same folder, a command run without a process)
 changed the host: it is reloaded whenever it is no longer the one this process last saved.
 
@@ -68,6 +76,10 @@ POLL_SECONDS = 1.0
 ROOT = str(Path(__file__).resolve().parents[2])
 CLONE_FS = 0x200
 HEADER = struct.Struct("<III")  # payload length, which of fds 0-2 are open, umask
+# The first byte of every answer, sent before the command runs: a client whose answer
+# stops there knows its command was under way when the process died (it may have read
+# its input, written its output, committed), so it must not run it again itself.
+STARTED = b"A"
 
 _SERVER = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -162,7 +174,9 @@ def _start(host: str, dirfd: int) -> None:
 
 
 def request(conn: socket.socket, name: str, argv: list[str]) -> str:
-    """Send the command; the answer (E, S or X and its argument)."""
+    """Send the command; the answer: ``A`` (:data:`STARTED`) once the process has taken
+    it, then E, S or X and its argument when it ends (nothing after the A: the process
+    died while it ran the command)."""
     payload = b"\0".join(
         [name.encode(), str(len(argv)).encode()]
         + [os.fsencode(a) for a in argv]
@@ -182,8 +196,9 @@ def request(conn: socket.socket, name: str, argv: list[str]) -> str:
     finally:
         os.close(fds[0])
     answer = b""
-    while chunk := conn.recv(4096):
-        answer += chunk
+    with contextlib.suppress(OSError):  # the process died: what came before its end
+        while chunk := conn.recv(4096):
+            answer += chunk
     return answer.decode(errors="surrogateescape")
 
 
@@ -363,6 +378,7 @@ class Server:
                 if payload == b"stop":
                     self._stop()
                     return
+                conn.sendall(STARTED)  # a client killed already: its command never runs
                 answer = self._command(payload, mask, umask, fds)
                 fds = []
                 conn.sendall(answer.encode(errors="surrogateescape"))

@@ -351,14 +351,25 @@ class _DeviceFile:
         """The bio waits in the suspended device until its resume (dd blocks in read(2),
         write(2) or fsync(2): in a buffered write's writeback, at the last close on a real
         host), while other commands run, the resume among them."""
-        if not blockio.suspended(self.dev):
+        if not _waits(self.dev):
             return
         if not command.can_wait():
             # a command run in a process of its own (THINSIM_SERVER=0): no other command
             # can run meanwhile to resume the device, so dd would hang for ever
             raise _NotSimulated("I/O to a suspended device (it waits for a resume)")
-        if not command.wait_until(lambda: not blockio.suspended(self.dev)):
+        if not command.wait_until(lambda: not _waits(self.dev)):
             raise OSError(E.EIO, os.strerror(E.EIO))
+
+
+def _waits(dev) -> bool:
+    """Whether a bio to DEV would wait: DEV suspended, or a device a linear target of its
+    table remaps to (the bio waits there once remapped)."""
+    if blockio.suspended(dev):
+        return True
+    for t in getattr(dev, "live", None) or []:
+        if t.type == "linear" and t.obj is not None and _waits(t.obj[1]):
+            return True
+    return False
 
 
 class _NotSimulated(Exception):
