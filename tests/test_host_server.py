@@ -260,3 +260,15 @@ def test_a_write_through_a_linear_device_waits_for_the_resume_of_the_device_unde
     )
     assert r.stdout == "0 65536 thin 0 -\n0 65536 thin 128 127\nvia linear\n"
     assert (r.stderr, r.returncode) == ("", 0)
+
+
+def test_a_deferred_remove_of_a_device_a_waiting_write_holds_is_done_at_its_close(tmp_path):
+    r = _run(
+        tmp_path,
+        SETUP + "dmsetup suspend b\n"
+        "printf 'x\\n' | dd of=/dev/mapper/b bs=4K conv=sync oflag=direct status=none &\n"
+        'until [ "$(dmsetup info -c --noheadings -o open b)" = 1 ]; do sleep 0.1; done\n'
+        "dmsetup remove --deferred b; dmsetup ls; dmsetup resume b; wait $!; dmsetup ls\n",
+    )
+    assert r.stdout == ("a\t(254:1)\nb\t(254:2)\npool\t(254:0)\n" + "a\t(254:1)\npool\t(254:0)\n")
+    assert (r.stderr, r.returncode) == ("", 0)

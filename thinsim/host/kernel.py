@@ -675,6 +675,13 @@ def _remove(state: HostState, dev: DmDevice) -> None:
     _autoclear_loops(state)
 
 
+def dm_blk_close(state: HostState, dev: DmDevice) -> None:
+    """dm_blk_close: the last close of a device marked for a deferred remove removes it (a
+    command that held it open while it waited, dd on a suspended device)."""
+    if dev.deferred_remove and not dm_open_count(state, dev):
+        _run_deferred_removes(state)
+
+
 def _run_deferred_removes(state: HostState) -> None:
     """dm_deferred_remove: devices marked for a deferred remove go on their last close."""
     again = True

@@ -20,7 +20,7 @@ from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
 from .. import blockio, command, kernel
 from ..command import unlocked
-from ..state import HostState, is_device_path
+from ..state import DmDevice, HostState, is_device_path
 from .common import IO, unsupported
 
 PROG = "dd"
@@ -346,6 +346,8 @@ class _DeviceFile:
         if not self.closed:
             self.closed = True
             command.close_device(self.dev)
+            if isinstance(self.dev, DmDevice):
+                kernel.dm_blk_close(self.state, self.dev)
 
     def _wait_resumed(self) -> None:
         """The bio waits in the suspended device until its resume (dd blocks in read(2),
