@@ -277,8 +277,10 @@ class _DeviceFile:
         return kernel.device_size(self.state, self.dev)
 
     def read(self, n: int) -> bytes:
+        if self.pos >= self.size:
+            return b""  # no bio: nothing to wait for
         self._wait_resumed()
-        size = self.size
+        size = self.size  # a resume may have swapped in a table of another size
         if self.pos >= size:
             return b""
         if self.direct and (self.pos % self.logical or n % self.logical):
