@@ -1,10 +1,11 @@
 """``thinsim run`` and ``thinsim shell``: bash on a simulated host.
 
 The simulated commands come first on PATH as small shims with the host folder in
-``THINSIM_HOST``: clients of the host's process (thinsim/host/server.py; the compiled
-client.c, or Python shims where there is no compiler), which runs them.  Commands that are not simulated but could be pointed
-at a simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an
-argument names one, and otherwise runs the real command.  The script runs in the sandbox of
+``THINSIM_HOST`` (thinsim/host/shims.py): clients of the host's process
+(thinsim/host/server.py; the compiled client.c, or Python shims where there is no
+compiler), which runs them.  Commands that are not simulated but could be pointed at a
+simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an argument
+names one, and otherwise runs the real command.  The script runs in the sandbox of
 thinsim/host/sandbox.py (own PID and mount namespaces, no capability that reaches devices).
 
 A run leaves nothing behind however it ends: its files live in the namespace's tmpfs,

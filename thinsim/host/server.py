@@ -4,13 +4,13 @@ Every simulated command used to be a Python process that imported thinsim, loade
 host state from its file, worked and saved it back (85 ms and up per command).  Now the host
 lives in one process per host folder, started by the first command that finds none
 (:func:`connect`; two first commands at once start one, under a POSIX lock on the host's
-lock file), listening on ``server.sock`` in the host folder.  A command is a small client (thinsim/host/client.c,
-or run.client_main where no C compiler is) that sends its name, argv, environment, umask
-and working folder, with its standard streams and working folder as descriptors
-(SCM_RIGHTS), and gets back how it ends: ``E<status>``, ``S<signal>`` (it dies of the
-signal, as the real tool would: ``thin_ls | head -n1`` dies of SIGPIPE), or ``X<path>``
-(a command that is not simulated, or dd without a simulated device: the client execs the
-real one), each after an ``A`` sent when the process takes the command (:data:`STARTED`).
+lock file), listening on ``server.sock`` in the host folder.  A command is a small client
+(thinsim/host/client.c, or run.client_main where no C compiler is) that sends its name,
+argv, environment, umask and working folder, with its standard streams and working folder
+as descriptors (SCM_RIGHTS), and gets back how it ends: ``E<status>``, ``S<signal>`` (it
+dies of the signal, as the real tool would: ``thin_ls | head -n1`` dies of SIGPIPE), or
+``X<path>`` (a command that is not simulated, or dd without a simulated device: the client
+execs the real one), each after an ``A`` sent when the process takes the command (:data:`STARTED`).
 
 Each command runs in a thread of its own with its own working folder and umask
 (``unshare(CLONE_FS)``), its own environment and standard streams (thread-local views
