@@ -5,7 +5,9 @@
  * folder and its standard streams as descriptors (SCM_RIGHTS), and then:
  *   E<status>  exits with the status;
  *   S<signal>  dies of the signal, as the real tool does (thin_ls | head -n1: SIGPIPE);
- *   X<path>    execs the real command (not simulated, or dd of real files).
+ *   X<path>    execs the real command (not simulated, or dd of real files);
+ * each after an A the process sends once it has taken the command (an A alone: it died
+ * while it ran it, and the command ends with an error).
  * Where there is no process listening yet (the first command, or after kill -9, or an idle
  * stop), it execs the Python shim, $THINSIM_SHIMS/.py/NAME, which starts one.  A compiled
  * client starts in a millisecond where Python takes 40 ms and more.
@@ -139,6 +141,16 @@ int main(int argc, char **argv)
 		got += n;
 	}
 	answer[got] = '\0';
+	if (got == 1 && answer[0] == 'A') {
+		/* the process took the command, then died (kill -9) while it ran: the
+		 * command ends with it and is not run again (its input may be read, its
+		 * output written); the next command starts a new process */
+		fprintf(stderr, "thinsim: %s: the host's process died while it ran the command; "
+				"the host goes on from what it had committed\n", name);
+		return 1;
+	}
+	if (got > 1 && answer[0] == 'A')
+		memmove(answer, answer + 1, got--);
 	if (got > 1 && answer[0] == 'E')
 		return atoi(answer + 1);
 	if (got > 1 && answer[0] == 'S') {
@@ -157,8 +169,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: %s\n", name, strerror(errno));
 		return 127;
 	}
-	/* no answer: the process died (killed, or it could not start in a full host folder):
-	 * the Python shim runs the command on the host state's file, as before there was one */
+	/* no answer: the process died before it took the command (killed, or it could not
+	 * start in a full host folder): the Python shim runs the command on the host state's
+	 * file, as before there was one */
 	setenv("THINSIM_SERVER", "0", 1);
 	fallback(name, argv);
 	return 1;

@@ -1,9 +1,9 @@
 """The command a thread of the host's process runs (thinsim/host/server.py): its standard
-streams and environment, and the machine's lock it holds.
+streams and environment, the machine's lock it holds, and the simulated devices it has open.
 
-A module of its own, importing nothing of thinsim's, so that what runs commands (the host's
-tools, the thin tools' port) can let the machine go around a wait without importing the
-process that serves them.
+A module of its own, importing nothing of thinsim's but the block layer's open counts, so
+that what runs commands (the host's tools, the thin tools' port) can let the machine go
+around a wait without importing the process that serves them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import contextlib
 import os
 import subprocess
 import threading
+
+from ..model import devices
 
 #: per thread: ``env`` and ``std`` of its command, the machine ``lock`` and whether ``held``
 _local = threading.local()
@@ -25,6 +27,7 @@ def unlocked():
     if lock is None or not getattr(_local, "held", False):
         yield
         return
+    lock.changed.notify_all()  # what it did so far may be what a waiter waits for
     lock.mutex.release()
     _local.held = False
     try:
@@ -32,6 +35,47 @@ def unlocked():
     finally:
         lock.mutex.acquire()
         _local.held = True
+
+
+def can_wait() -> bool:
+    """Whether this command runs in the host's process, holding the machine, so that
+    others can run while it waits (:func:`wait_until`)."""
+    return getattr(_local, "lock", None) is not None and getattr(_local, "held", False)
+
+
+def wait_until(ready) -> bool:
+    """Wait until READY() holds, the machine let go meanwhile: a bio sent to a suspended
+    device waits there until the resume (dm.c: dm_submit_bio queues it while the device
+    blocks I/O for its suspend), and the process blocked in it holds no lock, so other
+    commands, the resume among them, run meanwhile.  Whether READY() holds: at once outside
+    the host's process, where nothing else runs while a command does; False in it only when
+    the machine's state was loaded again meanwhile (a command failed halfway), which leaves
+    the caller's devices stale: its I/O fails."""
+    if not can_wait() or ready():
+        return ready()
+    lock = _local.lock
+    generation = lock.generation
+    lock.waiting += 1
+    try:
+        while not ready():
+            lock.changed.wait()  # releases the machine's mutex meanwhile
+            if lock.generation != generation:
+                return False
+    finally:
+        lock.waiting -= 1
+    return True
+
+
+def open_device(dev) -> None:
+    """A command opens DEV (blkdev_get): it counts in the device's open count while the
+    command has it open (dm_open_count), so that it is not removed under a command that
+    waits with it open (dev_remove's EBUSY): a command that lets the machine go (a wait on
+    a pipe or on a suspended device) still holds it."""
+    devices.blkdev_get(dev)
+
+
+def close_device(dev) -> None:
+    devices.blkdev_put(dev)
 
 
 def command_streams() -> dict:

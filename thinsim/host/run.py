@@ -1,10 +1,11 @@
 """``thinsim run`` and ``thinsim shell``: bash on a simulated host.
 
 The simulated commands come first on PATH as small shims with the host folder in
-``THINSIM_HOST``: clients of the host's process (thinsim/host/server.py; the compiled
-client.c, or Python shims where there is no compiler), which runs them.  Commands that are not simulated but could be pointed
-at a simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an
-argument names one, and otherwise runs the real command.  The script runs in the sandbox of
+``THINSIM_HOST`` (thinsim/host/shims.py): clients of the host's process
+(thinsim/host/server.py; the compiled client.c, or Python shims where there is no
+compiler), which runs them.  Commands that are not simulated but could be pointed at a
+simulated device node (mkfs, mount, cat ...) get a guard shim that refuses when an argument
+names one, and otherwise runs the real command.  The script runs in the sandbox of
 thinsim/host/sandbox.py (own PID and mount namespaces, no capability that reaches devices).
 
 A run leaves nothing behind however it ends: its files live in the namespace's tmpfs,
@@ -16,7 +17,6 @@ process of it is gone.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -25,19 +25,10 @@ import sys
 from pathlib import Path
 
 from . import devnodes, leftovers, loopfile, server, sysfs
-from .state import is_device_path, open_host
-from .tools import COMMANDS, GUARDED, IO
-
-# The folder this thinsim is imported from.  Every process a run starts imports thinsim from
-# here, not whichever thinsim its python would find (an install of another checkout).
-ROOT = str(Path(__file__).resolve().parents[2])
-
-SHIM = """#!{python}
-import sys
-sys.path.insert(0, {root!r})
-from thinsim.host.run import shim_main
-sys.exit(shim_main({name!r}, sys.argv[1:]))
-"""
+from .server import STARTED, connect, request
+from .shims import ROOT, make_shims, names_device, real_command
+from .state import open_host
+from .tools import COMMANDS, IO
 
 
 def this_thinsim(module: str, *args: str) -> list[str]:
@@ -47,95 +38,15 @@ def this_thinsim(module: str, *args: str) -> list[str]:
     return [sys.executable, "-c", code, *args]
 
 
-def make_shims(folder: Path | str) -> None:
-    """The commands' shims in FOLDER: the compiled client of the host's process
-    (thinsim/host/client.c, server.py) under every name, or where it cannot be compiled,
-    the Python shims, which FOLDER/.py has in any case (the client execs them to start the
-    host's process).  THINSIM_SERVER=0: Python shims that run the command themselves."""
-    folder = Path(folder)
-    python = folder / ".py"
-    python.mkdir(parents=True, exist_ok=True)
-    client = compiled_client() if os.environ.get("THINSIM_SERVER") != "0" else None
-    for name in list(COMMANDS) + list(GUARDED):
-        path = python / name
-        path.write_text(SHIM.format(python=sys.executable, root=ROOT, name=name))
-        path.chmod(0o755)
-        if client is not None:
-            os.symlink(client, folder / name)
-        else:
-            os.symlink(os.path.join(".py", name), folder / name)
-
-
-def compiled_client() -> str | None:
-    """thinsim/host/client.c compiled (once: a cache under the venv, or the user's cache
-    folder, named by the source's hash), or None where no compiler or cache folder is."""
-    import hashlib
-    import tempfile
-
-    source = Path(__file__).with_name("client.c")
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        return None
-    key = hashlib.sha256(source.read_bytes() + cc.encode()).hexdigest()[:16]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for base in (os.path.join(sys.prefix, "share", "thinsim"), os.path.join(cache, "thinsim")):
-        binary = os.path.join(base, f"client-{key}")
-        if os.access(binary, os.X_OK):
-            return binary
-        try:
-            os.makedirs(base, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".client-", dir=base)
-            os.close(fd)
-        except OSError:
-            continue
-        try:
-            done = subprocess.run(
-                [cc, "-O2", "-o", tmp, str(source)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-            if done.returncode != 0:
-                return None
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, binary)  # whole or not there, whoever compiles at once
-            return binary
-        except OSError:
-            continue
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    return None
-
-
-def _real(name: str) -> str | None:
-    shim_dir = os.environ.get("THINSIM_SHIMS", "")
-    path = os.pathsep.join(
-        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != shim_dir
-    )
-    return shutil.which(name, path=path)
-
-
-def _names_device(argv: list[str]) -> str | None:
-    for a in argv:
-        for part in (a, a.split("=", 1)[-1]):
-            if is_device_path(part):
-                return part
-    return None
-
-
 def shim_main(name: str, argv: list[str]) -> int:
     host = os.environ.get("THINSIM_HOST")
     if host is None:
         sys.stderr.write(f"thinsim: {name}: THINSIM_HOST is not set\n")
         return 1
     if os.environ.get("THINSIM_SERVER") != "0":
-        from .server import client_main
-
         return client_main(name, argv)
     if name in COMMANDS:
-        if name == "dd" and _names_device(argv) is None:
+        if name == "dd" and names_device(argv) is None:
             return _exec_real(name, argv)
         io = IO(defer=True)  # what the command runs waits for the lock's release
         with open_host(host) as state:
@@ -148,7 +59,7 @@ def shim_main(name: str, argv: list[str]) -> int:
         except (OSError, ValueError):
             pass  # output that cannot be written is dropped, as _exit_as drops it
         return _exit_as(status)
-    device = _names_device(argv)
+    device = names_device(argv)
     if device is not None:
         sys.stderr.write(
             f"thinsim: {name} on {device} is not simulated: refused, so that it cannot reach "
@@ -157,6 +68,50 @@ def shim_main(name: str, argv: list[str]) -> int:
         return 1
     sysfs.refresh_names(host, argv)  # a file read in /sys shows the name the file has now
     return _exec_real(name, argv)
+
+
+def client_main(name: str, argv: list[str]) -> int:
+    """A simulated command as a Python client (no C compiler): thinsim/host/client.c in
+    Python."""
+    host = os.environ["THINSIM_HOST"]
+    try:
+        with connect(host) as conn:
+            answer = request(conn, name, argv)
+    except OSError:
+        answer = ""
+    if not answer:
+        # no process could start (a full host folder), or it died before it took the
+        # command: the command runs here, on the host state's file, as it did before
+        # there was one
+        os.environ["THINSIM_SERVER"] = "0"
+        return shim_main(name, argv)
+    answer = answer.removeprefix(STARTED.decode())
+    if not answer:
+        return _died(name)
+    kind, arg = answer[:1], answer[1:]
+    if kind == "X":
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.execv(arg, [name, *argv])
+    if kind == "S":
+        signal.signal(int(arg), signal.SIG_DFL)
+        os.kill(os.getpid(), int(arg))
+        return 128 + int(arg)
+    if kind == "E":
+        return int(arg)
+    sys.stderr.write(f"thinsim: {name}: the host's process answered {answer!r}\n")
+    return 1
+
+
+def _died(name: str) -> int:
+    """The host's process died (kill -9) while it ran the command: the command ends with
+    it, as a process does when its machine goes down, and is not run again (its input
+    may be read, its output written).  The host goes on from what the process saved and
+    its pools committed; the next command starts a new process."""
+    sys.stderr.write(
+        f"thinsim: {name}: the host's process died while it ran the command; the host goes "
+        "on from what it had committed\n"
+    )
+    return 1
 
 
 def _exit_as(status: int) -> int:
@@ -191,7 +146,7 @@ def _flush_stderr() -> None:
 
 
 def _exec_real(name: str, argv: list[str]) -> int:
-    real = _real(name)
+    real = real_command(name)
     if real is None:
         sys.stderr.write(f"{name}: command not found\n")
         return 127

@@ -309,7 +309,7 @@ def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     )
     os.environ.update(env)
     from . import devnodes
-    from .run import make_shims
+    from .shims import make_shims
 
     make_shims(SHIMS)
     devnodes.main()  # the nodes and /sys, /proc views of a host that has devices already

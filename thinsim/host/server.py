@@ -3,21 +3,27 @@
 Every simulated command used to be a Python process that imported thinsim, loaded the whole
 host state from its file, worked and saved it back (85 ms and up per command).  Now the host
 lives in one process per host folder, started by the first command that finds none
-(:func:`connect`; two first commands at once start one, under a POSIX lock on the host's lock file), listening
-on ``server.sock`` in the host folder.  A command is a small client (thinsim/host/client.c,
-or :func:`client_main` where no C compiler is) that sends its name, argv, environment, umask
-and working folder, with its standard streams and working folder as descriptors
-(SCM_RIGHTS), and gets back how it ends: ``E<status>``, ``S<signal>`` (it dies of the
-signal, as the real tool would: ``thin_ls | head -n1`` dies of SIGPIPE), or ``X<path>``
-(a command that is not simulated, or dd without a simulated device: the client execs the
-real one).
+(:func:`connect`; two first commands at once start one, under a POSIX lock on the host's
+lock file), listening on ``server.sock`` in the host folder.  A command is a small client
+(thinsim/host/client.c, or run.client_main where no C compiler is) that sends its name,
+argv, environment, umask and working folder, with its standard streams and working folder
+as descriptors (SCM_RIGHTS), and gets back how it ends: ``E<status>``, ``S<signal>`` (it
+dies of the signal, as the real tool would: ``thin_ls | head -n1`` dies of SIGPIPE), or
+``X<path>`` (a command that is not simulated, or dd without a simulated device: the client
+execs the real one), each after an ``A`` sent when the process takes the command (:data:`STARTED`).
 
 Each command runs in a thread of its own with its own working folder and umask
 (``unshare(CLONE_FS)``), its own environment and standard streams (thread-local views
 behind ``os.environ`` and ``sys.std*``), under the machine's lock.  A command blocked on
 its pipes holds no lock (:func:`unlocked`, around dd's reads and writes of real files), so
 ``dd if=/dev/mapper/a | dd of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a
-real host.
+real host; nor does one whose I/O waits in a suspended device for its resume
+(command.wait_until: ``dmsetup suspend thin; dd of=/dev/mapper/thin ... & dmsetup resume
+thin; wait``), which keeps the device open meanwhile (dm_open_count counts it).  The kernel
+has finer locks (dm's _hash_lock for names and tables, each device's suspend_lock, each
+pool's); one machine lock, let go at every wait, gives a script the same outcomes with a
+coarser interleaving, since a simulated command only ever blocks on a pipe, a file of the
+real host or a suspended device.
 
 Durability is the kernel's: the host state (loop bindings, dm tables, the pools' in-core
 facts, the log) is saved (state.py: sealed, written aside and renamed) at the end of every
@@ -26,7 +32,9 @@ keeps in memory as the kernel does and which reaches the disk as the kernel writ
 each commit.  A ``kill -9`` of the process, or of a command, loses nothing committed: the
 next command starts a new process that loads the state and re-opens each pool from its
 metadata device (kernel.reopen_pools), so that a command's cost does not grow with the
-pools' metadata.  The state file is also how a process
+pools' metadata; the commands the process was running end with an error (after the
+``A``: they may have read their input and written their output, so they are not run
+again).  The state file is also how a process
 learns that another one (a second run on the same folder, a command run without a process)
 changed the host: it is reloaded whenever it is no longer the one this process last saved.
 
@@ -59,6 +67,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 from .command import _local
+from .shims import names_device, real_command
 
 SOCKET = "server.sock"  # in the host folder
 START_BYTE = 1 << 30  # the byte of the lock file whose POSIX lock a starter holds
@@ -67,6 +76,10 @@ POLL_SECONDS = 1.0
 ROOT = str(Path(__file__).resolve().parents[2])
 CLONE_FS = 0x200
 HEADER = struct.Struct("<III")  # payload length, which of fds 0-2 are open, umask
+# The first byte of every answer, sent before the command runs: a client whose answer
+# stops there knows its command was under way when the process died (it may have read
+# its input, written its output, committed), so it must not run it again itself.
+STARTED = b"A"
 
 _SERVER = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -161,7 +174,9 @@ def _start(host: str, dirfd: int) -> None:
 
 
 def request(conn: socket.socket, name: str, argv: list[str]) -> str:
-    """Send the command; the answer (E, S or X and its argument)."""
+    """Send the command; the answer: ``A`` (:data:`STARTED`) once the process has taken
+    it, then E, S or X and its argument when it ends (nothing after the A: the process
+    died while it ran the command)."""
     payload = b"\0".join(
         [name.encode(), str(len(argv)).encode()]
         + [os.fsencode(a) for a in argv]
@@ -181,39 +196,10 @@ def request(conn: socket.socket, name: str, argv: list[str]) -> str:
     finally:
         os.close(fds[0])
     answer = b""
-    while chunk := conn.recv(4096):
-        answer += chunk
+    with contextlib.suppress(OSError):  # the process died: what came before its end
+        while chunk := conn.recv(4096):
+            answer += chunk
     return answer.decode(errors="surrogateescape")
-
-
-def client_main(name: str, argv: list[str]) -> int:
-    """A simulated command as a Python client (no C compiler): thinsim/host/client.c in
-    Python."""
-    host = os.environ["THINSIM_HOST"]
-    try:
-        with connect(host) as conn:
-            answer = request(conn, name, argv)
-    except OSError:
-        answer = ""
-    if not answer:
-        # no process could start (a full host folder), or it died before it answered: the
-        # command runs here, on the host state's file, as it did before there was one
-        os.environ["THINSIM_SERVER"] = "0"
-        from .run import shim_main
-
-        return shim_main(name, argv)
-    kind, arg = answer[:1], answer[1:]
-    if kind == "X":
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        os.execv(arg, [name, *argv])
-    if kind == "S":
-        signal.signal(int(arg), signal.SIG_DFL)
-        os.kill(os.getpid(), int(arg))
-        return 128 + int(arg)
-    if kind == "E":
-        return int(arg)
-    sys.stderr.write(f"thinsim: {name}: the host's process answered {answer!r}\n")
-    return 1
 
 
 def stop(host: str) -> bool:
@@ -298,11 +284,17 @@ class _Std:
 class _Lock:
     """The machine's lock: a thread lock, and the host folder's flock while any command of
     this process is under way (other processes on the folder wait for it); the state
-    reloaded when another process saved it since."""
+    reloaded when another process saved it since.  ``changed`` is signalled whenever a
+    command lets the machine go (a waiter on a suspended device checks its device again);
+    ``generation`` counts the states loaded; ``waiting``, the commands waiting on a
+    suspended device."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.mutex = threading.Lock()
+        self.changed = threading.Condition(self.mutex)
+        self.generation = 0
+        self.waiting = 0
         self.count = 0  # commands under way
         self.guard = threading.Lock()
 
@@ -314,6 +306,7 @@ class _Lock:
         self.mutex.acquire()
 
     def leave(self) -> None:
+        self.changed.notify_all()
         self.mutex.release()
         with self.guard:
             self.count -= 1
@@ -341,7 +334,7 @@ class Server:
         self.idle = float(os.environ.get("THINSIM_SERVER_IDLE", IDLE_SECONDS))
 
     def serve(self) -> None:
-        while True:
+        while not self.stopping:
             ready, _, _ = select.select([self.listener], [], [], POLL_SECONDS)
             if not ready:
                 if self._done():
@@ -350,11 +343,15 @@ class Server:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
-                continue
+                continue  # shut down by a stop (EINVAL), or the client gone already
             self.last = time.monotonic()
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-            if self.stopping:
-                return
+        # A stop is under way in its own thread, which ends the process once the commands
+        # under way are done.  This thread must not end first: the end of the main thread
+        # ends the process, the stop's unlink of the socket or the commands' ends not done
+        # (the dead server.sock that host stop used to leave behind, 1 stop in 2).
+        while True:
+            time.sleep(POLL_SECONDS)
 
     def _done(self) -> bool:
         try:
@@ -381,6 +378,7 @@ class Server:
                 if payload == b"stop":
                     self._stop()
                     return
+                conn.sendall(STARTED)  # a client killed already: its command never runs
                 answer = self._command(payload, mask, umask, fds)
                 fds = []
                 conn.sendall(answer.encode(errors="surrogateescape"))
@@ -392,12 +390,18 @@ class Server:
                         os.close(fd)
 
     def _stop(self) -> None:
-        self.stopping = True
+        """``thinsim host stop``: no new command (the socket unlinked, the listener shut
+        down: not closed, which the main thread's select could not see), those under way
+        finish, then the process ends, before it answers."""
         with contextlib.suppress(OSError):
             if os.stat(_address(self.dirfd)).st_ino == self.ino:
                 os.unlink(_address(self.dirfd))
-        self.listener.close()
-        while self.busy:  # the commands under way finish
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the select: accept fails
+        # the commands under way finish; not those waiting for the resume of a suspended
+        # device, which no command can come to do any more (the kernel would wait for ever)
+        while self.busy > self.lock.waiting:
             time.sleep(0.01)
         os._exit(0)
 
@@ -429,7 +433,6 @@ class Server:
 
     def _run(self, name, argv, env, umask, cwd, std) -> str:
         from . import devnodes, sysfs
-        from .run import _names_device, _real
         from .state import HostStateError
         from .tools import COMMANDS, IO
 
@@ -439,9 +442,9 @@ class Server:
         streams = _streams(std)
         _local.std = streams
         try:
-            if name not in COMMANDS or (name == "dd" and _names_device(argv) is None):
-                if name not in COMMANDS and _names_device(argv) is not None:
-                    device = _names_device(argv)
+            if name not in COMMANDS or (name == "dd" and names_device(argv) is None):
+                if name not in COMMANDS and names_device(argv) is not None:
+                    device = names_device(argv)
                     streams["stderr"].write(
                         f"thinsim: {name} on {device} is not simulated: refused, so that it "
                         "cannot reach the real device\n"
@@ -450,14 +453,14 @@ class Server:
                 if name not in COMMANDS and sysfs.reads_names(argv):
                     with self._locked():
                         sysfs.refresh_names_of(self.state, argv)
-                real = _real(name)
+                real = real_command(name)
                 if real is None:
                     streams["stderr"].write(f"{name}: command not found\n")
                     return "E127"
                 return f"X{real}"
             io = IO(streams["stdin"], streams["stdout"], streams["stderr"], defer=True)
             try:
-                with self._locked():
+                with self._locked() as command:
                     status = COMMANDS[name](self.state, argv, io)
                     devnodes.sync(self.state)
             except HostStateError as e:
@@ -475,6 +478,13 @@ class Server:
                 status = status if status < 0 else -signal.SIGPIPE
             except (OSError, ValueError):
                 pass
+            if command.unsaved is not None:
+                e = command.unsaved
+                streams["stderr"].write(
+                    f"thinsim: {e.folder}: cannot save the host state ({e.strerror}); the "
+                    "host's process goes on with it and saves it with the next command\n"
+                )
+                status = status if status < 0 else 1
             return _ending(status, streams)
         except Exception:  # noqa: BLE001 -- the command's traceback, as the shim printed it
             with contextlib.suppress(Exception):
@@ -490,9 +500,17 @@ class Server:
 
     @contextlib.contextmanager
     def _locked(self):
-        """The machine for this command: the state as the file has it, saved at the end."""
+        """The machine for this command: the state as the file has it, saved at the end.
+
+        A state that cannot be saved (a full or failing file system under the host folder)
+        is kept, not dropped: the command is done (its ioctls, and its pools' commits
+        already on their metadata devices, as the kernel would have them), so the process
+        goes on with it and tells so (``unsaved``, which the command reports, exit status
+        1); the next command saves it whole, and a kill meanwhile takes the host back to
+        the file's state, the pools to what they committed.  Only a command that failed
+        halfway (a traceback) has the state loaded again from the file."""
         from .blockio import new_command
-        from .state import STATE_FILE, _load_state, _save_state
+        from .state import STATE_FILE, StateNotSaved, _load_state, _save_state
 
         self.lock.enter()
         _local.lock, _local.held = self.lock, True
@@ -501,13 +519,17 @@ class Server:
             seen = _stat(path)
             if self.state is None or seen != self.saved:
                 self.state = None
+                self.lock.generation += 1
                 self.state = _load_state(path)
                 self.saved = seen
             new_command(self.state)
-            yield
+            command = _Command()
+            yield command
             self.state.stamp_log()
             try:
                 _save_state(Path(self.host), self.state, sync=False, pools=False)
+            except StateNotSaved as e:
+                command.unsaved = e
             finally:
                 self.saved = _stat(path)
         except BaseException:
@@ -517,6 +539,12 @@ class Server:
             _local.held = False
             _local.lock = None
             self.lock.leave()
+
+
+class _Command:
+    """What _locked tells its command at the end: the state's save that failed, if any."""
+
+    unsaved = None
 
 
 def _stat(path: Path) -> tuple | None:

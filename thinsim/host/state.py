@@ -235,10 +235,20 @@ def _save_state(folder: Path, state: HostState, *, sync: bool = True, pools: boo
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise HostStateError(
-            f"{folder}: cannot save the host state ({e.strerror}); it stays as the last "
+        raise StateNotSaved(folder, e.strerror) from None
+
+
+class StateNotSaved(HostStateError):
+    """The state file could not be written (the host folder's file system full or failing):
+    the file holds the last state saved.  A command run in a process of its own ends
+    with the state it loaded; the host's process goes on with its own (server.py)."""
+
+    def __init__(self, folder: Path, strerror: str) -> None:
+        super().__init__(
+            f"{folder}: cannot save the host state ({strerror}); it stays as the last "
             "command left it"
-        ) from None
+        )
+        self.folder, self.strerror = folder, strerror
 
 
 @contextlib.contextmanager

@@ -28,6 +28,18 @@ def suspended(dev) -> bool:
     return isinstance(dev, DmDevice) and dev.suspended
 
 
+def bio_waits(dev) -> bool:
+    """Whether a bio to DEV would wait now: DEV suspended, or a device one of its targets
+    remaps the bio to (a linear target's: the bio waits there once remapped)."""
+    if suspended(dev):
+        return True
+    for t in getattr(dev, "live", None) or []:
+        under = target_type(t).remaps_to(t) if t.obj is not None else None
+        if under is not None and bio_waits(under[0]):
+            return True
+    return False
+
+
 # dm-thin.c: COMMIT_PERIOD (one second).  The simulated host has no wall clock for the pool;
 # it counts commands instead, as they ran in the VM the recordings come from (TCG): one
 # command takes about half a second (dd 0.4 s, dmsetup 0.5 to 0.8 s), so the period has

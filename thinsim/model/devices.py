@@ -304,6 +304,30 @@ def lookup(state: HostState, path: str):
     return get_by_devno(state, devno) if devno is not None else None
 
 
+#: opens of devices by holders outside the device-mapper tables (id -> opens): the commands
+#: of the simulated host that have a device open, a dd that waits on a suspended device
+#: included.  Not saved: an open ends with its command, as bd_openers does with its process.
+_opens: dict[int, int] = {}
+
+
+def blkdev_get(dev) -> None:
+    """An open of DEV (blkdev_get): it counts in the device's open count until its put."""
+    _opens[id(dev)] = _opens.get(id(dev), 0) + 1
+
+
+def blkdev_put(dev) -> None:
+    n = _opens.get(id(dev), 0) - 1
+    if n > 0:
+        _opens[id(dev)] = n
+    else:
+        _opens.pop(id(dev), None)
+
+
+def blkdev_opens(dev) -> int:
+    """How many opens of DEV its holders outside the tables have."""
+    return _opens.get(id(dev), 0)
+
+
 def unbound_loop(number: int) -> LoopDevice:
     """A loop device node with no backing file: it opens, with size 0."""
     return LoopDevice(number, "", 0, 0)

@@ -21,6 +21,7 @@ from .devices import (
     HostState,
     LoopDevice,
     Target,
+    blkdev_opens,
     device_size,
     dm_by_minor,
     dm_by_uuid,
@@ -446,8 +447,9 @@ def table_devices(state: HostState, dev: DmDevice) -> list:
 
 
 def dm_open_count(state: HostState, dev: DmDevice) -> int:
-    """How many opens the device has: one for each mapped device whose tables use it."""
-    return sum(
+    """How many opens the device has: one for each mapped device whose tables use it, and
+    those of its other holders (a command that has it open: a dd waiting for its resume)."""
+    return blkdev_opens(dev) + sum(
         1
         for d in state.dm.values()
         if d is not dev and dev.devno in table_devnos(d) + table_devnos(d, inactive=True)
@@ -473,6 +475,13 @@ def _remove(state: HostState, dev: DmDevice) -> None:
     del state.dm[dev.name]
     _destroy(state, targets)
     _autoclear_loops(state)
+
+
+def dm_blk_close(state: HostState, dev: DmDevice) -> None:
+    """dm_blk_close: the last close of a device marked for a deferred remove removes it (a
+    command that held it open while it waited, dd on a suspended device)."""
+    if dev.deferred_remove and not dm_open_count(state, dev):
+        _run_deferred_removes(state)
 
 
 def _run_deferred_removes(state: HostState) -> None:

@@ -18,9 +18,10 @@ import time
 
 from ...constants import SECTOR_SIZE as SECTOR
 from ...errors import ThinsimError
-from ...model import blockio, devices
+from ...model import blockio, devices, dm
+from .. import command
 from ..command import unlocked
-from ..state import HostState, is_device_path
+from ..state import DmDevice, HostState, is_device_path
 from .common import IO, unsupported
 
 PROG = "dd"
@@ -269,16 +270,20 @@ class _DeviceFile:
         self.wb_error: int | None = None  # a failed writeback, reported by fsync
         # O_DIRECT I/O must be aligned to the logical block size (losetup -b)
         self.logical = getattr(dev, "block_size", SECTOR)
+        command.open_device(dev)
+        self.closed = False
 
     @property
     def size(self) -> int:
         return devices.device_size(self.state, self.dev)
 
     def read(self, n: int) -> bytes:
-        size = self.size
+        if self.pos >= self.size:
+            return b""  # no bio: nothing to wait for
+        self._wait_resumed()
+        size = self.size  # a resume may have swapped in a table of another size
         if self.pos >= size:
             return b""
-        _check_not_suspended(self.dev)
         if self.direct and (self.pos % self.logical or n % self.logical):
             raise OSError(E.EINVAL, os.strerror(E.EINVAL))
         n = min(n, size - self.pos)
@@ -297,8 +302,10 @@ class _DeviceFile:
             raise OSError(E.ENOSPC, os.strerror(E.ENOSPC))
         if self.direct and (self.pos % self.logical or len(data) % self.logical):
             raise OSError(E.EINVAL, os.strerror(E.EINVAL))
-        n = min(len(data), size - self.pos)
-        _check_not_suspended(self.dev)
+        self._wait_resumed()
+        n = min(len(data), self.size - self.pos)
+        if n <= 0:
+            raise OSError(E.ENOSPC, os.strerror(E.ENOSPC))
         try:
             blockio.write(self.state, self.dev, self.pos, bytes(data[:n]))
         except ThinsimError as e:
@@ -327,7 +334,7 @@ class _DeviceFile:
         raise OSError(E.EINVAL, os.strerror(E.EINVAL))
 
     def fsync(self) -> None:
-        _check_not_suspended(self.dev)
+        self._wait_resumed()
         error, self.wb_error = self.wb_error, None
         try:
             blockio.flush(self.state, self.dev)
@@ -339,13 +346,24 @@ class _DeviceFile:
     fdatasync = fsync
 
     def close(self) -> None:
-        pass
+        if not self.closed:
+            self.closed = True
+            command.close_device(self.dev)
+            if isinstance(self.dev, DmDevice):
+                dm.dm_blk_close(self.state, self.dev)
 
-
-def _check_not_suspended(dev) -> None:
-    if blockio.suspended(dev):
-        # the bio would wait in the suspended device until a resume: dd would hang
-        raise _NotSimulated("I/O to a suspended device (it waits for a resume)")
+    def _wait_resumed(self) -> None:
+        """The bio waits in the suspended device until its resume (dd blocks in read(2),
+        write(2) or fsync(2): in a buffered write's writeback, at the last close on a real
+        host), while other commands run, the resume among them."""
+        if not blockio.bio_waits(self.dev):
+            return
+        if not command.can_wait():
+            # a command run in a process of its own (THINSIM_SERVER=0): no other command
+            # can run meanwhile to resume the device, so dd would hang for ever
+            raise _NotSimulated("I/O to a suspended device (it waits for a resume)")
+        if not command.wait_until(lambda: not blockio.bio_waits(self.dev)):
+            raise OSError(E.EIO, os.strerror(E.EIO))
 
 
 class _NotSimulated(Exception):
