@@ -140,6 +140,7 @@ class Workload:
     activities: list[Activity] = field(default_factory=list)
     docker: DockerSpec | None = None
     name: str = ""
+    text: str = ""  # the file's text (a sweep changes fields in it and checks it again)
 
 
 # -- checking --------------------------------------------------------------------------------
@@ -450,8 +451,11 @@ def _docker(c: _Checker, doc: dict) -> DockerSpec | None:
     return d
 
 
-def parse(text: str, path: str = "<workload>") -> Workload:
-    """A workload from TOML ``text``; PlanError names ``path``, line and field."""
+def parse(text: str, path: str = "<workload>", overrides: dict[str, str] | None = None) -> Workload:
+    """A workload from TOML ``text``; PlanError names ``path``, line and field.
+
+    ``overrides`` (a sweep's ``{"pool.block_size": "256KiB"}``) set fields before the
+    check; an error in one names the field and the value it was given."""
     name = Path(path).name
     try:
         doc = tomllib.loads(text)
@@ -459,7 +463,38 @@ def parse(text: str, path: str = "<workload>") -> Workload:
         m = re.search(r"\(at line (\d+), column \d+\)", str(e))
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise PlanError(name, int(m.group(1)) if m else None, "", f"not TOML: {msg}") from None
-    c = _Checker(name, locate(text))
+    if not overrides:
+        w = _check(doc, name, path, locate(text))
+        w.text = text
+        return w
+    for key, value in overrides.items():
+        _set(doc, key, value, name)
+    try:
+        w = _check(doc, name, path, {})
+    except PlanError as e:
+        given = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        raise PlanError(name, None, e.field, f"{e.message} (with --sweep {given})") from None
+    w.text = text
+    return w
+
+
+def _set(doc: dict, key: str, value: str, name: str) -> None:
+    """Set the field a dotted ``key`` names (``pool.data``, ``activities[1].rate``)."""
+    node = doc
+    parts = key.split(".")
+    for p in parts[:-1]:
+        m = re.fullmatch(r"([A-Za-z0-9_-]+)\[(\d+)\]", p)
+        try:
+            node = node[m.group(1)][int(m.group(2))] if m else node.setdefault(p, {})
+        except (KeyError, IndexError, TypeError):
+            raise PlanError(name, None, key, "no such table in the workload (--sweep)") from None
+        if not isinstance(node, dict):
+            raise PlanError(name, None, key, "not a table in the workload (--sweep)")
+    node[parts[-1]] = _toml_value(value)
+
+
+def _check(doc: dict, name: str, path: str, locs: dict[str, int]) -> Workload:
+    c = _Checker(name, locs)
     c.known(doc, "", {"plan", "pool", "volumes", "activities", "docker"})
     p = c.table(doc, "plan", "plan")
     c.known(p, "plan", {"horizon", "sample", "seed", "stop", "volume_stats", "name"})
@@ -499,20 +534,6 @@ def load(path: str | Path) -> Workload:
     return parse(text, path)
 
 
-def override(w: Workload, text: str, assignment: str) -> Workload:
-    """``w``'s file with one field changed by a sweep's ``pool.block_size=256KiB``: the
-    field set in the TOML document, the whole document checked again."""
-    key, _, value = assignment.partition("=")
-    doc = tomllib.loads(text)
-    parts = key.strip().split(".")
-    node = doc
-    for p in parts[:-1]:
-        m = re.fullmatch(r"(\w+)\[(\d+)\]", p)
-        node = node[m.group(1)][int(m.group(2))] if m else node.setdefault(p, {})
-    node[parts[-1]] = _toml_value(value.strip())
-    return parse(dumps(doc), w.path)
-
-
 def _toml_value(v: str):
     if re.fullmatch(r"-?\d+", v):
         return int(v)
@@ -521,36 +542,3 @@ def _toml_value(v: str):
     if re.fullmatch(r"-?\d+\.\d*", v):
         return float(v)
     return v
-
-
-def dumps(doc: dict) -> str:
-    """A small TOML writer for what :func:`parse` reads (tables, arrays of tables, strings,
-    numbers, booleans, lists of those)."""
-    out: list[str] = []
-
-    def value(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
-        raise TypeError(type(v))
-
-    for k, v in doc.items():
-        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not all(
-                isinstance(x, dict) for x in v)) or v == []:  # fmt: skip
-            out.append(f"{k} = {value(v)}")
-    for k, v in doc.items():
-        if isinstance(v, dict):
-            out.append(f"\n[{k}]")
-            out += [f"{kk} = {value(vv)}" for kk, vv in v.items()]
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            for item in v:
-                out.append(f"\n[[{k}]]")
-                out += [f"{kk} = {value(vv)}" for kk, vv in item.items()]
-    return "\n".join(out) + "\n"
