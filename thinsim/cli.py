@@ -147,7 +147,7 @@ def _bench(args) -> int:
 
 
 def _plan(args) -> int:
-    from .plan import PlanError, load, plot, run, text, to_csv, to_json
+    from .plan import PlanError, load, plot, text, to_csv, to_json
 
     def fail(message: str) -> int:
         print(f"thinsim plan: {message}", file=sys.stderr)
@@ -178,14 +178,17 @@ def _plan(args) -> int:
             return 0
         if args.scheduler:
             return fail("--scheduler runs a sweep: give --sweep too")
-        result = run(w, record=bool(args.script))
+        from .plan.engine import Simulation
+
+        sim = Simulation(w, record=bool(args.script))
+        result = sim.run()
     except PlanError as e:
         return fail(str(e))
     if args.script:
         from .plan.script import ScriptError, write_script
 
         try:
-            write_script(result, args.script)
+            write_script(sim, args.script)
         except ScriptError as e:
             return fail(str(e))
     if args.csv:

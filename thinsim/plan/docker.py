@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .workload import Activity, DockerSpec
+from .workload import Activity, DockerSpec, MessageFailed
 
 MIN_FREE_DATA = (
     "devmapper: Thin Pool has {free} free data blocks which is less than minimum required "
@@ -71,10 +71,16 @@ class Docker:
                 return self.next_device_id
         raise DockerRefused("devmapper: Unable to find a free device ID")
 
+    def _message(self, text: str) -> None:
+        try:
+            self.sim.message(text)
+        except MessageFailed:
+            raise DockerRefused(f"devmapper: the pool refused '{text}'") from None
+
     def _close_transaction(self) -> None:
         """closeTransaction -> updatePoolTransactionID."""
         new = self.transaction_id + 1
-        self.sim.message(f"set_transaction_id {self.transaction_id} {new}")
+        self._message(f"set_transaction_id {self.transaction_id} {new}")
         self.transaction_id = new
 
     def pool_has_free_space(self) -> None:
@@ -97,7 +103,10 @@ class Docker:
         """createBaseImage: the base device, mkfs on it, left inactive."""
         sim = self.sim
         dev = self._next_free_id()
-        v = sim.create_thin("base", self.spec.basesize, "docker", dev_id=dev)
+        try:
+            v = sim.create_thin("base", self.spec.basesize, "docker", dev_id=dev)
+        except MessageFailed:
+            raise DockerRefused("devmapper: the pool refused the base device") from None
         self._close_transaction()
         sim.activate(v)
         if self.spec.mkfs_bytes:
@@ -110,7 +119,11 @@ class Docker:
         self.pool_has_free_space()
         sim = self.sim
         dev = self._next_free_id()
-        v = sim.create_snap(name, parent, "docker", dev_id=dev)
+        try:
+            v = sim.create_snap(name, parent, "docker", dev_id=dev)
+        except MessageFailed:
+            self.used_ids.discard(dev)
+            raise DockerRefused(f"devmapper: the pool refused a snapshot of {parent}") from None
         self._close_transaction()
         return v
 
@@ -123,7 +136,10 @@ class Docker:
                 sim.activate(v)
             sim.discard(v, 0, v.size)
         sim.deactivate(v)
-        sim.delete(v)
+        try:
+            sim.delete(v)
+        except MessageFailed:
+            raise DockerRefused(f"devmapper: the pool refused to delete {name}") from None
         self.used_ids.discard(v.dev_id)
         self._close_transaction()
 
@@ -146,7 +162,10 @@ class Docker:
     # -- activities -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self.create_base()
+        try:
+            self.create_base()
+        except DockerRefused as e:
+            self._refused("docker daemon start", e)
 
     def _refused(self, what: str, e: DockerRefused) -> None:
         self.refused += 1
@@ -176,7 +195,11 @@ class Docker:
         for name in layers:
             self.layer_users[name] = self.layer_users.get(name, 0) + 1
         while a.keep and len(self.images) > a.keep:
-            if not self._remove_image(self.images[0]):
+            try:
+                if not self._remove_image(self.images[0]):
+                    break
+            except DockerRefused as e:
+                self._refused("docker rmi", e)
                 break
             self.images.popleft()
 
@@ -213,7 +236,10 @@ class Docker:
             c = self.add_device(name, init.name)
         except DockerRefused as e:
             self._refused(f"docker run {name}", e)
-            self.delete_device(init.name)
+            try:
+                self.delete_device(init.name)
+            except DockerRefused as e2:
+                self._refused(f"docker run {name} (removing its -init layer)", e2)
             return
         self.containers[name] = image[-1]
         sim.activate(c)
@@ -226,5 +252,8 @@ class Docker:
         if name not in self.containers:
             return
         del self.containers[name]
-        self.delete_device(name)
-        self.delete_device(f"{name}-init")
+        try:
+            self.delete_device(name)
+            self.delete_device(f"{name}-init")
+        except DockerRefused as e:
+            self._refused(f"docker rm {name}", e)

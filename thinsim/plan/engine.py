@@ -28,8 +28,9 @@ from ..backends.model import ModelPool, ModelThin
 from ..errors import ThinsimError
 from ..model.pool import Clock, KernelLog
 from ..model.store import AccountingStore
+from .docker import Docker
 from .report import summarize
-from .workload import DAY, Activity, Workload
+from .workload import DAY, Activity, MessageFailed, Workload
 
 MAX_CHUNK = 64 << 20  # the largest single write the planner issues (a fill's request)
 MD_BLOCK = 4096
@@ -96,10 +97,6 @@ def _log_kind(line: str) -> str:
     return "kernel_log"
 
 
-class PlanStopped(Exception):
-    """The pool left write mode and the plan stops there (``plan.stop = "full"``)."""
-
-
 class Simulation:
     """One run of a workload; :meth:`run` returns the result dict (see :mod:`.report`)."""
 
@@ -140,11 +137,7 @@ class Simulation:
         self.peak_thins = 0
         self._zeros: dict[int, bytes] = {}
         self.stopped: str | None = None
-        self.docker = None
-        if w.docker is not None:
-            from .docker import Docker
-
-            self.docker = Docker(self, w.docker)
+        self.docker = Docker(self, w.docker) if w.docker is not None else None
 
     # -- operations: each one is what a shell would run -----------------------------------
 
@@ -160,12 +153,16 @@ class Simulation:
         return dev
 
     def message(self, text: str) -> None:
-        """``dmsetup message POOL 0 TEXT`` (raises what the kernel returns)."""
+        """``dmsetup message POOL 0 TEXT``: MessageFailed (after its event) when the kernel
+        refuses it (a read-only pool refuses them all)."""
         self._op("message", text)
         try:
             self.pool.message(text)
-        finally:
+        except ThinsimError as e:
             self._drain_log()
+            self.event("message_failed", f"{text}: {E.errorcode.get(e.errno, e.errno)}")
+            raise MessageFailed(text) from None
+        self._drain_log()
 
     def create_thin(self, name: str, size: int, kind: str = "thin", dev_id: int | None = None):
         dev = self.new_id() if dev_id is None else dev_id
@@ -215,9 +212,11 @@ class Simulation:
         del self.vols[v.name]
         del self.by_id[v.dev_id]
 
-    def write(self, v: Volume, offset: int, length: int) -> bool:
-        """A write of ``length`` zero bytes (the payload is not kept); False when it failed."""
-        self._op("write", v.name, offset, length)
+    def write(self, v: Volume, offset: int, length: int, io: int | None = None) -> bool:
+        """A write of ``length`` zero bytes (the payload is not kept); False when it failed.
+        ``io``: the size of the requests it stands for (the model provisions N whole-block
+        writes in order as one request of N blocks does); the script issues those."""
+        self._op("write", v.name, offset, length, io or length)
         self.clock.now = max(self.clock.now, self.now)
         before = self.clock.now
         zeros = self._zeros.get(length)
@@ -263,11 +262,10 @@ class Simulation:
         pos = offset
         bs = self.bs
         while pos < end:
-            if io % bs == 0 and pos % bs == 0 and end - pos >= bs:
-                n = min(end - pos, MAX_CHUNK) // bs * bs
-            else:
+            n = min(end - pos, MAX_CHUNK) // io * io if io % bs == 0 and pos % bs == 0 else 0
+            if n == 0:
                 n = min(io, end - pos)
-            if not self.write(v, pos, n):
+            if not self.write(v, pos, n, io):
                 return False
             pos += n
         return True
@@ -387,10 +385,15 @@ class Simulation:
         self.sample(final=self.now >= self.w.horizon)
 
     def _make_volume(self, spec) -> None:
-        if spec.origin is None:
-            v = self.create_thin(spec.name, spec.size)
-        else:
-            v = self.create_snap(spec.name, spec.origin, "clone", spec.size)
+        try:
+            if spec.origin is None:
+                v = self.create_thin(spec.name, spec.size)
+            elif spec.origin in self.vols:
+                v = self.create_snap(spec.name, spec.origin, "clone", spec.size)
+            else:
+                return  # its origin was deleted
+        except MessageFailed:
+            return
         self.activate(v)
 
     def _schedule(self, a: Activity) -> None:
@@ -441,20 +444,30 @@ class Simulation:
     def _delete(self, a: Activity) -> None:
         v = self.vols.get(a.volume)
         if v is not None:
-            self.delete(v)
+            try:
+                self.delete(v)
+            except MessageFailed:
+                pass
 
     def _snapshot(self, a: Activity) -> None:
         v = self.vols.get(a.volume)
         if v is None or self.stopped:
             return
         a.opts["_n"] += 1
-        snap = self.create_snap(f"{v.name}@{a.opts['_n']}", v.name, "snapshot")
+        try:
+            snap = self.create_snap(f"{v.name}@{a.opts['_n']}", v.name, "snapshot")
+        except MessageFailed:
+            return
         kept = a.opts["_kept"]
         kept.append(snap.name)
         while a.keep and len(kept) > a.keep:
-            old = self.vols.get(kept.popleft())
+            old = self.vols.get(kept[0])
             if old is not None:
-                self.delete(old)
+                try:
+                    self.delete(old)
+                except MessageFailed:
+                    return
+            kept.popleft()
 
     def _fstrim(self, a: Activity) -> None:
         v = self._volume(a)

@@ -42,6 +42,10 @@ class PlanError(Exception):
         )
 
 
+class MessageFailed(Exception):
+    """A pool message the kernel refused while a plan ran (its event is recorded)."""
+
+
 def locate(text: str) -> dict[str, int]:
     """The line of each table (``pool``, ``activities[2]``) and key (``pool.block_size``)."""
     locs: dict[str, int] = {}
