@@ -132,7 +132,11 @@ def _host(args) -> int:
 def _bench(args) -> int:
     from .bench import host_commands, run_all
 
-    if args.host:
+    if args.plan:
+        from .bench import plan_benchmarks
+
+        results = plan_benchmarks(quick=args.quick)
+    elif args.host:
         results = host_commands(
             n=20 if args.quick else 100, before=args.before, full=not args.quick, lab=args.lab
         )
@@ -257,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         "--host",
         action="store_true",
         help="per-command time of the simulated host (dmsetup status, message, 4 KiB dd)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="the capacity planner's workloads (examples/plans: snapshots_1t, docker_year)",
     )
     p.add_argument("--before", action="store_true", help="with --host: also a process per command")
     p.add_argument("--lab", action="store_true", help="with --host: a 1,000-command script")

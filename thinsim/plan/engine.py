@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno as E
 import heapq
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -137,6 +138,8 @@ class Simulation:
         self.peak_thins = 0
         self._zeros: dict[int, bytes] = {}
         self.stopped: str | None = None
+        # a wall-clock time.monotonic() after which the run stops (a benchmark's budget)
+        self.deadline: float | None = None
         self.docker = Docker(self, w.docker) if w.docker is not None else None
 
     # -- operations: each one is what a shell would run -----------------------------------
@@ -373,6 +376,7 @@ class Simulation:
                 t, _order, _seq, fn, args = heapq.heappop(self._queue)
                 self.now = t
                 fn(*args)
+                self._check_deadline()
         finally:
             pass
         if self.stopped is not None or not self.timeline or self.timeline[-1]["t"] != self.now:
@@ -380,6 +384,11 @@ class Simulation:
         elif w.volume_stats == "end":
             self.timeline[-1]["volumes"] = self.volume_counts(exclusive=True)
         return self.result()
+
+    def _check_deadline(self) -> bool:
+        if self.deadline is not None and self.stopped is None and time.monotonic() > self.deadline:
+            self.stopped = "wall_clock_budget"
+        return self.stopped is not None
 
     def _sample_point(self) -> None:
         self.sample(final=self.now >= self.w.horizon)
@@ -531,8 +540,10 @@ class Simulation:
         within = rng.integers(0, per_slot, n) if per_slot > 1 else np.zeros(n, dtype=np.int64)
         offsets = (slots.astype(np.int64) * span + within * io).tolist()
         write = self.write
-        for off in offsets:
+        for i, off in enumerate(offsets):
             if not write(v, off, io) and self.stopped:
+                return
+            if not i & 4095 and self._check_deadline():
                 return
 
     def _churn_sequential(self, a: Activity, v: Volume, n: int) -> None:

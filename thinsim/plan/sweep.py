@@ -1,5 +1,8 @@
 """Sweeps: one workload run for every combination of some fields' values.
 
+A list field takes its items joined by ``+`` (``pool.features=none,skip_block_zeroing,
+skip_block_zeroing+no_discard_passdown``: ``none`` is the empty list).
+
 ``--sweep pool.block_size=64KiB,256KiB,1MiB --sweep pool.metadata=1GiB,4GiB`` is six runs.
 Each run is the workload file with those fields set and checked again, run on its own
 model, so the runs share nothing and may go anywhere: over the local cores
@@ -37,15 +40,16 @@ def parse_specs(w: Workload, specs: list[str]) -> list[dict[str, str]]:
     combos = [dict(zip([k for k, _ in axes], vals)) for vals in
               itertools.product(*(v for _, v in axes))]  # fmt: skip
     for combo in combos:
-        parse(w.text, w.path, combo)
+        parse(w.text, w.path, {**w.overrides, **combo})
     return combos
 
 
-def run_one(text: str, path: str, combo: dict[str, str]) -> dict:
-    """One combination's run: its parameters and its summary (what a worker returns)."""
+def run_one(text: str, path: str, combo: dict[str, str], base: dict[str, str]) -> dict:
+    """One combination's run: its parameters and its summary (what a worker returns);
+    ``base``: the fields the workload had changed already."""
     from .engine import Simulation
 
-    w = parse(text, path, combo)
+    w = parse(text, path, {**base, **combo})
     result = Simulation(w).run()
     return {"params": combo, "summary": result["summary"]}
 
@@ -83,11 +87,13 @@ def _on_cores(w: Workload, combos: list[dict], jobs: int | None, bar) -> list[di
     results: list[dict | None] = [None] * len(combos)
     if jobs == 1 or len(combos) == 1:
         for i, combo in enumerate(combos):
-            results[i] = run_one(w.text, w.path, combo)
+            results[i] = run_one(w.text, w.path, combo, w.overrides)
             bar.update()
         return results  # type: ignore[return-value]
     with ProcessPoolExecutor(max_workers=min(jobs, len(combos))) as pool:
-        futures = {pool.submit(run_one, w.text, w.path, c): i for i, c in enumerate(combos)}
+        futures = {
+            pool.submit(run_one, w.text, w.path, c, w.overrides): i for i, c in enumerate(combos)
+        }
         for f in as_completed(futures):
             results[futures[f]] = f.result()
             bar.update()
@@ -103,7 +109,9 @@ def _on_dask(w: Workload, combos: list[dict], address: str, bar) -> list[dict]:
                         ) from None  # fmt: skip
     client = Client(address)
     try:
-        futures = [client.submit(run_one, w.text, w.path, c, pure=False) for c in combos]
+        futures = [
+            client.submit(run_one, w.text, w.path, c, w.overrides, pure=False) for c in combos
+        ]
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[dict | None] = [None] * len(combos)
         for f in as_completed(futures):
@@ -123,7 +131,7 @@ def sweep_text(results: list[dict]) -> str:
     thin_metadata_size's estimate."""
     keys = list(results[0]["params"]) if results else []
     head = [*keys, "data full (day)", "metadata full (day)", "peak data", "peak metadata",
-            "thin_metadata_size"]  # fmt: skip
+            "thin_metadata_size", "written", "zeroed", "copied", "passed down"]  # fmt: skip
     rows = []
     for r in results:
         s = r["summary"]
@@ -134,6 +142,10 @@ def sweep_text(results: list[dict]) -> str:
             format_size(s["peak_data_bytes"]),
             format_size(s["peak_metadata_bytes"]),
             format_size(s["thin_metadata_size_bytes"]),
+            format_size(s["data_written"]),
+            format_size(s["data_zeroed"]),
+            format_size(s["data_copied"]),
+            format_size(s["discards_passed_down"]),
         ])  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(x).rjust(n) for x, n in zip(row, widths)) for row in [head, *rows]]

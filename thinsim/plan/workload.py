@@ -145,6 +145,7 @@ class Workload:
     docker: DockerSpec | None = None
     name: str = ""
     text: str = ""  # the file's text (a sweep changes fields in it and checks it again)
+    overrides: dict[str, str] = field(default_factory=dict)  # fields changed after reading
 
 
 # -- checking --------------------------------------------------------------------------------
@@ -479,6 +480,7 @@ def parse(text: str, path: str = "<workload>", overrides: dict[str, str] | None 
         given = ", ".join(f"{k}={v}" for k, v in overrides.items())
         raise PlanError(name, None, e.field, f"{e.message} (with --sweep {given})") from None
     w.text = text
+    w.overrides = dict(overrides)
     return w
 
 
@@ -494,7 +496,11 @@ def _set(doc: dict, key: str, value: str, name: str) -> None:
             raise PlanError(name, None, key, "no such table in the workload (--sweep)") from None
         if not isinstance(node, dict):
             raise PlanError(name, None, key, "not a table in the workload (--sweep)")
-    node[parts[-1]] = _toml_value(value)
+    if parts[-1] in ("features", "layers") or isinstance(node.get(parts[-1]), list):
+        # a list in one sweep value: its items joined by "+", "none" for an empty list
+        node[parts[-1]] = [] if value == "none" else [_toml_value(x) for x in value.split("+")]
+    else:
+        node[parts[-1]] = _toml_value(value)
 
 
 def _check(doc: dict, name: str, path: str, locs: dict[str, int]) -> Workload:
