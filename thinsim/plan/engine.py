@@ -371,18 +371,13 @@ class Simulation:
             k += 1
         if w.horizon % w.sample:
             self.at(w.horizon, 1 << 30, self._sample_point)
-        try:
-            while self._queue and self.stopped is None:
-                t, _order, _seq, fn, args = heapq.heappop(self._queue)
-                self.now = t
-                fn(*args)
-                self._check_deadline()
-        finally:
-            pass
+        while self._queue and self.stopped is None:
+            t, _order, _seq, fn, args = heapq.heappop(self._queue)
+            self.now = t
+            fn(*args)
+            self._check_deadline()
         if self.stopped is not None or not self.timeline or self.timeline[-1]["t"] != self.now:
-            self.sample(final=True)
-        elif w.volume_stats == "end":
-            self.timeline[-1]["volumes"] = self.volume_counts(exclusive=True)
+            self.sample(final=True)  # where the run stopped
         return self.result()
 
     def _check_deadline(self) -> bool:
