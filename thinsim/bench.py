@@ -264,3 +264,77 @@ def host_commands(n: int = 100, before: bool = True, full: bool = True, lab: boo
         if lab and os.environ.get("THINSIM_BENCH_LAB_BEFORE") == "1":  # a quarter of an hour
             out["before_host_lab_script_s"] = round(_host_script(_LAB, old)[1], 1)
     return out
+
+
+# -- the capacity planner (issue 12) --------------------------------------------------------
+
+_PLANS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "plans"
+)
+# --quick: the same workloads scaled down (a 16 GiB thin for 10 days; Docker for 10 days)
+_PLAN_QUICK = {
+    "snapshots_1t": {
+        "volumes[0].size": "16GiB",
+        "pool.data": "96GiB",
+        "pool.metadata": "256MiB",
+        "plan.horizon": "10d",
+    },
+    "docker_year": {"plan.horizon": "10d"},
+}
+
+
+def plan_child(name: str, budget_s: float, quick: bool, overrides: dict | None = None) -> dict:
+    """One plan benchmark in this process (a fresh one: its peak RSS is the plan's);
+    ``overrides`` change fields after --quick's."""
+    import resource
+
+    from .plan import load, parse
+    from .plan.engine import Simulation
+    from .plan.workload import DAY
+
+    path = os.path.join(_PLANS, f"{name}.toml")
+    w = load(path)
+    if quick or overrides:
+        w = parse(w.text, path, {**(_PLAN_QUICK[name] if quick else {}), **(overrides or {})})
+    sim = Simulation(w)
+    t0 = time.perf_counter()
+    sim.deadline = time.monotonic() + budget_s
+    result = sim.run()
+    took = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "s": round(took, 1),
+        "rss_mib": round(rss),
+        "days": round(sim.now / DAY, 2),
+        "stopped_by": result["summary"]["stopped_by"],
+    }
+
+
+def plan_benchmarks(quick: bool = False, budget_s: float | None = None) -> dict:
+    """``plan_snapshots_1t_s``, ``_rss_mib``, ``_days`` and ``plan_docker_year_s``: each
+    workload of examples/plans run in a fresh process until it ends or ``budget_s`` of
+    wall time (THINSIM_BENCH_PLAN_BUDGET, default 600 s: issue 12's "not done above")."""
+    import json
+    import subprocess
+    import sys
+
+    if budget_s is None:
+        budget_s = float(os.environ.get("THINSIM_BENCH_PLAN_BUDGET", "600"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out: dict = {}
+    for name in ("snapshots_1t", "docker_year"):
+        code = (
+            f"import sys, json; sys.path.insert(0, {root!r}); from thinsim.bench import "
+            f"plan_child; print(json.dumps(plan_child({name!r}, {budget_s!r}, {quick!r})))"
+        )
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=False)  # fmt: skip
+        if r.returncode != 0:
+            raise RuntimeError(f"plan benchmark {name} failed: {r.stderr[-2000:]}")
+        fig = json.loads(r.stdout.splitlines()[-1])
+        out[f"plan_{name}_s"] = fig["s"]
+        if name == "snapshots_1t":
+            out[f"plan_{name}_rss_mib"] = fig["rss_mib"]
+            out[f"plan_{name}_days"] = fig["days"]
+        out[f"plan_{name}_stopped_by"] = fig["stopped_by"]
+    return out

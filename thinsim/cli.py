@@ -132,7 +132,11 @@ def _host(args) -> int:
 def _bench(args) -> int:
     from .bench import host_commands, run_all
 
-    if args.host:
+    if args.plan:
+        from .bench import plan_benchmarks
+
+        results = plan_benchmarks(quick=args.quick)
+    elif args.host:
         results = host_commands(
             n=20 if args.quick else 100, before=args.before, full=not args.quick, lab=args.lab
         )
@@ -143,6 +147,60 @@ def _bench(args) -> int:
     else:
         for k, v in sorted(results.items()):
             print(f"{k:24} {v}")
+    return 0
+
+
+def _plan(args) -> int:
+    from .plan import PlanError, load, plot, text, to_csv, to_json
+
+    def fail(message: str) -> int:
+        print(f"thinsim plan: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        w = load(args.workload)
+        if args.sweep:
+            from .plan.sweep import sweep, sweep_text
+
+            results = sweep(w, args.sweep, jobs=args.jobs, scheduler=args.scheduler,
+                            progress=not args.quiet)  # fmt: skip
+            if args.plot:
+                from .plan.sweep import sweep_plot
+
+                sweep_plot(results, args.plot)
+            if args.csv:
+                from .plan.sweep import sweep_csv
+
+                with open(args.csv, "w") as f:
+                    f.write(sweep_csv(results))
+            out = (
+                json.dumps(results, indent=1, default=str) + "\n"
+                if args.json
+                else (sweep_text(results))
+            )
+            sys.stdout.write(out)
+            return 0
+        if args.scheduler:
+            return fail("--scheduler runs a sweep: give --sweep too")
+        from .plan.engine import Simulation
+
+        sim = Simulation(w, record=bool(args.script))
+        result = sim.run()
+    except PlanError as e:
+        return fail(str(e))
+    if args.script:
+        from .plan.script import ScriptError, write_script
+
+        try:
+            write_script(sim, args.script)
+        except ScriptError as e:
+            return fail(str(e))
+    if args.csv:
+        with open(args.csv, "w") as f:
+            f.write(to_csv(result))
+    if args.plot:
+        plot(result, args.plot)
+    sys.stdout.write(to_json(result) + "\n" if args.json else text(result))
     return 0
 
 
@@ -204,9 +262,36 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="per-command time of the simulated host (dmsetup status, message, 4 KiB dd)",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="the capacity planner's workloads (examples/plans: snapshots_1t, docker_year)",
+    )
     p.add_argument("--before", action="store_true", help="with --host: also a process per command")
     p.add_argument("--lab", action="store_true", help="with --host: a 1,000-command script")
     p.set_defaults(func=_bench)
+    p = sub.add_parser(
+        "plan", help="run a workload file on the model: capacity over simulated time"
+    )
+    p.add_argument("workload", help="a workload file (TOML; see `pydoc thinsim.plan`)")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the timeline as CSV")
+    p.add_argument("--plot", metavar="FILE", help="draw use over time (.png or .svg)")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        metavar="FIELD=V1,V2,...",
+        help="run every combination of these values (repeatable), e.g. pool.block_size=64KiB,1MiB",
+    )
+    p.add_argument("--jobs", type=int, default=None, help="processes for a sweep (default: cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the sweep on this Dask scheduler")
+    p.add_argument(
+        "--script",
+        metavar="FILE",
+        help="write the run's operations as a bash script for the kernel",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_plan)
     p = sub.add_parser(
         "vm", help="run a command as root in a VM with a dm-thin kernel (thinsim vm -h)"
     )
