@@ -5,11 +5,79 @@ btree ``Node``, or the superblock's marker).  Bitmaps and index blocks have no e
 contents are their space map's.  A block
 allocated or shadowed in the current transaction is in the shadow set and is written in
 place until the next commit; any other block is copied to a freshly allocated one first.
+
+Where the metadata is on a device (a file the commits are written to), the dict is a
+``BlockCache``, as dm-bufio is the kernel's: a clean node -- one as the last commit wrote
+it, neither shadowed nor written since -- may be dropped from memory, and is read back
+from the device and parsed the next time it is touched, so memory follows the cache's
+size, not the metadata's.  Dirty and shadowed nodes stay until the commit has written them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+# nodes a BlockCache keeps before it drops clean ones (dm-bufio keeps a share of the
+# machine's memory; a leaf or internal node takes 2-4 KiB here): about 120-250 MiB
+DEFAULT_CACHE_NODES = 1 << 16
+
+
+class BlockCache(dict):
+    """Block number -> in-core block, with clean btree nodes read on demand.
+
+    ``load(b)`` reads block ``b`` from the device and returns its node, or raises KeyError
+    when the block there is no btree node (a bitmap, an index block).  A miss loads only a
+    block that holds what the last commit wrote: not one shadowed or written since (its
+    contents are in memory or nowhere) -- ``tm.shadows`` and ``tm.dirty`` say which.
+    When more than ``limit`` blocks are held, the oldest clean nodes are dropped."""
+
+    def __init__(self, tm: TransactionManager, load: Callable[[int], Any], limit: int) -> None:
+        super().__init__(tm.blocks)
+        self.tm = tm
+        self.load = load
+        self.limit = limit
+        self._evict_at = limit
+        self.loads = 0  # blocks read back (for tests and benchmarks)
+
+    def __missing__(self, b: int):
+        tm = self.tm
+        # without write tracking nothing says what the device holds
+        if tm.dirty is None or b in tm.shadows or b in tm.dirty:
+            raise KeyError(b)
+        node = self.load(b)
+        self.loads += 1
+        self[b] = node
+        if len(self) > self._evict_at:
+            self.evict()
+        return node
+
+    def __reduce__(self):
+        # a pickled transaction manager keeps every block it holds, as a plain dict
+        return dict, (dict(self),)
+
+    def evict(self) -> None:
+        """Drop the oldest clean nodes until a quarter of the room is free again."""
+        from .btree import Node
+
+        tm = self.tm
+        shadows = tm.shadows
+        dirty = tm.dirty
+        if dirty is None:
+            return
+        target = self.limit - self.limit // 4
+        excess = len(self) - target
+        if excess > 0:
+            drop = []
+            for b, obj in self.items():
+                if type(obj) is Node and b not in shadows and b not in dirty:
+                    drop.append(b)
+                    if len(drop) >= excess:
+                        break
+            for b in drop:
+                del self[b]
+        # what is dirty stays: look again once the cache has grown by a quarter more
+        self._evict_at = max(self.limit, len(self) + self.limit // 4)
 
 
 class TransactionManager:
@@ -29,6 +97,21 @@ class TransactionManager:
 
     def read(self, b: int):
         return self.blocks[b]
+
+    def node(self, b: int):
+        """Block ``b``'s in-core object, or None where there is none (a bitmap's block)."""
+        try:
+            return self.blocks[b]
+        except KeyError:
+            return None
+
+    def read_on_demand(self, load: Callable[[int], Any], limit: int = DEFAULT_CACHE_NODES):
+        """From now on clean nodes may be dropped and read back with ``load`` (see
+        BlockCache); the blocks held are kept."""
+        if isinstance(self.blocks, BlockCache):
+            self.blocks.load = load
+        else:
+            self.blocks = BlockCache(self, load, limit)
 
     def new_block(self, obj) -> int:
         """dm_tm_new_block: allocate a block, counted as a shadow of this transaction.
@@ -58,7 +141,7 @@ class TransactionManager:
         # dm-transaction-manager.c: __shadow_block -- allocate first, then drop the original
         new = sm.new_block()
         sm.dec(orig)
-        obj = self.blocks.get(orig)
+        obj = self.node(orig)
         if obj is not None:
             self.blocks[new] = obj.copy()
         else:
@@ -102,6 +185,9 @@ class TransactionManager:
             if b in blocks and get(b) == 0:
                 del blocks[b]
         self.sm.zeroed.clear()
+        if isinstance(blocks, BlockCache) and len(blocks) > blocks.limit:
+            # what the commit wrote is clean now (a commit not written stays dirty)
+            blocks.evict()
 
     def rollback(self, changed) -> None:
         """After the space map went back to its last commit: forget the shadows and the
