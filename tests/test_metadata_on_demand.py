@@ -101,7 +101,7 @@ def test_a_reopened_pool_reads_the_superblock_and_space_maps_then_nodes_on_deman
     assert held < 20, held
     # every mapping reads back as the pool that stayed in memory has it
     assert pmd.thin_roots() == pool.pmd.thin_roots()
-    for dev, root in pmd.thin_roots().items():
+    for root in pmd.thin_roots().values():
         assert list(pmd.device_mappings(root)) == list(pool.pmd.device_mappings(root))
     assert pmd.all_details() == pool.pmd.all_details()
     assert metadata_blocks(pmd) == metadata_blocks(pool.pmd)

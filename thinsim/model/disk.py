@@ -14,7 +14,6 @@ import errno as E
 import os
 import struct
 import sys
-
 from array import array
 
 import numpy as np
