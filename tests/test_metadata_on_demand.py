@@ -6,7 +6,14 @@ with every node in memory: the same blocks, the same bytes on disk."""
 
 import random
 
-from thinsim.model.disk import MetadataDevice, metadata_blocks, read_metadata
+import pytest
+
+from thinsim.model.disk import (
+    MetadataDevice,
+    keep_metadata_on_file,
+    metadata_blocks,
+    read_metadata,
+)
 from thinsim.model.pool import Pool, PoolTable
 from thinsim.model.thin import Thin
 from thinsim.model.transaction import BlockCache
@@ -16,7 +23,7 @@ DATA = 4 * GiB
 CACHE = 64
 
 
-def _pool(md_path=None) -> Pool:
+def _pool(md_path=None, scratch=False) -> Pool:
     table = PoolTable.parse(["/dev/loop0", "/dev/loop1", "128", "0"])
     pool = Pool(
         table,
@@ -25,7 +32,10 @@ def _pool(md_path=None) -> Pool:
         data_bytes=DATA,
         track_metadata_writes=md_path is not None,
     )
-    if md_path is not None:
+    if scratch:
+        keep_metadata_on_file(pool.pmd)
+        pool.pmd.tm.blocks.limit = CACHE
+    elif md_path is not None:
         md_path.write_bytes(b"")
         with open(md_path, "r+b") as f:
             f.truncate(64 * MiB)
@@ -57,14 +67,15 @@ def _workload(pool: Pool, rng: random.Random):
     yield thin
 
 
+@pytest.mark.parametrize("scratch", [False, True], ids=["its file", "a scratch file"])
 def test_a_pool_with_committed_metadata_on_a_file_keeps_few_nodes_and_computes_the_same(
-    tmp_path,
+    tmp_path, scratch
 ):
     """The same operations on a pool whose nodes all stay in memory and on one that keeps 64
     leave the same metadata, block for block, and the latter never holds many more nodes
     than its cache's size after a commit, while it reads every mapping back."""
     in_memory = _pool()
-    on_file = _pool(tmp_path / "meta")
+    on_file = _pool(None if scratch else tmp_path / "meta", scratch=scratch)
     cache = on_file.pmd.tm.blocks
     assert isinstance(cache, BlockCache)
     for _ in zip(
