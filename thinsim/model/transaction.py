@@ -54,8 +54,9 @@ class BlockCache(dict):
         return node
 
     def __reduce__(self):
-        # a pickled transaction manager keeps every block it holds, as a plain dict
-        return dict, (dict(self),)
+        # the nodes not held are in the device's file, which a pickle does not carry (the
+        # host's state file leaves the pools' metadata out: host/state.py)
+        raise TypeError("a metadata block cache over a device is not pickled")
 
     def evict(self) -> None:
         """Drop the oldest clean nodes until a quarter of the room is free again."""
