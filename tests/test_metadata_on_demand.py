@@ -159,3 +159,22 @@ def test_a_reopened_pool_with_a_small_cache_goes_on_as_one_read_whole(tmp_path):
     assert small.status() == whole.status()
     assert len(small.pmd.tm.blocks) <= CACHE < len(whole.pmd.tm.blocks)
     small.pmd._check()
+
+
+def test_a_pickled_pool_carries_the_nodes_its_cache_dropped(tmp_path):
+    """The host's per-command path pickles pools whole: the nodes read on demand come along,
+    and the unpickled pool computes what the original computes."""
+    import pickle
+
+    pool = _pool(tmp_path / "meta")
+    steps = _workload(pool, random.Random(5))
+    next(steps)
+    next(steps)
+    copy = pickle.loads(pickle.dumps(pool))
+    assert type(copy.pmd.tm.blocks) is dict
+    copy.pmd.device = None  # the file is the original's
+    for p in (pool, copy):
+        p.message("create_snap 9 0")
+        p.commit()
+    assert metadata_blocks(copy.pmd) == metadata_blocks(pool.pmd)
+    copy.pmd._check()

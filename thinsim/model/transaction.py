@@ -54,9 +54,22 @@ class BlockCache(dict):
         return node
 
     def __reduce__(self):
-        # the nodes not held are in the device's file, which a pickle does not carry (the
-        # host's state file leaves the pools' metadata out: host/state.py)
-        raise TypeError("a metadata block cache over a device is not pickled")
+        """A pickle carries every node, as a plain dict: those not held are read from the
+        device (the host's per-command path, THINSIM_SERVER=0, pickles its pools whole;
+        host/state.py).  Every block live now or at the last commit (an abort goes back
+        to it) that is not held is clean, so its node is the device's."""
+        full = dict(self)
+        tm = self.tm
+        ll = tm.sm.ll
+        live = set(ll.counts())
+        live.update(b for b, c in ll.old.items() if c)
+        for b in sorted(live):
+            if b not in full and tm.dirty is not None and b not in tm.dirty:
+                try:
+                    full[b] = self.load(b)
+                except KeyError:
+                    pass  # a bitmap, an index block, a superblock: not kept here
+        return dict, (full,)
 
     def evict(self) -> None:
         """Drop the oldest clean nodes until a quarter of the room is free again."""
