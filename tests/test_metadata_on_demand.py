@@ -178,3 +178,22 @@ def test_a_pickled_pool_carries_the_nodes_its_cache_dropped(tmp_path):
         p.commit()
     assert metadata_blocks(copy.pmd) == metadata_blocks(pool.pmd)
     copy.pmd._check()
+
+
+def test_a_node_that_fails_its_checks_when_read_back_is_corrupt_metadata_not_a_missing_key(
+    tmp_path,
+):
+    """dm-bufio's read of a bad block fails the operation with -EILSEQ; here it is
+    CorruptMetadata, never the KeyError the model's callers take for a missing key."""
+    from thinsim.model.disk import CorruptMetadata
+
+    md = tmp_path / "meta"
+    pool = _pool(md)
+    next(_workload(pool, random.Random(1)))
+    pmd = read_metadata(md)
+    leaf = next(b for b, _ in pool.pmd.bl_info.leaves(pool.pmd.thin_roots()[0]))
+    with open(md, "r+b") as f:
+        f.seek(leaf * 4096 + 100)
+        f.write(b"\xff")
+    with pytest.raises(CorruptMetadata):
+        list(pmd.device_mappings(pmd.thin_roots()[0]))

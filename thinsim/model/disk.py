@@ -508,11 +508,14 @@ def parse_node(data: bytes, b: int) -> Node:
     return Node(leaf, max_entries, vsize if leaf else 8, keys, values)
 
 
+_OTHER_XORS = (BITMAP_CSUM_XOR, INDEX_CSUM_XOR, SUPERBLOCK_CSUM_XOR)
+
+
 class NodeReader:
     """Reads committed btree nodes back from a metadata device file on demand (the
     transaction manager's BlockCache misses).  The file is opened on the first read and
-    kept open; ``load`` raises KeyError for a block that holds no btree node, and
-    CorruptMetadata for one that fails its checks."""
+    kept open; ``load`` returns None for a block that holds no btree node (a bitmap, an
+    index block, a superblock), and raises CorruptMetadata for one that fails its checks."""
 
     def __init__(self, path: str, offset: int = 0) -> None:
         self.path = path
@@ -536,9 +539,15 @@ class NodeReader:
         data = os.pread(self._fd, BLOCK, self.offset + b * BLOCK)
         if len(data) < BLOCK:
             raise CorruptMetadata(f"block {b} is beyond the end of the device")
-        if struct.unpack_from("<I", data, 0)[0] != bm_checksum(data[4:], BTREE_CSUM_XOR):
-            raise KeyError(b)  # a bitmap, an index block: its space map holds it
-        return parse_node(data, b)
+        want = struct.unpack_from("<I", data, 0)[0]
+        crc = crc32c_raw(data[4:])
+        if want == (crc ^ BTREE_CSUM_XOR) & 0xFFFFFFFF:
+            return parse_node(data, b)
+        if want in {(crc ^ x) & 0xFFFFFFFF for x in _OTHER_XORS}:
+            # a bitmap, an index block, a superblock: not a node (never a KeyError, which
+            # the model's callers take for a missing key)
+            return None
+        raise CorruptMetadata(f"bad checksum in block {b}")
 
 
 def superblock_is_blank(data: bytes) -> bool:

@@ -27,8 +27,9 @@ DEFAULT_CACHE_NODES = 1 << 14
 class BlockCache(dict):
     """Block number -> in-core block, with clean btree nodes read on demand.
 
-    ``load(b)`` reads block ``b`` from the device and returns its node, or raises KeyError
-    when the block there is no btree node (a bitmap, an index block).  A miss loads only a
+    ``load(b)`` reads block ``b`` from the device and returns its node, or None when the
+    block there is no btree node (a bitmap, an index block); a miss on such a block is a
+    KeyError.  A block that fails its checks raises disk.CorruptMetadata.  A miss loads only a
     block that holds what the last commit wrote: not one shadowed or written since (its
     contents are in memory or nowhere) -- ``tm.shadows`` and ``tm.dirty`` say which.
     When more than ``limit`` blocks are held, the oldest clean nodes are dropped."""
@@ -47,6 +48,8 @@ class BlockCache(dict):
         if tm.dirty is None or b in tm.shadows or b in tm.dirty:
             raise KeyError(b)
         node = self.load(b)
+        if node is None:  # not a node: its space map keeps the block
+            raise KeyError(b)
         self.loads += 1
         self[b] = node
         if len(self) > self._evict_at:
@@ -65,10 +68,9 @@ class BlockCache(dict):
         live.update(b for b, c in ll.old.items() if c)
         for b in sorted(live):
             if b not in full and tm.dirty is not None and b not in tm.dirty:
-                try:
-                    full[b] = self.load(b)
-                except KeyError:
-                    pass  # a bitmap, an index block, a superblock: not kept here
+                node = self.load(b)
+                if node is not None:  # not a bitmap, an index block, a superblock
+                    full[b] = node
         return dict, (full,)
 
     def evict(self) -> None:
