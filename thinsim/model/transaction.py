@@ -158,7 +158,9 @@ class TransactionManager:
         # dm-transaction-manager.c: __shadow_block -- allocate first, then drop the original
         new = sm.new_block()
         sm.dec(orig)
-        obj = self.node(orig)
+        obj = self.blocks.get(orig)
+        if obj is None and type(self.blocks) is not dict:
+            obj = self.node(orig)  # a node the cache dropped, read back
         if obj is not None:
             self.blocks[new] = obj.copy()
         else:
