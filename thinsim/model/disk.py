@@ -368,7 +368,7 @@ class MetadataDevice:
             os.close(fd)
         tm.dirty = set()
         self.flags_on_disk = 1 if pmd.needs_check else 0
-        if self.path is not None:
+        if self.path is not None and getattr(tm, "device_complete", False):
             # the commit is on the device: its clean nodes can be read back from there
             reader = self.__dict__.get("_reader")
             if reader is None or (reader.path, reader.offset) != (self.path, self.offset):
@@ -379,6 +379,7 @@ class MetadataDevice:
         """Write every live block of the last commit (a full image), in a commit's order."""
         tm = pmd.tm
         tm.dirty = set(tm.dirty or ()) | set(_Encoder(pmd).live_blocks())
+        tm.device_complete = True
         self.write(pmd)
 
     def drop_transaction(self, pmd: PoolMetadata) -> None:
@@ -568,6 +569,7 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
         pmd = _read_metadata(f.fileno(), offset)
     # what changes from now on is not what the file holds until a commit writes it
     pmd.tm.dirty = set()
+    pmd.tm.device_complete = True
     pmd.tm.read_on_demand(NodeReader(os.fspath(path), offset).load)
     return pmd
 

@@ -108,6 +108,10 @@ class TransactionManager:
         # dirty buffer, freed ones too, so they take space in a sparse metadata file);
         # kept only when someone writes the device (None: not tracked)
         self.dirty: set[int] | None = None
+        # every block not in ``dirty`` holds on the device what it holds here: tracked
+        # since the metadata was formatted, written whole, or read from the device.  Only
+        # then may nodes be read back from it (BlockCache)
+        self.device_complete = False
 
     def __repr__(self) -> str:
         return f"TransactionManager(blocks={len(self.blocks)})"
