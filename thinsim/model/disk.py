@@ -13,6 +13,9 @@ from __future__ import annotations
 import errno as E
 import os
 import struct
+import sys
+import tempfile
+from array import array
 
 import numpy as np
 from crc32c import crc32c as _crc32c
@@ -244,7 +247,7 @@ class _Encoder:
             return encode_metadata_index(b, entries)
         if b == pmd.held_root:
             return encode_superblock(pmd, b, held_copy=True)
-        node = pmd.tm.blocks.get(b)
+        node = pmd.tm.node(b)
         if isinstance(node, Node):
             if node.leaf and node.value_size == 16:
                 # the data space map's index tree: values are disk_index_entry
@@ -365,11 +368,18 @@ class MetadataDevice:
             os.close(fd)
         tm.dirty = set()
         self.flags_on_disk = 1 if pmd.needs_check else 0
+        if self.path is not None and getattr(tm, "device_complete", False):
+            # the commit is on the device: its clean nodes can be read back from there
+            reader = self.__dict__.get("_reader")
+            if reader is None or (reader.path, reader.offset) != (self.path, self.offset):
+                reader = self._reader = NodeReader(self.path, self.offset)
+            tm.read_on_demand(reader.load)
 
     def write_all(self, pmd: PoolMetadata) -> None:
         """Write every live block of the last commit (a full image), in a commit's order."""
         tm = pmd.tm
         tm.dirty = set(tm.dirty or ()) | set(_Encoder(pmd).live_blocks())
+        tm.device_complete = True
         self.write(pmd)
 
     def drop_transaction(self, pmd: PoolMetadata) -> None:
@@ -415,6 +425,35 @@ class MetadataDevice:
             os.close(fd)
 
 
+class ScratchMetadataDevice(MetadataDevice):
+    """An anonymous temporary file (gone when the pool is) as the metadata device of a pool
+    that has none: its commits are written there, unflushed, so that its clean btree nodes
+    can leave memory and be read back (transaction.BlockCache).  What it costs: each commit
+    encodes and writes the blocks it changed (about 15 us a block), and the file takes the
+    metadata's size on disk."""
+
+    @staticmethod
+    def fdatasync(fd: int) -> None:
+        pass  # nothing needs to survive this process
+
+    def __init__(self, dir: str | None = None) -> None:
+        self._file = tempfile.TemporaryFile(dir=dir)  # noqa: SIM115 -- held as long as the pool
+        super().__init__(f"/proc/self/fd/{self._file.fileno()}")
+
+
+def keep_metadata_on_file(
+    pmd: PoolMetadata, path: str | os.PathLike | None = None, offset: int = 0
+) -> MetadataDevice:
+    """From now on write ``pmd``'s commits to ``path`` (a scratch file when None) and keep
+    only a bounded cache of its nodes in memory.  Call it between transactions: the last
+    commit is written whole first."""
+    if pmd.tm.dirty is None:
+        pmd.tm.dirty = set()
+    pmd.device = ScratchMetadataDevice() if path is None else MetadataDevice(path, offset)
+    pmd.device.write_all(pmd)
+    return pmd.device
+
+
 def write_metadata(pmd: PoolMetadata, path: str | os.PathLike, offset: int = 0) -> None:
     """Write the model's committed metadata, every live block of it, into the metadata
     device file, and zeros where the kernel would have written blocks freed since (so the
@@ -436,6 +475,82 @@ def _check(block: bytes, xor: int, what: str, b: int) -> None:
         raise CorruptMetadata(f"bad checksum in {what} at block {b}")
 
 
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def parse_node(data: bytes, b: int) -> Node:
+    """A btree node block read from the device (struct btree_node), checked as
+    dm-btree-spine.c's btree_node_check checks it: CorruptMetadata when it is not one."""
+    _check(data, BTREE_CSUM_XOR, "btree node", b)
+    nflags, bnr, n, max_entries, vsize = struct.unpack_from("<IQIII", data, 4)
+    if bnr != b:
+        raise CorruptMetadata(f"btree node at block {b} says it is block {bnr}")
+    if n > max_entries or 32 + (8 + vsize) * max_entries > BLOCK:
+        raise CorruptMetadata(f"btree node at block {b} has {n} of {max_entries} entries")
+    keys = array("Q")
+    keys.frombytes(data[32 : 32 + 8 * n])
+    at = 32 + 8 * max_entries
+    leaf = bool(nflags & LEAF_NODE)
+    if not leaf or vsize == 8:
+        values = array("Q")
+        values.frombytes(data[at : at + 8 * n])
+        if _BIG_ENDIAN:  # the disk's are little-endian
+            values.byteswap()
+    elif vsize == 4:
+        values = array("Q", struct.unpack_from(f"<{n}I", data, at))
+    elif vsize == 24:
+        values = [struct.unpack_from("<QQII", data, at + 24 * i) for i in range(n)]
+    elif vsize == 16:
+        values = array("Q", struct.unpack_from("<" + "Q8x" * n, data, at))
+    else:
+        raise CorruptMetadata(f"unexpected value size {vsize} at block {b}")
+    if _BIG_ENDIAN:
+        keys.byteswap()
+    return Node(leaf, max_entries, vsize if leaf else 8, keys, values)
+
+
+_OTHER_XORS = (BITMAP_CSUM_XOR, INDEX_CSUM_XOR, SUPERBLOCK_CSUM_XOR)
+
+
+class NodeReader:
+    """Reads committed btree nodes back from a metadata device file on demand (the
+    transaction manager's BlockCache misses).  The file is opened on the first read and
+    kept open; ``load`` returns None for a block that holds no btree node (a bitmap, an
+    index block, a superblock), and raises CorruptMetadata for one that fails its checks."""
+
+    def __init__(self, path: str, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self._fd = -1
+
+    def __getstate__(self):
+        return {"path": self.path, "offset": self.offset, "_fd": -1}
+
+    def __del__(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def load(self, b: int) -> Node:
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                raise CorruptMetadata(f"cannot read block {b}: {e}") from None
+        data = os.pread(self._fd, BLOCK, self.offset + b * BLOCK)
+        if len(data) < BLOCK:
+            raise CorruptMetadata(f"block {b} is beyond the end of the device")
+        want = struct.unpack_from("<I", data, 0)[0]
+        crc = crc32c_raw(data[4:])
+        if want == (crc ^ BTREE_CSUM_XOR) & 0xFFFFFFFF:
+            return parse_node(data, b)
+        if want in {(crc ^ x) & 0xFFFFFFFF for x in _OTHER_XORS}:
+            # a bitmap, an index block, a superblock: not a node (never a KeyError, which
+            # the model's callers take for a missing key)
+            return None
+        raise CorruptMetadata(f"bad checksum in block {b}")
+
+
 def superblock_is_blank(data: bytes) -> bool:
     """dm-thin-metadata.c: __superblock_all_zeroes (the first 512 bytes)."""
     return not any(data[:512])
@@ -445,19 +560,24 @@ def read_metadata(path: str | os.PathLike, offset: int = 0) -> PoolMetadata:
     """Open metadata a kernel (or thinsim) wrote: the state of its last commit, with the
     allocation cursors at 0 as a freshly opened pool has them.
 
-    Only the blocks in use are read, one at a time (the superblock, the space maps'
-    bitmaps and index, the nodes of the trees), so memory follows what the metadata
-    holds, not the device's size: a 2 GiB metadata file of a few thins is opened in a few
-    MB, as the kernel's block manager opens it."""
+    Only what dm_pool_metadata_open reads is read here: the superblock and the space maps
+    (their bitmaps, index and reference count trees).  The mapping and details trees'
+    nodes are read from the file when they are first used, and clean ones are dropped
+    again beyond the cache's size (transaction.BlockCache), so opening a pool costs the
+    same whatever its thins map, and memory follows the cache, not the metadata."""
     with open(path, "rb") as f:
-        return _read_metadata(f.fileno(), offset)
+        pmd = _read_metadata(f.fileno(), offset)
+    # what changes from now on is not what the file holds until a commit writes it
+    pmd.tm.dirty = set()
+    pmd.tm.device_complete = True
+    pmd.tm.read_on_demand(NodeReader(os.fspath(path), offset).load)
+    return pmd
 
 
 def _read_metadata(fd: int, offset: int) -> PoolMetadata:
     from array import array
 
     from .btree import BTreeInfo, ValueType
-    from .btree import Node as BNode
     from .metadata import TIME_BITS
     from .space_map import DiskSpaceMap, LowLevel, MetadataSpaceMap, _Block, _DiskLowLevel
     from .transaction import TransactionManager
@@ -483,37 +603,18 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
     sm.tm = tm
     tm.blocks[0] = _Block("superblock")
 
-    def read_node(b: int, kind: str) -> BNode:
-        data = block(b)
-        _check(data, BTREE_CSUM_XOR, "btree node", b)
-        nflags, _bnr, n, max_entries, vsize = struct.unpack_from("<IQIII", data, 4)
-        keys = array("Q", struct.unpack_from(f"<{n}Q", data, 32))
-        at = 32 + 8 * max_entries
-        leaf = bool(nflags & LEAF_NODE)
-        if not leaf or vsize == 8:
-            values = array("Q", struct.unpack_from(f"<{n}Q", data, at))
-        elif vsize == 4:
-            values = array("Q", struct.unpack_from(f"<{n}I", data, at))
-        elif vsize == 24:
-            values = [struct.unpack_from("<QQII", data, at + 24 * i) for i in range(n)]
-        elif vsize == 16:
-            values = array("Q", (struct.unpack_from("<Q", data, at + 16 * i)[0] for i in range(n)))
-        else:
-            raise CorruptMetadata(f"unexpected value size {vsize} at block {b}")
-        node = BNode(leaf, max_entries, vsize if leaf else 8, keys, values)
-        tm.blocks[b] = node
-        return node
-
-    def walk(b: int, levels: int, kind: str) -> None:
+    def walk(b: int, levels: int) -> None:
+        """Read a whole (small) tree into the cache: the space maps' index and reference
+        count trees, which opening the space maps reads."""
         if b in tm.blocks:
             return
-        node = read_node(b, kind)
+        node = tm.blocks[b] = parse_node(block(b), b)
         if not node.leaf:
             for child in node.values:
-                walk(child, levels, kind)
+                walk(child, levels)
         elif levels > 1:
             for child in node.values:
-                walk(child, levels - 1, kind)
+                walk(child, levels - 1)
 
     def load_bitmaps(ll, entries, nr_blocks, nr_allocated):
         ll.nr_blocks = nr_blocks
@@ -531,7 +632,7 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
         ll.nr_allocated = nr_allocated
 
     def load_big(ll):
-        walk(ll.ref_root, 1, "ref")
+        walk(ll.ref_root, 1)
         ll.big = {k: v for k, v in ll.ref_info.items(ll.ref_root)}
 
     # metadata space map
@@ -553,7 +654,7 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
     dll.index_root = d_index
     dll.ref_root = d_ref
     dll.dirty = {}
-    walk(d_index, 1, "index")
+    walk(d_index, 1)
     entries = [blocknr for _i, blocknr in sorted(dll.index_info.items(d_index))]
     load_bitmaps(dll, entries, d_nr, d_alloc)
     load_big(dll)
@@ -579,8 +680,7 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
     pmd._setup_btree_details()
     pmd.root = root
     pmd.details_root = details_root
-    walk(root, 2, "mapping")
-    walk(details_root, 1, "details")
+    # the mapping and details trees are read when they are used (BlockCache)
     if held_root:
         held = block(held_root)
         _check(held, SUPERBLOCK_CSUM_XOR, "metadata snapshot", held_root)
@@ -588,8 +688,6 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
         (h_flags,) = struct.unpack_from("<I", held, 4)
         _m, _v, h_time, h_trans, _h = struct.unpack_from("<QIIQQ", held, 32)
         h_root, h_details = struct.unpack_from("<QQ", held, 320)
-        walk(h_root, 2, "mapping")
-        walk(h_details, 1, "details")
         pmd._held = (h_root, h_details)
         pmd.held_superblock = (h_time, h_trans, h_flags)
     else:

@@ -380,8 +380,9 @@ def reopen_pools(state: HostState) -> None:
     in failure mode (PM_FAIL: status "Fail", I/O ends in EIO), as the kernel's pool is after
     a metadata I/O error, never a host that cannot load.
 
-    The whole metadata is still read into memory here (disk.read_metadata), once per
-    process start: the kernel reads btree nodes on demand through dm-bufio."""
+    Only the superblock and the space maps are read here (disk.read_metadata); btree nodes
+    are read from the metadata file when they are used, as dm-bufio reads them, so this
+    costs the same whatever the pool's thins map."""
 
     pools: dict[int, tuple[Pool, Target]] = {}
     thins: list[Thin] = []

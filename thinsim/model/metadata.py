@@ -92,6 +92,7 @@ class PoolMetadata:
         tm = TransactionManager(sm)
         if self._track_writes:
             tm.dirty = set()
+            tm.device_complete = True  # every block is dirty until a device has it
         self.tm = tm
         self.metadata_sm = sm
         tm.blocks[THIN_SUPERBLOCK_LOCATION] = _Block("superblock")

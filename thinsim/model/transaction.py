@@ -5,11 +5,96 @@ btree ``Node``, or the superblock's marker).  Bitmaps and index blocks have no e
 contents are their space map's.  A block
 allocated or shadowed in the current transaction is in the shadow set and is written in
 place until the next commit; any other block is copied to a freshly allocated one first.
+
+Where the metadata is on a device (a file the commits are written to), the dict is a
+``BlockCache``, as dm-bufio is the kernel's: a clean node -- one as the last commit wrote
+it, neither shadowed nor written since -- may be dropped from memory, and is read back
+from the device and parsed the next time it is touched, so memory follows the cache's
+size, not the metadata's.  Dirty and shadowed nodes stay until the commit has written them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+# nodes a BlockCache keeps before it drops clean ones: 64 MiB of metadata, 40-70 MiB here
+# (dm-bufio's default cache is 2% of the machine's memory).  A node read back costs
+# about 6 us (pread, crc32c, parse), what one 4 KiB write costs.
+DEFAULT_CACHE_NODES = 1 << 14
+
+
+class BlockCache(dict):
+    """Block number -> in-core block, with clean btree nodes read on demand.
+
+    ``load(b)`` reads block ``b`` from the device and returns its node, or None when the
+    block there is no btree node (a bitmap, an index block); a miss on such a block is a
+    KeyError.  A block that fails its checks raises disk.CorruptMetadata.  A miss loads only a
+    block that holds what the last commit wrote: not one shadowed or written since (its
+    contents are in memory or nowhere) -- ``tm.shadows`` and ``tm.dirty`` say which.
+    When more than ``limit`` blocks are held, the oldest clean nodes are dropped."""
+
+    def __init__(self, tm: TransactionManager, load: Callable[[int], Any], limit: int) -> None:
+        super().__init__(tm.blocks)
+        self.tm = tm
+        self.load = load
+        self.limit = limit
+        self._evict_at = limit
+        self.loads = 0  # blocks read back (for tests and benchmarks)
+
+    def __missing__(self, b: int):
+        tm = self.tm
+        # without write tracking nothing says what the device holds
+        if tm.dirty is None or b in tm.shadows or b in tm.dirty:
+            raise KeyError(b)
+        node = self.load(b)
+        if node is None:  # not a node: its space map keeps the block
+            raise KeyError(b)
+        self.loads += 1
+        self[b] = node
+        if len(self) > self._evict_at:
+            self.evict()
+        return node
+
+    def __reduce__(self):
+        """A pickle carries every node, as a plain dict: those not held are read from the
+        device (the host's per-command path, THINSIM_SERVER=0, pickles its pools whole;
+        host/state.py).  Every block live now or at the last commit (an abort goes back
+        to it) that is not held is clean, so its node is the device's."""
+        full = dict(self)
+        tm = self.tm
+        ll = tm.sm.ll
+        live = set(ll.counts())
+        live.update(b for b, c in ll.old.items() if c)
+        for b in sorted(live):
+            if b not in full and tm.dirty is not None and b not in tm.dirty:
+                node = self.load(b)
+                if node is not None:  # not a bitmap, an index block, a superblock
+                    full[b] = node
+        return dict, (full,)
+
+    def evict(self) -> None:
+        """Drop the oldest clean nodes until a quarter of the room is free again."""
+        from .btree import Node
+
+        tm = self.tm
+        shadows = tm.shadows
+        dirty = tm.dirty
+        if dirty is None:
+            return
+        target = self.limit - self.limit // 4
+        excess = len(self) - target
+        if excess > 0:
+            drop = []
+            for b, obj in self.items():
+                if type(obj) is Node and b not in shadows and b not in dirty:
+                    drop.append(b)
+                    if len(drop) >= excess:
+                        break
+            for b in drop:
+                del self[b]
+        # what is dirty stays: look again once the cache has grown by a quarter more
+        self._evict_at = max(self.limit, len(self) + self.limit // 4)
 
 
 class TransactionManager:
@@ -23,12 +108,31 @@ class TransactionManager:
         # dirty buffer, freed ones too, so they take space in a sparse metadata file);
         # kept only when someone writes the device (None: not tracked)
         self.dirty: set[int] | None = None
+        # every block not in ``dirty`` holds on the device what it holds here: tracked
+        # since the metadata was formatted, written whole, or read from the device.  Only
+        # then may nodes be read back from it (BlockCache)
+        self.device_complete = False
 
     def __repr__(self) -> str:
         return f"TransactionManager(blocks={len(self.blocks)})"
 
     def read(self, b: int):
         return self.blocks[b]
+
+    def node(self, b: int):
+        """Block ``b``'s in-core object, or None where there is none (a bitmap's block)."""
+        try:
+            return self.blocks[b]
+        except KeyError:
+            return None
+
+    def read_on_demand(self, load: Callable[[int], Any], limit: int | None = None):
+        """From now on clean nodes may be dropped and read back with ``load`` (see
+        BlockCache); the blocks held are kept."""
+        if isinstance(self.blocks, BlockCache):
+            self.blocks.load = load
+        else:
+            self.blocks = BlockCache(self, load, DEFAULT_CACHE_NODES if limit is None else limit)
 
     def new_block(self, obj) -> int:
         """dm_tm_new_block: allocate a block, counted as a shadow of this transaction.
@@ -59,6 +163,8 @@ class TransactionManager:
         new = sm.new_block()
         sm.dec(orig)
         obj = self.blocks.get(orig)
+        if obj is None and type(self.blocks) is not dict:
+            obj = self.node(orig)  # a node the cache dropped, read back
         if obj is not None:
             self.blocks[new] = obj.copy()
         else:
@@ -102,6 +208,9 @@ class TransactionManager:
             if b in blocks and get(b) == 0:
                 del blocks[b]
         self.sm.zeroed.clear()
+        if isinstance(blocks, BlockCache) and len(blocks) > blocks.limit:
+            # what the commit wrote is clean now (a commit not written stays dirty)
+            blocks.evict()
 
     def rollback(self, changed) -> None:
         """After the space map went back to its last commit: forget the shadows and the

@@ -1,0 +1,199 @@
+"""Metadata read when it is needed (issue 11 part 2, issue 12 part 5): a pool whose commits
+go to a metadata file keeps a bounded cache of btree nodes, as dm-bufio does, and reads
+clean ones back from the file when they are touched; re-opening a pool reads only the
+superblock and the space maps.  What the model computes stays exactly what it computes
+with every node in memory: the same blocks, the same bytes on disk."""
+
+import random
+
+import pytest
+
+from thinsim.model.disk import (
+    MetadataDevice,
+    keep_metadata_on_file,
+    metadata_blocks,
+    read_metadata,
+)
+from thinsim.model.pool import Pool, PoolTable
+from thinsim.model.thin import Thin
+from thinsim.model.transaction import BlockCache
+
+MiB, GiB, BLOCK = 1 << 20, 1 << 30, 64 << 10
+DATA = 4 * GiB
+CACHE = 64
+
+
+def _pool(md_path=None, scratch=False) -> Pool:
+    table = PoolTable.parse(["/dev/loop0", "/dev/loop1", "128", "0"])
+    pool = Pool(
+        table,
+        length_sectors=DATA // 512,
+        metadata_bytes=64 * MiB,
+        data_bytes=DATA,
+        track_metadata_writes=md_path is not None,
+    )
+    if scratch:
+        keep_metadata_on_file(pool.pmd)
+        pool.pmd.tm.blocks.limit = CACHE
+    elif md_path is not None:
+        md_path.write_bytes(b"")
+        with open(md_path, "r+b") as f:
+            f.truncate(64 * MiB)
+        pool.pmd.device = MetadataDevice(md_path)
+        pool.pmd.device.write_all(pool.pmd)
+        pool.pmd.tm.blocks.limit = CACHE
+    pool.resume()
+    return pool
+
+
+def _workload(pool: Pool, rng: random.Random):
+    """A thin filled (thousands of leaves), snapshots, copy-on-write writes and a delete,
+    with commits between; yields after each commit."""
+    pool.message("create_thin 0")
+    thin = Thin(pool, 0, DATA // 2 // 512)
+    nb = DATA // 2 // BLOCK
+    for off in range(0, DATA // 2, 256 * MiB):
+        thin.write(off, bytes(256 * MiB))
+    pool.commit()
+    yield thin
+    for day in range(1, 4):
+        pool.message(f"create_snap {day} 0")
+        for b in rng.sample(range(nb), 600):
+            thin.write(b * BLOCK + 4096 * (b % 16), b"x" * 4096)
+        pool.commit()
+        yield thin
+    pool.message("delete 2")
+    pool.commit()
+    yield thin
+
+
+@pytest.mark.parametrize("scratch", [False, True], ids=["its file", "a scratch file"])
+def test_a_pool_with_committed_metadata_on_a_file_keeps_few_nodes_and_computes_the_same(
+    tmp_path, scratch
+):
+    """The same operations on a pool whose nodes all stay in memory and on one that keeps 64
+    leave the same metadata, block for block, and the latter never holds many more nodes
+    than its cache's size after a commit, while it reads every mapping back."""
+    in_memory = _pool()
+    on_file = _pool(None if scratch else tmp_path / "meta", scratch=scratch)
+    cache = on_file.pmd.tm.blocks
+    assert isinstance(cache, BlockCache)
+    for _ in zip(
+        _workload(in_memory, random.Random(7)), _workload(on_file, random.Random(7)), strict=True
+    ):
+        assert len(cache) <= CACHE
+        assert metadata_blocks(on_file.pmd) == metadata_blocks(in_memory.pmd)
+    assert cache.loads > 1000  # nodes were dropped and read back
+    a, b = in_memory.pmd, on_file.pmd
+    for dev in (0, 1, 3):
+        ra, rb = a.thin_roots()[dev], b.thin_roots()[dev]
+        assert list(b.device_mappings(rb)) == list(a.device_mappings(ra))
+        assert len(cache) <= CACHE + CACHE // 4 + 8  # reads evict as they go
+    assert on_file.status() == in_memory.status()
+    b._check()
+
+
+def test_a_reopened_pool_reads_the_superblock_and_space_maps_then_nodes_on_demand(tmp_path):
+    """read_metadata reads no node of the mapping or details trees; they come from the file
+    when used, and the pool goes on exactly as one that never left memory."""
+    md = tmp_path / "meta"
+    pool = _pool(md)
+    rng = random.Random(3)
+    steps = _workload(pool, rng)
+    next(steps)
+    next(steps)
+    pmd = read_metadata(md)
+    cache = pmd.tm.blocks
+    assert isinstance(cache, BlockCache)
+    mapping_nodes = set(pool.pmd.bl_info.node_blocks(pool.pmd.thin_roots()[0]))
+    assert len(mapping_nodes) > 100
+    assert not mapping_nodes & set(cache)  # nothing of the thin's tree was read
+    held = len(cache)
+    assert held < 20, held
+    # every mapping reads back as the pool that stayed in memory has it
+    assert pmd.thin_roots() == pool.pmd.thin_roots()
+    for root in pmd.thin_roots().values():
+        assert list(pmd.device_mappings(root)) == list(pool.pmd.device_mappings(root))
+    assert pmd.all_details() == pool.pmd.all_details()
+    assert metadata_blocks(pmd) == metadata_blocks(pool.pmd)
+    pmd._check()
+
+
+def test_a_reopened_pool_with_a_small_cache_goes_on_as_one_read_whole(tmp_path):
+    """Two pools opened on copies of one metadata file, one holding every node it reads and
+    one holding 64, take the same snapshots and writes and commit the same bytes."""
+    md = tmp_path / "meta"
+    pool = _pool(md)
+    steps = _workload(pool, random.Random(5))
+    next(steps)
+    next(steps)
+    copy = tmp_path / "copy"
+    copy.write_bytes(md.read_bytes())
+    pools = []
+    for path, limit in ((md, CACHE), (copy, 1 << 20)):
+        pmd = read_metadata(path)
+        pmd.tm.blocks.limit = limit
+        table = PoolTable.parse(["/dev/loop0", "/dev/loop1", "128", "0"])
+        p = Pool(
+            table,
+            length_sectors=DATA // 512,
+            metadata_bytes=64 * MiB,
+            data_bytes=DATA,
+            metadata=pmd,
+        )
+        pmd.device = MetadataDevice(path)
+        p.resume()
+        pools.append(p)
+    rng = random.Random(11)
+    nb = DATA // 2 // BLOCK
+    blocks = [rng.randrange(nb) for _ in range(800)]
+    for p in pools:
+        thin = Thin(p, 0, DATA // 2 // 512)
+        p.message("create_snap 9 0")
+        for b in blocks:
+            thin.write(b * BLOCK, b"y" * 4096)
+        p.commit()
+    small, whole = pools
+    assert metadata_blocks(small.pmd) == metadata_blocks(whole.pmd)
+    assert md.read_bytes() == copy.read_bytes()
+    assert small.status() == whole.status()
+    assert len(small.pmd.tm.blocks) <= CACHE < len(whole.pmd.tm.blocks)
+    small.pmd._check()
+
+
+def test_a_pickled_pool_carries_the_nodes_its_cache_dropped(tmp_path):
+    """The host's per-command path pickles pools whole: the nodes read on demand come along,
+    and the unpickled pool computes what the original computes."""
+    import pickle
+
+    pool = _pool(tmp_path / "meta")
+    steps = _workload(pool, random.Random(5))
+    next(steps)
+    next(steps)
+    copy = pickle.loads(pickle.dumps(pool))
+    assert type(copy.pmd.tm.blocks) is dict
+    copy.pmd.device = None  # the file is the original's
+    for p in (pool, copy):
+        p.message("create_snap 9 0")
+        p.commit()
+    assert metadata_blocks(copy.pmd) == metadata_blocks(pool.pmd)
+    copy.pmd._check()
+
+
+def test_a_node_that_fails_its_checks_when_read_back_is_corrupt_metadata_not_a_missing_key(
+    tmp_path,
+):
+    """dm-bufio's read of a bad block fails the operation with -EILSEQ; here it is
+    CorruptMetadata, never the KeyError the model's callers take for a missing key."""
+    from thinsim.model.disk import CorruptMetadata
+
+    md = tmp_path / "meta"
+    pool = _pool(md)
+    next(_workload(pool, random.Random(1)))
+    pmd = read_metadata(md)
+    leaf = next(b for b, _ in pool.pmd.bl_info.leaves(pool.pmd.thin_roots()[0]))
+    with open(md, "r+b") as f:
+        f.seek(leaf * 4096 + 100)
+        f.write(b"\xff")
+    with pytest.raises(CorruptMetadata):
+        list(pmd.device_mappings(pmd.thin_roots()[0]))
