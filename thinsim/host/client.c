@@ -63,6 +63,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "thinsim: %s: THINSIM_HOST is not set\n", name);
 		return 1;
 	}
+	/* which standard streams the command has; a closed one is held by a placeholder
+	 * (close-on-exec: the shim finds it closed again) until the command is sent, so that
+	 * the descriptors opened here do not take its number and pass for it (thin_dump >&-
+	 * would get the socket or the working folder as its stdout) */
+	uint32_t mask = 0;
+	for (int fd = 0; fd < 3; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0)
+			mask |= 1u << fd;
+		else
+			open("/dev/null", O_PATH | O_CLOEXEC); /* the lowest free number: fd */
+	}
 	int dirfd = open(host, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (dirfd < 0)
 		fallback(name, argv);
@@ -91,15 +102,12 @@ int main(int argc, char **argv)
 		put(&buf, &len, &cap, *e, strlen(*e));
 	}
 	int fds[4], nfds = 0;
-	uint32_t mask = 0;
 	fds[nfds++] = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (fds[0] < 0)
 		fallback(name, argv);
 	for (int fd = 0; fd < 3; fd++)
-		if (fcntl(fd, F_GETFD) >= 0) {
-			mask |= 1u << fd;
+		if (mask & (1u << fd))
 			fds[nfds++] = fd;
-		}
 	mode_t um = umask(0);
 	umask(um);
 	uint32_t head[3] = {(uint32_t)(len - 12), mask, (uint32_t)um};

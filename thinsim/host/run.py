@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from . import devnodes, leftovers, loopfile, server, sysfs
-from .server import STARTED, connect, request
+from .server import STARTED, connect, request, standard_streams
 from .shims import ROOT, make_shims, names_device, real_command
 from .state import open_host
 from .tools import COMMANDS, IO
@@ -74,9 +74,10 @@ def client_main(name: str, argv: list[str]) -> int:
     """A simulated command as a Python client (no C compiler): thinsim/host/client.c in
     Python."""
     host = os.environ["THINSIM_HOST"]
+    streams = standard_streams()
     try:
         with connect(host) as conn:
-            answer = request(conn, name, argv)
+            answer = request(conn, name, argv, streams)
     except OSError:
         answer = ""
     if not answer:
@@ -84,6 +85,9 @@ def client_main(name: str, argv: list[str]) -> int:
         # command: the command runs here, on the host state's file, as it did before
         # there was one
         os.environ["THINSIM_SERVER"] = "0"
+        for fd in (0, 1, 2):  # the closed streams' placeholders go: closed, as they were
+            if not streams & (1 << fd):
+                os.close(fd)
         return shim_main(name, argv)
     answer = answer.removeprefix(STARTED.decode())
     if not answer:

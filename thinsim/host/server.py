@@ -173,23 +173,35 @@ def _start(host: str, dirfd: int) -> None:
         )
 
 
-def request(conn: socket.socket, name: str, argv: list[str]) -> str:
-    """Send the command; the answer: ``A`` (:data:`STARTED`) once the process has taken
-    it, then E, S or X and its argument when it ends (nothing after the A: the process
-    died while it ran the command)."""
+def standard_streams() -> int:
+    """Which of fds 0-2 the command has (a bit each), taken before the client opens anything:
+    each closed one is held by a close-on-exec placeholder from then on, so that no
+    descriptor the client opens (the socket, a lock file, the working folder) takes its
+    number and passes for the stream (``thin_dump >&-`` would write into the socket)."""
+    mask = 0
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            mask |= 1 << fd
+        except OSError:
+            os.open("/dev/null", os.O_PATH | os.O_CLOEXEC)  # the lowest free number: fd
+    return mask
+
+
+def request(conn: socket.socket, name: str, argv: list[str], streams: int) -> str:
+    """Send the command, with the standard streams STREAMS says it has
+    (:func:`standard_streams`); the answer: ``A`` (:data:`STARTED`) once the process has
+    taken it, then E, S or X and its argument when it ends (nothing after the A: the
+    process died while it ran the command)."""
     payload = b"\0".join(
         [name.encode(), str(len(argv)).encode()]
         + [os.fsencode(a) for a in argv]
         + [os.fsencode(f"{k}={v}") for k, v in os.environ.items()]
     )
-    mask = 0
+    mask = streams
     fds = [os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
+    fds += [fd for fd in (0, 1, 2) if mask & (1 << fd)]
     try:
-        for fd in (0, 1, 2):
-            with contextlib.suppress(OSError):
-                os.fstat(fd)
-                mask |= 1 << fd
-                fds.append(fd)
         umask = os.umask(0)
         os.umask(umask)
         socket.send_fds(conn, [HEADER.pack(len(payload), mask, umask) + payload], fds)

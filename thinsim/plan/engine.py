@@ -401,23 +401,23 @@ class Simulation:
         self.activate(v)
 
     def _schedule(self, a: Activity) -> None:
-        order = a.index
-        if a.type == "fill":
-            self.at(a.at, order, self._fill, a)
-        elif a.type == "delete":
-            self.at(a.at, order, self._delete, a)
-        elif a.type == "churn":
-            self._periodic(a, a.per, self._churn)
-        elif a.type == "snapshots":
+        kind = a.type
+        if kind in ("fill", "delete"):  # once
+            self.at(a.at, a.index, self._fill if kind == "fill" else self._delete, a)
+            return
+        if kind == "snapshots":
             a.opts["_kept"] = deque()
             a.opts["_n"] = 0
-            self._periodic(a, a.every, self._snapshot)
-        elif a.type == "fstrim":
-            self._periodic(a, a.every, self._fstrim)
-        elif a.type == "docker_pull":
-            self._periodic(a, a.every, self.docker.pull)
-        elif a.type == "docker_run":
-            self._periodic(a, a.every, self.docker.run)
+        periodic = {  # the field that gives its period, and what it does each time
+            "churn": ("per", self._churn),
+            "snapshots": ("every", self._snapshot),
+            "fstrim": ("every", self._fstrim),
+            "docker_pull": ("every", lambda a: self.docker.pull(a)),
+            "docker_run": ("every", lambda a: self.docker.run(a)),
+        }
+        if kind in periodic:
+            field, fn = periodic[kind]
+            self._periodic(a, a.opts[field], fn)
 
     def _periodic(self, a: Activity, every: float, fn) -> None:
         def tick(k: int) -> None:
