@@ -27,6 +27,7 @@ import numpy as np
 
 from ..backends.model import ModelPool, ModelThin
 from ..errors import ThinsimError
+from ..model.disk import keep_metadata_on_file
 from ..model.pool import Clock, KernelLog
 from ..model.store import AccountingStore
 from .docker import Docker
@@ -119,6 +120,10 @@ class Simulation:
             clock=self.clock,
             no_space_timeout=p.no_space_timeout,
         )
+        # the kernel keeps its metadata on the metadata device and a bounded cache of it in
+        # memory: so does the run (a scratch file), or months of snapshots would need as much
+        # memory as their metadata's size
+        keep_metadata_on_file(self.pool.target.pmd)
         self.bs = p.block_size
         self.record = record
         self.ops: list[tuple] = []
