@@ -407,8 +407,9 @@ class Simulation:
 
     def _schedule(self, a: Activity) -> None:
         kind = a.type
-        if kind in ("fill", "delete"):  # once
-            self.at(a.at, a.index, self._fill if kind == "fill" else self._delete, a)
+        once = {"fill": self._fill, "delete": self._delete}
+        if kind in once:
+            self.at(a.at, a.index, once[kind], a)
             return
         if kind == "snapshots":
             a.opts["_kept"] = deque()
