@@ -318,3 +318,26 @@ def test_killing_thinsim_diff_ends_the_simulated_script_and_its_folder(tmp_path,
         diff.kill()
         diff.wait()
         _kill_all(token)
+
+
+def test_sys_attributes_follow_each_command_and_those_no_command_changed_stay_unwritten(
+    tmp_path,
+):
+    # sysfs.sync runs after every simulated command: rewriting every file of every device
+    # each time was 8 of the 14 ms a `dmsetup status` took
+    r = thinsim_run(
+        tmp_path,
+        """
+truncate -s 4M meta.img; losetup -f meta.img
+dmsetup create lin --table "0 8192 linear /dev/loop0 0"
+d=/sys/block/dm-0
+name=$(stat -c %.9Y $d/dm/name); size=$(stat -c %.9Y $d/size)
+dmsetup suspend lin; cat $d/dm/suspended
+dmsetup resume lin; cat $d/dm/suspended
+dmsetup reload lin --table "0 4096 linear /dev/loop0 0"; dmsetup resume lin; cat $d/size
+dmsetup status lin > /dev/null
+test "$(stat -c %.9Y $d/dm/name)" = "$name" && echo name untouched
+test "$(stat -c %.9Y $d/size)" != "$size" && echo size rewritten
+""",
+    )
+    assert r.stdout.splitlines() == ["1", "0", "4096", "name untouched", "size rewritten"]
