@@ -178,9 +178,29 @@ def test_the_example_suite_passes_on_the_real_kernel_as_on_a_test_host(kernel):
     # .run_on_host, which leaves the host's own devices alone); its root is read-only, so
     # the scripts' private folders go on the scratch tmpfs.  CI=true: nothing may skip for
     # want of a kernel.
+    # A loop device and a dm device of the host's own (a decoy of each) stay as they were.
     scratch = os.environ.get("THINSIM_SCRATCH", "/tmp")
-    proc = run_suite("--thinsim-backend=kernel", env={"CI": "true", "THINSIM_REAL_DIR": scratch})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    last = proc.stdout.splitlines()[-1]
-    assert last.startswith("10 passed, 1 skipped"), proc.stdout  # the model-only test
-    assert "runs on the model only" in proc.stdout
+    decoy = Path(scratch) / "decoy-file"
+    decoy.write_bytes(bytes(1 << 20))
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", str(decoy)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    subprocess.run(["dmsetup", "create", "decoy-theirs", "--table", "0 8 zero"], check=True)
+    try:
+        proc = run_suite(
+            "--thinsim-backend=kernel", env={"CI": "true", "THINSIM_REAL_DIR": scratch}
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        last = proc.stdout.splitlines()[-1]
+        assert last.startswith("10 passed, 1 skipped"), proc.stdout  # the model-only test
+        assert "runs on the model only" in proc.stdout
+        listed = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"],
+                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert f"{loop} {decoy}" in " ".join(listed.split()), listed
+        table = subprocess.run(["dmsetup", "table", "decoy-theirs"], capture_output=True,
+                               text=True, check=True).stdout  # fmt: skip
+        assert table.split() == ["0", "8", "zero"]
+    finally:
+        subprocess.run(["dmsetup", "remove", "decoy-theirs"], check=False)
+        subprocess.run(["losetup", "-d", loop], check=False)
+        decoy.unlink()
