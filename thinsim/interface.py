@@ -3,8 +3,9 @@
 Units: bytes in every argument, except where the kernel itself speaks in sectors or blocks
 (``data_block_size_sectors``, ``low_water_mark_blocks``, the table and status lines).
 Errors: every failure raises :class:`thinsim.errors.ThinsimError` (or a subclass) whose
-``errno`` is what the kernel returns for it; a failed operation changes nothing a user can
-observe after the next commit.  Arguments of the wrong type or range (a str size, None as a
+``errno`` is what the kernel returns for it, and ``kernel_log`` the lines the kernel logged
+for it (also in its message); a failed operation changes nothing a user can observe after
+the next commit.  A removed device (a deactivated thin, a closed pool) answers ENXIO.  Arguments of the wrong type or range (a str size, None as a
 message, a negative length) raise EINVAL before anything is touched (``check_*`` below).
 """
 

@@ -128,7 +128,8 @@ class Host:
     /dev/null.  On the model a simulated host (``thinsim run``: its dmsetup, losetup, dd,
     thin tools ... are the simulator's, a fresh host each run); on the kernel the real tools,
     the script in a private mount namespace, and afterwards only the dm and loop devices a
-    record proves it made removed (thinsim.host.real.run_on_host)."""
+    record proves it made removed (thinsim.host.real.run_on_host; the run's private folder
+    goes under ``$THINSIM_REAL_DIR``, /var/tmp by default)."""
 
     def __init__(self, name: str, folder: Path) -> None:
         self.name = name
