@@ -158,15 +158,19 @@ def _oserror(e: OSError) -> Exception:
 
 
 class _Kmsg:
-    """``device-mapper:`` lines of the kernel log from now on, read from ``/dev/kmsg`` (no
-    lines where it cannot be read: a container that hides it)."""
+    """``device-mapper:`` lines of the kernel log from now on, read from ``/dev/kmsg``.  Where
+    it cannot be read (a container that hides it) there are no lines, unless ``required``:
+    then the OSError is raised (a recorder must not record a log it could not read)."""
 
-    def __init__(self) -> None:
+    def __init__(self, required: bool = False) -> None:
+        self._fd = -1
         try:
             self._fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.lseek(self._fd, 0, os.SEEK_END)
         except OSError:
-            self._fd = -1
+            self.close()
+            if required:
+                raise
         self.lines: list[str] = []
 
     def read(self) -> list[str]:
@@ -734,7 +738,7 @@ class KernelMachine(interface.Machine):
         require_kernel()
         self.workdir = workdir
         self._saved_timeout = NO_SPACE_TIMEOUT.read_text().strip()
-        self._kmsg = _Kmsg()
+        self._kmsg = _Kmsg(required=True)
         self._seen = 0
         self._pools: list[KernelPool] = []
 
