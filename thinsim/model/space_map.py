@@ -31,6 +31,7 @@ MAX_METADATA_BITMAPS = 255
 MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP  # DM_SM_METADATA_MAX_BLOCKS
 IE_CACHE_SIZE = 64
 _ALL_FREE = bytes(ENTRIES_PER_BITMAP)
+_NO_COUNTS = array("I", bytes(4 * ENTRIES_PER_BITMAP))  # copied: 6x faster than making one
 
 
 class NoSpace(Exception):
@@ -93,7 +94,7 @@ class BigCounts(MutableMapping):
     def array_for(self, index: int) -> array:
         a = self.arrays.get(index)
         if a is None:
-            a = self.arrays[index] = array("I", bytes(4 * ENTRIES_PER_BITMAP))
+            a = self.arrays[index] = _NO_COUNTS[:]
         return a
 
     def __getitem__(self, b: int) -> int:
@@ -153,74 +154,82 @@ class BigCounts(MutableMapping):
 
 class OldCounts(MutableMapping):
     """The count at the last commit of each block changed since (block -> count): for
-    each bitmap with such a block, a ``bytearray`` of 16,320 flags (changed or not) and an
-    ``array('I')`` of those counts, 0 where none is kept.  Five bytes a block of a bitmap
-    changed in the transaction, where a dict took about 100 a block: a day of copy-on-write
-    on a 1 TiB thin with snapshots changes the count of nearly every one of its 16M data
-    blocks in one transaction.  ``get(b)`` is falsy exactly when ``vals[index][e]`` is 0."""
+    each bitmap with such a block, a ``bytearray`` of 16,320 codes -- 0 for a block not
+    changed, c + 1 for a count c below 254, 255 for one kept in ``over`` -- one byte a
+    block of a bitmap changed in the transaction, where a dict took about 100 a block: a
+    day of copy-on-write on a 1 TiB thin with snapshots changes the count of nearly every
+    one of its 16M data blocks in one transaction.  A block was in use at the last commit
+    exactly when its code is above 1."""
 
-    __slots__ = ("flags", "n", "vals")
+    __slots__ = ("codes", "n", "over")
 
     def __init__(self) -> None:
-        self.flags: dict[int, bytearray] = {}  # bitmap index -> 1 where a count is kept
-        self.vals: dict[int, array] = {}  # bitmap index -> the counts kept
+        self.codes: dict[int, bytearray] = {}  # bitmap index -> its blocks' codes
+        self.over: dict[int, int] = {}  # block -> count, for counts of 254 and more
         self.n = 0
 
     def __repr__(self) -> str:
         return f"OldCounts({len(self)} counts)"
 
-    def for_bitmap(self, index: int) -> tuple[bytearray, array]:
-        f = self.flags.get(index)
-        if f is None:
-            f = self.flags[index] = bytearray(ENTRIES_PER_BITMAP)
-            v = self.vals[index] = array("I", bytes(4 * ENTRIES_PER_BITMAP))
-            return f, v
-        return f, self.vals[index]
+    def for_bitmap(self, index: int) -> bytearray:
+        codes = self.codes.get(index)
+        if codes is None:
+            codes = self.codes[index] = bytearray(ENTRIES_PER_BITMAP)
+        return codes
+
+    def keep(self, codes: bytearray, b: int, e: int, c: int) -> None:
+        """Keep count ``c`` of block ``b`` (entry ``e`` of ``codes``), not kept yet."""
+        self.n += 1
+        if c < 254:
+            codes[e] = c + 1
+        else:
+            codes[e] = 255
+            self.over[b] = c
 
     def __getitem__(self, b: int) -> int:
         index, e = divmod(b, ENTRIES_PER_BITMAP)
-        f = self.flags.get(index)
-        if f is None or not f[e]:
+        codes = self.codes.get(index)
+        c = codes[e] if codes is not None else 0
+        if not c:
             raise KeyError(b)
-        return self.vals[index][e]
+        return self.over[b] if c == 255 else c - 1
 
     def get(self, b: int, default=None):
         index, e = divmod(b, ENTRIES_PER_BITMAP)
-        f = self.flags.get(index)
-        return self.vals[index][e] if f is not None and f[e] else default
+        codes = self.codes.get(index)
+        c = codes[e] if codes is not None else 0
+        if not c:
+            return default
+        return self.over[b] if c == 255 else c - 1
 
     def __contains__(self, b) -> bool:
         index, e = divmod(b, ENTRIES_PER_BITMAP)
-        f = self.flags.get(index)
-        return f is not None and f[e] != 0
+        codes = self.codes.get(index)
+        return codes is not None and codes[e] != 0
 
     def __setitem__(self, b: int, c: int) -> None:
         index, e = divmod(b, ENTRIES_PER_BITMAP)
-        f, v = self.for_bitmap(index)
-        if not f[e]:
-            f[e] = 1
-            self.n += 1
-        v[e] = c
+        codes = self.for_bitmap(index)
+        if codes[e]:
+            self.n -= 1
+            self.over.pop(b, None)
+        self.keep(codes, b, e, c)
 
     def setdefault(self, b: int, c: int) -> int:
-        index, e = divmod(b, ENTRIES_PER_BITMAP)
-        f, v = self.for_bitmap(index)
-        if not f[e]:
-            f[e] = 1
-            self.n += 1
-            v[e] = c
-        return v[e]
+        if b not in self:
+            self[b] = c
+        return self[b]
 
     def __delitem__(self, b: int) -> None:
         index, e = divmod(b, ENTRIES_PER_BITMAP)
-        f = self.flags.get(index)
-        if f is None or not f[e]:
+        codes = self.codes.get(index)
+        if codes is None or not codes[e]:
             raise KeyError(b)
-        f[e] = 0
-        self.vals[index][e] = 0
+        codes[e] = 0
+        self.over.pop(b, None)
         self.n -= 1
-        if not any(f):
-            del self.flags[index], self.vals[index]
+        if not any(codes):
+            del self.codes[index]
 
     def __len__(self) -> int:
         return self.n
@@ -228,25 +237,28 @@ class OldCounts(MutableMapping):
     def __iter__(self):
         import numpy as np
 
-        for index in sorted(self.flags):
-            nz = np.flatnonzero(np.frombuffer(self.flags[index], dtype=np.uint8))
+        for index in sorted(self.codes):
+            nz = np.flatnonzero(np.frombuffer(self.codes[index], dtype=np.uint8))
             yield from (nz + index * ENTRIES_PER_BITMAP).tolist()
 
     def items(self):
         import numpy as np
 
-        for index in sorted(self.flags):
-            nz = np.flatnonzero(np.frombuffer(self.flags[index], dtype=np.uint8))
-            vals = np.frombuffer(self.vals[index], dtype=np.uint32)[nz]
-            yield from zip((nz + index * ENTRIES_PER_BITMAP).tolist(), vals.tolist())
+        over = self.over
+        for index in sorted(self.codes):
+            codes = np.frombuffer(self.codes[index], dtype=np.uint8)
+            nz = np.flatnonzero(codes)
+            blocks = (nz + index * ENTRIES_PER_BITMAP).tolist()
+            for b, c in zip(blocks, codes[nz].tolist()):
+                yield b, over[b] if c == 255 else c - 1
 
     def bitmaps(self) -> set[int]:
         """The bitmaps with a block changed."""
-        return set(self.flags)
+        return set(self.codes)
 
     def clear(self) -> None:
-        self.flags.clear()
-        self.vals.clear()
+        self.codes.clear()
+        self.over.clear()
         self.n = 0
 
 
@@ -363,11 +375,9 @@ class LowLevel:
             m = self.maps[index] = bytearray(_entries)
         c = m[e]
         old = self.big[b] if c == 3 else c
-        flags, vals = self.old.for_bitmap(index)
-        if not flags[e]:
-            flags[e] = 1
-            self.old.n += 1
-            vals[e] = old
+        codes = self.old.for_bitmap(index)
+        if not codes[e]:
+            self.old.keep(codes, b, e, old)
         if new > 2:
             m[e] = 3
             self.big[b] = new
@@ -404,7 +414,7 @@ class LowLevel:
         cache = not tm.sm._bops
         last = -1
         m = None
-        of = ov = None
+        oc = None
         base = 0
         # ref-count leaves found in place by this call, by the lowest key of their range:
         # keys in [lo, hi) go to the leaf, in place, until the tree changes elsewhere
@@ -426,16 +436,18 @@ class LowLevel:
                 if m is None:
                     m = maps[index] = bytearray(_entries)
                 bm = bigs.get(index)
-                of, ov = old.for_bitmap(index)
+                oc = old.for_bitmap(index)
                 base = index * _entries
                 last = index
             e = b - base
             c = m[e]
             o = bm[e] if c == 3 else c
-            if not of[e]:
-                of[e] = 1
-                old.n += 1
-                ov[e] = o
+            if not oc[e]:
+                if o < 254:
+                    oc[e] = o + 1
+                    old.n += 1
+                else:
+                    old.keep(oc, b, e, o)
             n = o + delta
             if n > 2:
                 m[e] = 3
@@ -511,9 +523,9 @@ class LowLevel:
             start = index * entries
             hi = nr - start  # find stops at the bitmap's end by itself
             e = m.find(0, begin - start, hi)
-            ov = old.vals.get(index)
+            oc = old.codes.get(index)
             while e >= 0:
-                if ov is None or not ov[e]:  # not kept, or 0 at the last commit
+                if oc is None or oc[e] <= 1:  # not kept, or 0 at the last commit
                     return start + e
                 e = m.find(0, e + 1, hi)
             begin = start + entries
@@ -536,12 +548,12 @@ class LowLevel:
             if used:
                 hi = min(used)
         end = start + hi
-        ov = self.old.vals.get(index)
-        if ov is not None:
+        oc = self.old.codes.get(index)
+        if oc is not None:
             import numpy as np
 
             # the first block in the run that was in use at the last commit
-            used = np.flatnonzero(np.frombuffer(ov, dtype=np.uint32)[lo:hi])
+            used = np.flatnonzero(np.frombuffer(oc, dtype=np.uint8)[lo:hi] > 1)
             if len(used):
                 end = start + lo + int(used[0])
         n = end - b
