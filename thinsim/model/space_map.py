@@ -305,11 +305,13 @@ class LowLevel:
 
     def get_count(self, b: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
         """sm_ll_lookup: O(1)."""
-        m = self.maps[b // _entries]
+        index = b // _entries
+        m = self.maps[index]
         if m is None:
             return 0
-        c = m[b % _entries]
-        return self.big[b] if c == 3 else c
+        e = b - index * _entries
+        c = m[e]
+        return self.big.arrays[index][e] if c == 3 else c
 
     def _map(self, index: int) -> bytearray:
         m = self.maps[index]
@@ -374,18 +376,22 @@ class LowLevel:
         if m is None:
             m = self.maps[index] = bytearray(_entries)
         c = m[e]
-        old = self.big[b] if c == 3 else c
+        big = self.big
+        old = big.arrays[index][e] if c == 3 else c
         codes = self.old.for_bitmap(index)
         if not codes[e]:
             self.old.keep(codes, b, e, old)
         if new > 2:
             m[e] = 3
-            self.big[b] = new
+            if old < 3:
+                big.n += 1
+            big.array_for(index)[e] = new
             self.ref_root, _ = self.ref_info.insert(self.ref_root, (b,), new)
         else:
             m[e] = new
             if old > 2:
-                del self.big[b]
+                big.arrays[index][e] = 0
+                big.n -= 1
                 self.ref_root = self.ref_info.remove(self.ref_root, (b,))
         if old == 0 and new:
             self.nr_allocated += 1
