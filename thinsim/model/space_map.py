@@ -8,7 +8,8 @@ bitmaps, and a btree of the counts of 3 and more.  In core each bitmap's entries
 commit that leaves it all zero: a bitmap whose ``LowLevel.maps`` entry is None is all
 free, so the counts take memory in proportion to the bitmaps in use, not to the device (the
 kernel keeps them on disk and reads them through the block manager).  The big counts
-are a dict.  The bitmap, index and btree *blocks* are real metadata blocks, shadowed and
+(``BigCounts``) and the last commit's counts of the blocks changed since (``OldCounts``)
+are kept a bitmap at a time too, in arrays, not in dicts of millions of entries.  The bitmap, index and btree *blocks* are real metadata blocks, shadowed and
 allocated exactly when the kernel shadows and allocates them, so that the metadata space
 they take is the kernel's.
 
