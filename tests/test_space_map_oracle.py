@@ -262,8 +262,10 @@ def _apply(pmd: PoolMetadata, op: tuple):
                 pmd.close_device(td)
         if kind == "snap":
             pmd.create_snap(2 + a % 6, b % 8)
+            pmd.commit()  # pool_message commits after each message that succeeds
         elif kind == "delete":
             pmd.delete_thin(a % 8)
+            pmd.commit()
         elif kind == "discard":
             td = pmd.open_device(a % 2)
             try:

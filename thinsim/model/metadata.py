@@ -242,7 +242,14 @@ class PoolMetadata:
         self.tm.inc(origin_root)
         self.root, _ = self.tl_info.insert(self.root, (dev,), origin_root)
         self.time += 1
-        td = self.open_device(dev, create=True)
+        try:
+            td = self.open_device(dev, create=True)
+        except FileExistsError:
+            # bad: the new key taken out again.  Reached only when ``dev`` was made in this
+            # transaction (its details not written yet), which pool_message's commit after
+            # each message rules out; the kernel then leaves ``dev`` without a mapping tree.
+            self.root = self.tl_info.remove(self.root, (dev,))
+            raise
         # __set_snapshot_details
         otd = self.open_device(origin)
         otd.changed = True

@@ -568,6 +568,15 @@ class LowLevel:
         self._map(index)[lo : lo + n] = b"\x01" * n
         self.nr_allocated += n
         self.old_runs.append((b, n))
+        # their count at the last commit, 0, kept as set_count keeps it: a block of the
+        # run whose count changes again in this transaction (a discard, an overwrite) must
+        # not keep the run's count as its old one, or an abort would leave it in use
+        codes = self.old.for_bitmap(index)
+        seg = codes[lo : lo + n]
+        fresh = seg.count(0)
+        if fresh:
+            codes[lo : lo + n] = seg.replace(b"\x00", b"\x01")
+            self.old.n += fresh
         return b, n
 
     def _touched(self) -> set[int]:
