@@ -31,6 +31,7 @@ from ..model.disk import keep_metadata_on_file
 from ..model.pool import Clock, KernelLog
 from ..model.store import AccountingStore
 from .docker import Docker
+from .lvm import Lvm
 from .report import summarize
 from .workload import DAY, Activity, MessageFailed, Workload
 
@@ -146,6 +147,9 @@ class Simulation:
         # a wall-clock time.monotonic() after which the run stops (a benchmark's budget)
         self.deadline: float | None = None
         self.docker = Docker(self, w.docker) if w.docker is not None else None
+        self.lvm = Lvm(self, w.lvm) if w.lvm is not None else None
+        # dmeventd watches the pool (lvm's activation/monitoring)
+        self._monitor = self.lvm if self.lvm is not None and w.lvm.monitoring else None
 
     # -- operations: each one is what a shell would run -----------------------------------
 
@@ -248,6 +252,8 @@ class Simulation:
             self.bulk_written += length - (self.store.written - written)
         if len(self.log.lines) != self._seen:
             self._drain_log()
+            if self._monitor is not None:
+                self._monitor.poll()  # the pool's event wakes dmeventd mid-burst
         return True
 
     def discard(self, v: Volume, offset: int, length: int) -> int:
@@ -297,10 +303,11 @@ class Simulation:
                 t = max(t, self.clock.now)
             self.event(_log_kind(line), line, t)
 
-    def pool_status(self) -> dict:
-        """``dmsetup status`` of the pool, parsed (it commits, as the kernel's does)."""
-        self._op("status")
-        line = self.pool.status()
+    def pool_status(self, noflush: bool = False) -> dict:
+        """``dmsetup status`` of the pool, parsed (it commits, as the kernel's does, unless
+        ``noflush``: dmeventd's and lvm's reads)."""
+        self._op("status_noflush" if noflush else "status")
+        line = self.pool.status(noflush=noflush)
         self._drain_log()
         words = line.split()
         if words[3] == "Fail":
@@ -318,6 +325,29 @@ class Simulation:
             "needs_check": words[10] == "needs_check",
         }
 
+    def reload_pool(self, data: int, metadata: int, low_water_mark: int) -> bool:
+        """lvextend's table reload: the pool's devices grown to ``data`` and ``metadata``
+        bytes (``losetup -c`` on the bigger files), then ``dmsetup suspend``, ``reload``
+        with the new length and low water mark, ``resume`` (where the kernel grows its
+        space maps).  False (after its event) when the kernel refused it."""
+        p = self.w.pool
+        self._op("reload", data, metadata, low_water_mark)
+        try:
+            self.pool.reload_table(
+                metadata_size=metadata,
+                data_size=data,
+                length_sectors=data // 512,
+                block_size=str(p.block_sectors),
+                low_water_mark=str(low_water_mark),
+                features=p.features,
+            )
+        except ThinsimError as e:
+            self._drain_log()
+            self.event("reload_failed", f"pool reload: {E.errorcode.get(e.errno, e.errno)}")
+            return False
+        self._drain_log()
+        return True
+
     def volume_counts(self, exclusive: bool) -> dict[str, dict]:
         """Per device: mapped blocks, and thin_ls's EXCLUSIVE_BLOCKS and SHARED_BLOCKS (a
         block is exclusive to a device when no other device maps it), from the metadata the
@@ -328,6 +358,8 @@ class Simulation:
         st = self.pool_status()
         row = {"t": self.now, "day": self.now / DAY, **{k: v for k, v in st.items()}}
         row.update(self.counters())
+        if self.lvm is not None:
+            row["vg_free"] = self.lvm.vg_free_bytes()
         stats = self.w.volume_stats
         if stats == "sample" or (stats == "end" and final):
             row["volumes"] = self.volume_counts(exclusive=True)
@@ -376,10 +408,16 @@ class Simulation:
             k += 1
         if w.horizon % w.sample:
             self.at(w.horizon, 1 << 30, self._sample_point)
+        monitor = self._monitor
         while self._queue and self.stopped is None:
             t, _order, _seq, fn, args = heapq.heappop(self._queue)
+            if monitor is not None:
+                monitor.until(t)  # dmeventd's 10 s checks before it
             self.now = t
             fn(*args)
+            if monitor is not None:
+                monitor.dirty = True
+                monitor.poll()
             self._check_deadline()
         if self.stopped is not None or not self.timeline or self.timeline[-1]["t"] != self.now:
             self.sample(final=True)  # where the run stopped

@@ -73,6 +73,7 @@ def summarize(sim) -> dict:
         "data_needed_at_least_bytes": peak_data * bs if lasted else None,
         "metadata_needed_at_least_bytes": peak_md * MD_BLOCK if lasted else None,
         "final_status": last.get("status"),
+        **_lvm_summary(sim, first),
         "needs_check": last.get("needs_check", False),
         **sim.counters(),
     }
@@ -93,6 +94,22 @@ def summarize(sim) -> dict:
         "summary": summary,
         "events": sim.events,
         "timeline": rows,
+    }
+
+
+def _lvm_summary(sim, first: dict) -> dict:
+    """With [lvm]: the extensions dmeventd made, when the volume group could not give
+    more, and the group's free space at the end."""
+    lvm = getattr(sim, "lvm", None)
+    if lvm is None:
+        return {}
+    ext = lvm.vg.extent_size
+    return {
+        "autoextends": lvm.extends,
+        "vg_full_at_s": first.get("vg_full", {}).get("t"),
+        "lvm_data_bytes": lvm.vg.data_extents * ext,
+        "lvm_metadata_bytes": lvm.vg.metadata_extents * ext,
+        "vg_free_bytes": lvm.vg_free_bytes(),
     }
 
 
@@ -161,6 +178,11 @@ def text(result: dict) -> str:
     if s["lasted_the_horizon"]:
         pr(f"  lasts the horizon    with at least {format_size(s['data_needed_at_least_bytes'])}"
            f" data and {format_size(s['metadata_needed_at_least_bytes'])} metadata")  # fmt: skip
+    if "autoextends" in s:
+        pr(f"  lvm autoextend       {s['autoextends']} times: data LV "
+           f"{format_size(s['lvm_data_bytes'])}, metadata LV "
+           f"{format_size(s['lvm_metadata_bytes'])}, {format_size(s['vg_free_bytes'])} free "
+           f"in the volume group; it could not give more {_when(s['vg_full_at_s'])}")  # fmt: skip
     pr(f"  users wrote          {format_size(s['user_written'])}; the data device got "
        f"{format_size(s['data_written'])} written, {format_size(s['data_zeroed'])} zeroed, "
        f"{format_size(s['data_copied'])} copied, "
@@ -213,6 +235,7 @@ _MARKS = {
     "read_only": ("black", "read-only"),
     "metadata_full": ("black", "metadata full"),
     "docker_refused": ("tab:brown", "Docker refused a device"),
+    "vg_full": ("tab:red", "volume group full"),
 }
 
 
@@ -237,6 +260,10 @@ def plot(result: dict, path: str) -> None:
             color, label = _MARKS[e["kind"]]
             ax.axvline(e["t"] / DAY, color=color, linestyle="--", linewidth=1,
                        label=f"{label} (day {e['t'] / DAY:.1f})")  # fmt: skip
+    ext = [e["t"] / DAY for e in result["events"] if e["kind"] == "autoextend"]
+    for i, x in enumerate(ext):
+        ax.axvline(x, color="tab:green", linestyle=":", linewidth=1,
+                   label=f"lvm autoextend ({len(ext)})" if i == 0 else None)  # fmt: skip
     ax.set_xlabel("simulated days")
     ax.set_ylabel("% of the device used")
     ax.set_ylim(0, 105)
