@@ -39,6 +39,58 @@ MAX_CHUNK = 64 << 20  # the largest single write the planner issues (a fill's re
 MD_BLOCK = 4096
 
 
+class Needs:
+    """What the pool needed, measured as the run goes, for the summary's smallest sizes
+    (report.py: ``smallest_sizes``).
+
+    - ``data_allocated``: the most data blocks mapped at once (read after every write: only
+      writes allocate, so this is the exact peak; the kernel's low water mark check sees it).
+    - ``data_busy``: the most data blocks that were in use now *or at the last commit*, read
+      just before each commit (between commits that number only grows: a block freed in a
+      transaction is reused only after the commit, as sm_ll_find_common_free_block finds
+      them).  An allocation fails unless the device has more blocks than this.
+    - ``metadata_busy``: the same for metadata blocks (running out of them mid-transaction
+      turns the pool read-only); ``metadata_used``: the most in use just after a commit,
+      where the kernel compares what is free with its reserve (check_for_metadata_space).
+    """
+
+    def __init__(self, pmd) -> None:
+        self.pmd = pmd
+        self.data_ll = pmd.data_sm.ll
+        self.data_allocated = self.data_busy = self.metadata_busy = self.metadata_used = 0
+        self._after_commit()
+        commit = pmd.commit
+
+        def measured_commit() -> None:
+            self._before_commit()
+            commit()
+            self._after_commit()
+
+        pmd.commit = measured_commit  # the pool's every commit goes through pmd.commit
+
+    def _before_commit(self) -> None:
+        pmd = self.pmd
+        ll = self.data_ll = pmd.data_sm.ll
+        self.data_busy = max(self.data_busy, _busy(ll))
+        self.data_allocated = max(self.data_allocated, ll.nr_allocated)
+        self.metadata_busy = max(self.metadata_busy, _busy(pmd.metadata_sm.ll))
+
+    def _after_commit(self) -> None:
+        msm = self.pmd.metadata_sm
+        self.metadata_used = max(self.metadata_used, msm.nr_blocks - msm.nr_free())
+        self.metadata_busy = max(self.metadata_busy, self.metadata_used)
+        ll = self.pmd.data_sm.ll
+        self.data_busy = max(self.data_busy, ll.nr_allocated)
+        self.data_allocated = max(self.data_allocated, ll.nr_allocated)
+
+
+def _busy(ll) -> int:
+    """Blocks in use now or at the last commit: the allocator finds only the others
+    (a block allocated and freed again in one transaction is free in both views)."""
+    get = ll.get_count
+    return ll.nr_allocated + sum(1 for b, c in ll.old.items() if c and not get(b))
+
+
 class CountingStore(AccountingStore):
     """No payload; counts the bytes dm-thin sends to the data device: writes that reach it,
     the zeroing of new blocks, copies that break sharing, and discards passed down."""
@@ -125,6 +177,7 @@ class Simulation:
         # memory: so does the run (a scratch file), or months of snapshots would need as much
         # memory as their metadata's size
         keep_metadata_on_file(self.pool.target.pmd)
+        self.needs = Needs(self.pool.target.pmd)
         self.bs = p.block_size
         self.record = record
         self.ops: list[tuple] = []
@@ -245,6 +298,9 @@ class Simulation:
                        f"{E.errorcode.get(e.errno, e.errno)}", max(self.now, self.clock.now))  # fmt: skip
             return False
         self.user_written += length
+        needs = self.needs
+        allocated = needs.data_ll.nr_allocated
+        needs.data_allocated = max(needs.data_allocated, allocated)
         bs = self.bs
         if length >= 2 * bs and offset % bs == 0 and length % bs == 0:
             # the model provisions runs of new whole blocks without the store: every byte
