@@ -180,22 +180,7 @@ class BTreeInfo:
 
     def lookup_next_single(self, root: int, key: int):
         """dm-btree.c: dm_btree_lookup_next_single -- first entry with key >= ``key``."""
-        node = self.tm.read(root)
-        if not node.leaf:
-            i = bisect_right(node.keys, key) - 1
-            i = max(i, 0)
-            if i >= len(node.keys):
-                return None
-            r = self.lookup_next_single(node.values[i], key)
-            if r is None and i < len(node.keys) - 1:
-                r = self.lookup_next_single(node.values[i + 1], key)
-            return r
-        from bisect import bisect_left
-
-        i = bisect_left(node.keys, key)
-        if i >= len(node.keys):
-            return None
-        return node.keys[i], node.values[i]
+        return _next_single(self.tm.blocks, root, key)
 
     def leaf_runs(self, root: int, key: int) -> Iterator[tuple[Any, Any, int]]:
         """For a single-level tree: (keys, values, first index) of each leaf from the one
@@ -823,6 +808,26 @@ class _Spine:
 
     def replace(self, b: int, node: Node) -> None:
         self.block, self.node = b, node
+
+
+def _next_single(blocks, b: int, key: int):
+    """dm_btree_lookup_next_single's recursion: in an internal node the child ``key``
+    falls in, then (only) the one after it."""
+    node = blocks[b]
+    keys = node.keys
+    if not node.leaf:
+        i = bisect_right(keys, key) - 1
+        i = max(i, 0)
+        if i >= len(keys):
+            return None
+        r = _next_single(blocks, node.values[i], key)
+        if r is None and i < len(keys) - 1:
+            r = _next_single(blocks, node.values[i + 1], key)
+        return r
+    i = bisect_left(keys, key)
+    if i >= len(keys):
+        return None
+    return keys[i], node.values[i]
 
 
 def _contains(keys, key) -> bool:
