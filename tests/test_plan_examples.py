@@ -19,7 +19,7 @@ PLANS = ROOT / "examples" / "plans"
 def test_every_example_is_a_valid_workload_with_a_paragraph_in_the_readme():
     readme = (PLANS / "README.md").read_text()
     names = sorted(p.name for p in PLANS.glob("*.toml"))
-    assert names == ["docker_year.toml", "snapshots_1t.toml", "whatif.toml"]
+    assert names == ["docker_year.toml", "lvm_autoextend.toml", "snapshots_1t.toml", "whatif.toml"]
     for name in names:
         plan.load(PLANS / name)
         assert f"thinsim plan examples/plans/{name}" in readme, name

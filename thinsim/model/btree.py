@@ -14,7 +14,7 @@ wider values (device details, space-map index entries).
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -180,22 +180,32 @@ class BTreeInfo:
 
     def lookup_next_single(self, root: int, key: int):
         """dm-btree.c: dm_btree_lookup_next_single -- first entry with key >= ``key``."""
-        node = self.tm.read(root)
-        if not node.leaf:
-            i = bisect_right(node.keys, key) - 1
-            i = max(i, 0)
-            if i >= len(node.keys):
-                return None
-            r = self.lookup_next_single(node.values[i], key)
-            if r is None and i < len(node.keys) - 1:
-                r = self.lookup_next_single(node.values[i + 1], key)
-            return r
-        from bisect import bisect_left
+        return _next_single(self.tm.blocks, root, key)
 
-        i = bisect_left(node.keys, key)
-        if i >= len(node.keys):
-            return None
-        return node.keys[i], node.values[i]
+    def leaf_runs(self, root: int, key: int) -> Iterator[tuple[Any, Any, int]]:
+        """For a single-level tree: (keys, values, first index) of each leaf from the one
+        ``key`` would be in, in key order; the first index is that of the first key >=
+        ``key`` (0 in the leaves after).  Reads only; the tree must not change meanwhile."""
+        tm = self.tm
+        stack: list[list] = []  # [internal node, index of the next child to visit]
+        node = tm.read(root)
+        while not node.leaf:
+            i = max(bisect_right(node.keys, key) - 1, 0)
+            stack.append([node, i + 1])
+            node = tm.read(node.values[i])
+        yield node.keys, node.values, bisect_left(node.keys, key)
+        while stack:
+            f = stack[-1]
+            parent, i = f
+            if i >= len(parent.keys):
+                stack.pop()
+                continue
+            f[1] = i + 1
+            node = tm.read(parent.values[i])
+            while not node.leaf:
+                stack.append([node, 1])
+                node = tm.read(node.values[0])
+            yield node.keys, node.values, 0
 
     def find_highest_key(self, root: int) -> int | None:
         """dm_btree_find_highest_key for a single level; None for an empty tree."""
@@ -265,7 +275,16 @@ class BTreeInfo:
 
     def _shadow_child(self, parent: Node, index: int, vt: ValueType) -> tuple[int, Node]:
         """dm-btree.c: shadow_child -- shadow parent's child ``index`` and repoint it."""
-        nb, node = self._shadow(parent.values[index], vt)
+        b = parent.values[index]
+        tm = self.tm
+        if b in tm.shadows:
+            # _shadow's in-place case (tm.unshared, inline: every removal walk runs this)
+            sm = tm.sm
+            ll = sm.ll
+            m = ll.maps[b // ll.ENTRIES_PER_BITMAP]
+            if m is not None and m[b % ll.ENTRIES_PER_BITMAP] == 1 and not sm._bops:
+                return b, tm.blocks[b]
+        nb, node = self._shadow(b, vt)
         parent.values[index] = nb
         return nb, node
 
@@ -635,24 +654,58 @@ class BTreeInfo:
     def remove_leaves(self, root: int, first_key: int, end_key: int) -> tuple[int, int, int]:
         """dm_btree_remove_leaves (single level): remove the run of keys from ``first_key``.
 
-        Stops at the first key not present.  Returns (new root, next key, removed).
-        """
+        Stops at the first key not present.  Returns (new root, next key, removed).  As
+        the kernel does it: a walk from the root for each key (remove_one ->
+        remove_nearest, rebalancing the children at each level on the way down), and one
+        more that finds the key after the run; each walk is ``_remove_nearest`` inline
+        (a node shadowed and unshared already is used in place, as ``_shadow`` would)."""
         removed = 0
         key = first_key
         vt = self.value_type
+        dec = vt.dec
+        tm = self.tm
+        shadows = tm.shadows
+        sm = tm.sm
+        ll = sm.ll
+        maps = ll.maps
+        entries = ll.ENTRIES_PER_BITMAP
+        shadow = self._shadow
+        rebalance = self._rebalance_children
+        spine = _Spine()  # _rebalance_children reads only its ``node``
         while True:
-            spine = _Spine()
-            index = self._remove_nearest(spine, root, vt, key, 0)
-            root = spine.root
-            node = spine.node
+            # remove_nearest
+            b = root
+            parent = None
+            i = 0
+            while True:
+                m = maps[b // entries] if b in shadows else None
+                if m is not None and m[b % entries] == 1 and not sm._bops:
+                    node = tm.blocks[b]
+                else:
+                    b, node = shadow(b, vt)
+                if parent is None:
+                    root = b
+                else:
+                    parent.values[i] = b
+                if node.leaf:
+                    break
+                spine.node = node
+                rebalance(spine, vt, key)
+                if node.leaf:
+                    break
+                i = bisect_right(node.keys, key) - 1
+                parent = node
+                b = node.values[i]
+            keys = node.keys
+            index = bisect_right(keys, key) - 1
             index = max(index, 0)
-            if index >= len(node.keys):
+            if index >= len(keys):
                 break
-            k = node.keys[index]
+            k = keys[index]
             if key <= k < end_key:
-                if vt.dec is not None:
-                    vt.dec((node.values[index],))
-                del node.keys[index]
+                if dec is not None:
+                    dec((node.values[index],))
+                del keys[index]
                 del node.values[index]
                 key = k + 1
                 removed += 1
@@ -755,6 +808,26 @@ class _Spine:
 
     def replace(self, b: int, node: Node) -> None:
         self.block, self.node = b, node
+
+
+def _next_single(blocks, b: int, key: int):
+    """dm_btree_lookup_next_single's recursion: in an internal node the child ``key``
+    falls in, then (only) the one after it."""
+    node = blocks[b]
+    keys = node.keys
+    if not node.leaf:
+        i = bisect_right(keys, key) - 1
+        i = max(i, 0)
+        if i >= len(keys):
+            return None
+        r = _next_single(blocks, node.values[i], key)
+        if r is None and i < len(keys) - 1:
+            r = _next_single(blocks, node.values[i + 1], key)
+        return r
+    i = bisect_left(keys, key)
+    if i >= len(keys):
+        return None
+    return keys[i], node.values[i]
 
 
 def _contains(keys, key) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno as E
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,6 +165,9 @@ class PoolMetadata:
 
     def _data_block_dec(self, values) -> None:
         """dm-thin-metadata.c: data_block_dec."""
+        if len(values) == 1:  # a removal's one value: ``dec`` is what dec_many does for it
+            self.data_sm.dec(values[0] >> TIME_BITS)
+            return
         self.data_sm.dec_many(_data_blocks(values))
 
     def _subtree_dec(self, roots) -> None:
@@ -347,13 +351,26 @@ class PoolMetadata:
         td.mapped_blocks += n
 
     def remove_range(self, td: ThinDevice, begin: int, end: int) -> int:
-        """__remove_range: unmap every mapped block in [begin, end); returns the count."""
+        """__remove_range: unmap every mapped block in [begin, end); returns the count.
+
+        The kernel takes the mapping tree out of the top-level tree (a reference held
+        over it: ``dm_tm_inc``, then ``dm_btree_remove``, whose ``subtree_dec`` drops that
+        reference again), removes the leaves, and inserts the new root.  When the top
+        level is one leaf and both it and the mapping root are shadows of this transaction
+        with one reference (every call after the first of a discard), those steps change
+        nothing but the leaf's value: the counts go 1 -> 2 -> 1 in bitmaps already
+        shadowed, the key is deleted and inserted again in place.  ``_tl_in_place`` finds
+        that case and the value is set directly; any other takes the kernel's steps."""
         self.in_service = True
-        tm = self.tm
         key = (td.id,)
-        mapping_root = self.tl_info.lookup(self.root, key)
-        tm.inc(mapping_root)
-        self.root = self.tl_info.remove(self.root, key)
+        place = self._tl_in_place(td.id)
+        if place is None:
+            mapping_root = self.tl_info.lookup(self.root, key)
+            self.tm.inc(mapping_root)
+            self.root = self.tl_info.remove(self.root, key)
+        else:
+            leaf, i = place
+            mapping_root = leaf.values[i]
         total = 0
         bl = self.bl_info
         while begin < end:
@@ -367,26 +384,64 @@ class PoolMetadata:
             total += count
         td.mapped_blocks -= total
         td.changed = True
-        self.root, _ = self.tl_info.insert(self.root, key, mapping_root)
+        if place is None:
+            self.root, _ = self.tl_info.insert(self.root, key, mapping_root)
+        else:
+            leaf.values[i] = mapping_root
         return total
+
+    def _tl_in_place(self, dev: int):
+        """(top-level leaf, index of ``dev``) when ``remove_range``'s removal and
+        re-insertion of ``dev``'s mapping tree would change nothing but that value (see
+        there); else None."""
+        tm = self.tm
+        root = self.root
+        if root not in tm.shadows or not tm.unshared(root):
+            return None
+        leaf = tm.blocks[root]
+        if not leaf.leaf:
+            return None
+        keys = leaf.keys
+        i = bisect_left(keys, dev)
+        if i == len(keys) or keys[i] != dev:
+            return None
+        mapping_root = leaf.values[i]
+        if mapping_root not in tm.shadows or not tm.unshared(mapping_root):
+            return None
+        return leaf, i
 
     def find_mapped_range(self, td: ThinDevice, begin: int, end: int):
         """dm_thin_find_mapped_range: the first run contiguous in both virtual and data
         blocks with one sharing state, as (virt_begin, virt_end, data_begin, shared);
-        None when nothing in [begin, end) is mapped."""
+        None when nothing in [begin, end) is mapped.  The kernel looks each next block up
+        (``__find_block``); nothing changes in between, so the mappings are read here from
+        the leaves in key order, with the same answers."""
         root = self.tl_info.lookup(self.root, (td.id,))
         nxt = self.bl_info.lookup_next_single(root, begin)
         if nxt is None or nxt[0] >= end:
             return None
         begin, value = nxt
         data_begin = value >> TIME_BITS
-        shared = td.snapshotted_time > (value & TIME_MASK)
+        snapshotted = td.snapshotted_time
+        shared = snapshotted > (value & TIME_MASK)
         virt_end = begin + 1
-        while virt_end < end:
-            r = self.lookup(td, virt_end)
-            if r is None or r[1] != shared or r[0] != data_begin + (virt_end - begin):
-                break
-            virt_end += 1
+        expect = data_begin + 1
+        if virt_end < end:
+            for keys, values, i in self.bl_info.leaf_runs(root, virt_end):
+                n = len(keys)
+                while i < n:
+                    value = values[i]
+                    if (
+                        keys[i] != virt_end
+                        or value >> TIME_BITS != expect
+                        or (snapshotted > (value & TIME_MASK)) != shared
+                    ):
+                        return begin, virt_end, data_begin, shared
+                    virt_end += 1
+                    expect += 1
+                    if virt_end == end:
+                        return begin, virt_end, data_begin, shared
+                    i += 1
         return begin, virt_end, data_begin, shared
 
     def highest_mapped(self, td: ThinDevice) -> int | None:

@@ -892,8 +892,7 @@ class Pool:
             vb, ve, db, maybe_shared = run
             de = db + (ve - vb)
             pmd.remove_range(td, vb, ve)
-            for b in range(db, de):
-                data_sm.inc(b)
+            data_sm.inc_many(range(db, de))  # dm_pool_inc_data_range
             pinned.append((db, de))
             # passdown (double checking the shared status when maybe shared)
             b = db
@@ -912,8 +911,7 @@ class Pool:
                 b = e
             begin = ve
         for db, de in pinned:
-            for b in range(db, de):
-                data_sm.dec(b)
+            data_sm.dec_many(range(db, de))  # dm_pool_dec_data_range
 
     def flush(self, td) -> None:
         """An empty flush bio to a thin (it carries sector 0).

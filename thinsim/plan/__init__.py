@@ -76,6 +76,17 @@ Unknown fields are errors.  Errors name the file, line and field::
     ``init_bytes`` (``"16KiB"``: Docker's writes to the -init layer), ``lifetime``
     (``"1d"``: then the container is removed), ``io_size`` (``"4KiB"``).  Runs the
     newest image.
+
+``[lvm]`` (LVM's thin pool: thinsim.plan.lvm says what of lvm2 2.03.16 it follows)
+    ``vg_size`` (required): the volume group's size; the pool's data and metadata LVs (sizes
+    rounded up to extents) and the spare metadata LV take their extents from it.
+    ``extent_size`` (``"4MiB"``).  ``thin_pool_autoextend_threshold`` (100: off) and
+    ``thin_pool_autoextend_percent`` (20), as in lvm.conf: lvm sets the table's low water
+    mark from the threshold (so ``pool.low_water_mark`` is refused), and with
+    ``monitoring`` (true) dmeventd checks the pool every 10 s and at each of its events and
+    runs ``lvextend --use-policies``, which grows the LVs and reloads the pool until the
+    group has no room (events ``autoextend``, ``vg_full``, ``lvextend_failed``,
+    ``dmeventd_warning``).  ``pool_metadata_spare`` (true).
 """
 
 from __future__ import annotations

@@ -31,11 +31,64 @@ from ..model.disk import keep_metadata_on_file
 from ..model.pool import Clock, KernelLog
 from ..model.store import AccountingStore
 from .docker import Docker
+from .lvm import Lvm
 from .report import summarize
 from .workload import DAY, Activity, MessageFailed, Workload
 
 MAX_CHUNK = 64 << 20  # the largest single write the planner issues (a fill's request)
 MD_BLOCK = 4096
+
+
+class Needs:
+    """What the pool needed, measured as the run goes, for the summary's smallest sizes
+    (report.py: ``smallest_sizes``).
+
+    - ``data_allocated``: the most data blocks mapped at once (read after every write: only
+      writes allocate, so this is the exact peak; the kernel's low water mark check sees it).
+    - ``data_busy``: the most data blocks that were in use now *or at the last commit*, read
+      just before each commit (between commits that number only grows: a block freed in a
+      transaction is reused only after the commit, as sm_ll_find_common_free_block finds
+      them).  An allocation fails unless the device has more blocks than this.
+    - ``metadata_busy``: the same for metadata blocks (running out of them mid-transaction
+      turns the pool read-only); ``metadata_used``: the most in use just after a commit,
+      where the kernel compares what is free with its reserve (check_for_metadata_space).
+    """
+
+    def __init__(self, pmd) -> None:
+        self.pmd = pmd
+        self.data_ll = pmd.data_sm.ll
+        self.data_allocated = self.data_busy = self.metadata_busy = self.metadata_used = 0
+        self._after_commit()
+        commit = pmd.commit
+
+        def measured_commit() -> None:
+            self._before_commit()
+            commit()
+            self._after_commit()
+
+        pmd.commit = measured_commit  # the pool's every commit goes through pmd.commit
+
+    def _before_commit(self) -> None:
+        pmd = self.pmd
+        ll = self.data_ll = pmd.data_sm.ll
+        self.data_busy = max(self.data_busy, _busy(ll))
+        self.data_allocated = max(self.data_allocated, ll.nr_allocated)
+        self.metadata_busy = max(self.metadata_busy, _busy(pmd.metadata_sm.ll))
+
+    def _after_commit(self) -> None:
+        msm = self.pmd.metadata_sm
+        self.metadata_used = max(self.metadata_used, msm.nr_blocks - msm.nr_free())
+        self.metadata_busy = max(self.metadata_busy, self.metadata_used)
+        ll = self.pmd.data_sm.ll
+        self.data_busy = max(self.data_busy, ll.nr_allocated)
+        self.data_allocated = max(self.data_allocated, ll.nr_allocated)
+
+
+def _busy(ll) -> int:
+    """Blocks in use now or at the last commit: the allocator finds only the others
+    (a block allocated and freed again in one transaction is free in both views)."""
+    get = ll.get_count
+    return ll.nr_allocated + sum(1 for b, c in ll.old.items() if c and not get(b))
 
 
 class CountingStore(AccountingStore):
@@ -124,6 +177,7 @@ class Simulation:
         # memory: so does the run (a scratch file), or months of snapshots would need as much
         # memory as their metadata's size
         keep_metadata_on_file(self.pool.target.pmd)
+        self.needs = Needs(self.pool.target.pmd)
         self.bs = p.block_size
         self.record = record
         self.ops: list[tuple] = []
@@ -146,6 +200,9 @@ class Simulation:
         # a wall-clock time.monotonic() after which the run stops (a benchmark's budget)
         self.deadline: float | None = None
         self.docker = Docker(self, w.docker) if w.docker is not None else None
+        self.lvm = Lvm(self, w.lvm) if w.lvm is not None else None
+        # dmeventd watches the pool (lvm's activation/monitoring)
+        self._monitor = self.lvm if self.lvm is not None and w.lvm.monitoring else None
 
     # -- operations: each one is what a shell would run -----------------------------------
 
@@ -241,6 +298,9 @@ class Simulation:
                        f"{E.errorcode.get(e.errno, e.errno)}", max(self.now, self.clock.now))  # fmt: skip
             return False
         self.user_written += length
+        needs = self.needs
+        allocated = needs.data_ll.nr_allocated
+        needs.data_allocated = max(needs.data_allocated, allocated)
         bs = self.bs
         if length >= 2 * bs and offset % bs == 0 and length % bs == 0:
             # the model provisions runs of new whole blocks without the store: every byte
@@ -248,6 +308,8 @@ class Simulation:
             self.bulk_written += length - (self.store.written - written)
         if len(self.log.lines) != self._seen:
             self._drain_log()
+            if self._monitor is not None:
+                self._monitor.poll()  # the pool's event wakes dmeventd mid-burst
         return True
 
     def discard(self, v: Volume, offset: int, length: int) -> int:
@@ -297,10 +359,11 @@ class Simulation:
                 t = max(t, self.clock.now)
             self.event(_log_kind(line), line, t)
 
-    def pool_status(self) -> dict:
-        """``dmsetup status`` of the pool, parsed (it commits, as the kernel's does)."""
-        self._op("status")
-        line = self.pool.status()
+    def pool_status(self, noflush: bool = False) -> dict:
+        """``dmsetup status`` of the pool, parsed (it commits, as the kernel's does, unless
+        ``noflush``: dmeventd's and lvm's reads)."""
+        self._op("status_noflush" if noflush else "status")
+        line = self.pool.status(noflush=noflush)
         self._drain_log()
         words = line.split()
         if words[3] == "Fail":
@@ -318,6 +381,29 @@ class Simulation:
             "needs_check": words[10] == "needs_check",
         }
 
+    def reload_pool(self, data: int, metadata: int, low_water_mark: int) -> bool:
+        """lvextend's table reload: the pool's devices grown to ``data`` and ``metadata``
+        bytes (``losetup -c`` on the bigger files), then ``dmsetup suspend``, ``reload``
+        with the new length and low water mark, ``resume`` (where the kernel grows its
+        space maps).  False (after its event) when the kernel refused it."""
+        p = self.w.pool
+        self._op("reload", data, metadata, low_water_mark)
+        try:
+            self.pool.reload_table(
+                metadata_size=metadata,
+                data_size=data,
+                length_sectors=data // 512,
+                block_size=str(p.block_sectors),
+                low_water_mark=str(low_water_mark),
+                features=p.features,
+            )
+        except ThinsimError as e:
+            self._drain_log()
+            self.event("reload_failed", f"pool reload: {E.errorcode.get(e.errno, e.errno)}")
+            return False
+        self._drain_log()
+        return True
+
     def volume_counts(self, exclusive: bool) -> dict[str, dict]:
         """Per device: mapped blocks, and thin_ls's EXCLUSIVE_BLOCKS and SHARED_BLOCKS (a
         block is exclusive to a device when no other device maps it), from the metadata the
@@ -328,6 +414,8 @@ class Simulation:
         st = self.pool_status()
         row = {"t": self.now, "day": self.now / DAY, **{k: v for k, v in st.items()}}
         row.update(self.counters())
+        if self.lvm is not None:
+            row["vg_free"] = self.lvm.vg_free_bytes()
         stats = self.w.volume_stats
         if stats == "sample" or (stats == "end" and final):
             row["volumes"] = self.volume_counts(exclusive=True)
@@ -376,10 +464,16 @@ class Simulation:
             k += 1
         if w.horizon % w.sample:
             self.at(w.horizon, 1 << 30, self._sample_point)
+        monitor = self._monitor
         while self._queue and self.stopped is None:
             t, _order, _seq, fn, args = heapq.heappop(self._queue)
+            if monitor is not None:
+                monitor.until(t)  # dmeventd's 10 s checks before it
             self.now = t
             fn(*args)
+            if monitor is not None:
+                monitor.dirty = True
+                monitor.poll()
             self._check_deadline()
         if self.stopped is not None or not self.timeline or self.timeline[-1]["t"] != self.now:
             self.sample(final=True)  # where the run stopped

@@ -3,8 +3,9 @@
 The result (:func:`summarize`) has ``workload`` (name, pool), ``timeline`` (one row per
 sample: simulated time, the pool's status figures in blocks, the byte counters, per-volume
 blocks), ``events`` (the kernel's log lines and the planner's own: refused writes, Docker's
-refusals) and ``summary``: when data and metadata ran out, peak use, and thin_metadata_size's
-estimate for the same pool beside the metadata the run used.
+refusals) and ``summary``: when data and metadata ran out, peak use, the smallest data and
+metadata devices the same run lasts on (:func:`smallest_sizes` says how), and
+thin_metadata_size's estimate for the same pool beside the metadata the run used.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import csv
 import io
 import json
 
+from ..constants import ENTRIES_PER_BITMAP
+from ..model.metadata import THIN_METADATA_MAX_SECTORS
 from ..thin_tools.metadata_size import estimate_bytes
 from .units import format_duration, format_size
 from .workload import DAY, Workload
@@ -27,6 +30,112 @@ _RUN_OUT = {
 def metadata_estimate(w: Workload, max_thins: int) -> int:
     """thin_metadata_size's estimate in bytes for the pool (``-b BLOCK -s DATA -m THINS``)."""
     return int(estimate_bytes(w.pool.block_sectors, w.pool.data // 512, max(max_thins, 1)))
+
+
+def _bitmaps(blocks: int) -> int:
+    """Space-map bitmap blocks for a device of ``blocks`` blocks (16,320 entries each)."""
+    return -(-blocks // ENTRIES_PER_BITMAP)
+
+
+def smallest_sizes(sim) -> dict:
+    """The smallest data and metadata devices on which the same run lasts, as dm-thin (and
+    lvm, with [lvm]) need them, from what the run measured (engine.Needs):
+
+    - data: an allocation finds a block only among those free now *and* at the last commit
+      (sm_ll_find_common_free_block: a block freed in a transaction is reused after its
+      commit), so the device needs as many blocks as were ever in use now or at the last
+      commit (``data_busy``, read before each commit; it is at least the peak of mapped
+      blocks).  ``data_smallest_quiet`` is the smallest device whose low water mark never
+      fires: the kernel checks ``free <= low_water_mark`` before each allocation, so it
+      needs the peak of allocated blocks plus the low water mark (with [lvm], whose low
+      water mark is ``blocks * (100 - threshold) / 100``, the smallest such size); None
+      when the pool has no low water mark.
+    - metadata: blocks in use now or at the last commit, as for data (``metadata_busy``:
+      running out of them mid-transaction turns the pool read-only) and, after each commit, what the kernel keeps back: it reports no free
+      metadata (and stops provisioning) once free blocks are not more than its reserve,
+      ``min(4096, blocks / 10)`` (dm-thin-metadata.c: __set_metadata_reserve).  So the
+      smallest N with ``N >= busy(N)`` and ``N - used(N) > min(4096, N / 10)``, where busy
+      and used are the run's peaks with the space maps' bitmap blocks recounted for N
+      metadata blocks and for the smallest data device (one bitmap a 16,320 blocks; the
+      index trees taken as measured), plus 2% (rounded up) of the nodes of the
+      reference-count trees: those hold the counts of 3 and more keyed by block number, so
+      their packing follows where blocks fall, which a smaller device changes (a 6-day
+      snapshot workload in tests/test_plan.py needed 2 blocks more than its 246 leaves
+      measured on the larger device); at least 2 MiB (the kernel's smallest); None when
+      even the most metadata the kernel uses (255 bitmaps of 16,320 blocks: 15.88 GiB) is
+      not enough.
+    - sizes are whole blocks (data) and 4 KiB blocks (metadata); with [lvm], whole extents
+      (lvcreate rounds up).
+
+    All are None when the run did not last the horizon (the pool ran out, or it stopped)."""
+    w = sim.w
+    needs = sim.needs
+    lasted = sim.stopped is None and not any(
+        e["kind"] in _RUN_OUT["data"] + _RUN_OUT["metadata"] for e in sim.events
+    )
+    out = {
+        "data_smallest_blocks": None,
+        "data_peak_mapped_blocks": None,
+        "data_smallest_bytes": None,
+        "data_smallest_quiet_bytes": None,
+        "metadata_smallest_blocks": None,
+        "metadata_smallest_bytes": None,
+    }
+    if not lasted:
+        return out
+    bs = w.pool.block_size
+    pmd = sim.pool.target.pmd
+    lvm = getattr(sim, "lvm", None)
+    ext = lvm.vg.extent_size if lvm is not None else None
+
+    def rounded(nbytes: int, unit: int) -> int:
+        unit = ext if ext is not None else unit
+        return -(-nbytes // unit) * unit
+
+    data_blocks = max(needs.data_busy, needs.data_allocated, 1)
+    data_bytes = rounded(data_blocks * bs, bs)
+    out["data_smallest_blocks"] = data_blocks
+    out["data_peak_mapped_blocks"] = needs.data_allocated
+    out["data_smallest_bytes"] = data_bytes
+    peak = needs.data_allocated
+    if lvm is not None:
+        t = max(lvm.threshold, 50)
+        if t < 100:
+            n = data_bytes // bs
+            step = (ext // bs) if ext >= bs else 1
+            while n - (peak - 1) <= n * (100 - t) // 100:
+                n += step
+            out["data_smallest_quiet_bytes"] = rounded(n * bs, bs)
+    elif w.pool.low_water_mark:
+        out["data_smallest_quiet_bytes"] = max(data_blocks, peak + w.pool.low_water_mark) * bs
+    # metadata: the run's peaks, with the bitmaps of the devices recounted
+    md_dev, data_dev = pmd.metadata_sm.nr_blocks, pmd.data_sm.nr_blocks
+    fixed = _bitmaps(data_dev) - _bitmaps(data_bytes // bs) + _bitmaps(md_dev)
+    ref_nodes = sum(
+        sum(1 for _ in ll.ref_info.node_blocks(ll.ref_root))
+        for ll in (pmd.metadata_sm.ll, pmd.data_sm.ll)
+        if ll.ref_root
+    )
+    fixed -= -(-ref_nodes * 2 // 100)
+    busy, used = needs.metadata_busy - fixed, needs.metadata_used - fixed
+
+    def lasts(n: int) -> bool:
+        extra = _bitmaps(data_bytes // bs) + _bitmaps(n)
+        return n >= busy + extra and n - (used + extra) > min(4096, n // 10)
+
+    hi = THIN_METADATA_MAX_SECTORS // 8
+    if lasts(hi):
+        lo = 0
+        while lo + 1 < hi:
+            mid = (lo + hi) // 2
+            if lasts(mid):
+                hi = mid
+            else:
+                lo = mid
+        md_bytes = rounded(max(hi * MD_BLOCK, 2 << 20), MD_BLOCK)
+        out["metadata_smallest_blocks"] = hi
+        out["metadata_smallest_bytes"] = md_bytes
+    return out
 
 
 def summarize(sim) -> dict:
@@ -68,11 +177,13 @@ def summarize(sim) -> dict:
             f"thin_metadata_size -b {bs // 1024}k -s {w.pool.data // 1024}k "
             f"-m {max(sim.peak_thins, 1)} -u b -n"
         ),
-        # lower bounds: a pool smaller than the peak would have run out (for metadata, also
-        # the kernel's reserve and the low water mark take their share before that)
+        # lower bounds: a pool smaller than the peak a status saw would have run out (the
+        # smallest sizes that last are smallest_sizes' figures below)
         "data_needed_at_least_bytes": peak_data * bs if lasted else None,
         "metadata_needed_at_least_bytes": peak_md * MD_BLOCK if lasted else None,
+        **smallest_sizes(sim),
         "final_status": last.get("status"),
+        **_lvm_summary(sim, first),
         "needs_check": last.get("needs_check", False),
         **sim.counters(),
     }
@@ -93,6 +204,22 @@ def summarize(sim) -> dict:
         "summary": summary,
         "events": sim.events,
         "timeline": rows,
+    }
+
+
+def _lvm_summary(sim, first: dict) -> dict:
+    """With [lvm]: the extensions dmeventd made, when the volume group could not give
+    more, and the group's free space at the end."""
+    lvm = getattr(sim, "lvm", None)
+    if lvm is None:
+        return {}
+    ext = lvm.vg.extent_size
+    return {
+        "autoextends": lvm.extends,
+        "vg_full_at_s": first.get("vg_full", {}).get("t"),
+        "lvm_data_bytes": lvm.vg.data_extents * ext,
+        "lvm_metadata_bytes": lvm.vg.metadata_extents * ext,
+        "vg_free_bytes": lvm.vg_free_bytes(),
     }
 
 
@@ -159,8 +286,18 @@ def text(result: dict) -> str:
     pr(f"  thin_metadata_size   {format_size(s['thin_metadata_size_bytes'])} "
        f"for {s['peak_thins']} thins ({s['thin_metadata_size_command']})")  # fmt: skip
     if s["lasted_the_horizon"]:
-        pr(f"  lasts the horizon    with at least {format_size(s['data_needed_at_least_bytes'])}"
-           f" data and {format_size(s['metadata_needed_at_least_bytes'])} metadata")  # fmt: skip
+        pr(f"  smallest that lasts  {format_size(s['data_smallest_bytes'])} data "
+           f"({s['data_smallest_blocks']} blocks), "
+           + (f"{format_size(s['metadata_smallest_bytes'])} metadata "
+              f"({s['metadata_smallest_blocks']} blocks, the kernel's reserve included)"
+              if s["metadata_smallest_bytes"] else "no metadata device is large enough"))  # fmt: skip
+        if s["data_smallest_quiet_bytes"]:
+            pr(f"  no low water mark    {format_size(s['data_smallest_quiet_bytes'])} data")
+    if "autoextends" in s:
+        pr(f"  lvm autoextend       {s['autoextends']} times: data LV "
+           f"{format_size(s['lvm_data_bytes'])}, metadata LV "
+           f"{format_size(s['lvm_metadata_bytes'])}, {format_size(s['vg_free_bytes'])} free "
+           f"in the volume group; it could not give more {_when(s['vg_full_at_s'])}")  # fmt: skip
     pr(f"  users wrote          {format_size(s['user_written'])}; the data device got "
        f"{format_size(s['data_written'])} written, {format_size(s['data_zeroed'])} zeroed, "
        f"{format_size(s['data_copied'])} copied, "
@@ -213,6 +350,7 @@ _MARKS = {
     "read_only": ("black", "read-only"),
     "metadata_full": ("black", "metadata full"),
     "docker_refused": ("tab:brown", "Docker refused a device"),
+    "vg_full": ("tab:red", "volume group full"),
 }
 
 
@@ -237,6 +375,10 @@ def plot(result: dict, path: str) -> None:
             color, label = _MARKS[e["kind"]]
             ax.axvline(e["t"] / DAY, color=color, linestyle="--", linewidth=1,
                        label=f"{label} (day {e['t'] / DAY:.1f})")  # fmt: skip
+    ext = [e["t"] / DAY for e in result["events"] if e["kind"] == "autoextend"]
+    for i, x in enumerate(ext):
+        ax.axvline(x, color="tab:green", linestyle=":", linewidth=1,
+                   label=f"lvm autoextend ({len(ext)})" if i == 0 else None)  # fmt: skip
     ax.set_xlabel("simulated days")
     ax.set_ylabel("% of the device used")
     ax.set_ylim(0, 105)

@@ -94,6 +94,23 @@ def script(sim) -> str:
             out.append(f"blkdiscard -o {off} -l {length} /dev/mapper/{_dm(names[name])}")
         elif kind == "status":
             out.append(f"dmsetup status {POOL} > /dev/null")
+        elif kind == "status_noflush":
+            out.append(f"dmsetup status --noflush {POOL} > /dev/null")
+        elif kind == "reload":
+            # lvextend: the LVs grow, then the pool's table is reloaded with them
+            data, meta, lwm = args
+            grown = f"0 {data // 512} thin-pool $META $DATA {p.block_sectors} {lwm}"
+            if p.features:
+                grown += f" {len(p.features)} {' '.join(p.features)}"
+            out += [
+                f"truncate -s {meta} meta.img",
+                f"truncate -s {data} data.img",
+                'losetup -c "$META"',
+                'losetup -c "$DATA"',
+                f"dmsetup suspend {POOL}",
+                f'dmsetup reload {POOL} --table "{grown}"',
+                f"dmsetup resume {POOL}",
+            ]
     out += [
         "echo '== status'",
         f"dmsetup status {POOL}",

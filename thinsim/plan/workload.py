@@ -130,6 +130,18 @@ class DockerSpec:
 
 
 @dataclass
+class LvmSpec:
+    """LVM's volume group and thin-pool policy (lvm.conf's activation section)."""
+
+    vg_size: int = 0
+    extent_size: int = 4 * MiB
+    threshold: int = 100  # activation/thin_pool_autoextend_threshold (100: off)
+    percent: int = 20  # activation/thin_pool_autoextend_percent
+    monitoring: bool = True  # activation/monitoring: dmeventd watches the pool
+    pool_metadata_spare: bool = True  # lvcreate --poolmetadataspare
+
+
+@dataclass
 class Workload:
     """A checked workload file."""
 
@@ -143,6 +155,7 @@ class Workload:
     volumes: list[VolumeSpec] = field(default_factory=list)
     activities: list[Activity] = field(default_factory=list)
     docker: DockerSpec | None = None
+    lvm: LvmSpec | None = None
     name: str = ""
     text: str = ""  # the file's text (a sweep changes fields in it and checks it again)
     overrides: dict[str, str] = field(default_factory=dict)  # fields changed after reading
@@ -456,6 +469,51 @@ def _docker(c: _Checker, doc: dict) -> DockerSpec | None:
     return d
 
 
+def _lvm(c: _Checker, doc: dict, w: Workload, pool_table: dict) -> LvmSpec | None:
+    if "lvm" not in doc:
+        return None
+    t = c.table(doc, "lvm", "lvm")
+    c.known(
+        t, "lvm",
+        {"vg_size", "extent_size", "thin_pool_autoextend_threshold",
+         "thin_pool_autoextend_percent", "monitoring", "pool_metadata_spare"},
+    )  # fmt: skip
+    spec = LvmSpec()
+    spec.extent_size = c.size(t, "lvm", "extent_size", spec.extent_size)
+    ext = spec.extent_size
+    if ext < KiB or ext & (ext - 1):
+        c.fail("lvm.extent_size", "must be a power of 2 of at least 1KiB (vgcreate -s)")
+    spec.vg_size = c.size(t, "lvm", "vg_size", required=True)
+    spec.threshold = c.integer(t, "lvm", "thin_pool_autoextend_threshold", spec.threshold)
+    if spec.threshold > 100:
+        c.fail("lvm.thin_pool_autoextend_threshold", "must be a percentage, at most 100 (off)")
+    spec.percent = c.integer(t, "lvm", "thin_pool_autoextend_percent", spec.percent)
+    spec.monitoring = c.boolean(t, "lvm", "monitoring", True)
+    spec.pool_metadata_spare = c.boolean(t, "lvm", "pool_metadata_spare", True)
+    if "low_water_mark" in pool_table:
+        c.fail(
+            "pool.low_water_mark",
+            "lvm sets it from lvm.thin_pool_autoextend_threshold: leave it out with [lvm]",
+        )
+    # lvcreate rounds the LVs up to whole extents; the table's low water mark is lvm's
+    from .lvm import low_water_mark, pool_lv_sizes
+
+    p = w.pool
+    d, m, s = pool_lv_sizes(spec, p.data, p.metadata)
+    p.data, p.metadata = d * ext, m * ext
+    if p.data % p.block_size:
+        c.fail("pool.data", "must be a whole number of blocks once rounded up to extents")
+    need, have = d + m + s, spec.vg_size // ext
+    if need > have:
+        c.fail(
+            "lvm.vg_size",
+            f"too small for the pool: its data and metadata LVs (and the spare) take {need} "
+            f"extents, the volume group has {have}",
+        )
+    p.low_water_mark = low_water_mark(p.data, p.block_size, spec.threshold)
+    return spec
+
+
 def parse(text: str, path: str = "<workload>", overrides: dict[str, str] | None = None) -> Workload:
     """A workload from TOML ``text``; PlanError names ``path``, line and field.
 
@@ -505,7 +563,7 @@ def _set(doc: dict, key: str, value: str, name: str) -> None:
 
 def _check(doc: dict, name: str, path: str, locs: dict[str, int]) -> Workload:
     c = _Checker(name, locs)
-    c.known(doc, "", {"plan", "pool", "volumes", "activities", "docker"})
+    c.known(doc, "", {"plan", "pool", "volumes", "activities", "docker", "lvm"})
     p = c.table(doc, "plan", "plan")
     c.known(p, "plan", {"horizon", "sample", "seed", "stop", "volume_stats", "name"})
     w = Workload(path=path, horizon=c.duration(p, "plan", "horizon", required=True, positive=True))
@@ -517,6 +575,7 @@ def _check(doc: dict, name: str, path: str, locs: dict[str, int]) -> Workload:
                               choices=("sample", "end", "none"))  # fmt: skip
     w.docker = _docker(c, doc)
     w.pool = _pool(c, doc, docker=w.docker is not None)
+    w.lvm = _lvm(c, doc, w, doc.get("pool", {}) if isinstance(doc.get("pool"), dict) else {})
     w.volumes = _volumes(c, doc)
     vols = {v.name: v for v in w.volumes}
     for v in w.volumes:
