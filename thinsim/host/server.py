@@ -73,6 +73,7 @@ SOCKET = "server.sock"  # in the host folder
 START_BYTE = 1 << 30  # the byte of the lock file whose POSIX lock a starter holds
 IDLE_SECONDS = 300.0
 POLL_SECONDS = 1.0
+SETTLE_SECONDS = 0.2  # how long a stop sees every command waiting before it ends them
 ROOT = str(Path(__file__).resolve().parents[2])
 CLONE_FS = 0x200
 HEADER = struct.Struct("<III")  # payload length, which of fds 0-2 are open, umask
@@ -293,20 +294,78 @@ class _Std:
         return iter(self._s())
 
 
+class _Mutex:
+    """The machine's mutex, handed on in turn: a command that holds it between two bios of
+    a long transfer (:meth:`handover`, command.between_bios) gives it to a command waiting
+    for it, then waits for it again, as the kernel serves each bio on its own while another
+    process's ioctl runs.  A plain lock would not do: its holder takes it back before a
+    waiter wakes.  Usable as a Condition's lock (acquire, release, _is_owned)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._turns = threading.Condition(threading.Lock())
+        self.wanting = 0  # threads blocked in acquire
+        self.taken = 0  # acquisitions so far
+        self._owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        with self._turns:
+            self.wanting += 1
+        got = False
+        try:
+            got = self._lock.acquire(blocking, timeout)
+        finally:
+            with self._turns:
+                self.wanting -= 1
+                if got:
+                    self.taken += 1
+                    self._owner = threading.get_ident()
+                    self._turns.notify_all()
+        return got
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def _is_owned(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def handover(self) -> bool:
+        """Let another command that waits for the machine have it, and take it back once
+        that one lets it go; whether there was one."""
+        with self._turns:
+            if not self.wanting:
+                return False
+            turn = self.taken
+            self.release()
+            while self.taken == turn and self.wanting:
+                self._turns.wait(POLL_SECONDS)
+        self.acquire()
+        return True
+
+
 class _Lock:
-    """The machine's lock: a thread lock, and the host folder's flock while any command of
-    this process is under way (other processes on the folder wait for it); the state
-    reloaded when another process saved it since.  ``changed`` is signalled whenever a
-    command lets the machine go (a waiter on a suspended device checks its device again);
-    ``generation`` counts the states loaded; ``waiting``, the commands waiting on a
-    suspended device."""
+    """The machine's lock: a mutex handed on in turn (:class:`_Mutex`), and the host
+    folder's flock while any command of this process is under way (other processes on the
+    folder wait for it); the state reloaded when another process saved it since.
+    ``changed`` is signalled whenever a command lets the machine go (a waiter on a
+    suspended device checks its device again); ``generation`` changes whenever the
+    process's state is no longer the one its commands hold (loaded again, or dropped by a
+    command that failed halfway); ``waiting`` counts the commands waiting on a suspended
+    device, ``blocked`` those blocked on a pipe or a file of the real host (command.unlocked)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.mutex = threading.Lock()
+        self.mutex = _Mutex()
         self.changed = threading.Condition(self.mutex)
         self.generation = 0
         self.waiting = 0
+        self.blocked = 0
         self.count = 0  # commands under way
         self.guard = threading.Lock()
 
@@ -411,11 +470,34 @@ class Server:
         self.stopping = True
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the select: accept fails
-        # the commands under way finish; not those waiting for the resume of a suspended
-        # device, which no command can come to do any more (the kernel would wait for ever)
-        while self.busy > self.lock.waiting:
+        # The commands under way finish; not those waiting for the resume of a suspended
+        # device, which no command can come to do any more (the kernel would wait for
+        # ever), nor those blocked on a pipe or a file of the real host (``sleep 1000 |
+        # thin_restore -i /dev/stdin``: a real host's shutdown does not wait for a process
+        # blocked in read(2) either).  The machine is taken first, so that none of them is
+        # halfway through a change: each ends as at a kill of the process (its client says
+        # the process died, the host goes on from the state file and what was committed).
+        # A command that is only writing its last output to a pipe whose reader reads
+        # ends meanwhile: the stop waits for the commands to stay settled a moment.
+        since = None
+        while True:
+            if self._settled() and self.lock.mutex.acquire(timeout=POLL_SECONDS):
+                if self._settled():
+                    if not self.busy or (since and time.monotonic() - since > SETTLE_SECONDS):
+                        os._exit(0)
+                    since = since or time.monotonic()
+                else:
+                    since = None
+                self.lock.mutex.release()  # one came back from its wait meanwhile
+            else:
+                since = None
             time.sleep(0.01)
-        os._exit(0)
+
+    def _settled(self) -> bool:
+        """Whether every command under way waits: on a suspended device, a pipe or a file
+        of the real host."""
+        with self.lock.guard:
+            return self.busy <= self.lock.waiting + self.lock.blocked
 
     def _command(self, payload: bytes, mask: int, umask: int, fds: list[int]) -> str:
         parts = payload.split(b"\0")
@@ -485,7 +567,8 @@ class Server:
                     code = 1
                 return f"E{code or 0}"
             try:
-                io.finish()
+                with self._blocked():
+                    io.finish()
             except BrokenPipeError:
                 status = status if status < 0 else -signal.SIGPIPE
             except (OSError, ValueError):
@@ -497,18 +580,33 @@ class Server:
                     "host's process goes on with it and saves it with the next command\n"
                 )
                 status = status if status < 0 else 1
-            return _ending(status, streams)
+            with self._blocked():
+                return _ending(status, streams)
         except Exception:  # noqa: BLE001 -- the command's traceback, as the shim printed it
             with contextlib.suppress(Exception):
                 streams["stderr"].write(traceback.format_exc())
                 streams["stderr"].flush()
             return "E1"
         finally:
-            for s in streams.values():
-                with contextlib.suppress(Exception):
-                    s.flush()
+            with self._blocked():
+                for s in streams.values():
+                    with contextlib.suppress(Exception):
+                        s.flush()
             _local.std = None
             _local.env = None
+
+    @contextlib.contextmanager
+    def _blocked(self):
+        """Around the writes of a command's output once it is done with the machine: a
+        pipe's reader may never read (``thin_dump ... | sleep 1000``), so a stop does not
+        wait for it, as for a command blocked in command.unlocked."""
+        with self.lock.guard:
+            self.lock.blocked += 1
+        try:
+            yield
+        finally:
+            with self.lock.guard:
+                self.lock.blocked -= 1
 
     @contextlib.contextmanager
     def _locked(self):
@@ -534,9 +632,14 @@ class Server:
                 self.lock.generation += 1
                 self.state = _load_state(path)
                 self.saved = seen
+            _local.generation = self.lock.generation
             new_command(self.state)
             command = _Command()
             yield command
+            if self.lock.generation != _local.generation:
+                # the state this command changed was dropped or loaded again while it let
+                # the machine go (its I/O failed since: command.stale): nothing of it to save
+                return
             self.state.stamp_log()
             try:
                 _save_state(Path(self.host), self.state, sync=False, pools=False)
@@ -545,7 +648,10 @@ class Server:
             finally:
                 self.saved = _stat(path)
         except BaseException:
-            self.state = None  # half a command's changes: the file has the last whole state
+            # half a command's changes: the file has the last whole state; the commands
+            # that let the machine go meanwhile hold a state that is no longer the machine's
+            self.state = None
+            self.lock.generation += 1
             raise
         finally:
             _local.held = False

@@ -278,6 +278,7 @@ class _DeviceFile:
         return devices.device_size(self.state, self.dev)
 
     def read(self, n: int) -> bytes:
+        self._between_bios()
         if self.pos >= self.size:
             return b""  # no bio: nothing to wait for
         self._wait_resumed()
@@ -295,6 +296,7 @@ class _DeviceFile:
         return data
 
     def write(self, data: bytes) -> int:
+        self._between_bios()
         if blockio.read_only(self.dev):
             raise OSError(E.EPERM, os.strerror(E.EPERM))
         size = self.size
@@ -334,6 +336,7 @@ class _DeviceFile:
         raise OSError(E.EINVAL, os.strerror(E.EINVAL))
 
     def fsync(self) -> None:
+        self._between_bios()
         self._wait_resumed()
         error, self.wb_error = self.wb_error, None
         try:
@@ -349,8 +352,16 @@ class _DeviceFile:
         if not self.closed:
             self.closed = True
             command.close_device(self.dev)
-            if isinstance(self.dev, DmDevice):
+            if isinstance(self.dev, DmDevice) and not command.stale():
                 dm.dm_blk_close(self.state, self.dev)
+
+    def _between_bios(self) -> None:
+        """Each read(2), write(2) or fsync(2) is a bio of its own (or a few): other
+        commands run between two of them (command.between_bios), so that a long dd holds
+        no other command for its whole length; one that reloaded the machine's state
+        meanwhile leaves this dd's device another state's: its I/O fails."""
+        if not command.between_bios():
+            raise OSError(E.EIO, os.strerror(E.EIO))
 
     def _wait_resumed(self) -> None:
         """The bio waits in the suspended device until its resume (dd blocks in read(2),
