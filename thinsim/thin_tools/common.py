@@ -300,8 +300,10 @@ class Files:
         raise NotImplementedError
 
     def read_text(self, path: str) -> bytes:
-        """The whole of a plain file (the XML a restore reads)."""
-        with open(path, "rb") as f:
+        """The whole of a plain file (the XML a restore reads), which may be a pipe whose
+        writer is a simulated command, or never closes it (``sleep 1000 | thin_restore -i
+        /dev/stdin``): read with the machine let go."""
+        with unlocked(), open(path, "rb") as f:
             return f.read()
 
     def create_text(self, path: str):

@@ -178,6 +178,13 @@ def human(n: int, base: int) -> str:
 # -- files ------------------------------------------------------------------------------
 
 
+def _open(path: str, flags: int, mode: int = 0o777) -> int:
+    """open(2) of a file of the real host, with the machine let go: a FIFO's open waits
+    for the other end, which may be another simulated command's or the script's."""
+    with unlocked():
+        return os.open(path, flags, mode)
+
+
 class _RealFile:
     """A descriptor of the real host (an ordinary file, a pipe, /dev/null)."""
 
@@ -700,7 +707,7 @@ class _DD:
             self.infile = self.open_device(src, o["iflag"])
             if self.infile is None:
                 try:
-                    self.infile = _RealFile(os.open(src, os.O_RDONLY))
+                    self.infile = _RealFile(_open(src, os.O_RDONLY))
                 except OSError as e:
                     self.error(f"failed to open {quoteaf(src)}", e.errno)
                     raise _Quit(1) from None
@@ -728,12 +735,12 @@ class _DD:
             fd = None
             if seek_records:
                 try:
-                    fd = os.open(dst, os.O_RDWR | flags, 0o666)
+                    fd = _open(dst, os.O_RDWR | flags, 0o666)
                 except OSError:
                     fd = None
             if fd is None:
                 try:
-                    fd = os.open(dst, os.O_WRONLY | flags, 0o666)
+                    fd = _open(dst, os.O_WRONLY | flags, 0o666)
                 except OSError as e:
                     self.error(f"failed to open {quoteaf(dst)}", e.errno)
                     raise _Quit(1) from None
