@@ -359,3 +359,63 @@ def test_host_stop_ends_the_commands_blocked_reading_a_pipe_that_never_closes(tm
     )
     assert sorted(err.splitlines()) == [f"thinsim: dd: {died}"] * 2
     assert run.returncode == 0
+
+
+# overwrites the leaf of thin 0's mappings on meta.img with a pattern (kill -9 of the host's
+# process first: the node is read back from the file when it is next used)
+SMASH_LEAF = """\
+python3 - <<'PY'
+import struct
+with open("meta.img", "r+b") as f:
+    def block(b):
+        f.seek(b * 4096)
+        return f.read(4096)
+    root = struct.unpack_from("<Q", block(0), 320)[0]
+    top = block(root)
+    leaf = struct.unpack_from("<Q", top, 32 + 8 * struct.unpack_from("<I", top, 20)[0])[0]
+    f.seek(leaf * 4096)
+    f.write(b"\\xa5" * 4096)
+PY
+"""
+
+
+def test_a_mapping_node_overwritten_on_the_metadata_file_fails_the_io_as_the_kernel_does(tmp_path):
+    # node_check fails (the block says it is another): the bio ends with EIO and the pool
+    # stays in write mode; the worker logs its failed lookup the first time only, then
+    # dm-bufio holds the bad block and thin_map fails the bios on it; thin_status says Error
+    r = _run(
+        tmp_path,
+        SETUP
+        + "kill -9 $(pgrep -f thinsim.host.server); sleep 0.2\n"
+        + SMASH_LEAF
+        + "dd if=/dev/mapper/a bs=13 count=1 status=none; echo rc=$?\n"
+        "dd if=/dev/zero of=/dev/mapper/a bs=64K count=1 seek=3 oflag=direct status=none; "
+        "echo rc=$?\n"
+        "dmsetup status a b pool\n"
+        "dd if=/dev/mapper/b bs=4K count=1 status=none | od -An -c | head -1\n"
+        "dmesg | cut -c16-\n",
+    )
+    # 0xa5a5a5a5a5a5a5a5 where the node's own block number (25) should be
+    node = (
+        "device-mapper: btree spine: node_check failed: blocknr 11936128518282651045 != "
+        "wanted 25\n"
+        "device-mapper: block manager: btree_node validator check failed for block 25\n"
+    )
+    assert r.stdout == (
+        "rc=1\nrc=1\n"
+        "a: 0 65536 thin Error\n"
+        "b: 0 65536 thin 0 -\n"
+        "pool: 0 131072 thin-pool 0 113/1024 1/1024 - rw discard_passdown queue_if_no_space - "
+        "256 \n"
+        "  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0\n"
+        + node
+        + "device-mapper: thin: process_cell: dm_thin_find_block() failed: error = -15\n"
+        + node
+        + node
+        + "device-mapper: thin: dm_thin_get_highest_mapped_block returned -15\n"
+    )
+    assert r.stderr == (
+        "dd: error reading '/dev/mapper/a': Input/output error\n"
+        "dd: error writing '/dev/mapper/a': Input/output error\n"
+    )
+    assert r.returncode == 0
