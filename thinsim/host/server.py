@@ -15,15 +15,33 @@ execs the real one), each after an ``A`` sent when the process takes the command
 Each command runs in a thread of its own with its own working folder and umask
 (``unshare(CLONE_FS)``), its own environment and standard streams (thread-local views
 behind ``os.environ`` and ``sys.std*``), under the machine's lock.  A command blocked on
-its pipes holds no lock (:func:`unlocked`, around dd's reads and writes of real files), so
-``dd if=/dev/mapper/a | dd of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a
-real host; nor does one whose I/O waits in a suspended device for its resume
-(command.wait_until: ``dmsetup suspend thin; dd of=/dev/mapper/thin ... & dmsetup resume
-thin; wait``), which keeps the device open meanwhile (dm_open_count counts it).  The kernel
-has finer locks (dm's _hash_lock for names and tables, each device's suspend_lock, each
-pool's); one machine lock, let go at every wait, gives a script the same outcomes with a
-coarser interleaving, since a simulated command only ever blocks on a pipe, a file of the
-real host or a suspended device.
+its pipes holds no lock (:func:`unlocked`, around dd's opens, reads and writes of real
+files and thin_restore's read of its input), so ``dd if=/dev/mapper/a | dd
+of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a real host; nor does one
+whose I/O waits in a suspended device for its resume (command.wait_until: ``dmsetup
+suspend thin; dd of=/dev/mapper/thin ... & dmsetup resume thin; wait``), which keeps the
+device open meanwhile (dm_open_count counts it).  A long transfer lets the machine go
+between two of its bios (command.between_bios: each read(2), write(2) or fsync(2) dd makes
+on a simulated device): the lock is handed in turn (:class:`_Mutex`) to the commands
+waiting for it, so a ``dmsetup status`` of another device waits for one bio of a 2 GiB dd,
+not for the whole of it, as the kernel serves each bio on its own and other devices'
+ioctls meanwhile.
+
+Why one machine lock, handed on at the kernel's units of atomicity, rather than the
+kernel's finer locks (dm's _hash_lock for names and tables, each device's suspend_lock,
+each pool's): the simulated kernel is a Python object graph that is not thread-safe (one
+table's load reaches the devices it names, a thin's write the pool's metadata, the
+block layer's lookup every device), and the host state is saved whole after each command
+(state._save_state, pools left out): per-device locks would need every path to name the
+objects it touches and a save that sees no command halfway.  With one lock handed on only
+where the kernel's own work is atomic (between bios, at a wait), every command sees and
+leaves a whole state, the save included, and a script gets the kernel's outcomes; only the
+interleaving is coarser (one bio at a time, not several at once on two CPUs), since a
+simulated command only ever blocks on a pipe, a file of the real host, a suspended device
+or another command's bio.  A command that let the machine go finds it as it was, or, when
+the process loaded the state again meanwhile (another process on the host folder saved
+it, or a command failed halfway: command.stale), its I/O ends with EIO and its changes
+are not saved over the newer state.
 
 Durability is the kernel's: the host state (loop bindings, dm tables, the pools' in-core
 facts, the log) is saved (state.py: sealed, written aside and renamed) at the end of every
@@ -39,7 +57,9 @@ learns that another one (a second run on the same folder, a command run without 
 changed the host: it is reloaded whenever it is no longer the one this process last saved.
 
 The process ends when it has been idle for ``THINSIM_SERVER_IDLE`` seconds (default 300),
-when its socket leaves the host folder, at ``thinsim host stop`` (:func:`stop`), and with
+when its socket leaves the host folder, at ``thinsim host stop`` (:func:`stop`: the
+commands under way finish, except those blocked on a pipe, a file of the real host or a
+suspended device, which end as at a kill of the process), and with
 its run: it is started inside the run's sandbox, so the end of the namespace ends it, and an
 unsandboxed run stops it at its end.  ``THINSIM_SERVER=0`` runs each command in its own
 process as before (thinsim/host/run.py).
@@ -217,7 +237,9 @@ def request(conn: socket.socket, name: str, argv: list[str], streams: int) -> st
 
 def stop(host: str) -> bool:
     """Stop HOST's process (``thinsim host stop``): it answers once it no longer takes
-    commands and has finished those it had.  Whether one was running."""
+    commands and has finished those it had, but for those blocked on a pipe, a file of the
+    real host or a suspended device, which it ends (their clients say the process died;
+    what was committed stays).  Whether one was running."""
     try:
         dirfd = os.open(host, os.O_PATH | os.O_DIRECTORY)
     except OSError:

@@ -486,6 +486,12 @@ class CorruptNode(CorruptMetadata):
             ("block manager", f"btree_node validator check failed for block {b}"),
         ]
         self.again = False
+        self._seen: set[int] = set()
+
+    def forget(self) -> None:
+        """The block was not read as the kernel reads it (a lookup only the model makes):
+        the next read fails as the first one would."""
+        self._seen.discard(self.block)
 
     def log(self, log) -> None:
         for prefix, text in self.lines:
@@ -589,6 +595,12 @@ class NodeReader:
             return None
         failed = node_check(data, b)
         if failed is not None:
+            # dm-bufio keeps a block that failed its validation: a later lookup fails on
+            # it at once (CorruptNode.again)
+            seen = self.__dict__.setdefault("invalid", set())
+            failed.again = b in seen
+            failed._seen = seen
+            seen.add(b)
             raise failed
         return parse_node(data, b)
 

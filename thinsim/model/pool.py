@@ -887,7 +887,7 @@ class Pool:
         except CorruptNode as e:
             # not a lookup the kernel makes: the one-block path meets the node as it does
             if not e.again:
-                pmd.tm.blocks.invalid.discard(e.block)
+                e.forget()
             return 0
         if highest is not None and vb <= highest:
             return 0

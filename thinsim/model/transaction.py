@@ -41,23 +41,13 @@ class BlockCache(dict):
         self.limit = limit
         self._evict_at = limit
         self.loads = 0  # blocks read back (for tests and benchmarks)
-        self.invalid: set[int] = set()  # blocks read that failed their checks
 
     def __missing__(self, b: int):
         tm = self.tm
         # without write tracking nothing says what the device holds
         if tm.dirty is None or b in tm.shadows or b in tm.dirty:
             raise KeyError(b)
-        from .disk import CorruptNode  # disk.py builds on this module
-
-        try:
-            node = self.load(b)
-        except CorruptNode as e:
-            # dm-bufio keeps a block that failed its validation: a later lookup fails on
-            # it at once (CorruptNode.again)
-            e.again = b in self.invalid
-            self.invalid.add(b)
-            raise
+        node = self.load(b)
         if node is None:  # not a node: its space map keeps the block
             raise KeyError(b)
         self.loads += 1

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from ..constants import METADATA_BLOCK_SIZE
-from ..host.command import unlocked
+from ..host.command import between_bios, unlocked
 
 VERSION = "0.9.0"
 MD_BLOCK_SIZE = METADATA_BLOCK_SIZE
@@ -320,10 +320,12 @@ class _FileHandle(Handle):
         self.size = os.fstat(fd).st_size
 
     def pread(self, offset: int, length: int) -> bytes:
+        between_bios()  # on the simulated host, other commands run between two reads
         data = os.pread(self.fd, length, offset)
         return data + bytes(length - len(data))
 
     def pwrite(self, offset: int, data: bytes) -> None:
+        between_bios()
         os.pwrite(self.fd, data, offset)
 
     def close(self) -> None:
