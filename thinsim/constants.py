@@ -35,3 +35,7 @@ ENTRIES_PER_BITMAP = (METADATA_BLOCK_SIZE - 16) * 4
 #: The largest O_DIRECT request the scenario executor and the kernel backend issue: I/O is
 #: split at data-block boundaries, and at this size inside huge blocks.
 MAX_REQUEST = 8 << 20
+
+#: dm-thin-metadata.h: THIN_METADATA_MAX_SECTORS (DM_SM_METADATA_MAX_SECTORS), the most of a
+#: metadata device a pool uses.
+THIN_METADATA_MAX_SECTORS = 255 * ((1 << 14) - 64) * 8

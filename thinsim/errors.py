@@ -10,6 +10,8 @@ class ThinsimError(Exception):
     """Root of every error thinsim raises.  ``errno`` is what the kernel returns for it."""
 
     errno: int = _errno.EIO
+    #: the kernel's log lines for the failure (``device-mapper: ...``), where it printed any
+    kernel_log: tuple[str, ...] = ()
 
     def __init__(self, message: str = "", *, errno: int | None = None) -> None:
         if errno is not None:
@@ -88,3 +90,14 @@ def error_for(errno: int, message: str = "") -> ThinsimError:
     if cls is None:
         return ThinsimError(message, errno=errno)
     return cls(message)
+
+
+def with_kernel_log(error: ThinsimError, lines: list[str]) -> ThinsimError:
+    """``error`` with the kernel's reason: the ``device-mapper:`` log lines printed while the
+    call failed, kept in ``error.kernel_log`` and added to its message ("Invalid argument:
+    device-mapper: thin: 254:0: pool target (512 blocks) too small: expected 1024")."""
+    lines = [line for line in lines if line.startswith("device-mapper:")]
+    error.kernel_log = tuple(lines)
+    if lines and error.args:
+        error.args = (f"{error.args[0]}: " + "; ".join(lines), *error.args[1:])
+    return error

@@ -3,8 +3,9 @@
 Units: bytes in every argument, except where the kernel itself speaks in sectors or blocks
 (``data_block_size_sectors``, ``low_water_mark_blocks``, the table and status lines).
 Errors: every failure raises :class:`thinsim.errors.ThinsimError` (or a subclass) whose
-``errno`` is what the kernel returns for it; a failed operation changes nothing a user can
-observe after the next commit.  Arguments of the wrong type or range (a str size, None as a
+``errno`` is what the kernel returns for it, and ``kernel_log`` the lines the kernel logged
+for it (also in its message); a failed operation changes nothing a user can observe after
+the next commit.  A removed device (a deactivated thin, a closed pool) answers ENXIO.  Arguments of the wrong type or range (a str size, None as a
 message, a negative length) raise EINVAL before anything is touched (``check_*`` below).
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Sequence
 
-from .constants import MAX_REQUEST, SECTOR_SIZE
-from .errors import InvalidArgumentError, NoSpaceError
+from .constants import MAX_REQUEST, SECTOR_SIZE, THIN_METADATA_MAX_SECTORS
+from .errors import InvalidArgumentError, NoDeviceError, NoSpaceError
+from .status import PoolStatus, ThinStatus, ThinUsage
 
 FEATURES = (
     "skip_block_zeroing",
@@ -59,13 +61,19 @@ class Thin(abc.ABC):
     def status(self) -> str:
         """``dmsetup status`` of the thin: ``"0 LEN thin MAPPED_SECTORS HIGHEST|-"``."""
 
+    def status_info(self) -> ThinStatus:
+        """:meth:`status` parsed (thinsim.status.ThinStatus): mapped sectors and the highest
+        mapped block's last sector, or ``Fail`` when the pool is in failure mode."""
+        return ThinStatus.parse(self.status())
+
     @abc.abstractmethod
     def table(self) -> str:
         """``dmsetup table`` of the thin: ``"0 LEN thin MAJ:MIN DEV_ID"``."""
 
     @abc.abstractmethod
     def deactivate(self) -> None:
-        """Remove the thin device (the thin stays in the pool's metadata)."""
+        """Remove the thin device (the thin stays in the pool's metadata).  Every call on
+        it after this raises ENXIO, as device-mapper answers for a removed device."""
 
     @abc.abstractmethod
     def suspend(self) -> None:
@@ -84,6 +92,14 @@ class Pool(abc.ABC):
     """
 
     data_block_size_sectors: int
+
+    # -- as a context manager: closed at the end of the with block, however it ends ------
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- messages: each commits when it succeeds ------------------------------------------
 
@@ -139,11 +155,16 @@ class Pool(abc.ABC):
     ) -> None:
         """Grow the devices, then suspend, load a new table, resume.  Unchanged fields keep
         their values; the table length follows ``data_size`` unless given.  Bad arguments
-        raise before anything is touched.
+        raise before anything is touched, and so does a shrink, which the kernel refuses in
+        the pool's preresume (dm-thin.c: maybe_resize_data_dev and
+        maybe_resize_metadata_dev, EINVAL) only after the new table is live, leaving the
+        pool suspended: the error carries the line it logs (``254:0: pool target (512
+        blocks) too small: expected 1024``).
 
         Both backends through :meth:`reload_table`, with the table words they keep:
         ``data_size``, ``metadata_size``, ``_length`` (sectors), ``_bs``, ``_lwm`` (words)
         and ``_features``."""
+        self._check_open()
         check_reload_args(
             self.data_size,
             data_size=data_size,
@@ -152,12 +173,11 @@ class Pool(abc.ABC):
             low_water_mark_blocks=low_water_mark_blocks,
             features=features,
         )
-        new_data = self.data_size if data_size is None else max(data_size, self.data_size)
-        new_md = (
-            self.metadata_size if metadata_size is None else max(metadata_size, self.metadata_size)
-        )
+        new_data = self.data_size if data_size is None else data_size
+        new_md = self.metadata_size if metadata_size is None else metadata_size
         if length_sectors is None:
             length_sectors = new_data // SECTOR_SIZE if data_size is not None else self._length
+        self._check_no_shrink(new_md, length_sectors)
         self.reload_table(
             metadata_size=new_md,
             data_size=new_data,
@@ -185,6 +205,24 @@ class Pool(abc.ABC):
     def status(self, noflush: bool = False) -> str:
         """``dmsetup status [--noflush]`` of the pool: ``"0 LEN thin-pool ..."`` with the
         kernel's trailing space.  Commits first unless ``noflush`` or suspended."""
+
+    def status_info(self, noflush: bool = False) -> PoolStatus:
+        """:meth:`status` parsed (thinsim.status.PoolStatus): transaction id, used and total
+        metadata and data blocks, held root, mode, discard and no-space modes, needs_check,
+        metadata low water mark."""
+        return PoolStatus.parse(self.status(noflush))
+
+    def thin_usage(self) -> dict[int, ThinUsage]:
+        """Each thin's mapped, exclusive and shared data blocks by dev_id, as ``thin_ls -m``
+        counts them on a metadata snapshot (so the figures are the committed ones:
+        :meth:`metadata_dump` reserves, dumps and releases it)."""
+        return usage_from_dump(self.metadata_dump())
+
+    @abc.abstractmethod
+    def log_lines(self) -> list[str]:
+        """The kernel log lines starting with ``device-mapper:`` printed since the previous
+        call (or since the pool was made), oldest first, without timestamps.  On a real
+        host these are every device's, not only this pool's."""
 
     @abc.abstractmethod
     def table(self) -> str:
@@ -226,7 +264,43 @@ class Pool(abc.ABC):
         """The data device's allocated size (``du`` of its backing file: st_blocks * 512)."""
 
     def close(self) -> None:
-        """Release the pool (and, for the kernel backend, every device it made)."""
+        """Release the pool (and, for the kernel backend, every device it made).  Safe to
+        call twice; every other call after it raises ENXIO (its devices are gone)."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+
+    @property
+    @abc.abstractmethod
+    def devno(self) -> str:
+        """The pool device's ``MAJOR:MINOR``: its name in the kernel's log lines."""
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise NoDeviceError(f"the pool was closed: its devices are gone ({self!r})")
+
+    def _check_no_shrink(self, metadata_size: int, length_sectors: int) -> None:
+        """What the pool's preresume refuses (dm-thin.c, 6.1): a data device of fewer blocks
+        than the metadata records, then a metadata device of fewer blocks; the error is
+        raised with the line the kernel logs, before anything is touched."""
+        now = self.status_info(noflush=True)
+        if now.failed:
+            return  # the kernel's table load decides; its error comes back as it is
+        bs = self.data_block_size_sectors
+        blocks = length_sectors // bs
+        if blocks < now.total_data_blocks:
+            raise InvalidArgumentError(
+                f"device-mapper: thin: {self.devno}: pool target ({blocks} blocks) too small: "
+                f"expected {now.total_data_blocks}"
+            )
+        md_blocks = min(metadata_size // SECTOR, THIN_METADATA_MAX_SECTORS) // 8
+        if md_blocks < now.total_metadata_blocks:
+            raise InvalidArgumentError(
+                f"device-mapper: thin: {self.devno}: metadata device ({md_blocks} blocks) too "
+                f"small: expected {now.total_metadata_blocks}"
+            )
 
 
 class Machine(abc.ABC):
@@ -268,6 +342,43 @@ class Machine(abc.ABC):
 
     def close(self) -> None:
         """Remove every device and file this machine made; restore module parameters."""
+
+
+def usage_from_dump(xml: str) -> dict[int, ThinUsage]:
+    """thin_ls's MAPPED_BLOCKS, EXCLUSIVE_BLOCKS and SHARED_BLOCKS per device from thin_dump's
+    XML (thin_tools/ls.py: rows): mapped from the device's details, exclusive the mappings
+    whose data block no other mapping references."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    per_dev: dict[int, list[int]] = {}
+    counts: dict[int, int] = {}
+    for dev in root.iter("device"):
+        blocks: list[int] = []
+        for m in dev:
+            if m.tag == "single_mapping":
+                blocks.append(int(m.get("data_block")))
+            elif m.tag == "range_mapping":
+                start = int(m.get("data_begin"))
+                blocks.extend(range(start, start + int(m.get("length"))))
+        per_dev[int(dev.get("dev_id"))] = blocks
+        for b in blocks:
+            counts[b] = counts.get(b, 0) + 1
+    out = {}
+    for dev in root.iter("device"):
+        dev_id = int(dev.get("dev_id"))
+        mapped = int(dev.get("mapped_blocks"))
+        exclusive = sum(1 for b in per_dev[dev_id] if counts[b] == 1)
+        out[dev_id] = ThinUsage(
+            dev_id,
+            mapped,
+            exclusive,
+            mapped - exclusive,
+            int(dev.get("transaction")),
+            int(dev.get("creation_time")),
+            int(dev.get("snap_time")),
+        )
+    return dict(sorted(out.items()))
 
 
 # -- argument checks, shared by the backends ------------------------------------------------
@@ -354,7 +465,7 @@ def check_reload_args(
     """What ``Pool.reload`` takes (``None`` keeps a value)."""
     new_data = current_data_size
     if data_size is not None:
-        new_data = max(check_int("data_size", data_size), current_data_size)
+        new_data = check_int("data_size", data_size)
     if metadata_size is not None:
         check_int("metadata_size", metadata_size)
     if length_sectors is not None:

@@ -52,7 +52,15 @@ from typing import Self
 from .. import interface
 from ..constants import MAX_REQUEST
 from ..constants import SECTOR_SIZE as SECTOR
-from ..errors import DeviceIOError, ExistsError, InvalidArgumentError, error_for
+from ..errors import (
+    DeviceIOError,
+    ExistsError,
+    InvalidArgumentError,
+    NoDeviceError,
+    ThinsimError,
+    error_for,
+    with_kernel_log,
+)
 from .dmtools import (
     VM_HINT,
     CommandError,
@@ -146,6 +154,46 @@ def _oserror(e: OSError) -> Exception:
     return error_for(e.errno or E.EIO, str(e))
 
 
+# -- the kernel log --------------------------------------------------------------------------
+
+
+class _Kmsg:
+    """``device-mapper:`` lines of the kernel log from now on, read from ``/dev/kmsg``.  Where
+    it cannot be read (a container that hides it) there are no lines, unless ``required``:
+    then the OSError is raised (a recorder must not record a log it could not read)."""
+
+    def __init__(self, required: bool = False) -> None:
+        self._fd = -1
+        try:
+            self._fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            self.close()
+            if required:
+                raise
+        self.lines: list[str] = []
+
+    def read(self) -> list[str]:
+        """Every line read so far (new ones appended)."""
+        while self._fd >= 0:
+            try:
+                record = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # records overwritten before we read them
+                continue
+            # "prio,seq,usec,flags;text\n" then optional " KEY=value" continuation lines.
+            text = record.decode("utf-8", "replace").split(";", 1)[1].split("\n", 1)[0]
+            if text.startswith("device-mapper:"):
+                self.lines.append(text)
+        return self.lines
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 # -- thins --------------------------------------------------------------------------------
 
 
@@ -166,6 +214,13 @@ class KernelThin(interface.Thin):
     @property
     def size(self) -> int:
         return self.length_sectors * SECTOR
+
+    def _check_active(self) -> None:
+        """ENXIO once the device is removed (deactivate, or its pool closed), as
+        device-mapper answers for a device that is gone (opening its vanished node would
+        say ENOENT; one errno for every call, as the model gives)."""
+        if self.pool._thins.get(self.name) is not self:
+            raise NoDeviceError(f"thin {self.dev_id} was deactivated: its device is gone")
 
     def _open(self) -> int:
         if self._fd < 0:
@@ -192,6 +247,7 @@ class KernelThin(interface.Thin):
 
     def read(self, offset: int, length: int) -> bytes:
         # Reads stop at the end of the device, as on a block device (the model does too).
+        self._check_active()
         interface.check_read(offset, length)
         length = max(0, min(length, self.size - offset))
         if not length:
@@ -204,6 +260,7 @@ class KernelThin(interface.Thin):
 
     def write(self, offset: int, data: bytes) -> None:
         # One that runs past the end is refused whole (ENOSPC), as the model refuses it.
+        self._check_active()
         data = interface.check_write(offset, data, self.size).tobytes()
         if not data:
             return
@@ -231,6 +288,7 @@ class KernelThin(interface.Thin):
     def discard(self, offset: int, length: int) -> None:
         # block/ioctl.c: blk_ioctl_discard does the checks (EOPNOTSUPP, then EINVAL for
         # unaligned or past the end); uint64 arguments cannot be negative.
+        self._check_active()
         interface.check_discard(offset, length)
         try:
             fcntl.ioctl(self._open(), BLKDISCARD, struct.pack("=QQ", offset, length))
@@ -240,17 +298,20 @@ class KernelThin(interface.Thin):
             raise InvalidArgumentError("range too large") from None
 
     def flush(self) -> None:
+        self._check_active()
         try:
             os.fsync(self._open())
         except OSError as e:
             raise _oserror(e) from None
 
     def status(self) -> str:
-        (line,) = dmsetup("status", self.name)
+        self._check_active()
+        (line,) = self.pool._dmsetup("status", self.name)
         return line
 
     def table(self) -> str:
-        (line,) = dmsetup("table", self.name)
+        self._check_active()
+        (line,) = self.pool._dmsetup("table", self.name)
         return line
 
     def _close_fd(self) -> None:
@@ -259,6 +320,7 @@ class KernelThin(interface.Thin):
             self._fd = -1
 
     def deactivate(self) -> None:
+        self._check_active()
         self._close_fd()
         with _SignalsHeld():
             remove_dm(self.name)
@@ -266,10 +328,12 @@ class KernelThin(interface.Thin):
         self.pool._thins.pop(self.name, None)
 
     def suspend(self) -> None:
-        dmsetup("suspend", self.name)
+        self._check_active()
+        self.pool._dmsetup("suspend", self.name)
 
     def resume(self) -> None:
-        dmsetup("resume", self.name)
+        self._check_active()
+        self.pool._dmsetup("resume", self.name)
 
 
 # -- pools --------------------------------------------------------------------------------
@@ -384,6 +448,8 @@ class KernelPool(interface.Pool):
         self._loops: list[str] = []  # [metadata loop, data loop]
         self._buffer = mmap.mmap(-1, MAX_REQUEST)  # page aligned, as O_DIRECT wants
         self._closed = False
+        self._kmsg = _Kmsg()
+        self._log_seen = 0
         _install_hooks()
         # No interrupt between writing the ledger and registering for teardown at exit.
         with _SignalsHeld():
@@ -407,8 +473,28 @@ class KernelPool(interface.Pool):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def devno(self) -> str:
+        rdev = os.stat(f"/dev/mapper/{self.name}").st_rdev
+        return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+    def _dmsetup(self, *args: str) -> list[str]:
+        """dmsetup, a refusal carrying the kernel's log lines printed meanwhile."""
+        seen = len(self._kmsg.read())
+        try:
+            return dmsetup(*args)
+        except ThinsimError as e:
+            raise with_kernel_log(e, self._kmsg.read()[seen:]) from None
+
+    def log_lines(self) -> list[str]:
+        self._check_open()
+        lines = self._kmsg.read()
+        new, self._log_seen = lines[self._log_seen :], len(lines)
+        return new
 
     # -- making it ------------------------------------------------------------------------
 
@@ -470,7 +556,9 @@ class KernelPool(interface.Pool):
             self._ledger.add("loop", dev, str(path))
             self._loops.append(dev)
         self._ledger.add("dm", self.name)
-        dmsetup("create", self.name, "--uuid", dm_uuid(self.token, "pool"), "--table", self._line())
+        self._dmsetup(
+            "create", self.name, "--uuid", dm_uuid(self.token, "pool"), "--table", self._line()
+        )
 
     def _line(self) -> str:
         words = ["0", str(self._length), "thin-pool", *self._loops]
@@ -492,11 +580,13 @@ class KernelPool(interface.Pool):
 
     def message(self, text: str) -> None:
         # dm-ioctl.c: target_message rejects an empty message (dmsetup cannot send one).
+        self._check_open()
         words = interface.check_message(text).split()
         # "--" so that words like "-1" reach the kernel instead of dmsetup's option parser.
-        dmsetup("message", self.name, "0", "--", *words)
+        self._dmsetup("message", self.name, "0", "--", *words)
 
     def activate(self, dev_id: int, length: int) -> KernelThin:
+        self._check_open()
         interface.check_activate(dev_id, length)
         role, n = f"thin{dev_id}", 1
         while f"thinsim-{self.token}-{role}" in self._thins:  # a thin may be active twice
@@ -506,7 +596,7 @@ class KernelPool(interface.Pool):
         table = f"0 {length // SECTOR} thin /dev/mapper/{self.name} {dev_id}"
         self._ledger.add("dm", name)
         try:
-            dmsetup("create", name, "--uuid", dm_uuid(self.token, role), "--table", table)
+            self._dmsetup("create", name, "--uuid", dm_uuid(self.token, role), "--table", table)
         except BaseException:
             # dmsetup removes a device whose table load failed; make sure of it.
             with _SignalsHeld():
@@ -527,6 +617,7 @@ class KernelPool(interface.Pool):
         low_water_mark: str,
         features: Sequence[str],
     ) -> None:
+        self._check_open()
         for path, loop, new in (
             (self.metadata_path, self._loops[0], metadata_size),
             (self.data_path, self._loops[1], data_size),
@@ -538,10 +629,10 @@ class KernelPool(interface.Pool):
         saved = (self._bs, self._lwm, self._features, self._length)
         self._bs, self._lwm, self._features = block_size, low_water_mark, list(features)
         self._length = length_sectors
-        dmsetup("suspend", self.name)
+        self._dmsetup("suspend", self.name)
         try:
-            dmsetup("reload", self.name, "--table", self._line())
-            dmsetup("resume", self.name)
+            self._dmsetup("reload", self.name, "--table", self._line())
+            self._dmsetup("resume", self.name)
         except BaseException:
             self._bs, self._lwm, self._features, self._length = saved
             if self._suspended():
@@ -556,27 +647,33 @@ class KernelPool(interface.Pool):
         return proc.stdout.strip() == "Suspended"
 
     def suspend(self) -> None:
-        dmsetup("suspend", self.name)
+        self._check_open()
+        self._dmsetup("suspend", self.name)
 
     def resume(self) -> None:
-        dmsetup("resume", self.name)
+        self._check_open()
+        self._dmsetup("resume", self.name)
 
     def commit(self) -> None:
         # dm-thin.c: pool_status commits unless noflush or suspended; there is no commit
         # message, and this is what `dmsetup status` users rely on.
-        dmsetup("status", self.name)
+        self._check_open()
+        self._dmsetup("status", self.name)
 
     def status(self, noflush: bool = False) -> str:
+        self._check_open()
         args = ["status", "--noflush", self.name] if noflush else ["status", self.name]
-        (line,) = dmsetup(*args)
+        (line,) = self._dmsetup(*args)
         return line
 
     def table(self) -> str:
-        (line,) = dmsetup("table", self.name)
+        self._check_open()
+        (line,) = self._dmsetup("table", self.name)
         return line
 
     @property
     def event_nr(self) -> int:
+        self._check_open()
         (line,) = dmsetup("info", "-c", "--noheadings", "-o", "events", self.name)
         return int(line.strip())
 
@@ -585,6 +682,7 @@ class KernelPool(interface.Pool):
     def metadata_dump(self) -> str:
         """thin_dump's XML of the pool under a metadata snapshot: ``reserve_metadata_snap``,
         ``thin_dump -m`` on the metadata loop device, ``release_metadata_snap``."""
+        self._check_open()
         self.reserve_metadata_snap()
         try:
             # thin_dump reads through the loop device's page cache; drop stale pages first.
@@ -598,6 +696,7 @@ class KernelPool(interface.Pool):
 
     def allocated_bytes(self) -> int:
         """The data file's allocated size (``du``: st_blocks * 512)."""
+        self._check_open()
         return os.stat(self.data_path).st_blocks * 512
 
     # -- teardown -------------------------------------------------------------------------
@@ -615,6 +714,7 @@ class KernelPool(interface.Pool):
             self._thins.clear()
             self._ledger.close()
             self._buffer.close()
+            self._kmsg.close()
             self._closed = True
             _OPEN.pop(id(self), None)
 
@@ -638,8 +738,8 @@ class KernelMachine(interface.Machine):
         require_kernel()
         self.workdir = workdir
         self._saved_timeout = NO_SPACE_TIMEOUT.read_text().strip()
-        self._kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        os.lseek(self._kmsg, 0, os.SEEK_END)
+        self._kmsg = _Kmsg(required=True)
+        self._seen = 0
         self._pools: list[KernelPool] = []
 
     def __repr__(self) -> str:
@@ -668,19 +768,9 @@ class KernelMachine(interface.Machine):
         return pool
 
     def log_lines(self) -> list[str]:
-        lines = []
-        while True:
-            try:
-                record = os.read(self._kmsg, 65536)
-            except BlockingIOError:
-                break
-            except BrokenPipeError:  # records overwritten before we read them
-                continue
-            # "prio,seq,usec,flags;text\n" then optional " KEY=value" continuation lines.
-            text = record.decode("utf-8", "replace").split(";", 1)[1].split("\n", 1)[0]
-            if text.startswith("device-mapper:"):
-                lines.append(text)
-        return lines
+        lines = self._kmsg.read()
+        new, self._seen = lines[self._seen :], len(lines)
+        return new
 
     def set_no_space_timeout(self, seconds: int) -> None:
         NO_SPACE_TIMEOUT.write_text(f"{seconds}\n")
@@ -692,9 +782,7 @@ class KernelMachine(interface.Machine):
             pool.close()
         self._pools.clear()
         NO_SPACE_TIMEOUT.write_text(f"{self._saved_timeout}\n")
-        if self._kmsg >= 0:
-            os.close(self._kmsg)
-            self._kmsg = -1
+        self._kmsg.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 from .. import interface
 from ..constants import SECTOR_SIZE
-from ..errors import InvalidArgumentError, NotFoundError, ThinsimError, error_for
+from ..errors import (
+    InvalidArgumentError,
+    NoDeviceError,
+    NotFoundError,
+    ThinsimError,
+    error_for,
+    with_kernel_log,
+)
 from ..model import dm
 from ..model.devices import DmDevice, HostState
 from ..model.loop import loop_add_store, loop_detach
@@ -72,13 +79,19 @@ def make_store(store: str | os.PathLike[str] | DataStore, data_size: int) -> Dat
 
 
 @contextlib.contextmanager
-def _ioctl() -> Iterator[None]:
+def _ioctl(state: HostState | None = None) -> Iterator[None]:
     """A call into the device-mapper core: what the simulation does not do is refused with
-    EOPNOTSUPP (a thinsim error, as every failure of the Python API is)."""
+    EOPNOTSUPP (a thinsim error, as every failure of the Python API is); a refusal carries
+    the log lines the kernel printed for it (``state``'s, from the call on)."""
+    seen = len(state.log.lines) if state is not None else 0
     try:
         yield
     except dm.NotSimulated as e:
         raise error_for(E.EOPNOTSUPP, f"not simulated: {e}") from None
+    except ThinsimError as e:
+        if state is not None:
+            raise with_kernel_log(e, state.log.lines[seen:]) from None
+        raise
 
 
 def _remove(state: HostState, dev: DmDevice) -> None:
@@ -104,43 +117,59 @@ class ModelThin(interface.Thin):
     def suspended(self) -> bool:
         return self._dm.suspended
 
+    def _check_active(self) -> None:
+        """ENXIO once the device is removed (deactivate, or its pool closed), as
+        device-mapper answers for a device that is gone."""
+        if self.pool._kernel.dm.get(self._dm.name) is not self._dm:
+            raise NoDeviceError(f"thin {self.dev_id} was deactivated: its device is gone")
+
     def read(self, offset: int, length: int) -> bytes:
+        self._check_active()
         interface.check_read(offset, length)
         return self.target.read(offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
+        self._check_active()
         view = interface.check_write(offset, data, self.target.size)
         if not view.nbytes:
             return
         self.target.write(offset, view.obj if type(view.obj) is bytes else view.tobytes())
 
     def discard(self, offset: int, length: int) -> None:
+        self._check_active()
         interface.check_discard(offset, length)
         self.target.discard(offset, length)
 
     def flush(self) -> None:
+        self._check_active()
         self.target.flush()
 
     def status(self) -> str:
+        self._check_active()
         (line,) = dm.status_lines(self.pool._kernel, self._dm, table=False)
         return line
 
     def table(self) -> str:
+        self._check_active()
         (line,) = dm.status_lines(self.pool._kernel, self._dm, table=True)
         return line
 
     def deactivate(self) -> None:
-        _remove(self.pool._kernel, self._dm)
+        self._check_active()
+        with _ioctl(self.pool._kernel):
+            _remove(self.pool._kernel, self._dm)
         if self.pool._thins.get(self.dev_id) is self:
             del self.pool._thins[self.dev_id]
 
     def suspend(self) -> None:
         # dm-thin.c: a thin's suspend only waits for its in-flight bios; the model has none
-        with _ioctl():
+        self._check_active()
+        with _ioctl(self.pool._kernel):
             dm.dm_suspend(self.pool._kernel, self._dm)
 
     def resume(self) -> None:
-        with _ioctl():
+        self._check_active()
+        with _ioctl(self.pool._kernel):
             dm.dm_resume(self.pool._kernel, self._dm)
 
 
@@ -247,7 +276,8 @@ class ModelPool(interface.Pool):
         self._lwm = low_water_mark
         self._features = features
         self._length = length_sectors
-        self.closed = False
+        self._closed = False
+        self._log_seen = len(state.log.lines)
         self._thins: dict[int, ModelThin] = {}
         path = _store_path(store)
         made = path is not None and not os.path.lexists(path)
@@ -259,7 +289,7 @@ class ModelPool(interface.Pool):
         minor = state.free_dm_minor() if minor is None else minor
         md = None
         try:
-            with _ioctl():
+            with _ioctl(state):
                 md = dm.dm_create(state, f"pool{minor}", minor=minor)
                 dm.dm_load(state, md, [(0, length_sectors, "thin-pool", self._params())])
                 dm.dm_resume(state, md)
@@ -302,19 +332,36 @@ class ModelPool(interface.Pool):
     def log(self) -> KernelLog:
         return self._kernel.log
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def devno(self) -> str:
+        return self.dev
+
+    def log_lines(self) -> list[str]:
+        self._check_open()
+        lines = self._kernel.log.lines
+        new = [line for line in lines[self._log_seen :] if line.startswith("device-mapper:")]
+        self._log_seen = len(lines)
+        return new
+
     def message(self, text: str) -> None:
+        self._check_open()
         text = interface.check_message(text)
-        with _ioctl():
+        with _ioctl(self._kernel):
             dm.dm_message(self._kernel, self._dm, 0, text)
 
     def activate(self, dev_id: int, length: int) -> ModelThin:
         """dmsetup create of a thin device: thin_ctr's checks, its refusals logged."""
+        self._check_open()
         interface.check_activate(dev_id, length)
         state = self._kernel
         minor = state.free_dm_minor()
         md = dm.dm_create(state, f"thin{minor}", minor=minor)
         try:
-            with _ioctl():
+            with _ioctl(state):
                 dm.dm_load(state, md, [(0, length // SECTOR_SIZE, "thin", f"{self.dev} {dev_id}")])
                 dm.dm_resume(state, md)
         except BaseException:
@@ -345,7 +392,7 @@ class ModelPool(interface.Pool):
         self._bs, self._lwm, self._features = block_size, low_water_mark, list(features)
         self._length = length_sectors
         try:
-            with _ioctl():
+            with _ioctl(state):
                 dm.dm_suspend(state, md)
                 dm.dm_load(state, md, [(0, length_sectors, "thin-pool", self._params())])
                 dm.dm_resume(state, md)
@@ -358,29 +405,36 @@ class ModelPool(interface.Pool):
         self.data_block_size_sectors = self.target.sectors_per_block
 
     def suspend(self) -> None:
-        with _ioctl():
+        self._check_open()
+        with _ioctl(self._kernel):
             dm.dm_suspend(self._kernel, self._dm)
 
     def resume(self) -> None:
-        with _ioctl():
+        self._check_open()
+        with _ioctl(self._kernel):
             dm.dm_resume(self._kernel, self._dm)
 
     def commit(self) -> None:
+        self._check_open()
         self.target.commit()
 
     def status(self, noflush: bool = False) -> str:
+        self._check_open()
         (line,) = dm.status_lines(self._kernel, self._dm, table=False, noflush=noflush)
         return line
 
     def table(self) -> str:
+        self._check_open()
         (line,) = dm.status_lines(self._kernel, self._dm, table=True)
         return line
 
     @property
     def event_nr(self) -> int:
+        self._check_open()
         return dm.event_nr(self._dm)
 
     def metadata_dump(self) -> str:
+        self._check_open()
         self.reserve_metadata_snap()
         try:
             lines = dump_xml(self.target.pmd, metadata_snap=True)
@@ -389,16 +443,18 @@ class ModelPool(interface.Pool):
         return "".join(line + "\n" for line in lines)
 
     def allocated_bytes(self) -> int:
+        self._check_open()
         return self.target.store.allocated_bytes()
 
     def close(self) -> None:
         """Remove the thins, the pool (which commits, as its last suspend does) and its
         loop devices.  Safe to call twice."""
-        if self.closed:
+        if self._closed:
             return
         state = self._kernel
         for thin in list(self._thins.values()):
-            thin.deactivate()
+            if state.dm.get(thin._dm.name) is thin._dm:
+                thin.deactivate()
         for md in list(state.dm.values()):  # a thin activated twice under one id
             if any(
                 isinstance(t.obj, ThinTarget) and t.obj.pool is self.target for t in md.live or []
@@ -407,7 +463,7 @@ class ModelPool(interface.Pool):
         _remove(state, self._dm)
         for loop in self._loops:
             loop_detach(state, loop)
-        self.closed = True
+        self._closed = True
 
 
 class ModelMachine(interface.Machine):

@@ -29,11 +29,14 @@ def suspended(dev) -> bool:
 
 
 def bio_waits(dev) -> bool:
-    """Whether a bio to DEV would wait now: DEV suspended, or a device one of its targets
-    remaps the bio to (a linear target's: the bio waits there once remapped)."""
+    """Whether a bio to DEV would wait now: DEV suspended, by dmsetup or internally (a thin
+    of a suspended pool), or a device one of its targets remaps the bio to (a linear
+    target's: the bio waits there once remapped)."""
     if suspended(dev):
         return True
     for t in getattr(dev, "live", None) or []:
+        if t.obj is not None and target_type(t).io_blocked(t):
+            return True
         under = target_type(t).remaps_to(t) if t.obj is not None else None
         if under is not None and bio_waits(under[0]):
             return True

@@ -216,6 +216,11 @@ class TargetType:
         (a linear target), or None: a pool on such a device does its I/O there."""
         return None
 
+    def io_blocked(self, target: Target) -> bool:
+        """Whether bios to the target's device wait for a reason of the target's own, while
+        the device itself is not suspended (dm-thin: an internal suspend)."""
+        return False
+
     def event_nr(self, target: Target) -> int:
         """Events the target raised (dm_table_event), beside the device's own."""
         return 0

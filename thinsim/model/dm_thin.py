@@ -297,6 +297,13 @@ class ThinType(TargetType):
         if isinstance(target.obj, Thin):
             target.obj.close()
 
+    def io_blocked(self, target: Target) -> bool:
+        """pool_presuspend suspends every thin of the pool (pool_suspend_active_thins:
+        dm_internal_suspend_noflush on each), until pool_resume resumes them: all their
+        bios wait meanwhile, mapped or not, though `dmsetup info` does not show them
+        suspended (DMF_SUSPENDED_INTERNALLY is not DM_SUSPEND_FLAG)."""
+        return isinstance(target.obj, Thin) and target.obj.pool.suspended
+
     def status(self, state: HostState, target: Target, noflush: bool) -> str:
         return target.obj.status()
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 import errno as E
 from dataclasses import dataclass
 
-from ..constants import METADATA_BLOCK_SIZE, THIN_SUPERBLOCK_LOCATION
+from ..constants import (
+    METADATA_BLOCK_SIZE,
+    THIN_METADATA_MAX_SECTORS,  # noqa: F401  (pool.py takes it from here)
+    THIN_SUPERBLOCK_LOCATION,
+)
 from .btree import BTreeInfo, ValueType
 from .space_map import DiskSpaceMap, FormatError, LogLines, MetadataSpaceMap, NoSpace, _Block
 from .transaction import TransactionManager
 
 THIN_METADATA_BLOCK_SIZE = METADATA_BLOCK_SIZE
-THIN_METADATA_MAX_SECTORS = 255 * ((1 << 14) - 64) * 8  # DM_SM_METADATA_MAX_SECTORS
 SECTORS_PER_MD_BLOCK = THIN_METADATA_BLOCK_SIZE // 512
 MAX_DEV_ID = (1 << 24) - 1
 TIME_BITS = 24
