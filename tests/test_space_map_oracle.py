@@ -404,3 +404,52 @@ def test_a_second_abort_without_a_commit_between_goes_back_to_the_last_commit():
         assert list(ll.bitmaps) != committed[0]
         pmd.abort()
         assert state() == committed, f"after abort {dev}"
+
+
+_keys = st.integers(0, 3 * ENTRIES_PER_BITMAP + 5)
+_map_ops = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["set", "del", "setdefault", "get", "contains", "pop", "drop_from", "clear"]
+        ),
+        _keys,
+        st.integers(0, (1 << 32) - 1),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_map_ops)
+def test_counts_kept_in_per_bitmap_arrays_behave_as_the_dicts_they_replace(ops):
+    """BigCounts (counts of 3 and more, never 0) and OldCounts (any count, 0 included)
+    against a dict: the same answers, keys, items and length after any sequence."""
+    for cls, low in ((space_map.BigCounts, 3), (space_map.OldCounts, 0)):
+        ref: dict[int, int] = {}
+        kept = cls()
+        for op, b, c in ops:
+            c = max(c, low)
+            if op == "set":
+                ref[b] = kept[b] = c
+            elif op == "del":
+                assert (b in ref) == (b in kept)
+                if b in ref:
+                    del ref[b], kept[b]
+            elif op == "setdefault":
+                assert kept.setdefault(b, c) == ref.setdefault(b, c)
+            elif op == "get":
+                assert kept.get(b) == ref.get(b)
+            elif op == "contains":
+                assert (b in kept) == (b in ref)
+            elif op == "pop":
+                assert kept.pop(b, None) == ref.pop(b, None)
+            elif op == "drop_from" and cls is space_map.BigCounts:
+                kept.drop_from(b)
+                ref = {k: v for k, v in ref.items() if k < b}
+            elif op == "clear":
+                kept.clear()
+                ref.clear()
+            assert len(kept) == len(ref)
+        assert list(kept) == sorted(ref)
+        assert list(kept.items()) == sorted(ref.items())
+        assert kept == ref

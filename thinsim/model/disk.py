@@ -633,7 +633,14 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
 
     from .btree import BTreeInfo, ValueType
     from .metadata import TIME_BITS
-    from .space_map import DiskSpaceMap, LowLevel, MetadataSpaceMap, _Block, _DiskLowLevel
+    from .space_map import (
+        BigCounts,
+        DiskSpaceMap,
+        LowLevel,
+        MetadataSpaceMap,
+        _Block,
+        _DiskLowLevel,
+    )
     from .transaction import TransactionManager
 
     def block(b: int) -> bytes:
@@ -687,7 +694,7 @@ def _read_metadata(fd: int, offset: int) -> PoolMetadata:
 
     def load_big(ll):
         walk(ll.ref_root, 1)
-        ll.big = {k: v for k, v in ll.ref_info.items(ll.ref_root)}
+        ll.big = BigCounts(ll.ref_info.items(ll.ref_root))
 
     # metadata space map
     index = block(m_index)

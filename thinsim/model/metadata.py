@@ -7,7 +7,10 @@ root of that device's tree, then virtual block to ``(data_block << 24) | time``.
 from __future__ import annotations
 
 import errno as E
+from array import array
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..constants import (
     METADATA_BLOCK_SIZE,
@@ -45,6 +48,14 @@ class ThinDevice:
 
     def details(self) -> tuple[int, int, int, int]:
         return (self.mapped_blocks, self.transaction_id, self.creation_time, self.snapshotted_time)
+
+
+def _data_blocks(values) -> list[int]:
+    """The data blocks of mapping values (a leaf's ``array('Q')``: shifted in C, the
+    values of a whole leaf are counted each time a shared leaf is shadowed)."""
+    if type(values) is array and len(values) > 8:
+        return (np.frombuffer(values, dtype=np.uint64) >> np.uint64(TIME_BITS)).tolist()
+    return [v >> TIME_BITS for v in values]
 
 
 def _data_block_equal(a: int, b: int) -> bool:
@@ -149,11 +160,11 @@ class PoolMetadata:
 
     def _data_block_inc(self, values) -> None:
         """dm-thin-metadata.c: data_block_inc."""
-        self.data_sm.inc_many([v >> TIME_BITS for v in values])
+        self.data_sm.inc_many(_data_blocks(values))
 
     def _data_block_dec(self, values) -> None:
         """dm-thin-metadata.c: data_block_dec."""
-        self.data_sm.dec_many([v >> TIME_BITS for v in values])
+        self.data_sm.dec_many(_data_blocks(values))
 
     def _subtree_dec(self, roots) -> None:
         for root in roots:
