@@ -4,6 +4,7 @@ simulated commands, one process per host folder, and ``thinsim host stop``."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -272,3 +273,149 @@ def test_a_deferred_remove_of_a_device_a_waiting_write_holds_is_done_at_its_clos
     )
     assert r.stdout == ("a\t(254:1)\nb\t(254:2)\npool\t(254:0)\n" + "a\t(254:1)\npool\t(254:0)\n")
     assert (r.stderr, r.returncode) == ("", 0)
+
+
+COPY_SETUP = """\
+truncate -s 4M meta.img; truncate -s 1G data.img
+losetup -f meta.img; losetup -f data.img
+dmsetup create pool --table "0 2097152 thin-pool /dev/loop0 /dev/loop1 128 0"
+dmsetup message pool 0 create_thin 0
+dmsetup message pool 0 create_thin 1
+dmsetup create src --table "0 2097152 thin /dev/mapper/pool 0"
+dmsetup create dst --table "0 2097152 thin /dev/mapper/pool 1"
+"""
+
+
+def test_a_status_of_a_device_runs_between_two_bios_of_a_long_copy_between_devices(tmp_path):
+    # as on a real host, where each bio of dd is served on its own: the status does not
+    # wait for the whole copy (8,192 bios), it sees the copy partway through
+    r = _run(
+        tmp_path,
+        COPY_SETUP + "dd if=/dev/mapper/src of=/dev/mapper/dst bs=64K count=8192 status=none &\n"
+        'until [ "$(dmsetup status dst | cut -d" " -f4)" != 0 ]; do :; done\n'
+        'mapped=$(dmsetup status dst | cut -d" " -f4)\n'
+        '[ "$mapped" -lt 1048576 ] && echo "the status saw the copy partway through"\n'
+        'wait $!; echo "dd: $?"\n'
+        "dmsetup status dst\n",
+    )
+    assert r.stdout == (
+        "the status saw the copy partway through\ndd: 0\n0 2097152 thin 1048576 1048575\n"
+    )
+    assert (r.stderr, r.returncode) == ("", 0)
+
+
+def test_a_dd_opening_a_fifo_lets_other_commands_run_until_its_writer_comes(tmp_path):
+    # open(2) of a FIFO waits for the writer, here the script itself, after the status:
+    # the dd waits there with the machine let go
+    r = _run(
+        tmp_path,
+        SETUP + "mkfifo in.fifo\n"
+        "dd if=in.fifo of=/dev/mapper/b bs=4K conv=sync status=none &\n"
+        "dmsetup status a\n"
+        "echo 'through a fifo' > in.fifo\n"
+        'wait $!; echo "dd: $?"; dd if=/dev/mapper/b bs=15 count=1 status=none\n',
+    )
+    assert r.stdout == "0 65536 thin 128 127\ndd: 0\nthrough a fifo\n"
+    assert (r.stderr, r.returncode) == ("", 0)
+
+
+def test_host_stop_ends_the_commands_blocked_reading_a_pipe_that_never_closes(tmp_path):
+    # a real host's shutdown does not wait for a process blocked in read(2): each ends as
+    # at a kill of the host's process (its client says so), and what was committed stays
+    host = tmp_path / "host"
+    work = tmp_path / "work"
+    work.mkdir()
+    script = work / "script.sh"
+    script.write_text(
+        SETUP + "mkfifo in.fifo\n"
+        "dd of=/dev/mapper/b bs=4K status=none < <(sleep 1000) & dd=$!\n"
+        'until [ "$(dmsetup info -c --noheadings -o open b)" = 1 ]; do sleep 0.1; done\n'
+        "dd if=in.fifo of=/dev/mapper/a bs=4K status=none & fifo=$!\n"
+        "exec 3>in.fifo\n"
+        "echo ready > ready\n"
+        'wait $dd; echo "dd: $?"\n'
+        'wait $fifo; echo "dd: $?"\n'
+        "dmsetup status a b\n"
+        "dd if=/dev/mapper/a bs=13 count=1 status=none\n"
+    )
+    run = subprocess.Popen(
+        this_thinsim("thinsim.cli", "run", "--host", str(host), str(script)),
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not (work / "ready").exists() and run.poll() is None:
+            time.sleep(0.1)
+        _stop(host)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert out == "dd: 1\ndd: 1\na: 0 65536 thin 128 127\nb: 0 65536 thin 0 -\nhello from a\n"
+    died = (
+        "the host's process died while it ran the command; the host goes on from what it "
+        "had committed"
+    )
+    assert sorted(err.splitlines()) == [f"thinsim: dd: {died}"] * 2
+    assert run.returncode == 0
+
+
+# overwrites the leaf of thin 0's mappings on meta.img with a pattern (kill -9 of the host's
+# process first: the node is read back from the file when it is next used)
+SMASH_LEAF = """\
+python3 - <<'PY'
+import struct
+with open("meta.img", "r+b") as f:
+    def block(b):
+        f.seek(b * 4096)
+        return f.read(4096)
+    root = struct.unpack_from("<Q", block(0), 320)[0]
+    top = block(root)
+    leaf = struct.unpack_from("<Q", top, 32 + 8 * struct.unpack_from("<I", top, 20)[0])[0]
+    f.seek(leaf * 4096)
+    f.write(b"\\xa5" * 4096)
+PY
+"""
+
+
+def test_a_mapping_node_overwritten_on_the_metadata_file_fails_the_io_as_the_kernel_does(tmp_path):
+    # node_check fails (the block says it is another): the bio ends with EIO and the pool
+    # stays in write mode; the worker logs its failed lookup the first time only, then
+    # dm-bufio holds the bad block and thin_map fails the bios on it; thin_status says Error
+    r = _run(
+        tmp_path,
+        SETUP
+        + "kill -9 $(pgrep -f thinsim.host.server); sleep 0.2\n"
+        + SMASH_LEAF
+        + "dd if=/dev/mapper/a bs=13 count=1 status=none; echo rc=$?\n"
+        "dd if=/dev/zero of=/dev/mapper/a bs=64K count=1 seek=3 oflag=direct status=none; "
+        "echo rc=$?\n"
+        "dmsetup status a b pool\n"
+        "dd if=/dev/mapper/b bs=4K count=1 status=none | od -An -c | head -1\n"
+        "dmesg | cut -c16-\n",
+    )
+    # 0xa5a5a5a5a5a5a5a5 where the node's own block number (25) should be
+    node = (
+        "device-mapper: btree spine: node_check failed: blocknr 11936128518282651045 != "
+        "wanted 25\n"
+        "device-mapper: block manager: btree_node validator check failed for block 25\n"
+    )
+    assert r.stdout == (
+        "rc=1\nrc=1\n"
+        "a: 0 65536 thin Error\n"
+        "b: 0 65536 thin 0 -\n"
+        "pool: 0 131072 thin-pool 0 113/1024 1/1024 - rw discard_passdown queue_if_no_space - "
+        "256 \n"
+        "  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0  \\0\n"
+        + node
+        + "device-mapper: thin: process_cell: dm_thin_find_block() failed: error = -15\n"
+        + node
+        + node
+        + "device-mapper: thin: dm_thin_get_highest_mapped_block returned -15\n"
+    )
+    assert r.stderr == (
+        "dd: error reading '/dev/mapper/a': Input/output error\n"
+        "dd: error writing '/dev/mapper/a': Input/output error\n"
+    )
+    assert r.returncode == 0

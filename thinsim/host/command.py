@@ -22,7 +22,8 @@ _local = threading.local()
 @contextlib.contextmanager
 def unlocked():
     """Around a wait on a pipe, a terminal or a file of the real host: the command lets
-    the machine go meanwhile, as a process blocked in read(2) holds no device's lock."""
+    the machine go meanwhile, as a process blocked in read(2) holds no device's lock (and
+    counts as blocked: ``thinsim host stop`` does not wait for it)."""
     lock = getattr(_local, "lock", None)
     if lock is None or not getattr(_local, "held", False):
         yield
@@ -30,11 +31,36 @@ def unlocked():
     lock.changed.notify_all()  # what it did so far may be what a waiter waits for
     lock.mutex.release()
     _local.held = False
+    with lock.guard:
+        lock.blocked += 1
     try:
         yield
     finally:
+        with lock.guard:
+            lock.blocked -= 1
         lock.mutex.acquire()
         _local.held = True
+
+
+def between_bios() -> bool:
+    """Between two bios of a long transfer (each read(2) or write(2) dd makes on a
+    simulated device, each block a thin tool reads): the machine goes to the commands
+    waiting for it, if any, and comes back once they let it go, as the kernel serves other
+    processes' ioctls and bios while one process's transfer goes on.  False when the
+    machine's state is no longer the one this command holds (:func:`stale`): its I/O
+    fails (EIO)."""
+    if can_wait():
+        _local.lock.mutex.handover()
+    return not stale()
+
+
+def stale() -> bool:
+    """Whether the state this command took is no longer the machine's: the host's process
+    loaded it again (another process on the host folder saved it, or a command failed
+    halfway) while this one let the machine go.  Its devices are then another state's:
+    it must not touch them any more."""
+    lock = getattr(_local, "lock", None)
+    return lock is not None and getattr(_local, "generation", lock.generation) != lock.generation
 
 
 def can_wait() -> bool:
@@ -49,17 +75,16 @@ def wait_until(ready) -> bool:
     blocks I/O for its suspend), and the process blocked in it holds no lock, so other
     commands, the resume among them, run meanwhile.  Whether READY() holds: at once outside
     the host's process, where nothing else runs while a command does; False in it only when
-    the machine's state was loaded again meanwhile (a command failed halfway), which leaves
-    the caller's devices stale: its I/O fails."""
+    the machine's state was loaded again meanwhile (:func:`stale`), which leaves the
+    caller's devices stale: its I/O fails."""
     if not can_wait() or ready():
         return ready()
     lock = _local.lock
-    generation = lock.generation
     lock.waiting += 1
     try:
         while not ready():
             lock.changed.wait()  # releases the machine's mutex meanwhile
-            if lock.generation != generation:
+            if stale():
                 return False
     finally:
         lock.waiting -= 1

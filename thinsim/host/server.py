@@ -15,15 +15,33 @@ execs the real one), each after an ``A`` sent when the process takes the command
 Each command runs in a thread of its own with its own working folder and umask
 (``unshare(CLONE_FS)``), its own environment and standard streams (thread-local views
 behind ``os.environ`` and ``sys.std*``), under the machine's lock.  A command blocked on
-its pipes holds no lock (:func:`unlocked`, around dd's reads and writes of real files), so
-``dd if=/dev/mapper/a | dd of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a
-real host; nor does one whose I/O waits in a suspended device for its resume
-(command.wait_until: ``dmsetup suspend thin; dd of=/dev/mapper/thin ... & dmsetup resume
-thin; wait``), which keeps the device open meanwhile (dm_open_count counts it).  The kernel
-has finer locks (dm's _hash_lock for names and tables, each device's suspend_lock, each
-pool's); one machine lock, let go at every wait, gives a script the same outcomes with a
-coarser interleaving, since a simulated command only ever blocks on a pipe, a file of the
-real host or a suspended device.
+its pipes holds no lock (:func:`unlocked`, around dd's opens, reads and writes of real
+files and thin_restore's read of its input), so ``dd if=/dev/mapper/a | dd
+of=/dev/mapper/b`` and ``cmp <(dd ...) <(dd ...)`` run as on a real host; nor does one
+whose I/O waits in a suspended device for its resume (command.wait_until: ``dmsetup
+suspend thin; dd of=/dev/mapper/thin ... & dmsetup resume thin; wait``), which keeps the
+device open meanwhile (dm_open_count counts it).  A long transfer lets the machine go
+between two of its bios (command.between_bios: each read(2), write(2) or fsync(2) dd makes
+on a simulated device): the lock is handed in turn (:class:`_Mutex`) to the commands
+waiting for it, so a ``dmsetup status`` of another device waits for one bio of a 2 GiB dd,
+not for the whole of it, as the kernel serves each bio on its own and other devices'
+ioctls meanwhile.
+
+Why one machine lock, handed on at the kernel's units of atomicity, rather than the
+kernel's finer locks (dm's _hash_lock for names and tables, each device's suspend_lock,
+each pool's): the simulated kernel is a Python object graph that is not thread-safe (one
+table's load reaches the devices it names, a thin's write the pool's metadata, the
+block layer's lookup every device), and the host state is saved whole after each command
+(state._save_state, pools left out): per-device locks would need every path to name the
+objects it touches and a save that sees no command halfway.  With one lock handed on only
+where the kernel's own work is atomic (between bios, at a wait), every command sees and
+leaves a whole state, the save included, and a script gets the kernel's outcomes; only the
+interleaving is coarser (one bio at a time, not several at once on two CPUs), since a
+simulated command only ever blocks on a pipe, a file of the real host, a suspended device
+or another command's bio.  A command that let the machine go finds it as it was, or, when
+the process loaded the state again meanwhile (another process on the host folder saved
+it, or a command failed halfway: command.stale), its I/O ends with EIO and its changes
+are not saved over the newer state.
 
 Durability is the kernel's: the host state (loop bindings, dm tables, the pools' in-core
 facts, the log) is saved (state.py: sealed, written aside and renamed) at the end of every
@@ -39,7 +57,9 @@ learns that another one (a second run on the same folder, a command run without 
 changed the host: it is reloaded whenever it is no longer the one this process last saved.
 
 The process ends when it has been idle for ``THINSIM_SERVER_IDLE`` seconds (default 300),
-when its socket leaves the host folder, at ``thinsim host stop`` (:func:`stop`), and with
+when its socket leaves the host folder, at ``thinsim host stop`` (:func:`stop`: the
+commands under way finish, except those blocked on a pipe, a file of the real host or a
+suspended device, which end as at a kill of the process), and with
 its run: it is started inside the run's sandbox, so the end of the namespace ends it, and an
 unsandboxed run stops it at its end.  ``THINSIM_SERVER=0`` runs each command in its own
 process as before (thinsim/host/run.py).
@@ -73,6 +93,7 @@ SOCKET = "server.sock"  # in the host folder
 START_BYTE = 1 << 30  # the byte of the lock file whose POSIX lock a starter holds
 IDLE_SECONDS = 300.0
 POLL_SECONDS = 1.0
+SETTLE_SECONDS = 0.2  # how long a stop sees every command waiting before it ends them
 ROOT = str(Path(__file__).resolve().parents[2])
 CLONE_FS = 0x200
 HEADER = struct.Struct("<III")  # payload length, which of fds 0-2 are open, umask
@@ -216,7 +237,9 @@ def request(conn: socket.socket, name: str, argv: list[str], streams: int) -> st
 
 def stop(host: str) -> bool:
     """Stop HOST's process (``thinsim host stop``): it answers once it no longer takes
-    commands and has finished those it had.  Whether one was running."""
+    commands and has finished those it had, but for those blocked on a pipe, a file of the
+    real host or a suspended device, which it ends (their clients say the process died;
+    what was committed stays).  Whether one was running."""
     try:
         dirfd = os.open(host, os.O_PATH | os.O_DIRECTORY)
     except OSError:
@@ -293,20 +316,78 @@ class _Std:
         return iter(self._s())
 
 
+class _Mutex:
+    """The machine's mutex, handed on in turn: a command that holds it between two bios of
+    a long transfer (:meth:`handover`, command.between_bios) gives it to a command waiting
+    for it, then waits for it again, as the kernel serves each bio on its own while another
+    process's ioctl runs.  A plain lock would not do: its holder takes it back before a
+    waiter wakes.  Usable as a Condition's lock (acquire, release, _is_owned)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._turns = threading.Condition(threading.Lock())
+        self.wanting = 0  # threads blocked in acquire
+        self.taken = 0  # acquisitions so far
+        self._owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        with self._turns:
+            self.wanting += 1
+        got = False
+        try:
+            got = self._lock.acquire(blocking, timeout)
+        finally:
+            with self._turns:
+                self.wanting -= 1
+                if got:
+                    self.taken += 1
+                    self._owner = threading.get_ident()
+                    self._turns.notify_all()
+        return got
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def _is_owned(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def handover(self) -> bool:
+        """Let another command that waits for the machine have it, and take it back once
+        that one lets it go; whether there was one."""
+        with self._turns:
+            if not self.wanting:
+                return False
+            turn = self.taken
+            self.release()
+            while self.taken == turn and self.wanting:
+                self._turns.wait(POLL_SECONDS)
+        self.acquire()
+        return True
+
+
 class _Lock:
-    """The machine's lock: a thread lock, and the host folder's flock while any command of
-    this process is under way (other processes on the folder wait for it); the state
-    reloaded when another process saved it since.  ``changed`` is signalled whenever a
-    command lets the machine go (a waiter on a suspended device checks its device again);
-    ``generation`` counts the states loaded; ``waiting``, the commands waiting on a
-    suspended device."""
+    """The machine's lock: a mutex handed on in turn (:class:`_Mutex`), and the host
+    folder's flock while any command of this process is under way (other processes on the
+    folder wait for it); the state reloaded when another process saved it since.
+    ``changed`` is signalled whenever a command lets the machine go (a waiter on a
+    suspended device checks its device again); ``generation`` changes whenever the
+    process's state is no longer the one its commands hold (loaded again, or dropped by a
+    command that failed halfway); ``waiting`` counts the commands waiting on a suspended
+    device, ``blocked`` those blocked on a pipe or a file of the real host (command.unlocked)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.mutex = threading.Lock()
+        self.mutex = _Mutex()
         self.changed = threading.Condition(self.mutex)
         self.generation = 0
         self.waiting = 0
+        self.blocked = 0
         self.count = 0  # commands under way
         self.guard = threading.Lock()
 
@@ -411,11 +492,34 @@ class Server:
         self.stopping = True
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the select: accept fails
-        # the commands under way finish; not those waiting for the resume of a suspended
-        # device, which no command can come to do any more (the kernel would wait for ever)
-        while self.busy > self.lock.waiting:
+        # The commands under way finish; not those waiting for the resume of a suspended
+        # device, which no command can come to do any more (the kernel would wait for
+        # ever), nor those blocked on a pipe or a file of the real host (``sleep 1000 |
+        # thin_restore -i /dev/stdin``: a real host's shutdown does not wait for a process
+        # blocked in read(2) either).  The machine is taken first, so that none of them is
+        # halfway through a change: each ends as at a kill of the process (its client says
+        # the process died, the host goes on from the state file and what was committed).
+        # A command that is only writing its last output to a pipe whose reader reads
+        # ends meanwhile: the stop waits for the commands to stay settled a moment.
+        since = None
+        while True:
+            if self._settled() and self.lock.mutex.acquire(timeout=POLL_SECONDS):
+                if self._settled():
+                    if not self.busy or (since and time.monotonic() - since > SETTLE_SECONDS):
+                        os._exit(0)
+                    since = since or time.monotonic()
+                else:
+                    since = None
+                self.lock.mutex.release()  # one came back from its wait meanwhile
+            else:
+                since = None
             time.sleep(0.01)
-        os._exit(0)
+
+    def _settled(self) -> bool:
+        """Whether every command under way waits: on a suspended device, a pipe or a file
+        of the real host."""
+        with self.lock.guard:
+            return self.busy <= self.lock.waiting + self.lock.blocked
 
     def _command(self, payload: bytes, mask: int, umask: int, fds: list[int]) -> str:
         parts = payload.split(b"\0")
@@ -485,7 +589,8 @@ class Server:
                     code = 1
                 return f"E{code or 0}"
             try:
-                io.finish()
+                with self._blocked():
+                    io.finish()
             except BrokenPipeError:
                 status = status if status < 0 else -signal.SIGPIPE
             except (OSError, ValueError):
@@ -497,18 +602,33 @@ class Server:
                     "host's process goes on with it and saves it with the next command\n"
                 )
                 status = status if status < 0 else 1
-            return _ending(status, streams)
+            with self._blocked():
+                return _ending(status, streams)
         except Exception:  # noqa: BLE001 -- the command's traceback, as the shim printed it
             with contextlib.suppress(Exception):
                 streams["stderr"].write(traceback.format_exc())
                 streams["stderr"].flush()
             return "E1"
         finally:
-            for s in streams.values():
-                with contextlib.suppress(Exception):
-                    s.flush()
+            with self._blocked():
+                for s in streams.values():
+                    with contextlib.suppress(Exception):
+                        s.flush()
             _local.std = None
             _local.env = None
+
+    @contextlib.contextmanager
+    def _blocked(self):
+        """Around the writes of a command's output once it is done with the machine: a
+        pipe's reader may never read (``thin_dump ... | sleep 1000``), so a stop does not
+        wait for it, as for a command blocked in command.unlocked."""
+        with self.lock.guard:
+            self.lock.blocked += 1
+        try:
+            yield
+        finally:
+            with self.lock.guard:
+                self.lock.blocked -= 1
 
     @contextlib.contextmanager
     def _locked(self):
@@ -534,9 +654,14 @@ class Server:
                 self.lock.generation += 1
                 self.state = _load_state(path)
                 self.saved = seen
+            _local.generation = self.lock.generation
             new_command(self.state)
             command = _Command()
             yield command
+            if self.lock.generation != _local.generation:
+                # the state this command changed was dropped or loaded again while it let
+                # the machine go (its I/O failed since: command.stale): nothing of it to save
+                return
             self.state.stamp_log()
             try:
                 _save_state(Path(self.host), self.state, sync=False, pools=False)
@@ -545,7 +670,10 @@ class Server:
             finally:
                 self.saved = _stat(path)
         except BaseException:
-            self.state = None  # half a command's changes: the file has the last whole state
+            # half a command's changes: the file has the last whole state; the commands
+            # that let the machine go meanwhile hold a state that is no longer the machine's
+            self.state = None
+            self.lock.generation += 1
             raise
         finally:
             _local.held = False

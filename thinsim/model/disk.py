@@ -469,6 +469,53 @@ class CorruptMetadata(ValueError):
     """The device does not hold valid dm-thin metadata."""
 
 
+class CorruptNode(CorruptMetadata):
+    """A btree node read from the device at I/O time fails dm-btree-spine.c's node_check
+    (the block manager's validator): ``errno`` is what the check returns (ENOTBLK for a
+    block that says it is another, EILSEQ for the others), ``lines`` what the kernel
+    logs on the way (node_check's line, then dm_bm_validate_buffer's), ``again`` whether
+    the block was read before (dm-bufio keeps a buffer that failed its validation, so a
+    later lookup fails on it without waiting for the device)."""
+
+    def __init__(self, b: int, errno: int, check: str) -> None:
+        super().__init__(f"btree node at block {b}: {check}")
+        self.block = b
+        self.errno = errno
+        self.lines = [
+            ("btree spine", f"node_check failed: {check}"),
+            ("block manager", f"btree_node validator check failed for block {b}"),
+        ]
+        self.again = False
+        self._seen: set[int] = set()
+
+    def forget(self) -> None:
+        """The block was not read as the kernel reads it (a lookup only the model makes):
+        the next read fails as the first one would."""
+        self._seen.discard(self.block)
+
+    def log(self, log) -> None:
+        for prefix, text in self.lines:
+            log.emit(prefix, text)
+
+
+def node_check(data: bytes, b: int) -> CorruptNode | None:
+    """dm-btree-spine.c: node_check, in its order (where it is, its checksum, its entry
+    counts, its flags): the CorruptNode it fails with, or None."""
+    csum, flags, bnr, n, max_entries, vsize = struct.unpack_from("<IIQIII", data, 0)
+    if bnr != b:
+        return CorruptNode(b, E.ENOTBLK, f"blocknr {bnr} != wanted {b}")
+    computed = bm_checksum(data[4:], BTREE_CSUM_XOR)
+    if computed != csum:
+        return CorruptNode(b, E.EILSEQ, f"csum {computed} != wanted {csum}")
+    if 32 + (8 + vsize) * max_entries > BLOCK:
+        return CorruptNode(b, E.EILSEQ, "max_entries too large")
+    if n > max_entries:
+        return CorruptNode(b, E.EILSEQ, "too many entries")
+    if not flags & (INTERNAL_NODE | LEAF_NODE):
+        return CorruptNode(b, E.EILSEQ, "node is neither INTERNAL or LEAF")
+    return None
+
+
 def _check(block: bytes, xor: int, what: str, b: int) -> None:
     want = struct.unpack_from("<I", block, 0)[0]
     if bm_checksum(block[4:], xor) != want:
@@ -542,13 +589,20 @@ class NodeReader:
             raise CorruptMetadata(f"block {b} is beyond the end of the device")
         want = struct.unpack_from("<I", data, 0)[0]
         crc = crc32c_raw(data[4:])
-        if want == (crc ^ BTREE_CSUM_XOR) & 0xFFFFFFFF:
-            return parse_node(data, b)
         if want in {(crc ^ x) & 0xFFFFFFFF for x in _OTHER_XORS}:
             # a bitmap, an index block, a superblock: not a node (never a KeyError, which
             # the model's callers take for a missing key)
             return None
-        raise CorruptMetadata(f"bad checksum in block {b}")
+        failed = node_check(data, b)
+        if failed is not None:
+            # dm-bufio keeps a block that failed its validation: a later lookup fails on
+            # it at once (CorruptNode.again)
+            seen = self.__dict__.setdefault("invalid", set())
+            failed.again = b in seen
+            failed._seen = seen
+            seen.add(b)
+            raise failed
+        return parse_node(data, b)
 
 
 def superblock_is_blank(data: bytes) -> bool:

@@ -402,6 +402,7 @@ def reopen_pools(state: HostState) -> None:
     for pool, target in pools.values():
         if not _reopen_metadata(state, pool, target):
             pool._set_mode(PM_FAIL)
+    broken: list[Pool] = []
     for thin in thins:
         pool = thin.pool
         if isinstance(pool.pmd, Unloaded):  # a pool no table holds any more
@@ -409,10 +410,22 @@ def reopen_pools(state: HostState) -> None:
             pool._set_mode(PM_FAIL)
         try:
             thin.td = pool.pmd.open_device(thin.dev_id)
+        except CorruptMetadata as e:
+            # the thin's details are in a node that fails its checks: a failed pool, its
+            # thins opened again below on a blank metadata
+            state.log.emit("thin metadata", f"{pool.name}: cannot reopen the metadata: {e}")
+            _blank_metadata(pool, pool.pmd.device.offset)
+            pool._set_mode(PM_FAIL)
+            broken.append(pool)
         except KeyError:
             # the committed metadata has no such thin (created after the last commit)
             if pool.mode != PM_FAIL:
                 pool._set_mode(PM_FAIL)
+            pool.pmd.create_thin(thin.dev_id)
+            thin.td = pool.pmd.open_device(thin.dev_id)
+    for thin in thins:
+        pool = thin.pool
+        if any(pool is p for p in broken) and thin.dev_id not in pool.pmd.devices:
             pool.pmd.create_thin(thin.dev_id)
             thin.td = pool.pmd.open_device(thin.dev_id)
 

@@ -33,7 +33,7 @@ def _origin_bytes(origin: OriginReader, offset: int, length: int) -> bytes:
 
 def _mapped(t: Target, vblock: int) -> bool:
     thin = t.obj
-    return thin.pool.pmd.lookup(thin.td, vblock) is not None
+    return thin.pool.find_block(thin.td, vblock) is not None
 
 
 def read(t: Target, offset: int, length: int, origin: OriginReader) -> bytes:

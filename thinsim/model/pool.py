@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from ..constants import DM_MAJOR, SECTOR_SIZE
 from ..errors import ThinsimError, error_for
-from .disk import MetadataWriteError
+from .disk import CorruptNode, MetadataWriteError
 from .metadata import (
     MAX_DEV_ID,
     SECTORS_PER_MD_BLOCK,
@@ -26,6 +26,16 @@ SECTOR = SECTOR_SIZE
 DATA_DEV_BLOCK_SIZE_MIN_SECTORS = 128
 DATA_DEV_BLOCK_SIZE_MAX_SECTORS = 2097152
 NO_SPACE_TIMEOUT_SECS = 60
+
+# pool_message's line for each message that failed (process_*_mesg)
+_MESSAGE_FAILED = {
+    "create_thin": lambda a: f"Creation of new thinly-provisioned device with id {a[1]} failed.",
+    "create_snap": lambda a: f"Creation of new snapshot {a[1]} of device {a[2]} failed.",
+    "delete": lambda a: f"Deletion of thin device {a[1]} failed.",
+    "set_transaction_id": lambda a: f"Failed to change transaction id from {a[1]} to {a[2]}.",
+    "reserve_metadata_snap": lambda a: "reserve_metadata_snap message failed.",
+    "release_metadata_snap": lambda a: "release_metadata_snap message failed.",
+}
 
 # enum pool_mode
 PM_WRITE, PM_OUT_OF_DATA_SPACE, PM_OUT_OF_METADATA_SPACE, PM_READ_ONLY, PM_FAIL = range(5)
@@ -427,10 +437,33 @@ class Pool:
     def _metadata_operation_failed(self, op: str, errno: int) -> None:
         """dm-thin.c: metadata_operation_failed -- abort the transaction, go read-only."""
         self.log.emit("thin", f"{self.name}: metadata operation '{op}' failed: error = -{errno}")
+        self._abort_read_only()
+
+    def _abort_read_only(self) -> None:
+        """abort_transaction, then set_pool_mode(PM_READ_ONLY)."""
         self.log.emit("thin", f"{self.name}: aborting current metadata transaction")
         self.pmd.abort()
         self.pmd.needs_check = True
         self._set_mode(PM_READ_ONLY)
+
+    def find_block(self, td, vblock: int):
+        """dm_thin_find_block for a bio (pmd.lookup's result): thin_bio_map's lookup, then
+        the worker's (process_cell) where the map could not do it without reading a node.
+
+        A node read from the metadata device that fails its checks ends the bio with EIO,
+        the pool's mode unchanged, as dm-thin does: the worker logs the failed lookup and
+        errors the bio (bio_io_error), the first time the node is read; after that the
+        map's own lookup fails on the block dm-bufio kept, and errors the bio with no
+        line of dm-thin's.  (The kernel's lines are rate-limited, 10 per call site in 5
+        s; the model logs each.)"""
+        try:
+            return self.pmd.lookup(td, vblock)
+        except CorruptNode as e:
+            e.log(self.log)
+            if not e.again:
+                fn = "process_cell" if self.mode == PM_WRITE else "__process_bio_read_only"
+                self.log.emit("thin", f"{fn}: dm_thin_find_block() failed: error = -{e.errno}")
+            raise error_for(E.EIO) from None
 
     # -- modes -----------------------------------------------------------------------
 
@@ -531,7 +564,19 @@ class Pool:
         if handler is None:
             self.log.emit("thin", f"Unrecognised thin pool target message received: {argv[0]}")
             raise error_for(E.EINVAL)
-        handler(argv)
+        try:
+            handler(argv)
+        except CorruptNode as e:
+            # The kernel logs the node, then the message's failure, and returns the
+            # error, its transaction as the failed btree operation left it.  The model's
+            # operations are not written to stop halfway, so its transaction is aborted,
+            # as metadata_operation_failed does for the worker's failed operations
+            # (abort_transaction, read-only mode): a model pool never goes on from half a
+            # change.
+            e.log(self.log)
+            self.log.emit("thin", _MESSAGE_FAILED[name](argv))
+            self._abort_read_only()
+            raise error_for(e.errno) from None
         self._commit()
 
     def _check_arg_count(self, argv, required: int) -> None:
@@ -591,6 +636,8 @@ class Pool:
             raise error_for(E.EINVAL)
         try:
             self.pmd.set_transaction_id(old, new)
+        except CorruptNode:
+            raise
         except ValueError:
             self.log.emit("thin metadata", "mismatched transaction id")
             self.log.emit("thin", f"Failed to change transaction id from {argv[1]} to {argv[2]}.")
@@ -616,6 +663,8 @@ class Pool:
         self._check_arg_count(argv, 1)
         try:
             self.pmd.release_metadata_snap()
+        except CorruptNode:
+            raise
         except ValueError:
             self.log.emit("thin metadata", "No pool metadata snapshot found: nothing to release.")
             self.log.emit("thin", "release_metadata_snap message failed.")
@@ -746,10 +795,9 @@ class Pool:
         """One bio's worth of write to one virtual block (thin_bio_map + process_bio)."""
         if self.mode == PM_FAIL:
             raise error_for(E.EIO)
-        pmd = self.pmd
         bb = self.block_bytes
         whole = within == 0 and len(data) == bb
-        r = pmd.lookup(td, vblock)
+        r = self.find_block(td, vblock)
         store = self.store
         try:
             if r is None:
@@ -834,7 +882,13 @@ class Pool:
         if self.mode != PM_WRITE or limit < 2:
             return 0
         pmd = self.pmd
-        highest = pmd.highest_mapped(td)
+        try:
+            highest = pmd.highest_mapped(td)
+        except CorruptNode as e:
+            # not a lookup the kernel makes: the one-block path meets the node as it does
+            if not e.again:
+                e.forget()
+            return 0
         if highest is not None and vb <= highest:
             return 0
         free_md = pmd.free_metadata_blocks()
@@ -856,7 +910,7 @@ class Pool:
     def read_block(self, td, vblock: int, within: int, length: int) -> bytes:
         if self.mode == PM_FAIL:
             raise error_for(E.EIO)
-        r = self.pmd.lookup(td, vblock)
+        r = self.find_block(td, vblock)
         if r is None:
             return bytes(length)
         try:
@@ -875,6 +929,11 @@ class Pool:
         except NoSpace:
             self._metadata_operation_failed("dm_thin_remove_range", E.ENOSPC)
             raise error_for(E.EIO) from None
+        except CorruptNode as e:
+            # process_prepared_discard: dm_thin_remove_range failed
+            e.log(self.log)
+            self._metadata_operation_failed("dm_thin_remove_range", e.errno)
+            raise error_for(E.EIO) from None
 
     def _discard_blocks(self, td, begin: int, end: int) -> None:
         pmd = self.pmd
@@ -886,7 +945,13 @@ class Pool:
         data_sm = pmd.data_sm
         pinned = []
         while begin < end:
-            run = pmd.find_mapped_range(td, begin, end)
+            try:
+                run = pmd.find_mapped_range(td, begin, end)
+            except CorruptNode as e:
+                # break_up_discard_bio: "silently fail, letting any mappings we've
+                # created complete" (the discard bio ends well)
+                e.log(self.log)
+                break
             if run is None:
                 break
             vb, ve, db, maybe_shared = run
@@ -923,7 +988,7 @@ class Pool:
         """
         if self.mode == PM_FAIL:
             raise error_for(E.EIO)
-        if self.mode != PM_WRITE and self.pmd.lookup(td, 0) is None:
+        if self.mode != PM_WRITE and self.find_block(td, 0) is None:
             self._unserviceable()
         if td.changed:
             if td.aborted_with_changes:

@@ -10,6 +10,7 @@ import errno as E
 
 from ..constants import DM_MAJOR
 from ..errors import error_for
+from .disk import CorruptNode
 from .metadata import MAX_DEV_ID
 from .pool import PM_FAIL, SECTOR, Pool, TableError, kstrtoull
 
@@ -48,6 +49,9 @@ class Thin:
             self.td = pool.pmd.open_device(dev_id)
         except KeyError:
             raise TableError("Couldn't open thin internal device", E.ENODATA) from None
+        except CorruptNode as e:
+            e.log(pool.log)
+            raise TableError("Couldn't open thin internal device", e.errno) from None
         pool.thins[dev_id] = self
 
     def __repr__(self) -> str:
@@ -160,7 +164,14 @@ class Thin:
         if pool.mode == PM_FAIL:
             return "Fail"
         spb = pool.sectors_per_block
-        highest = pool.pmd.highest_mapped(self.td)
+        try:
+            highest = pool.pmd.highest_mapped(self.td)
+        except CorruptNode as e:
+            # a node read from the metadata device fails its checks: thin_status logs it
+            # and says Error
+            e.log(pool.log)
+            pool.log.emit("thin", f"dm_thin_get_highest_mapped_block returned -{e.errno}")
+            return "Error"
         tail = "-" if highest is None else str((highest + 1) * spb - 1)
         return f"{self.td.mapped_blocks * spb} {tail}"
 

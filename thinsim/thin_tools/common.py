@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from ..constants import METADATA_BLOCK_SIZE
-from ..host.command import unlocked
+from ..host.command import between_bios, unlocked
 
 VERSION = "0.9.0"
 MD_BLOCK_SIZE = METADATA_BLOCK_SIZE
@@ -300,8 +300,10 @@ class Files:
         raise NotImplementedError
 
     def read_text(self, path: str) -> bytes:
-        """The whole of a plain file (the XML a restore reads)."""
-        with open(path, "rb") as f:
+        """The whole of a plain file (the XML a restore reads), which may be a pipe whose
+        writer is a simulated command, or never closes it (``sleep 1000 | thin_restore -i
+        /dev/stdin``): read with the machine let go."""
+        with unlocked(), open(path, "rb") as f:
             return f.read()
 
     def create_text(self, path: str):
@@ -318,10 +320,12 @@ class _FileHandle(Handle):
         self.size = os.fstat(fd).st_size
 
     def pread(self, offset: int, length: int) -> bytes:
+        between_bios()  # on the simulated host, other commands run between two reads
         data = os.pread(self.fd, length, offset)
         return data + bytes(length - len(data))
 
     def pwrite(self, offset: int, data: bytes) -> None:
+        between_bios()
         os.pwrite(self.fd, data, offset)
 
     def close(self) -> None:

@@ -178,6 +178,13 @@ def human(n: int, base: int) -> str:
 # -- files ------------------------------------------------------------------------------
 
 
+def _open(path: str, flags: int, mode: int = 0o777) -> int:
+    """open(2) of a file of the real host, with the machine let go: a FIFO's open waits
+    for the other end, which may be another simulated command's or the script's."""
+    with unlocked():
+        return os.open(path, flags, mode)
+
+
 class _RealFile:
     """A descriptor of the real host (an ordinary file, a pipe, /dev/null)."""
 
@@ -278,6 +285,7 @@ class _DeviceFile:
         return devices.device_size(self.state, self.dev)
 
     def read(self, n: int) -> bytes:
+        self._between_bios()
         if self.pos >= self.size:
             return b""  # no bio: nothing to wait for
         self._wait_resumed()
@@ -295,6 +303,7 @@ class _DeviceFile:
         return data
 
     def write(self, data: bytes) -> int:
+        self._between_bios()
         if blockio.read_only(self.dev):
             raise OSError(E.EPERM, os.strerror(E.EPERM))
         size = self.size
@@ -334,6 +343,7 @@ class _DeviceFile:
         raise OSError(E.EINVAL, os.strerror(E.EINVAL))
 
     def fsync(self) -> None:
+        self._between_bios()
         self._wait_resumed()
         error, self.wb_error = self.wb_error, None
         try:
@@ -349,8 +359,16 @@ class _DeviceFile:
         if not self.closed:
             self.closed = True
             command.close_device(self.dev)
-            if isinstance(self.dev, DmDevice):
+            if isinstance(self.dev, DmDevice) and not command.stale():
                 dm.dm_blk_close(self.state, self.dev)
+
+    def _between_bios(self) -> None:
+        """Each read(2), write(2) or fsync(2) is a bio of its own (or a few): other
+        commands run between two of them (command.between_bios), so that a long dd holds
+        no other command for its whole length; one that reloaded the machine's state
+        meanwhile leaves this dd's device another state's: its I/O fails."""
+        if not command.between_bios():
+            raise OSError(E.EIO, os.strerror(E.EIO))
 
     def _wait_resumed(self) -> None:
         """The bio waits in the suspended device until its resume (dd blocks in read(2),
@@ -689,7 +707,7 @@ class _DD:
             self.infile = self.open_device(src, o["iflag"])
             if self.infile is None:
                 try:
-                    self.infile = _RealFile(os.open(src, os.O_RDONLY))
+                    self.infile = _RealFile(_open(src, os.O_RDONLY))
                 except OSError as e:
                     self.error(f"failed to open {quoteaf(src)}", e.errno)
                     raise _Quit(1) from None
@@ -717,12 +735,12 @@ class _DD:
             fd = None
             if seek_records:
                 try:
-                    fd = os.open(dst, os.O_RDWR | flags, 0o666)
+                    fd = _open(dst, os.O_RDWR | flags, 0o666)
                 except OSError:
                     fd = None
             if fd is None:
                 try:
-                    fd = os.open(dst, os.O_WRONLY | flags, 0o666)
+                    fd = _open(dst, os.O_WRONLY | flags, 0o666)
                 except OSError as e:
                     self.error(f"failed to open {quoteaf(dst)}", e.errno)
                     raise _Quit(1) from None

@@ -16,6 +16,7 @@ from ...model.devices import device_size
 from ...model.dm import dm_open_count, table_devnos
 from ...thin_tools import run_tool
 from ...thin_tools.common import READER_START_S, Files, Handle, Output, RealFiles, Stat
+from .. import command
 from ..state import DmDevice, HostState, LoopDevice, is_device_path
 
 
@@ -36,11 +37,22 @@ class _DeviceHandle(Handle):
         self.writable = write
 
     def pread(self, offset: int, length: int) -> bytes:
+        self._between_bios()
         data = blockio.read(self.state, self.dev, offset, length)
         return data + bytes(length - len(data))
 
     def pwrite(self, offset: int, data: bytes) -> None:
+        self._between_bios()
         blockio.write(self.state, self.dev, offset, data)
+
+    def _between_bios(self) -> None:
+        """Each block the tool reads or writes on a loop device is a bio of its own: other
+        commands run between two (command.between_bios), so that a thin_check of a big
+        metadata device holds no other command for its whole length.  Not on a dm device,
+        whose open the tool does not count (dev_remove would not see it busy); EIO once
+        the machine's state was loaded again."""
+        if isinstance(self.dev, LoopDevice) and not command.between_bios():
+            raise OSError(E.EIO, os.strerror(E.EIO))
 
 
 class HostFiles(Files):
