@@ -63,7 +63,7 @@ def shim_main(name: str, argv: list[str]) -> int:
     if device is not None:
         sys.stderr.write(
             f"thinsim: {name} on {device} is not simulated: refused, so that it cannot reach "
-            "the real device\n"
+            f"the real device{server._why_not_real()}\n"
         )
         return 1
     sysfs.refresh_names(host, argv)  # a file read in /sys shows the name the file has now

@@ -43,6 +43,8 @@ import subprocess
 import sys
 import threading
 
+from . import realdev
+
 # <linux/mount.h>
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC = 1, 2, 4, 8, 4096, 16384
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NODEV = 0x1, 0x4
@@ -228,6 +230,7 @@ def _dev(dev_fd: int) -> None:
     os.mkdir(RUN)
     mount("thinsim-run", RUN, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     os.mkdir(PROC_VIEWS)
+    os.mkdir(f"{RUN}/fuse")  # the host's processes' FUSE mounts (realdev.Privileged)
 
 
 def _devpts() -> None:
@@ -289,6 +292,7 @@ def _proc() -> None:
 def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     """Make the namespace's mounts; return the environment the script runs with."""
     os.umask(0o022)
+    real = _real_devices()  # what it needs is the host's /dev and /proc: before they go
     dev_fd = os.open("/dev", os.O_PATH | os.O_DIRECTORY)
     # nodev first, on every mount there is: the ones made below choose their own
     set_attr("/", add=MOUNT_ATTR_NODEV, recursive=True)
@@ -298,6 +302,7 @@ def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     _proc()
     env = dict(os.environ)
     env.setdefault("THINSIM_HOST", DEFAULT_HOST)
+    env[realdev.ENV] = real
     env.update(
         THINSIM_PRIVATE_DEV="/dev",
         THINSIM_PRIVATE_SYS="/sys",
@@ -321,15 +326,46 @@ def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     return env
 
 
+_privileged: realdev.Privileged | None = None  # the real devices' side, where the run has them
+
+
+def _real_devices() -> str:
+    """THINSIM_REAL_DEVICES for the script: "1" where the machine has what real block
+    devices need (thinsim/host/realdev.py), else "0: what it lacks"."""
+    global _privileged
+    why = realdev.unavailable()
+    if why is None:
+        try:
+            privileged = realdev.Privileged(f"{RUN}/fuse")
+            privileged.open_record()
+        except OSError as exc:
+            why = f"cannot record its loop devices in {realdev.RECORDS}: {exc.strerror}"
+        else:
+            _privileged = privileged
+            _at_exit.append(privileged.finish)
+            return "1"
+    return f"0: {why}"
+
+
 def serve_nodes(listener: socket.socket) -> None:
     """Make the nodes the simulated commands ask for (devnodes.request_node): only major 0,
-    only in /dev and /dev/mapper, so a script asking too gets nothing it could not see."""
+    only in /dev and /dev/mapper, so a script asking too gets nothing it could not see.
+    The real devices' requests (fuse, attach, detach) go to realdev.Privileged, which
+    serves only the loop devices it bound itself."""
     dev = os.open("/dev", os.O_PATH | os.O_DIRECTORY)
     while True:
         try:
             conn, _ = listener.accept()
             with conn:
-                kind, minor, path = conn.recv(4096).decode().split(" ", 2)
+                request = conn.recv(4096).decode()
+                words = request.split(" ")
+                if words[0] in ("fuse", "attach", "detach"):
+                    if _privileged is None:
+                        conn.send(f"{errno.ENODEV} no real devices in this run".encode())
+                    else:
+                        _privileged.handle(conn, words)
+                    continue
+                kind, minor, path = request.split(" ", 2)
                 conn.send(str(_make_node(dev, kind, int(minor), path)).encode())
         except (OSError, ValueError, UnicodeError):
             pass  # a request that makes no sense gets no answer
