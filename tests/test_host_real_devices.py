@@ -149,9 +149,7 @@ def test_cmp_md5sum_hexdump_and_python_read_what_the_model_holds(tmp_path):
         """,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (
-        "cmp=1\nequal\n0 65536 thin 65536 65535\nsame sums\nTrue 32505852\nhd\n"
-    )
+    assert r.stdout == ("cmp=1\nequal\n0 65536 thin 65536 65535\nsame sums\nTrue 32505852\nhd\n")
 
 
 def test_a_discard_from_the_loop_driver_unmaps_the_whole_blocks_in_it_only(tmp_path):
@@ -169,6 +167,63 @@ def test_a_discard_from_the_loop_driver_unmaps_the_whole_blocks_in_it_only(tmp_p
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "0 65536 thin 512 511\n0 65536 thin 384 511\n0\n"
+
+
+def test_an_ext4_made_mounted_filled_emptied_and_trimmed_provisions_and_frees_blocks(tmp_path):
+    r = run(
+        tmp_path,
+        """
+        truncate -s 1G data.img; truncate -s 16M meta.img
+        losetup -f data.img; losetup -f meta.img
+        dmsetup create pool --table "0 2097152 thin-pool /dev/loop1 /dev/loop0 128 0"
+        dmsetup message pool 0 "create_thin 1"
+        dmsetup create thin --table "0 1048576 thin /dev/mapper/pool 1"
+        mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0,nodiscard /dev/mapper/thin
+        blkid -s TYPE -o value /dev/mapper/thin
+        mkdir mnt
+        mount /dev/mapper/thin mnt
+        findmnt -n -o FSTYPE mnt; findmnt -n -o OPTIONS mnt | tr , '\\n' | grep -E '^(rw|no(suid|dev))$'
+        a=$(dmsetup status thin | cut -d' ' -f4)
+        head -c 64M /dev/urandom > mnt/file; sync
+        b=$(dmsetup status thin | cut -d' ' -f4)
+        rm mnt/file; sync
+        c=$(dmsetup status thin | cut -d' ' -f4)
+        fstrim mnt
+        d=$(dmsetup status thin | cut -d' ' -f4)
+        umount mnt && echo unmounted
+        echo $(( (b - a) >= 131072 )) $(( c == b )) $(( d < a ))
+        e2fsck -fn /dev/mapper/thin > /dev/null && echo clean
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ext4\next4\nrw\nnosuid\nnodev\nunmounted\n1 1 1\nclean\n"
+    assert "thinsim" not in Path("/proc/self/mountinfo").read_text()  # the host's table
+
+
+def test_the_init_mounts_only_the_runs_devices_and_unmounts_only_their_file_systems(tmp_path):
+    r = run(
+        tmp_path,
+        THIN
+        + """
+        mkdir mnt
+        umount /proc; echo rc=$?
+        mount -o remount,rw /sys; echo rc=$?
+        mount --bind /tmp mnt 2>/dev/null; echo rc=$?
+        mount -o dev /dev/mapper/thin mnt; echo rc=$?
+        mount -t proc /dev/mapper/thin mnt; echo rc=$?
+        fstrim /; echo rc=$?
+        """,
+    )
+    assert r.stdout == "rc=32\nrc=32\nrc=32\nrc=32\nrc=32\nrc=1\n"
+    assert r.stderr == (
+        "thinsim: umount: /proc: not a file system on a simulated device: refused\n"
+        # what names no device is the real mount's, without the capability
+        "mount: /sys: permission denied.\n"
+        "       dmesg(1) may have more information after failed mount system call.\n"
+        "thinsim: mount: mount option dev is not simulated: refused\n"
+        "thinsim: mount: file system type proc is not simulated: refused\n"
+        "thinsim: fstrim: /: not a file system on a simulated device: refused\n"
+    )
 
 
 def test_the_loop_devices_go_with_the_run_and_no_other_is_touched(tmp_path, decoy):

@@ -295,9 +295,70 @@ class Privileged:
         del self.loops[number]
         self._write_record()
 
+    # -- mount, umount and fstrim of the script's, run here with the init's capabilities --
+
+    def tool(self, conn: socket.socket, words: list[str], fds: list[int]) -> None:
+        """``tool NAME ARG...`` with the caller's working folder and standard streams: run
+        the real mount, umount or fstrim, if what it names is one of this init's devices
+        or a file system on one (:func:`check_tool`); answer ``0 STATUS``."""
+        try:
+            cwd, streams = fds[0], fds[1:4]
+            name, argv = words[1], words[2:]
+            with self.lock:
+                ours = {os.makedev(LOOP_MAJOR, n) for n in self.loops}
+            try:
+                argv = check_tool(name, argv, cwd, ours)
+            except ValueError as e:
+                os.write(streams[2], f"thinsim: {name}: {e}: refused\n".encode())
+                conn.send(b"0 32" if name != "fstrim" else b"0 1")
+                return
+            path = "/usr/sbin:/usr/bin:/sbin:/bin"
+            import shutil
+            import subprocess
+
+            binary = shutil.which(name, path=path)
+            if binary is None:
+                conn.send(b"0 127")
+                return
+            proc = subprocess.Popen(
+                [name, *argv],
+                executable=binary,
+                cwd=f"/proc/self/fd/{cwd}",
+                stdin=streams[0],
+                stdout=streams[1],
+                stderr=streams[2],
+                env={"PATH": path, "LC_ALL": "C.UTF-8"},
+            )
+            status = reaped(proc.pid)
+            proc.returncode = status  # the init's main loop reaped it
+            code = os.waitstatus_to_exitcode(status)
+            conn.send(f"0 {code if code >= 0 else 128 - code}".encode())
+        except OSError as e:
+            conn.send(f"{e.errno or E.EIO} {e}".encode())
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _unmount_ours(self) -> None:
+        """The file systems mounted on this run's devices, unmounted (last first)."""
+        ours = {f"{LOOP_MAJOR}:{n}" for n in self.loops}
+        try:
+            with open("/proc/self/mountinfo") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return
+        for line in reversed(lines):
+            fields = line.split(" ")
+            if len(fields) > 4 and fields[2] in ours:
+                target = _unescape(fields[4])
+                if _libc.umount2(os.fsencode(target), 0) != 0:
+                    _libc.umount2(os.fsencode(target), MNT_DETACH)
+
     def finish(self) -> None:
         """The run ends: every loop device it bound is let go, its record removed."""
         with self.lock:
+            self._unmount_ours()
             for owner in list(self.mounts):
                 self._drop(owner)
             for number in list(self.loops):
@@ -306,6 +367,122 @@ class Privileged:
             if self.record_fd >= 0 and not self.loops:
                 with contextlib.suppress(OSError):
                     os.unlink(self.record)
+
+
+def _unescape(text: str) -> str:
+    """A path of /proc/self/mountinfo (space, tab, newline, backslash as octal escapes)."""
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+#: the init's main loop reaps every child (orphans come to it): statuses of its own children
+_reaped: dict[int, int] = {}
+_reaped_changed = threading.Condition()
+
+
+def child_ended(pid: int, status: int) -> None:
+    """The init's main loop reaped PID."""
+    with _reaped_changed:
+        _reaped[pid] = status
+        while len(_reaped) > 1000:  # orphans' statuses nobody asks for
+            del _reaped[next(iter(_reaped))]
+        _reaped_changed.notify_all()
+
+
+def reaped(pid: int) -> int:
+    with _reaped_changed:
+        while pid not in _reaped:
+            _reaped_changed.wait()
+        return _reaped.pop(pid)
+
+
+FILE_SYSTEMS = ("auto", "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat")
+# what would make a mount reach past the run's devices, or the run's own mounts
+FORBIDDEN = ("bind", "move", "remount", "make-", "propagation", "x-", "helper", "loop",
+             "offset", "sizelimit", "source", "target", "fstab", "owner", "user", "dev", "suid")  # fmt: skip
+VALUE_OPTIONS = {
+    "mount": {"-t": "type", "--types": "type", "-o": "opts", "--options": "opts"},
+    "umount": {},
+    "fstrim": {"-o": "", "--offset": "", "-l": "", "--length": "", "-m": "", "--minimum": ""},
+}
+FLAG_OPTIONS = {
+    "mount": {"-r": "ro", "--read-only": "ro", "-w": "rw", "--rw": "rw", "-v": "", "-n": ""},
+    "umount": {"-v": "", "-l": "", "--lazy": "", "-f": "", "--force": "", "-n": ""},
+    "fstrim": {"-v": "", "--verbose": ""},
+}
+
+
+def check_tool(name: str, argv: list[str], cwd: int, ours: set[int]) -> list[str]:
+    """The argv the init runs NAME with, or ValueError (why it is refused): ``mount
+    [-t TYPE] [-o OPTIONS] [-r|-w] DEVICE DIR`` of one of OURS (devices), always nodev and
+    nosuid (a file system a script made may hold device nodes and setuid files);
+    ``umount TARGET`` and ``fstrim [-v] DIR`` of a file system on one of OURS."""
+    if name not in VALUE_OPTIONS:
+        raise ValueError("not a tool the run's init runs")
+    fstype, options, flags, positional = None, [], [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        key, _, inline = a.partition("=") if a.startswith("--") else (a[:2], "", a[2:])
+        if a.startswith("-") and key in VALUE_OPTIONS[name]:
+            if not inline:
+                i += 1
+                if i == len(argv):
+                    raise ValueError(f"option {a} needs a value")
+                inline = argv[i]
+            what = VALUE_OPTIONS[name][key]
+            if what == "type":
+                fstype = inline
+            elif what == "opts":
+                options += inline.split(",")
+            else:
+                flags += [key, inline]
+        elif a.startswith("-") and a in FLAG_OPTIONS[name]:
+            if FLAG_OPTIONS[name][a]:
+                options.append(FLAG_OPTIONS[name][a])
+            else:
+                flags.append(a)
+        elif a.startswith("-") and a != "-":
+            raise ValueError(f"option {a} is not simulated")
+        else:
+            positional.append(a)
+        i += 1
+
+    def resolve(path: str) -> str:
+        return path if path.startswith("/") else f"/proc/self/fd/{cwd}/{path}"
+
+    def device_of(path: str) -> int | None:
+        st = os.stat(resolve(path))
+        if stat.S_ISBLK(st.st_mode):
+            return st.st_rdev if st.st_rdev in ours else None
+        return st.st_dev if st.st_dev in ours else None
+
+    try:
+        if name == "mount":
+            if len(positional) != 2:
+                raise ValueError("give a simulated device and a folder")
+            if (
+                not stat.S_ISBLK(os.stat(resolve(positional[0])).st_mode)
+                or device_of(positional[0]) is None
+            ):
+                raise ValueError(f"{positional[0]} is not a simulated device")
+            if not stat.S_ISDIR(os.stat(resolve(positional[1])).st_mode):
+                raise ValueError(f"{positional[1]} is not a folder")
+            if fstype is not None and fstype not in FILE_SYSTEMS:
+                raise ValueError(f"file system type {fstype} is not simulated")
+            for option in options:
+                if any(word in option.lower() for word in FORBIDDEN):
+                    raise ValueError(f"mount option {option} is not simulated")
+            options = [o for o in options if o] + ["nodev", "nosuid"]
+            out = flags + (["-t", fstype] if fstype else []) + ["-o", ",".join(options)]
+            return [*out, *positional]
+        if len(positional) != 1 or device_of(positional[0]) is None:
+            raise ValueError(f"{' '.join(positional) or 'no target'}: not a file system on a "
+                             "simulated device")  # fmt: skip
+        return [*flags, *positional]
+    except OSError as e:
+        raise ValueError(f"{e.filename or ''}: {e.strerror}") from None
 
 
 def _node_path(dev: str, node: str) -> tuple[int, str]:
@@ -362,6 +539,31 @@ def sweep(records: str = RECORDS, dev: str = "/dev", sys_block: str = SYS_BLOCK)
 
 
 # -- the host's process's side -------------------------------------------------------------
+
+
+TOOLS = ("mount", "umount", "fstrim")  # what the init runs for a script (Privileged.tool)
+
+
+def run_tool(name: str, argv: list[str], cwd: int, std: dict) -> str:
+    """Have the init run NAME (one of TOOLS) with the command's working folder and
+    streams: the command's ending (``E<status>``)."""
+    fds = [cwd]
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fds += [std[fd] if std.get(fd) is not None else null for fd in (0, 1, 2)]
+        address = os.environ["THINSIM_NODES"]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.connect(address)
+            payload = "\0".join(["tool", name, *argv]).encode(errors="surrogateescape")
+            socket.send_fds(s, [payload], fds)
+            reply = s.recv(4096).decode(errors="replace")
+    finally:
+        os.close(null)
+    code, _, rest = reply.partition(" ")
+    if code != "0":
+        os.write(fds[3], f"thinsim: {name}: {rest or reply}\n".encode())
+        return "E1"
+    return f"E{int(rest)}"
 
 
 def _ask(words: str, fds: bool = False) -> tuple[str, list[int]]:

@@ -357,7 +357,21 @@ def serve_nodes(listener: socket.socket) -> None:
         try:
             conn, _ = listener.accept()
             with conn:
-                request = conn.recv(4096).decode()
+                head, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
+                request = head.decode()
+                if request.startswith("tool\0"):  # the script's mount, umount, fstrim
+                    if _privileged is None:
+                        for fd in fds:
+                            os.close(fd)
+                        conn.send(f"{errno.ENODEV} no real devices in this run".encode())
+                        continue
+                    # in a thread of its own: the tool's I/O may wait for other requests
+                    threading.Thread(
+                        target=_tool, args=(conn.dup(), request.split("\0"), fds), daemon=True
+                    ).start()
+                    continue
+                for fd in fds:
+                    os.close(fd)
                 words = request.split(" ")
                 if words[0] in ("fuse", "attach", "detach"):
                     if _privileged is None:
@@ -369,6 +383,11 @@ def serve_nodes(listener: socket.socket) -> None:
                 conn.send(str(_make_node(dev, kind, int(minor), path)).encode())
         except (OSError, ValueError, UnicodeError):
             pass  # a request that makes no sense gets no answer
+
+
+def _tool(conn: socket.socket, words: list[str], fds: list[int]) -> None:
+    with conn:
+        _privileged.tool(conn, words, fds)
 
 
 def _make_node(dev: int, kind: str, minor: int, path: str) -> int:
@@ -465,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         if pid == script.pid:
             code = os.waitstatus_to_exitcode(status)
             _exit(code if code >= 0 else 128 - code)
+        realdev.child_ended(pid, status)  # a tool it runs for the script waits for it
 
 
 _at_exit: list = []  # what the init undoes before it ends (the user's terminal mode)

@@ -517,6 +517,17 @@ class Server:
         streams = _streams(std)
         _local.std = streams
         try:
+            from . import realdev
+
+            if (
+                name in realdev.TOOLS
+                and realdev.current is not None
+                and realdev.current.devices
+                and (name != "mount" or names_device(argv) is not None)
+            ):
+                # mount, umount and fstrim of real devices: the init runs them for the
+                # script, which has not the capabilities (realdev.Privileged.tool)
+                return realdev.run_tool(name, argv, cwd, std)
             if name not in COMMANDS or (name == "dd" and names_device(argv) is None):
                 device = names_device(argv) if name not in COMMANDS else None
                 if device is not None and not _real_node(device):
