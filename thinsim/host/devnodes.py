@@ -11,6 +11,10 @@ The nodes must never reach a real device of the host: a node with the simulated 
 driver registers: opening one fails with ENXIO ("No such device or address"), and reads and
 writes of simulated devices go through the simulated commands only.  `ls -l` therefore shows
 "0, N" where a real host shows "254, N": the one visible difference.
+
+Where the run has real devices (thinsim/host/realdev.py), a device's node is instead a real
+loop device of the host bound to the device's FUSE file, which the namespace's init makes:
+``ls -l`` shows that loop device's numbers ("7, M").
 """
 
 from __future__ import annotations

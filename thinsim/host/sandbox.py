@@ -27,6 +27,10 @@ the device nodes the simulated commands ask for (:func:`serve_nodes`: they can n
 ``mknod``, and the nodes are major 0, which no driver has).  When bash exits, this init
 exits and the kernel kills whatever the script left running.  Run anywhere else,
 :func:`main` refuses.
+
+Where the machine allows it, the init also binds real loop devices of the host to the
+simulated devices' FUSE files, makes their nodes, and runs mount, umount and fstrim on them
+for the script (thinsim/host/realdev.py: only its own loop devices, detached when it ends).
 """
 
 from __future__ import annotations
