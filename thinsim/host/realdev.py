@@ -607,6 +607,19 @@ class Attached:
         # in every file's name: a record of a dead run names files no other program has
         self.token = os.urandom(6).hex()
 
+    def opens(self, dev) -> int:
+        """1 when a program claims DEV's real device (a mounted file system: an O_EXCL open
+        fails with EBUSY), so that dmsetup remove says it is busy, as dm_open_count would;
+        other opens of the node are not seen."""
+        key = f"loop{dev.number}" if hasattr(dev, "number") else f"dm-{dev.minor}"
+        if key not in self.devices:
+            return 0
+        try:
+            os.close(os.open(_node_of(key), os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
+        except OSError as e:
+            return 1 if e.errno == E.EBUSY else 0
+        return 0
+
     def nodes(self) -> dict[str, int]:
         """The nodes of /dev that are real now: path -> loop device number."""
         return {_node_of(key): number for key, (number, _, _) in self.devices.items()}

@@ -764,5 +764,8 @@ def server_main(host: str, listen_fd: int, ino: int) -> int:
 
     if realdev.enabled():
         realdev.current = realdev.Attached(server.device_io)
+        from ..model import devices
+
+        devices.external_opens = realdev.current.opens
     server.serve()
     return 0
