@@ -288,6 +288,65 @@ def _pct(xs: list[float], p: float) -> float:
     return round(xs[min(len(xs) - 1, int(len(xs) * p))], 1)
 
 
+# A file copied into an ext4 on a thin, through the real block device of thinsim/host/realdev.py
+# (from the run's /dev/shm, then sync): MiB per second; the same copy onto an ext4 on a real
+# loop device of the host over a sparse file, beside it.
+_FS_COPY = """
+truncate -s {data}M data.img; truncate -s 64M meta.img
+losetup -f data.img; losetup -f meta.img
+dmsetup create pool --table "0 $(({data} * 2048)) thin-pool /dev/loop1 /dev/loop0 128 0"
+dmsetup message pool 0 "create_thin 1"
+dmsetup create thin --table "0 $(({data} * 2048)) thin /dev/mapper/pool 1"
+DEV=/dev/mapper/thin
+"""
+_FS_COPY_REAL = """
+truncate -s {data}M disk.img
+DEV=$(losetup -f --show disk.img)
+trap 'umount mnt 2>/dev/null || true; losetup -d "$DEV"' EXIT
+"""
+_FS_COPY_TIMED = """
+mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$DEV"
+mkdir mnt; mount "$DEV" mnt
+head -c {size}M /dev/urandom > {src}
+s=$(date +%s%N); cp {src} mnt/file; sync; e=$(date +%s%N)
+rm {src}
+echo $((e - s))
+umount mnt
+"""
+
+
+def host_fs_copy(size_mib: int = 1024) -> dict:
+    """host_fs_copy_mib_s: SIZE_MIB copied into an ext4 on a simulated thin (issue 13: at
+    least 100 MiB/s wanted); real_loop_fs_copy_mib_s: the same on a real loop device of this
+    host.  Empty where the run has no real devices (thinsim/host/realdev.py)."""
+    import subprocess
+    import tempfile
+
+    from .host import realdev
+
+    if realdev.unavailable() is not None:
+        return {}
+    data = 2 * size_mib + 512
+    timed = _FS_COPY_TIMED.format(size=size_mib, src="/dev/shm/src")
+    out, _ = _host_script(_FS_COPY.format(data=data) + timed)
+    result = {"host_fs_copy_mib_s": round(size_mib / (int(out.split()[-1]) / 1e9), 1)}
+    with tempfile.TemporaryDirectory(prefix="thinsim-bench-") as tmp:
+        script = _FS_COPY_REAL.format(data=data) + _FS_COPY_TIMED.format(
+            size=size_mib, src=os.path.join(tmp, "src")
+        )
+        r = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-ec", script],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if r.returncode == 0:
+            ns = int(r.stdout.split()[-1])
+            result["real_loop_fs_copy_mib_s"] = round(size_mib / (ns / 1e9), 1)
+    return result
+
+
 def host_commands(n: int = 100, before: bool = True, full: bool = True, lab: bool = True) -> dict:
     """Per-command wall time (ms) of `dmsetup status`, `dmsetup message` and a 4 KiB dd on a
     simulated device, as a script sees it; with BEFORE, the same with THINSIM_SERVER=0 (a
@@ -295,6 +354,7 @@ def host_commands(n: int = 100, before: bool = True, full: bool = True, lab: boo
     loop = _HOST_LOOP.format(n=n)
     xs = _times_ms(_host_script(_HOST_SETUP + loop)[0])
     out = {"host_cmd_ms_p50": _pct(xs, 0.5), "host_cmd_ms_p99": _pct(xs, 0.99)}
+    out.update(host_fs_copy(1024 if full else 256))
     if full:
         full_loop = _HOST_LOOP.format(n=max(n // 10, 3)).replace("$((i - 1)) $i", "$i $((i + 1))")
         full_xs = _times_ms(_host_script(_FULL_SETUP + full_loop)[0])

@@ -119,8 +119,10 @@ def _shell(args) -> int:
 def _host(args) -> int:
     import os
 
+    from .host import realdev
     from .host.server import stop
 
+    realdev.sweep()  # the loop devices runs killed outright left bound
     host = args.dir or os.path.expanduser("~/.thinsim/host")
     if not os.path.isdir(host):
         print(f"thinsim host stop: {host}: no such host folder", file=sys.stderr)

@@ -11,6 +11,10 @@ The nodes must never reach a real device of the host: a node with the simulated 
 driver registers: opening one fails with ENXIO ("No such device or address"), and reads and
 writes of simulated devices go through the simulated commands only.  `ls -l` therefore shows
 "0, N" where a real host shows "254, N": the one visible difference.
+
+Where the run has real devices (thinsim/host/realdev.py), a device's node is instead a real
+loop device of the host bound to the device's FUSE file, which the namespace's init makes:
+``ls -l`` shows that loop device's numbers ("7, M").
 """
 
 from __future__ import annotations
@@ -71,13 +75,25 @@ def sync(state: HostState, dev: str = DEV) -> None:
     sysfs.sync(state)  # the private /sys/block, when there is one
     if os.environ.get("THINSIM_PRIVATE_DEV") != dev:
         return
+    from . import realdev
+
+    real = {}
+    if realdev.current is not None and dev == DEV:
+        realdev.current.sync(state)
+        real = realdev.current.nodes()
     try:
-        _sync(state, dev)
+        _sync(state, dev, real)
     except (PermissionError, ConnectionError, FileNotFoundError):
         pass  # no mknod in a user namespace (thinsim run as non-root): names only matter less
 
 
-def _sync(state: HostState, dev: str) -> None:
+def _sync(state: HostState, dev: str, real: dict[str, int] | None = None) -> None:
+    """REAL: the nodes that are a real loop device of the host (thinsim/host/realdev.py,
+    whose init made them), path -> its number; every other is major 0."""
+    real = real or {}
+    for path in list_block_nodes(dev):
+        if path not in real and _major(path) not in (0, None):
+            os.unlink(path)  # a real device's node whose loop device is gone: major 0 again
     mapper = os.path.join(dev, "mapper")
     os.makedirs(mapper, exist_ok=True)
     _node(os.path.join(dev, "loop-control"), 0, stat.S_IFCHR)
@@ -105,6 +121,18 @@ def _sync(state: HostState, dev: str) -> None:
     for name, minor in made.items():
         if name not in want.values():
             _node(os.path.join(mapper, name), _DM_BASE + minor)
+
+
+def list_block_nodes(dev: str) -> list[str]:
+    return [os.path.join(dev, e) for e in os.listdir(dev) if e.startswith(("loop", "dm-"))]
+
+
+def _major(path: str) -> int | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return os.major(st.st_rdev) if stat.S_ISBLK(st.st_mode) else None
 
 
 def _is_block(path: str) -> bool:

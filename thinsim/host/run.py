@@ -63,7 +63,7 @@ def shim_main(name: str, argv: list[str]) -> int:
     if device is not None:
         sys.stderr.write(
             f"thinsim: {name} on {device} is not simulated: refused, so that it cannot reach "
-            "the real device\n"
+            f"the real device{server._why_not_real()}\n"
         )
         return 1
     sysfs.refresh_names(host, argv)  # a file read in /sys shows the name the file has now
@@ -201,6 +201,9 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
         with open_host(host, write=False):
             pass
     env["THINSIM_PYTHON"] = sys.executable
+    from . import realdev
+
+    realdev.sweep()  # the loop devices of runs killed outright (their records, checked)
     old = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
     private = None
     try:
@@ -223,6 +226,7 @@ def _run(command: list[str], host: str | None, workdir: str | None = None) -> in
     finally:
         if private is not None:  # nothing of the run is left to write in it
             leftovers.remove_private_folder(private, held)
+        realdev.sweep()  # what the init could not detach (it was killed)
         if host is not None:  # the host's process and the loop devices' files go with the run
             server.stop(env["THINSIM_HOST"])
             loopfile.stop(env["THINSIM_HOST"])

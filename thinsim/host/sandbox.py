@@ -27,6 +27,10 @@ the device nodes the simulated commands ask for (:func:`serve_nodes`: they can n
 ``mknod``, and the nodes are major 0, which no driver has).  When bash exits, this init
 exits and the kernel kills whatever the script left running.  Run anywhere else,
 :func:`main` refuses.
+
+Where the machine allows it, the init also binds real loop devices of the host to the
+simulated devices' FUSE files, makes their nodes, and runs mount, umount and fstrim on them
+for the script (thinsim/host/realdev.py: only its own loop devices, detached when it ends).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import stat
 import subprocess
 import sys
 import threading
+
+from . import realdev
 
 # <linux/mount.h>
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC = 1, 2, 4, 8, 4096, 16384
@@ -228,6 +234,7 @@ def _dev(dev_fd: int) -> None:
     os.mkdir(RUN)
     mount("thinsim-run", RUN, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
     os.mkdir(PROC_VIEWS)
+    os.mkdir(f"{RUN}/fuse")  # the host's processes' FUSE mounts (realdev.Privileged)
 
 
 def _devpts() -> None:
@@ -289,6 +296,7 @@ def _proc() -> None:
 def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     """Make the namespace's mounts; return the environment the script runs with."""
     os.umask(0o022)
+    real = _real_devices()  # what it needs is the host's /dev and /proc: before they go
     dev_fd = os.open("/dev", os.O_PATH | os.O_DIRECTORY)
     # nodev first, on every mount there is: the ones made below choose their own
     set_attr("/", add=MOUNT_ATTR_NODEV, recursive=True)
@@ -298,6 +306,7 @@ def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     _proc()
     env = dict(os.environ)
     env.setdefault("THINSIM_HOST", DEFAULT_HOST)
+    env[realdev.ENV] = real
     env.update(
         THINSIM_PRIVATE_DEV="/dev",
         THINSIM_PRIVATE_SYS="/sys",
@@ -321,18 +330,68 @@ def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     return env
 
 
+_privileged: realdev.Privileged | None = None  # the real devices' side, where the run has them
+
+
+def _real_devices() -> str:
+    """THINSIM_REAL_DEVICES for the script: "1" where the machine has what real block
+    devices need (thinsim/host/realdev.py), else "0: what it lacks"."""
+    global _privileged
+    why = realdev.unavailable()
+    if why is None:
+        try:
+            privileged = realdev.Privileged(f"{RUN}/fuse")
+            privileged.open_record()
+        except OSError as exc:
+            why = f"cannot record its loop devices in {realdev.RECORDS}: {exc.strerror}"
+        else:
+            _privileged = privileged
+            _at_exit.append(privileged.finish)
+            return "1"
+    return f"0: {why}"
+
+
 def serve_nodes(listener: socket.socket) -> None:
     """Make the nodes the simulated commands ask for (devnodes.request_node): only major 0,
-    only in /dev and /dev/mapper, so a script asking too gets nothing it could not see."""
+    only in /dev and /dev/mapper, so a script asking too gets nothing it could not see.
+    The real devices' requests (fuse, attach, detach) go to realdev.Privileged, which
+    serves only the loop devices it bound itself."""
     dev = os.open("/dev", os.O_PATH | os.O_DIRECTORY)
     while True:
         try:
             conn, _ = listener.accept()
             with conn:
-                kind, minor, path = conn.recv(4096).decode().split(" ", 2)
+                head, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
+                request = head.decode()
+                if request.startswith("tool\0"):  # the script's mount, umount, fstrim
+                    if _privileged is None:
+                        for fd in fds:
+                            os.close(fd)
+                        conn.send(f"{errno.ENODEV} no real devices in this run".encode())
+                        continue
+                    # in a thread of its own: the tool's I/O may wait for other requests
+                    threading.Thread(
+                        target=_tool, args=(conn.dup(), request.split("\0"), fds), daemon=True
+                    ).start()
+                    continue
+                for fd in fds:
+                    os.close(fd)
+                words = request.split(" ")
+                if words[0] in ("fuse", "attach", "detach"):
+                    if _privileged is None:
+                        conn.send(f"{errno.ENODEV} no real devices in this run".encode())
+                    else:
+                        _privileged.handle(conn, words)
+                    continue
+                kind, minor, path = request.split(" ", 2)
                 conn.send(str(_make_node(dev, kind, int(minor), path)).encode())
         except (OSError, ValueError, UnicodeError):
             pass  # a request that makes no sense gets no answer
+
+
+def _tool(conn: socket.socket, words: list[str], fds: list[int]) -> None:
+    with conn:
+        _privileged.tool(conn, words, fds)
 
 
 def _make_node(dev: int, kind: str, minor: int, path: str) -> int:
@@ -429,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         if pid == script.pid:
             code = os.waitstatus_to_exitcode(status)
             _exit(code if code >= 0 else 128 - code)
+        realdev.child_ended(pid, status)  # a tool it runs for the script waits for it
 
 
 _at_exit: list = []  # what the init undoes before it ends (the user's terminal mode)

@@ -452,7 +452,70 @@ class Server:
                 return True  # another process's socket, or none: the host folder moved on
         except OSError:
             return True
+        from . import realdev
+
+        if realdev.current is not None and realdev.current.devices:
+            return False  # it serves the loop devices of the run's nodes: it lives with the run
         return self.busy == 0 and time.monotonic() - self.last > self.idle
+
+    def device_io(self, key: str, op: str, offset: int, arg):
+        """A request of the FUSE file of device KEY (``loopN``, ``dm-N``): what a bio from
+        the loop device of the host bound to it does, through blockio as the simulated dd's
+        I/O goes (thinsim/host/fuse.py).  Under the machine's lock, as a command; the state
+        is saved at a flush or discard, and after a write that made a pool commit."""
+        from ..errors import ThinsimError
+        from .blockio import bio_waits, discard, flush, read, read_only, write
+        from .command import wait_until
+        from .state import STATE_FILE, _load_state, _save_state
+
+        with self.lock.guard:
+            self.busy += 1
+        self.lock.enter()
+        _local.lock, _local.held = self.lock, True
+        try:
+            path = Path(self.host) / STATE_FILE
+            seen = _stat(path)
+            if self.state is None or seen != self.saved:
+                self.state = None
+                self.lock.generation += 1
+                self.state = _load_state(path)
+                self.saved = seen
+            state = self.state
+            dev = _device(state, key)
+            if dev is None:
+                raise OSError(E.ENXIO, os.strerror(E.ENXIO))
+            if bio_waits(dev) and not wait_until(lambda: not bio_waits(dev)):
+                raise OSError(E.EIO, os.strerror(E.EIO))
+            if op != "read" and read_only(dev):
+                raise OSError(E.EPERM, os.strerror(E.EPERM))
+            commits = _commits(state)
+            try:
+                if op == "read":
+                    return read(state, dev, offset, arg)
+                if op == "write":
+                    write(state, dev, offset, bytes(arg))
+                elif op == "flush":
+                    flush(state, dev)
+                elif op == "discard":
+                    discard(state, dev, offset, arg)
+                elif op == "zero":
+                    for at in range(offset, offset + arg, 1 << 20):
+                        write(state, dev, at, bytes(min(1 << 20, offset + arg - at)))
+            except ThinsimError as e:
+                raise OSError(e.errno, os.strerror(e.errno)) from None
+            finally:
+                if op in ("flush", "discard", "zero") or _commits(state) != commits:
+                    state.stamp_log()
+                    with contextlib.suppress(OSError):
+                        _save_state(Path(self.host), state, sync=False, pools=False)
+                    self.saved = _stat(path)
+        finally:
+            _local.held = False
+            _local.lock = None
+            self.lock.leave()
+            with self.lock.guard:
+                self.busy -= 1
+            self.last = time.monotonic()
 
     def _serve(self, conn: socket.socket) -> None:
         fds: list[int] = []
@@ -558,12 +621,23 @@ class Server:
         streams = _streams(std)
         _local.std = streams
         try:
+            from . import realdev
+
+            if (
+                name in realdev.TOOLS
+                and realdev.current is not None
+                and realdev.current.devices
+                and (name != "mount" or names_device(argv) is not None)
+            ):
+                # mount, umount and fstrim of real devices: the init runs them for the
+                # script, which has not the capabilities (realdev.Privileged.tool)
+                return realdev.run_tool(name, argv, cwd, std)
             if name not in COMMANDS or (name == "dd" and names_device(argv) is None):
-                if name not in COMMANDS and names_device(argv) is not None:
-                    device = names_device(argv)
+                device = names_device(argv) if name not in COMMANDS else None
+                if device is not None and not _real_node(device):
                     streams["stderr"].write(
                         f"thinsim: {name} on {device} is not simulated: refused, so that it "
-                        "cannot reach the real device\n"
+                        f"cannot reach the real device{_why_not_real()}\n"
                     )
                     return "E1"
                 if name not in COMMANDS and sysfs.reads_names(argv):
@@ -681,6 +755,54 @@ class Server:
             self.lock.leave()
 
 
+def _real_node(path: str) -> bool:
+    """Whether PATH is a simulated device's node that the run made a real block device
+    (thinsim/host/realdev.py: a loop device of the host over the model), which any program
+    may open: the guard's refusal is for the nodes that are not."""
+    from . import realdev
+
+    if realdev.current is None:
+        return False
+    try:
+        rdev = os.stat(path).st_rdev
+    except OSError:
+        return False
+    return (os.major(rdev), os.minor(rdev)) in {
+        (realdev.LOOP_MAJOR, n) for n in realdev.current.nodes().values()
+    }
+
+
+def _why_not_real() -> str:
+    """Where the run has no real devices, why (the guard's refusal says it)."""
+    from . import realdev
+
+    value = os.environ.get(realdev.ENV, "")
+    if value.startswith("0: "):
+        return f" (no real block devices in this run: {value[3:]})"
+    return ""
+
+
+def _device(state, key: str):
+    """The simulated device of FUSE file KEY: ``loopN`` or ``dm-N``."""
+    if key.startswith("loop"):
+        return state.loops.get(int(key[4:]))
+    minor = int(key[3:])
+    for dev in state.dm.values():
+        if dev.minor == minor and dev.disk_added:
+            return dev
+    return None
+
+
+def _commits(state) -> int:
+    """The commits of every pool so far (a write that made one has the state saved)."""
+    total = 0
+    for dev in state.dm.values():
+        for t in dev.live or []:
+            pmd = getattr(t.obj, "pmd", None)
+            total += getattr(pmd, "commit_count", 0)
+    return total
+
+
 class _Command:
     """What _locked tells its command at the end: the state's save that failed, if any."""
 
@@ -765,5 +887,13 @@ def server_main(host: str, listen_fd: int, ino: int) -> int:
     from . import blockio, devnodes, sysfs  # noqa: F401
     from .tools import COMMANDS  # noqa: F401
 
-    Server(host, listener, ino).serve()
+    server = Server(host, listener, ino)
+    from . import realdev
+
+    if realdev.enabled():
+        realdev.current = realdev.Attached(server.device_io)
+        from ..model import devices
+
+        devices.external_opens = realdev.current.opens
+    server.serve()
     return 0

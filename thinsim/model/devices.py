@@ -323,9 +323,15 @@ def blkdev_put(dev) -> None:
         _opens.pop(id(dev), None)
 
 
+#: the opens programs have of the real block device that shows DEV under thinsim run
+#: (thinsim/host/realdev.py sets it: a mounted file system's, which claims the device)
+external_opens = None
+
+
 def blkdev_opens(dev) -> int:
     """How many opens of DEV its holders outside the tables have."""
-    return _opens.get(id(dev), 0)
+    extra = external_opens(dev) if external_opens is not None else 0
+    return _opens.get(id(dev), 0) + extra
 
 
 def unbound_loop(number: int) -> LoopDevice:

@@ -60,6 +60,7 @@ GUARDED = (
     "parted",
     "wipefs",
     "blkid",
+    "fstrim",
     "fsck",
     "e2fsck",
     "tune2fs",

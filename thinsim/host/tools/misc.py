@@ -21,7 +21,12 @@ def dmesg(state: HostState, argv: list[str], io: IO) -> int:
 
 
 def sync(state: HostState, argv: list[str], io: IO) -> int:
-    os.sync()
+    # with the machine let go: the writeback of a file system on a simulated device (a
+    # real loop device over thinsim/host/fuse.py) goes through the model
+    from ..command import unlocked
+
+    with unlocked():
+        os.sync()
     return 0
 
 
