@@ -248,6 +248,27 @@ def test_the_loop_devices_go_with_the_run_and_no_other_is_touched(tmp_path, deco
     assert ours() <= before  # this run's are detached; another run's may be running
 
 
+def test_a_run_whose_hosts_process_stops_answering_still_ends_and_leaves_no_device(
+    tmp_path, decoy
+):
+    # the unmount at the run's end flushes ext4 through FUSE to the host's process: were
+    # it deadlocked, the run would never end and the flush would stay in D state for good
+    before = ours()
+    r = run(
+        tmp_path,
+        THIN
+        + """
+        mkfs.ext4 -q /dev/mapper/thin && mkdir m && mount /dev/mapper/thin m
+        echo data > m/file
+        kill -STOP $(pgrep -f server_main)
+        echo stopped
+        """,
+        env={"THINSIM_FINISH_SECONDS": "3"},
+    )
+    assert r.stdout == "stopped\n", r.stderr
+    assert ours() <= before
+
+
 def run_killed(tmp_path: Path, then) -> None:
     """Start a run that binds loop devices, kill -9 it, and call THEN(); afterwards none of
     that run's loop devices is bound."""

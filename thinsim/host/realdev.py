@@ -56,6 +56,7 @@ MARK = "thinsim:"  # lo_file_name of every loop device thinsim binds: thinsim:<i
 ENV = "THINSIM_REAL_DEVICES"  # "1" in a run that has them; "0: why" where it has not
 
 _libc = ctypes.CDLL(None, use_errno=True)
+FINISH_SECONDS = float(os.environ.get("THINSIM_FINISH_SECONDS", "60"))  # how long the end of a run waits for its file systems' last flush
 
 
 def unavailable() -> str | None:
@@ -355,8 +356,45 @@ class Privileged:
                 if _libc.umount2(os.fsencode(target), 0) != 0:
                     _libc.umount2(os.fsencode(target), MNT_DETACH)
 
-    def finish(self) -> None:
-        """The run ends: every loop device it bound is let go, its record removed."""
+    def finish(self, patience: float = FINISH_SECONDS) -> None:
+        """The run ends: every loop device it bound is let go, its record removed.
+
+        The unmounts flush file systems through the loop devices to the host's process,
+        which serves them over FUSE; should it not answer (a deadlock in it, or a command
+        that never lets the machine go), the run would never end and the processes in
+        the flush would stay in D state for good.  So after PATIENCE seconds the run's
+        FUSE connections are aborted (fusectl's ``abort``): their requests fail, the
+        unmounts and detaches go on, and what was not flushed is lost, as on a pulled
+        disk."""
+        worker = threading.Thread(target=self._finish, daemon=True)
+        worker.start()
+        worker.join(patience)
+        if worker.is_alive():
+            self._abort_connections()
+            worker.join(patience)
+
+    def _abort_connections(self) -> None:
+        """Abort every FUSE connection of this run's mounts, found by their device numbers
+        in mountinfo (a stat of the mount would wait on the server too)."""
+        points = set(self.mounts.values())
+        minors = []
+        try:
+            with open("/proc/self/mountinfo") as f:
+                for line in f:
+                    fields = line.split(" ")
+                    if len(fields) > 4 and _unescape(fields[4]) in points:
+                        minors.append(int(fields[2].split(":")[1]))
+        except (OSError, ValueError):
+            return
+        control = os.path.join(self.base, ".fusectl")
+        with contextlib.suppress(OSError):
+            os.makedirs(control, exist_ok=True)
+            _libc.mount(b"fusectl", os.fsencode(control), b"fusectl", ctypes.c_ulong(0), None)
+        for minor in minors:
+            with contextlib.suppress(OSError), open(f"{control}/{minor}/abort", "w") as f:
+                f.write("1")
+
+    def _finish(self) -> None:
         with self.lock:
             self._unmount_ours()
             for owner in list(self.mounts):
