@@ -132,6 +132,8 @@ class OldLowLevel:
         bits[b:end] = b"\x01" * n
         self.nr_allocated += n
         self.old_runs.append((b, n))
+        for k in range(b, end):
+            self.old.setdefault(k, 0)  # free at the last commit, whatever comes next
         return b, n
 
     def commit(self) -> None:
