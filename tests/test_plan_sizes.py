@@ -79,7 +79,9 @@ def test_the_smallest_metadata_device_lasts_and_is_within_a_few_blocks_of_the_le
     # the kernel's reserve is part of it: min(4096, blocks / 10) blocks kept back
     assert m // MD_BLOCK > roomy["peak_metadata_blocks"] - 4096
     assert _run(d, m)["lasted_the_horizon"]
-    short = _run(d, m - 5 * MD_BLOCK)
+    # within the 2% margin report.smallest_sizes puts on the reference-count trees' nodes
+    # (their layout follows the block numbers): 5 to 9 blocks above the least here
+    short = _run(d, m - 10 * MD_BLOCK)
     assert not short["lasted_the_horizon"] and short["metadata_full_at_s"] is not None
 
 
