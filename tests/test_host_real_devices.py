@@ -74,8 +74,10 @@ def bound_loops() -> dict[int, str]:
     return out
 
 
-def ours() -> set[int]:
-    return {n for n, name in bound_loops().items() if OURS.fullmatch(name)}
+def ours() -> set[tuple[int, str]]:
+    """thinsim's loop devices bound now, as (number, file): a number alone may be another
+    run's before and this run's after (a test suite running beside this one)."""
+    return {(n, name) for n, name in bound_loops().items() if OURS.fullmatch(name)}
 
 
 def real_dd() -> str:
@@ -248,9 +250,7 @@ def test_the_loop_devices_go_with_the_run_and_no_other_is_touched(tmp_path, deco
     assert ours() <= before  # this run's are detached; another run's may be running
 
 
-def test_a_run_whose_hosts_process_stops_answering_still_ends_and_leaves_no_device(
-    tmp_path, decoy
-):
+def test_a_run_whose_hosts_process_stops_answering_still_ends_and_leaves_no_device(tmp_path, decoy):
     # the unmount at the run's end flushes ext4 through FUSE to the host's process: were
     # it deadlocked, the run would never end and the flush would stay in D state for good
     before = ours()
@@ -287,7 +287,9 @@ def run_killed(tmp_path: Path, then) -> None:
         assert proc.stdout.readline() == b"ready\n"
         left = ours() - before
         assert left  # the run's loop devices: pool, thin, thin2 and the two loops
-        os.kill(proc.pid, signal.SIGKILL)
+        # every process of the run at once, its namespace's init too: nothing of the run
+        # is left to clean up (kill -9 of thinsim run alone lets the init detach them)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         for _ in range(100):  # the namespace dies a moment after thinsim run
             if subprocess.run(
@@ -295,7 +297,7 @@ def run_killed(tmp_path: Path, then) -> None:
             ).returncode:
                 break
             time.sleep(0.1)
-        assert left <= set(bound_loops())  # nothing ran to detach them
+        assert left <= set(bound_loops().items())  # nothing ran to detach them
         then()
         assert not left & ours()
     finally:

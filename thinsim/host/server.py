@@ -466,7 +466,7 @@ class Server:
         from ..errors import ThinsimError
         from .blockio import bio_waits, discard, flush, read, read_only, write
         from .command import wait_until
-        from .state import STATE_FILE, _load_state, _save_state
+        from .state import STATE_FILE, _save_state
 
         with self.lock.guard:
             self.busy += 1
@@ -474,13 +474,7 @@ class Server:
         _local.lock, _local.held = self.lock, True
         try:
             path = Path(self.host) / STATE_FILE
-            seen = _stat(path)
-            if self.state is None or seen != self.saved:
-                self.state = None
-                self.lock.generation += 1
-                self.state = _load_state(path)
-                self.saved = seen
-            state = self.state
+            state = self._state_now(path)
             dev = _device(state, key)
             if dev is None:
                 raise OSError(E.ENXIO, os.strerror(E.ENXIO))
@@ -516,6 +510,20 @@ class Server:
             with self.lock.guard:
                 self.busy -= 1
             self.last = time.monotonic()
+
+    def _state_now(self, path: Path):
+        """The host's state as its file PATH has it, the machine held: loaded again when
+        another process saved it since this one last did, or after a command failed
+        halfway (``generation`` counts the loads)."""
+        from .state import _load_state
+
+        seen = _stat(path)
+        if self.state is None or seen != self.saved:
+            self.state = None
+            self.lock.generation += 1
+            self.state = _load_state(path)
+            self.saved = seen
+        return self.state
 
     def _serve(self, conn: socket.socket) -> None:
         fds: list[int] = []
@@ -716,18 +724,13 @@ class Server:
         the file's state, the pools to what they committed.  Only a command that failed
         halfway (a traceback) has the state loaded again from the file."""
         from .blockio import new_command
-        from .state import STATE_FILE, StateNotSaved, _load_state, _save_state
+        from .state import STATE_FILE, StateNotSaved, _save_state
 
         self.lock.enter()
         _local.lock, _local.held = self.lock, True
         try:
             path = Path(self.host) / STATE_FILE
-            seen = _stat(path)
-            if self.state is None or seen != self.saved:
-                self.state = None
-                self.lock.generation += 1
-                self.state = _load_state(path)
-                self.saved = seen
+            self._state_now(path)
             _local.generation = self.lock.generation
             new_command(self.state)
             command = _Command()
