@@ -56,7 +56,9 @@ MARK = "thinsim:"  # lo_file_name of every loop device thinsim binds: thinsim:<i
 ENV = "THINSIM_REAL_DEVICES"  # "1" in a run that has them; "0: why" where it has not
 
 _libc = ctypes.CDLL(None, use_errno=True)
-FINISH_SECONDS = float(os.environ.get("THINSIM_FINISH_SECONDS", "60"))  # how long the end of a run waits for its file systems' last flush
+FINISH_SECONDS = float(
+    os.environ.get("THINSIM_FINISH_SECONDS", "60")
+)  # how long the end of a run waits for its file systems' last flush
 
 
 def unavailable() -> str | None:
@@ -344,17 +346,9 @@ class Privileged:
     def _unmount_ours(self) -> None:
         """The file systems mounted on this run's devices, unmounted (last first)."""
         ours = {f"{LOOP_MAJOR}:{n}" for n in self.loops}
-        try:
-            with open("/proc/self/mountinfo") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return
-        for line in reversed(lines):
-            fields = line.split(" ")
-            if len(fields) > 4 and fields[2] in ours:
-                target = _unescape(fields[4])
-                if _libc.umount2(os.fsencode(target), 0) != 0:
-                    _libc.umount2(os.fsencode(target), MNT_DETACH)
+        for devno, target in reversed(_mounts()):
+            if devno in ours and _libc.umount2(os.fsencode(target), 0) != 0:
+                _libc.umount2(os.fsencode(target), MNT_DETACH)
 
     def finish(self, patience: float = FINISH_SECONDS) -> None:
         """The run ends: every loop device it bound is let go, its record removed.
@@ -377,15 +371,7 @@ class Privileged:
         """Abort every FUSE connection of this run's mounts, found by their device numbers
         in mountinfo (a stat of the mount would wait on the server too)."""
         points = set(self.mounts.values())
-        minors = []
-        try:
-            with open("/proc/self/mountinfo") as f:
-                for line in f:
-                    fields = line.split(" ")
-                    if len(fields) > 4 and _unescape(fields[4]) in points:
-                        minors.append(int(fields[2].split(":")[1]))
-        except (OSError, ValueError):
-            return
+        minors = [devno.split(":")[1] for devno, point in _mounts() if point in points]
         control = os.path.join(self.base, ".fusectl")
         with contextlib.suppress(OSError):
             os.makedirs(control, exist_ok=True)
@@ -405,6 +391,18 @@ class Privileged:
             if self.record_fd >= 0 and not self.loops:
                 with contextlib.suppress(OSError):
                     os.unlink(self.record)
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """This namespace's mounts in /proc/self/mountinfo's order: (MAJOR:MINOR of the
+    mounted device, mount point)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    fields = (line.split(" ") for line in lines)
+    return [(f[2], _unescape(f[4])) for f in fields if len(f) > 4]
 
 
 def _unescape(text: str) -> str:

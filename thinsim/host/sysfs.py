@@ -144,17 +144,18 @@ def sync(state: HostState, root: str = SYS) -> None:
     devices = _devices(state)
     try:
         where = os.stat(os.path.join(root, home))
+        folders = {name: _attributes(state, dev) for name, dev in devices.items()}
         wanted = _Wanted(
             (where.st_dev, where.st_ino, home, frozenset(mounted)),
-            {name: _attributes(state, dev) for name, dev in devices.items()},
-            _bdi_files(state, devices) if BDI in mounted else {},
+            folders,
+            _bdi_files(devices, folders) if BDI in mounted else {},
             _proc_files(state, devices),
         )
         last = _written.pop(root, None)
         if last is not None and last.same_layout(wanted):
             _write_changed(root, home, last, wanted)
         else:
-            _write_all(state, root, home, mounted, devices, wanted)
+            _write_all(root, home, mounted, devices, wanted)
         _written[root] = wanted
     except OSError:
         pass  # a full tmpfs: the names just stay unseen; the next call writes all again
@@ -195,7 +196,7 @@ def _write_changed(root: str, home: str, last: _Wanted, wanted: _Wanted) -> None
         _write_proc(wanted.proc)
 
 
-def _write_all(state, root, home, mounted, devices, wanted: _Wanted) -> None:
+def _write_all(root, home, mounted, devices, wanted: _Wanted) -> None:
     _write_folders(os.path.join(root, home), wanted.folders)
     for folder in LINKS:
         if folder in mounted and folder != home:
@@ -271,17 +272,18 @@ def _refresh(state, root: str, mounted) -> None:
             pass  # no such folder (yet): the next simulated command writes it
 
 
-def _bdi_files(state: HostState, devices: dict[str, object]) -> dict[str, dict[str, str]]:
+def _bdi_files(devices: dict[str, object], folders) -> dict[str, dict[str, str]]:
     """Every disk's backing_dev_info (mm/backing-dev.c bdi_dev_attrs, named MAJOR:MINOR by
-    device_add_disk), where `echo N > /sys/class/bdi/7:0/read_ahead_kb` goes."""
+    device_add_disk), where `echo N > /sys/class/bdi/7:0/read_ahead_kb` goes: its
+    read-ahead is the queue's, from the device's own files (FOLDERS)."""
     return {
         dev.devno: {
-            "read_ahead_kb": _queue(state, dev)["read_ahead_kb"],
+            "read_ahead_kb": folders[name]["queue/read_ahead_kb"],
             "min_ratio": "0",
             "max_ratio": "100",
             "stable_pages_required": "0",
         }
-        for dev in devices.values()
+        for name, dev in devices.items()
     }
 
 
