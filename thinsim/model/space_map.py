@@ -277,7 +277,6 @@ class LowLevel:
         self.maps: list[bytearray | None] = []
         self.big = BigCounts()  # counts >= 3, mirrored in the ref-count btree
         self.old = OldCounts()  # count at the last commit of blocks changed since
-        self.old_runs: list[tuple[int, int]] = []  # runs allocated since, free at the commit
         self._committed = None
         self.bitmap_index_changed = False
         self.bitmaps = array("Q")  # metadata block of each bitmap
@@ -287,6 +286,7 @@ class LowLevel:
     def __setstate__(self, state: dict) -> None:
         # a host state pickled before the counts were kept a bitmap at a time
         bits = state.pop("bits", None)
+        runs = state.pop("old_runs", ())  # ... and before a run's blocks were kept in ``old``
         self.__dict__.update(state)
         if type(self.big) is dict:  # a host state pickled before BigCounts
             self.big = BigCounts(self.big)
@@ -294,6 +294,8 @@ class LowLevel:
             old, self.old = self.old, OldCounts()
             for b, c in old.items():
                 self.old[b] = c
+        for b, n in runs:
+            self._keep_free(*divmod(b, ENTRIES_PER_BITMAP), n)
         if bits is not None:
             self.bitmaps = array("Q", self.bitmaps)
             self.maps = [None] * len(self.bitmaps)
@@ -567,24 +569,24 @@ class LowLevel:
         self.shadow_bitmap(index)
         self._map(index)[lo : lo + n] = b"\x01" * n
         self.nr_allocated += n
-        self.old_runs.append((b, n))
-        # their count at the last commit, 0, kept as set_count keeps it: a block of the
-        # run whose count changes again in this transaction (a discard, an overwrite) must
-        # not keep the run's count as its old one, or an abort would leave it in use
+        self._keep_free(index, lo, n)
+        return b, n
+
+    def _keep_free(self, index: int, lo: int, n: int) -> None:
+        """Keep count 0 as the last-commit count of the ``n`` blocks from entry ``lo`` of
+        bitmap ``index``, a run just allocated, as set_count keeps a block's: a block of
+        the run whose count changes again in this transaction (a discard, an overwrite)
+        must not keep the run's count as its old one, or an abort would leave it in use."""
         codes = self.old.for_bitmap(index)
         seg = codes[lo : lo + n]
         fresh = seg.count(0)
         if fresh:
             codes[lo : lo + n] = seg.replace(b"\x00", b"\x01")
             self.old.n += fresh
-        return b, n
 
     def _touched(self) -> set[int]:
         """The bitmaps changed since the last commit."""
-        touched = self.old.bitmaps()
-        for b, n in self.old_runs:
-            touched.update(range(b // ENTRIES_PER_BITMAP, (b + n - 1) // ENTRIES_PER_BITMAP + 1))
-        return touched
+        return self.old.bitmaps()
 
     def commit(self) -> None:
         maps = self.maps
@@ -592,7 +594,6 @@ class LowLevel:
             if maps[index] == _ALL_FREE:
                 maps[index] = None  # all free now and at this commit
         self.old.clear()
-        self.old_runs.clear()
         self._committed = self._header()
 
     def _header(self):
@@ -604,9 +605,6 @@ class LowLevel:
         nr_blocks, nr_allocated, bitmaps, ref_root = self._committed[:4]
         big = self.big
         touched = self._touched()
-        for b, n in self.old_runs:
-            index, lo = divmod(b, ENTRIES_PER_BITMAP)
-            self._map(index)[lo : lo + n] = bytes(n)
         for b, c in self.old.items():
             index, e = divmod(b, ENTRIES_PER_BITMAP)
             m = self._map(index)
@@ -617,8 +615,6 @@ class LowLevel:
                 m[e] = c
                 big.pop(b, None)
         changed = list(self.old)
-        for b, n in self.old_runs:
-            changed.extend(range(b, b + n))
         maps = self.maps
         del maps[len(bitmaps) :]
         for index in touched:
@@ -630,7 +626,6 @@ class LowLevel:
         self.bitmaps = array("Q", bitmaps)  # the committed copy stays as it is
         self.ref_root = ref_root
         self.old.clear()
-        self.old_runs.clear()
         return changed
 
 
