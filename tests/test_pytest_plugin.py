@@ -5,6 +5,7 @@ unchanged on the model here and on the real kernel in the VM."""
 import os
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -153,6 +154,43 @@ def test_installed_and_named_in_a_conftest_the_plugin_is_loaded_once(pytester, t
     run(pytester, env=env).assert_outcomes(passed=3)  # and by name twice more
 
 
+def test_the_installed_thinsim_brings_the_plugin_by_its_entry_point_alone(pytester):
+    # No -p, no conftest: what pip install wrote (make test's venv: pip install -e .) is
+    # what loads it, and pytest names thinsim's distribution as the plugin's.
+    pytester.makepyfile(
+        """
+        def test_loaded_from_thinsims_distribution(request, thinsim_backend):
+            names = {dist.project_name for _, dist in
+                     request.config.pluginmanager.list_plugin_distinfo()}
+            assert "thinsim" in names and thinsim_backend == "model"
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_where_the_model_has_no_real_block_devices_a_test_that_needs_them_skips_saying_why(
+    tmp_path, monkeypatch
+):
+    from thinsim import pytest_plugin
+
+    monkeypatch.setattr(pytest_plugin, "_real_devices", ["no /dev/fuse (the fuse module)"])
+    host = pytest_plugin.Host("model", tmp_path)
+    assert host.block_devices == "no /dev/fuse (the fuse module)"
+    with pytest.raises(pytest.skip.Exception, match="not real block devices here: no /dev/fuse"):
+        host.require_block_devices()
+    assert pytest_plugin.Host("kernel", tmp_path).block_devices is None  # always real there
+
+
+def test_the_probe_for_real_block_devices_asks_a_simulated_host(monkeypatch):
+    from thinsim import pytest_plugin
+    from thinsim.host.realdev import unavailable
+
+    monkeypatch.setattr(pytest_plugin, "_real_devices", [])
+    # the run decides; where this process lacks something, so does the run's init
+    missing = pytest_plugin.block_devices_missing()
+    assert missing is None if unavailable() is None else missing
+
+
 # -- the example suite ----------------------------------------------------------------------
 
 
@@ -168,7 +206,7 @@ def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProces
 def test_the_example_suite_passes_on_the_model_its_kernel_only_test_skipped():
     proc = run_suite()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.splitlines()[-1].startswith("10 passed, 1 skipped")
+    assert proc.stdout.splitlines()[-1].startswith("11 passed, 1 skipped")
 
 
 @pytest.mark.kernel
@@ -192,7 +230,7 @@ def test_the_example_suite_passes_on_the_real_kernel_as_on_a_test_host(kernel):
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         last = proc.stdout.splitlines()[-1]
-        assert last.startswith("10 passed, 1 skipped"), proc.stdout  # the model-only test
+        assert last.startswith("11 passed, 1 skipped"), proc.stdout  # the model-only test
         assert "runs on the model only" in proc.stdout
         listed = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"],
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -204,3 +242,79 @@ def test_the_example_suite_passes_on_the_real_kernel_as_on_a_test_host(kernel):
         subprocess.run(["dmsetup", "remove", "decoy-theirs"], check=False)
         subprocess.run(["losetup", "-d", loop], check=False)
         decoy.unlink()
+
+
+# A suite killed outright (SIGKILL, no teardown) while a pool of thinsim_pool and a script of
+# thinsim_host both have devices; its next run must leave nothing behind.
+KILLED_SUITE = '''
+import os
+
+SCRIPT = """
+truncate -s 8M file
+loop=$(losetup -f --show file)
+dmsetup create killed-$$-lin --table "0 1024 linear $loop 0"
+touch @READY@
+sleep 600
+"""
+
+
+def test_killed_half_way(thinsim_pool, thinsim_host):
+    pool = thinsim_pool(64 << 20, 4 << 20)
+    pool.create_thin(1)
+    pool.activate(1, 16 << 20).write(0, b"x" * 65536)
+    thinsim_host.run(SCRIPT.replace("@READY@", os.environ["READY"]))
+
+
+def test_the_next_run(thinsim_pool, thinsim_host):
+    thinsim_pool(64 << 20, 4 << 20).create_thin(1)
+    assert thinsim_host.run("echo next\\n").stdout == "next\\n"
+'''
+
+
+def dm_names() -> set[str]:
+    out = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line and "No devices" not in line}
+
+
+def loops() -> set[str]:
+    out = subprocess.run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return {" ".join(line.split()) for line in out.splitlines()}
+
+
+@pytest.mark.kernel
+def test_a_suite_killed_outright_leaves_only_what_its_next_run_removes(kernel, tmp_path):
+    scratch = Path(os.environ.get("THINSIM_SCRATCH", "/tmp")) / f"killed-{tmp_path.name}"
+    (scratch / "real").mkdir(parents=True)
+    (scratch / "pools").mkdir()
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_killed.py").write_text(KILLED_SUITE)
+    ready = scratch / "ready"
+    env = {
+        **os.environ, "CI": "true", "PYTHONPATH": str(ROOT), "READY": str(ready),
+        "THINSIM_REAL_DIR": str(scratch / "real"), "THINSIM_KERNEL_DIR": str(scratch / "pools"),
+    }  # fmt: skip
+    argv = [sys.executable, "-m", "pytest", "-p", "thinsim.pytest_plugin", "-p",
+            "no:cacheprovider", "-q", "--thinsim-backend=kernel", str(suite)]  # fmt: skip
+    devices, loops_before = dm_names(), loops()
+    proc = subprocess.Popen([*argv, "-k", "killed_half_way"], env=env, cwd=suite)
+    try:
+        for _ in range(6000):  # up to 10 minutes in a slow VM
+            if ready.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), "the killed suite never got to its script"
+    finally:
+        proc.kill()
+        proc.wait()
+    # Left behind: the pool and its thin, their two loop devices; the script's linear device
+    # and its loop device (the script died with its runner: setpriv --pdeathsig).
+    assert len(dm_names() - devices) == 3
+    assert len(loops() - loops_before) == 3
+    nxt = subprocess.run([*argv, "-k", "the_next_run"], env=env, cwd=suite, capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert nxt.returncode == 0, nxt.stdout + nxt.stderr
+    assert dm_names() == devices
+    assert loops() == loops_before
+    assert list((scratch / "real").iterdir()) == list((scratch / "pools").iterdir()) == []

@@ -11,7 +11,11 @@ Installed with thinsim (entry point ``pytest11``), so any test suite gets:
 - ``thinsim_host``: a shell host for scripts, ``thinsim_host.run(SCRIPT_TEXT)`` or
   ``.run_file(PATH, *ARGS)`` giving stdout, stderr and the exit status: a simulated host
   (``thinsim run``) on the model, the real tools (``thinsim run --backend kernel``'s way:
-  only the devices the script made are removed afterwards) on the kernel.
+  only the devices the script made are removed afterwards) on the kernel.  Its devices are
+  real block devices for any program (mkfs.ext4, mount, Python's ``open()``): the kernel's
+  on the kernel, the model's served through FUSE and a real loop device where the machine
+  has them; ``thinsim_host.require_block_devices()`` skips a test, with the reason, where
+  it has not.
 - ``thinsim_backend``: the backend's name, ``"model"`` or ``"kernel"``.
 - markers ``thinsim_kernel_only`` (skipped on the model) and ``thinsim_model_only`` (skipped
   on the kernel: what only a simulation can do, such as simulated time).
@@ -25,6 +29,7 @@ assert to rewrite (PYTEST_DONT_REWRITE), so a conftest may import it before pyte
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,6 +162,42 @@ class Host:
         from .host.real import run_on_host
 
         return run_on_host(path, args, timeout)
+
+    @property
+    def block_devices(self) -> str | None:
+        """None where the scripts' devices (``/dev/mapper/NAME``, ``/dev/loopN``) are real
+        block devices that any program opens, mkfs.ext4, mount and Python's ``open()``
+        included; else what this machine lacks for them.  On the kernel they are the real
+        ones; on the model, simulated devices served through FUSE and a real loop device
+        (thinsim/host/realdev.py), which need root, /dev/fuse and the loop driver."""
+        return None if self.name == "kernel" else block_devices_missing()
+
+    def require_block_devices(self) -> None:
+        """Skip the test, with the reason, where :attr:`block_devices` says what is missing."""
+        reason = self.block_devices
+        if reason is not None:
+            pytest.skip(f"the simulated host's devices are not real block devices here: {reason}")
+
+
+_real_devices: list[str | None] = []  # the probe's answer, once per process
+
+
+def block_devices_missing() -> str | None:
+    """What a simulated host here lacks for real block devices (None: nothing), as its
+    sandbox tells the script (THINSIM_REAL_DEVICES: "1", or "0: what it lacks"; unset where
+    the kernel refused the sandbox itself).  Asked of a run, once: the run is what decides."""
+    if not _real_devices:
+        from .host.diff import run_simulated
+
+        with tempfile.TemporaryDirectory(prefix="thinsim-probe-") as folder:
+            probe = Path(folder) / "probe.sh"
+            probe.write_text('echo "${THINSIM_REAL_DEVICES-0: no sandbox (namespaces refused)}"\n')
+            result = run_simulated(probe, (), 120)
+        answer = result.stdout.strip()
+        if result.returncode != 0 or not answer:
+            answer = f"0: thinsim run failed ({result.returncode}): {result.stderr.strip()}"
+        _real_devices.append(None if answer == "1" else answer.removeprefix("0: "))
+    return _real_devices[0]
 
 
 # -- pytest hooks and fixtures --------------------------------------------------------------
