@@ -2,6 +2,7 @@
 suites of their own (pytester), and the example suite examples/regression-suite, which runs
 unchanged on the model here and on the real kernel in the VM."""
 
+import fnmatch
 import os
 import subprocess
 import sys
@@ -129,6 +130,23 @@ def test_the_package_declares_the_plugin_under_its_module_name(pytester):
     # named as its module, a suite that also names it (pytest_plugins, -p) loads it once
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["entry-points"]["pytest11"] == {"thinsim.pytest_plugin": "thinsim.pytest_plugin"}
+
+
+def test_every_file_of_the_package_besides_python_is_installed_with_it():
+    # pip install (not editable) copies only what package-data names: thinsim run, which
+    # compiles thinsim/host/client.c, could run no script of thinsim_host without it.
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = declared["package-data"]
+    left_out = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "thinsim").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+        if not any(
+            fnmatch.fnmatch(path.name, glob)
+            for glob in globs.get(".".join(path.parent.relative_to(ROOT).parts), [])
+        )
+    ]
+    assert left_out == []
 
 
 def test_installed_and_named_in_a_conftest_the_plugin_is_loaded_once(pytester, tmp_path):
