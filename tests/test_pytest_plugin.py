@@ -187,15 +187,20 @@ def test_the_installed_thinsim_brings_the_plugin_by_its_entry_point_alone(pytest
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
-def test_where_the_model_has_no_real_block_devices_a_test_that_needs_them_skips_saying_why(
+def test_where_the_model_has_no_real_block_devices_a_test_that_needs_them_skips_saying_why_or_fails_in_ci(
     tmp_path, monkeypatch
 ):
     from thinsim import pytest_plugin
 
     monkeypatch.setattr(pytest_plugin, "_real_devices", ["no /dev/fuse (the fuse module)"])
+    monkeypatch.delenv("CI", raising=False)
     host = pytest_plugin.Host("model", tmp_path)
     assert host.block_devices == "no /dev/fuse (the fuse module)"
     with pytest.raises(pytest.skip.Exception, match="not real block devices here: no /dev/fuse"):
+        host.require_block_devices()
+    # ... and under CI it fails, as a missing kernel does: a green run must not hide it
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run .* no /dev/fuse"):
         host.require_block_devices()
     assert pytest_plugin.Host("kernel", tmp_path).block_devices is None  # always real there
 

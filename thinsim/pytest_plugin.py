@@ -173,8 +173,13 @@ class Host:
         return None if self.name == "kernel" else block_devices_missing()
 
     def require_block_devices(self) -> None:
-        """Skip the test, with the reason, where :attr:`block_devices` says what is missing."""
+        """Skip the test, with the reason, where :attr:`block_devices` says what is missing
+        (fail it under CI=true, as a missing kernel does: a green run must not hide it)."""
         reason = self.block_devices
+        if reason is not None and in_ci():
+            pytest.fail(
+                f"CI must run this test on real block devices, but: {reason}", pytrace=False
+            )
         if reason is not None:
             pytest.skip(f"the simulated host's devices are not real block devices here: {reason}")
 
