@@ -407,9 +407,14 @@ class MetadataDevice:
         tm = pmd.tm
         enc = _Encoder(pmd)
         changed = sorted((tm.dirty or set()) - {THIN_SUPERBLOCK_LOCATION})
+        spilled = tm.spilled
+        blocks = tm.blocks
+        count = enc.mll.get_count
         fd = self._open()
         try:
             for b in changed:
+                if b in spilled and b not in blocks and count(b):
+                    continue  # written before the commit, as it is (save_nodes)
                 self._io(fd, b, enc.encode(b) or _ZERO_BLOCK)
             self._flush(fd)
             self._io(fd, THIN_SUPERBLOCK_LOCATION, enc.encode(THIN_SUPERBLOCK_LOCATION))
@@ -417,13 +422,33 @@ class MetadataDevice:
         finally:
             os.close(fd)
         tm.dirty = set()
+        spilled.clear()
         self.flags_on_disk = 1 if pmd.needs_check else 0
         if self.path is not None and getattr(tm, "device_complete", False):
-            # the commit is on the device: its clean nodes can be read back from there
+            # the commit is on the device: its clean nodes can be read back from there,
+            # and the next transaction's nodes written there before its commit
             reader = self.__dict__.get("_reader")
             if reader is None or (reader.path, reader.offset) != (self.path, self.offset):
                 reader = self._reader = NodeReader(self.path, self.offset)
-            tm.read_on_demand(reader.load)
+            tm.read_on_demand(reader.load, save=self.save_nodes)
+
+    def save_nodes(self, nodes) -> bool:
+        """Write ``(block, node)`` pairs of the transaction before its commit, as dm-bufio
+        writes dirty buffers back when its cache is full (transaction.BlockCache): they
+        are blocks the commit on disk does not use, so a crash leaves it as it was.  False
+        when a write failed (the nodes then stay in memory; the commit writes them)."""
+        try:
+            fd = self._open()
+        except MetadataWriteError:
+            return False
+        try:
+            for b, node in nodes:
+                self._io(fd, b, encode_node(b, node))
+        except MetadataWriteError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def write_all(self, pmd: PoolMetadata) -> None:
         """Write every live block of the last commit (a full image), in a commit's order."""
@@ -439,6 +464,7 @@ class MetadataDevice:
         tm = pmd.tm
         changed = sorted((tm.dirty or set()) - {THIN_SUPERBLOCK_LOCATION})
         tm.dirty = set()
+        tm.spilled.clear()
         if not changed:
             return
         try:
