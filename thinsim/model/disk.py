@@ -93,9 +93,9 @@ _NATIVE_LE = sys.byteorder == "little" and array("Q").itemsize == 8
 
 def encode_node(b: int, node: Node) -> bytes:
     """struct btree_node at block ``b``.  Keys and u64 values are copied into the block as
-    whole arrays (their bytes are the disk's on a little-endian machine): the packing one
-    argument an entry took about 25 us a node, and a day of churn on a 1 TiB thin writes
-    some 180k nodes.  The bytes are :func:`encode_node_reference`'s (tests/test_disk.py)."""
+    whole arrays (their bytes are the disk's on a little-endian machine): packing them one
+    argument an entry took 4-5 times as long (about 25 us a node), and a day of churn on a
+    1 TiB thin writes some 180k nodes.  The bytes are :func:`encode_node_reference`'s (tests/test_disk.py)."""
     keys = node.keys
     vals = node.values
     n = len(keys)
@@ -505,8 +505,8 @@ class ScratchMetadataDevice(MetadataDevice):
     """An anonymous temporary file (gone when the pool is) as the metadata device of a pool
     that has none: its commits are written there, unflushed, so that its clean btree nodes
     can leave memory and be read back (transaction.BlockCache).  What it costs: each commit
-    encodes and writes the blocks it changed (about 15 us a block), and the file takes the
-    metadata's size on disk."""
+    encodes and writes the blocks it changed (a few us a block: encode_node, a pwrite), and
+    the file takes the metadata's size on disk."""
 
     @staticmethod
     def fdatasync(fd: int) -> None:
