@@ -228,6 +228,7 @@ class Simulation:
             self.event("message_failed", f"{text}: {E.errorcode.get(e.errno, e.errno)}")
             raise MessageFailed(text) from None
         self._drain_log()
+        self.pool.target.pmd.tm.at_rest()  # a delete shadows a tree's worth of counts
 
     def create_thin(self, name: str, size: int, kind: str = "thin", dev_id: int | None = None):
         dev = self.new_id() if dev_id is None else dev_id
@@ -327,6 +328,7 @@ class Simulation:
             return e.errno
         self.user_discarded += length
         self._drain_log()
+        self.pool.target.pmd.tm.at_rest()
         return 0
 
     def write_range(self, v: Volume, offset: int, length: int, io: int) -> bool:
