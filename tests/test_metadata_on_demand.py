@@ -46,20 +46,24 @@ def _pool(md_path=None, scratch=False) -> Pool:
     return pool
 
 
-def _workload(pool: Pool, rng: random.Random):
+def _workload(pool: Pool, rng: random.Random, at_rest: bool = False):
     """A thin filled (thousands of leaves), snapshots, copy-on-write writes and a delete,
-    with commits between; yields after each commit."""
+    with commits between; yields after each commit.  ``at_rest``: the transaction manager
+    is told after each write that no one holds a node (as the planner tells it)."""
     pool.message("create_thin 0")
     thin = Thin(pool, 0, DATA // 2 // 512)
     nb = DATA // 2 // BLOCK
+    rest = pool.pmd.tm.at_rest if at_rest else lambda: None
     for off in range(0, DATA // 2, 256 * MiB):
         thin.write(off, bytes(256 * MiB))
+        rest()
     pool.commit()
     yield thin
     for day in range(1, 4):
         pool.message(f"create_snap {day} 0")
         for b in rng.sample(range(nb), 600):
             thin.write(b * BLOCK + 4096 * (b % 16), b"x" * 4096)
+            rest()
         pool.commit()
         yield thin
     pool.message("delete 2")
@@ -91,6 +95,73 @@ def test_a_pool_with_committed_metadata_on_a_file_keeps_few_nodes_and_computes_t
         assert len(cache) <= CACHE + CACHE // 4 + 8  # reads evict as they go
     assert on_file.status() == in_memory.status()
     b._check()
+
+
+def test_a_transaction_s_nodes_written_before_its_commit_leave_the_same_file_byte_for_byte(
+    tmp_path,
+):
+    """A pool told between writes that no one holds a node writes its transaction's oldest
+    dirty nodes to its file and drops them once its cache is full (as dm-bufio writes dirty
+    buffers back): it holds about its cache's size all through a transaction, and each
+    commit leaves the file, block for block, as a pool that kept them until the commit."""
+    kept = _pool(tmp_path / "kept")
+    early = _pool(tmp_path / "early")
+    cache = early.pmd.tm.blocks
+    for _ in zip(
+        _workload(kept, random.Random(7)),
+        _workload(early, random.Random(7), at_rest=True),
+        strict=True,
+    ):
+        assert (tmp_path / "early").read_bytes() == (tmp_path / "kept").read_bytes()
+        assert metadata_blocks(early.pmd) == metadata_blocks(kept.pmd)
+        assert not early.pmd.tm.spilled
+    assert cache.saved > 1000  # dirty nodes were written early and read back
+    assert cache.saved > len(kept.pmd.tm.blocks) - CACHE
+    assert early.status() == kept.status()
+    early.pmd._check()
+
+
+def test_an_abort_or_a_pickle_mid_transaction_with_nodes_written_early_loses_nothing(tmp_path):
+    """Nodes written before their commit are the transaction's: an abort drops them (zeros
+    over them, as over every block the transaction wrote) and a pickle taken mid-transaction
+    carries them, so the copy commits what the original commits."""
+    import pickle
+
+    pools = {name: _pool(tmp_path / name) for name in ("kept", "early")}
+    for name, pool in pools.items():
+        steps = _workload(pool, random.Random(3), at_rest=name == "early")
+        next(steps)
+        next(steps)
+    rng = random.Random(4)
+    nb = DATA // 2 // BLOCK
+    blocks = [rng.randrange(nb) for _ in range(600)]
+
+    def churn(pool, rest, snap=9):
+        pool.message(f"create_snap {snap} 0")
+        thin = Thin(pool, 0, DATA // 2 // 512)
+        for b in blocks:
+            thin.write(b * BLOCK, b"z" * 4096)
+            if rest:
+                pool.pmd.tm.at_rest()
+
+    churn(pools["kept"], False)
+    churn(pools["early"], True)
+    assert pools["early"].pmd.tm.spilled
+    copy = pickle.loads(pickle.dumps(pools["early"]))
+    copy.pmd.device = None  # the file is the original's
+    for pool in (*pools.values(), copy):
+        pool.commit()
+    assert metadata_blocks(copy.pmd) == metadata_blocks(pools["kept"].pmd)
+    assert metadata_blocks(pools["early"].pmd) == metadata_blocks(pools["kept"].pmd)
+    churn(pools["kept"], False, 10)
+    churn(pools["early"], True, 10)
+    assert pools["early"].pmd.tm.spilled
+    for pool in pools.values():
+        pool.pmd.abort()
+    assert not pools["early"].pmd.tm.spilled
+    assert (tmp_path / "early").read_bytes() == (tmp_path / "kept").read_bytes()
+    assert metadata_blocks(pools["early"].pmd) == metadata_blocks(pools["kept"].pmd)
+    pools["early"].pmd._check()
 
 
 def test_a_reopened_pool_reads_the_superblock_and_space_maps_then_nodes_on_demand(tmp_path):

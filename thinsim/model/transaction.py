@@ -10,7 +10,11 @@ Where the metadata is on a device (a file the commits are written to), the dict 
 ``BlockCache``, as dm-bufio is the kernel's: a clean node -- one as the last commit wrote
 it, neither shadowed nor written since -- may be dropped from memory, and is read back
 from the device and parsed the next time it is touched, so memory follows the cache's
-size, not the metadata's.  Dirty and shadowed nodes stay until the commit has written them.
+size, not the metadata's.  Dirty and shadowed nodes stay until the commit has written them,
+or, where the cache is told it may (``TransactionManager.at_rest``), are written to the device
+before it, as dm-bufio writes dirty buffers back when its cache is full: a day of copy-on-write
+on a 1 TiB thin with snapshots shadows some 130k nodes in one transaction, half a GiB here.
+A block so written is in ``tm.spilled`` until the commit, which does not write it again.
 """
 
 from __future__ import annotations
@@ -32,21 +36,39 @@ class BlockCache(dict):
     KeyError.  A block that fails its checks raises disk.CorruptMetadata.  A miss loads only a
     block that holds what the last commit wrote: not one shadowed or written since (its
     contents are in memory or nowhere) -- ``tm.shadows`` and ``tm.dirty`` say which.
-    When more than ``limit`` blocks are held, the oldest clean nodes are dropped."""
+    When more than ``limit`` blocks are held, the oldest clean nodes are dropped.
 
-    def __init__(self, tm: TransactionManager, load: Callable[[int], Any], limit: int) -> None:
+    ``save(nodes)`` writes ``(block, node)`` pairs of the transaction to the device (False
+    when it could not): set, the oldest dirty nodes are written and dropped too, at the
+    points ``TransactionManager.at_rest`` marks, and read back like the others."""
+
+    def __init__(
+        self,
+        tm: TransactionManager,
+        load: Callable[[int], Any],
+        limit: int,
+        save: Callable[[list], bool] | None = None,
+    ) -> None:
         super().__init__(tm.blocks)
         self.tm = tm
         self.load = load
+        self.save = save
         self.limit = limit
         self._evict_at = limit
         self.loads = 0  # blocks read back (for tests and benchmarks)
+        self.saved = 0  # dirty nodes written before their commit (for benchmarks)
 
     def __missing__(self, b: int):
         tm = self.tm
         # without write tracking nothing says what the device holds
-        if tm.dirty is None or b in tm.shadows or b in tm.dirty:
+        if tm.dirty is None:
             raise KeyError(b)
+        if b in tm.shadows or b in tm.dirty:
+            spilled = tm.spilled
+            if b not in spilled:
+                raise KeyError(b)
+            # held again: the commit writes it from memory (it may change in place)
+            spilled.discard(b)
         node = self.load(b)
         if node is None:  # not a node: its space map keeps the block
             raise KeyError(b)
@@ -60,21 +82,30 @@ class BlockCache(dict):
         """A pickle carries every node, as a plain dict: those not held are read from the
         device (the host's per-command path, THINSIM_SERVER=0, pickles its pools whole;
         host/state.py).  Every block live now or at the last commit (an abort goes back
-        to it) that is not held is clean, so its node is the device's."""
+        to it) that is not held is clean or written early (``tm.spilled``), so its node is
+        the device's."""
         full = dict(self)
         tm = self.tm
         ll = tm.sm.ll
         live = set(ll.counts())
         live.update(b for b, c in ll.old.items() if c)
         for b in sorted(live):
-            if b not in full and tm.dirty is not None and b not in tm.dirty:
+            if b not in full and tm.dirty is not None and (b not in tm.dirty or b in tm.spilled):
                 node = self.load(b)
                 if node is not None:  # not a bitmap, an index block, a superblock
                     full[b] = node
         return dict, (full,)
 
-    def evict(self) -> None:
-        """Drop the oldest clean nodes until a quarter of the room is free again."""
+    def pop(self, b, *default):
+        # a block dropped from the transaction (its number reused for a bitmap, say): what
+        # was written of it is no longer its contents
+        self.tm.spilled.discard(b)
+        return super().pop(b, *default)
+
+    def evict(self, spill: bool = False) -> None:
+        """Drop the oldest clean nodes until a quarter of the room is free again; with
+        ``spill`` (no one holds a node now) write the oldest dirty ones and drop them
+        too, if that is not enough."""
         from .btree import Node
 
         tm = self.tm
@@ -93,6 +124,22 @@ class BlockCache(dict):
                         break
             for b in drop:
                 del self[b]
+            excess -= len(drop)
+        if excess > 0 and spill and self.save is not None:
+            out = []
+            for b, obj in self.items():
+                # the data space map's index leaves are encoded from its bitmaps at the
+                # commit: they stay
+                if type(obj) is Node and (obj.value_size != 16 or not obj.leaf):
+                    out.append((b, obj))
+                    if len(out) >= excess:
+                        break
+            if out and self.save(out):
+                spilled = tm.spilled
+                for b, _obj in out:
+                    del self[b]
+                    spilled.add(b)
+                self.saved += len(out)
         # what is dirty stays: look again once the cache has grown by a quarter more
         self._evict_at = max(self.limit, len(self) + self.limit // 4)
 
@@ -112,6 +159,12 @@ class TransactionManager:
         # since the metadata was formatted, written whole, or read from the device.  Only
         # then may nodes be read back from it (BlockCache)
         self.device_complete = False
+        # dirty nodes written to the device before their commit and dropped (BlockCache)
+        self.spilled: set[int] = set()
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("spilled", set())
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"TransactionManager(blocks={len(self.blocks)})"
@@ -126,13 +179,29 @@ class TransactionManager:
         except KeyError:
             return None
 
-    def read_on_demand(self, load: Callable[[int], Any], limit: int | None = None):
+    def read_on_demand(
+        self,
+        load: Callable[[int], Any],
+        limit: int | None = None,
+        save: Callable[[list], bool] | None = None,
+    ):
         """From now on clean nodes may be dropped and read back with ``load`` (see
-        BlockCache); the blocks held are kept."""
+        BlockCache), and dirty ones written with ``save`` first where given; the blocks
+        held are kept."""
         if isinstance(self.blocks, BlockCache):
             self.blocks.load = load
+            self.blocks.save = save
         else:
-            self.blocks = BlockCache(self, load, DEFAULT_CACHE_NODES if limit is None else limit)
+            limit = DEFAULT_CACHE_NODES if limit is None else limit
+            self.blocks = BlockCache(self, load, limit, save)
+
+    def at_rest(self) -> None:
+        """Say that no one holds a node now (between two bios, say): a cache over its size
+        may write dirty nodes to the device and drop them (BlockCache.evict).  Nodes are
+        changed in place while held, so only such a point is safe."""
+        blocks = self.blocks
+        if type(blocks) is BlockCache and len(blocks) > blocks.limit:
+            blocks.evict(spill=True)
 
     def new_block(self, obj) -> int:
         """dm_tm_new_block: allocate a block, counted as a shadow of this transaction.
@@ -216,6 +285,7 @@ class TransactionManager:
         """After the space map went back to its last commit: forget the shadows and the
         blocks that exist only in the aborted transaction."""
         self.shadows.clear()
+        self.spilled.clear()
         get = self.sm.get_count
         nr = self.sm.nr_blocks
         blocks = self.blocks
