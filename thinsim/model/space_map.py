@@ -468,7 +468,7 @@ class LowLevel:
         st: list = []
         seen: dict[int, list] = {}  # bitmap index -> [map, big counts, old codes, base, slot]
         node = keys = values = None
-        lo = hi = 0
+        lo = hi = nkeys = 0
         # where the last key set in place was in each leaf kept: its index and the key
         # (``cur``, the entry of ``node``, has them while it is the leaf in use)
         cur = None
@@ -511,6 +511,16 @@ class LowLevel:
                         bm = big.array_for(index)
                     big.n += 1
                 bm[e] = n
+                if lo <= b < hi:
+                    # the blocks of a leaf come in runs of consecutive blocks, most of
+                    # them with counts of 3 and more: consecutive keys of the ref-count
+                    # leaf, so the key is usually where the last one was, plus the gap
+                    # (keys are distinct: a key equal to b, at any index, is b's entry)
+                    i = at + b - at_b
+                    if -nkeys <= i < nkeys and keys[i] == b:
+                        at, at_b = i, b
+                        values[i] = n
+                        continue  # o > 2: nr_allocated unchanged
                 if cache:
                     if not (lo <= b < hi):
                         if cur is not None:
@@ -536,15 +546,13 @@ class LowLevel:
                         if cur is not None:
                             node, lo, hi, _, at, at_b = cur
                             keys, values = node.keys, node.values
+                            nkeys = len(keys)
                         else:
                             node = None
                             lo = hi = 0
                     if lo <= b < hi:
-                        # the blocks of a leaf come in runs of consecutive blocks, most of
-                        # them with counts of 3 and more: consecutive keys of the ref-count
-                        # leaf, so the key is usually where the last one was, plus the gap
                         i = at + b - at_b
-                        if at_b >= 0 and 0 <= i < len(keys) and keys[i] == b:
+                        if -nkeys <= i < nkeys and keys[i] == b:
                             at, at_b = i, b
                             values[i] = n
                             continue  # o > 2: nr_allocated unchanged
@@ -553,10 +561,11 @@ class LowLevel:
                             at, at_b = i, b
                             values[i] = n
                             continue  # o > 2: nr_allocated unchanged
-                        at_b = -1
-                        if len(keys) < node.max_entries:
+                        if nkeys < node.max_entries:
                             keys.insert(i + 1, b)
                             values.insert(i + 1, n)
+                            nkeys += 1
+                            at, at_b = i + 1, b
                             continue  # o == 2
                 reshapes = info.reshapes
                 self.ref_root, _ = info.insert(self.ref_root, (b,), n)
