@@ -262,6 +262,22 @@ def _apply(pmd: PoolMetadata, op: tuple):
                 return block
             finally:
                 pmd.close_device(td)
+        if kind == "sweep":
+            # copy-on-write over a device's mapped blocks in ascending order, as a day of
+            # the capacity planner's churn writes them: each shared leaf shadowed counts
+            # its data blocks (add_many), each write drops its old block's count
+            td = pmd.open_device(a % 2)
+            try:
+                highest = pmd.highest_mapped(td)
+                step = 1 + b % 7
+                out = []
+                for vb in range(b % step, -1 if highest is None else highest + 1, step):
+                    block = pmd.alloc_data_block()
+                    pmd.insert_block(td, vb, block)
+                    out.append(block)
+                return out
+            finally:
+                pmd.close_device(td)
         if kind == "snap":
             pmd.create_snap(2 + a % 6, b % 8)
             pmd.commit()  # pool_message commits after each message that succeeds
@@ -389,6 +405,36 @@ def test_a_data_device_extended_a_run_of_bitmaps_at_a_time_is_the_one_extended_o
     assert old_outcome == new_outcome
     assert _state(old) == _state(new)
     new._check()
+
+
+_sweeps = st.lists(
+    st.tuples(
+        st.sampled_from(["sweep", "sweep", "snap", "snap", "run", "delete", "commit", "abort"]),
+        st.integers(0, 7),
+        st.integers(1, 12_000),
+    ),
+    max_size=14,
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nr_md_blocks=st.sampled_from([300, 1000, 4096]), ops=_sweeps)
+def test_copy_on_write_sweeps_over_many_snapshots_count_as_one_set_count_a_block(nr_md_blocks, ops):
+    """Counts of 3 and more in a reference-count btree of many leaves, set by add_many in
+    the leaves it keeps from one call to the next (and by set_count there), while other
+    writes split, rebalance and remove in the same tree: what e4b6105's one set_count a
+    block leaves, metadata running out mid-sweep included."""
+    pmds = [_metadata(o, nr_md_blocks, 8 * ENTRIES_PER_BITMAP) for o in (True, False)]
+    # three snapshots of a filled device, each followed by a sweep over it: counts of 3
+    # and more in a tree of tens of leaves, splitting as its keys come
+    prefix = [("run", 0, 12_000)]
+    for i in range(4):  # every 7th block written after each snapshot
+        prefix += [("snap", i, 0), ("sweep", 0, 6)]
+    assert _state(pmds[0]) == _state(pmds[1])
+    for op in prefix + ops:
+        results = [_apply(pmd, op) for pmd in pmds]
+        assert results[0] == results[1], op
+        assert _state(pmds[0]) == _state(pmds[1]), op
 
 
 def test_a_second_abort_without_a_commit_between_goes_back_to_the_last_commit():

@@ -95,7 +95,14 @@ class ValueType:
 
 
 class BTreeInfo:
-    """struct dm_btree_info: a tree family of ``levels`` levels sharing one value type."""
+    """struct dm_btree_info: a tree family of ``levels`` levels sharing one value type.
+
+    ``reshapes`` counts the changes to the tree's shape (a split, a rebalance, a removal):
+    the leaves a caller found with ``leaf_in_place`` keep their key ranges and stay in place
+    while it is unchanged, and the transaction is (an insert that only shadows nodes on its
+    way down leaves the other leaves' paths as they were)."""
+
+    reshapes = 0  # a tree pickled before the count has none
 
     def __init__(self, tm, levels: int, value_type: ValueType) -> None:
         self.tm = tm
@@ -377,8 +384,9 @@ class BTreeInfo:
     def leaf_in_place(self, root: int, key: int):
         """For a single-level tree: the leaf ``_insert_in_place`` would put ``key`` in, if
         it would (every node on the path shadowed and unshared, no internal node full), as
-        (leaf, lo, hi): every key in [lo, hi) takes the same path while the tree changes
-        only in that leaf.  None otherwise (the caller checks ``tm.sm._bops``)."""
+        (leaf, lo, hi, its block): every key in [lo, hi) takes the same path while the tree
+        changes only in that leaf (or, within the transaction, until ``reshapes`` changes).
+        None otherwise (the caller checks ``tm.sm._bops``)."""
         tm = self.tm
         shadows = tm.shadows
         blocks = tm.blocks
@@ -395,7 +403,7 @@ class BTreeInfo:
             node = blocks[b]
             nkeys = node.keys
             if node.leaf:
-                return node, lo, hi
+                return node, lo, hi, b
             i = bisect_right(nkeys, key) - 1
             if len(nkeys) == node.max_entries or i < 0:
                 return None
@@ -433,6 +441,7 @@ class BTreeInfo:
             if spine.parent is not None and i >= 0:
                 spine.parent.values[i] = b
             if len(node.keys) == node.max_entries and not (node.leaf and _contains(node.keys, key)):
+                self.reshapes += 1
                 if top:
                     self._split_beneath(spine, vt)
                 else:
@@ -603,6 +612,7 @@ class BTreeInfo:
 
     def remove(self, root: int, keys) -> int:
         """dm_btree_remove: remove ``keys``; returns the new root.  KeyError if absent."""
+        self.reshapes += 1
         last = self.levels - 1
         spine = _Spine()
         index = 0
@@ -659,6 +669,7 @@ class BTreeInfo:
         remove_nearest, rebalancing the children at each level on the way down), and one
         more that finds the key after the run; each walk is ``_remove_nearest`` inline
         (a node shadowed and unshared already is used in place, as ``_shadow`` would)."""
+        self.reshapes += 1
         removed = 0
         key = first_key
         vt = self.value_type

@@ -282,8 +282,26 @@ class LowLevel:
         self.bitmaps = array("Q")  # metadata block of each bitmap
         self.ref_info = BTreeInfo(tm, 1, ValueType(4))
         self.ref_root = 0
+        self._no_ref_leaves()
+
+    def _no_ref_leaves(self) -> None:
+        # reference-count leaves found in place (BTreeInfo.leaf_in_place) this transaction,
+        # by the lowest key of their range: [leaf, lo, hi, block, at, at_b] (at: the index
+        # of key at_b, the last one add_many set there); keys in [lo, hi) go to
+        # the leaf in place while the tree's shape (ref_info.reshapes) and root are those of
+        # ``_ref_at`` and the leaf is still the block's node (add_many)
+        self._ref_los: list[int] = []
+        self._ref_leaves: list[tuple] = []
+        self._ref_at = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for k in ("_ref_los", "_ref_leaves", "_ref_at"):
+            state.pop(k, None)
+        return state
 
     def __setstate__(self, state: dict) -> None:
+        self._no_ref_leaves()
         # a host state pickled before the counts were kept a bitmap at a time
         bits = state.pop("bits", None)
         runs = state.pop("old_runs", ())  # ... and before a run's blocks were kept in ``old``
@@ -389,12 +407,30 @@ class LowLevel:
             if old < 3:
                 big.n += 1
             big.array_for(index)[e] = new
-            self.ref_root, _ = self.ref_info.insert(self.ref_root, (b,), new)
+            leaf = self._ref_leaf(b) if self._ref_los else None
+            if leaf is not None:
+                # what ``_insert_in_place`` does in the leaf add_many found it would go to
+                keys = leaf.keys
+                i = bisect_right(keys, b) - 1
+                if i >= 0 and keys[i] == b:
+                    leaf.values[i] = new
+                elif len(keys) < leaf.max_entries:
+                    keys.insert(i + 1, b)
+                    leaf.values.insert(i + 1, new)
+                else:
+                    leaf = None
+            if leaf is None:
+                info = self.ref_info
+                reshapes = info.reshapes
+                self.ref_root, _ = info.insert(self.ref_root, (b,), new)
+                if info.reshapes != reshapes:
+                    self._forget_ref_leaves()
         else:
             m[e] = new
             if old > 2:
                 big.arrays[index][e] = 0
                 big.n -= 1
+                self._forget_ref_leaves()
                 self.ref_root = self.ref_info.remove(self.ref_root, (b,))
         if old == 0 and new:
             self.nr_allocated += 1
@@ -407,46 +443,56 @@ class LowLevel:
 
         - a bitmap is shadowed (and its index entry dirtied) once for a run of blocks in
           it: the calls after the first change nothing (its block is a shadow of this
-          transaction, and the ie cache's slot already holds it);
+          transaction, and the ie cache's slot already holds it); a bitmap met again later
+          in the call is only put back in its ie cache slot if another took it;
         - a count of 3 or more is set in the reference-count btree's leaf in place, as
-          ``BTreeInfo._insert_in_place`` would set it, with the leaves found by its walks
-          kept while nothing but in-place changes touched the tree (a key inside the key
-          range a walk went down lands in the same leaf)."""
+          ``BTreeInfo._insert_in_place`` would set it, in the leaves ``_ref_leaf`` keeps
+          (a key inside the key range a walk went down lands in the same leaf)."""
         maps, big, old = self.maps, self.big, self.old
         bigs = big.arrays
-        bm = None
         tm = self.tm
         shadows = tm.shadows
+        held = tm.blocks
         info = self.ref_info
+        ie = getattr(self, "dirty", None)  # the data ll's ie cache (slot -> bitmap index)
         # queued metadata counts (left by a failure) keep every insert off the in-place
         # path (``_insert_in_place``); between the calls below there are none
         cache = not tm.sm._bops
+        los, leaves = self._ref_los, self._ref_leaves
+        if los and (not cache or self._ref_at != (info.reshapes, self.ref_root)):
+            los.clear()
+            leaves.clear()
         last = -1
-        m = None
-        oc = None
-        base = 0
-        # ref-count leaves found in place by this call, by the lowest key of their range:
-        # keys in [lo, hi) go to the leaf, in place, until the tree changes elsewhere
-        los: list[int] = []
-        leaves: list[tuple] = []
-        node = None
-        lo = hi = 0
-        # where the last key set in place was: (its index, the key, its leaf)
-        at = at_b = 0
-        at_node = None
+        m = bm = oc = None
+        base = slot = 0
+        st: list = []
+        seen: dict[int, list] = {}  # bitmap index -> [map, big counts, old codes, base, slot]
+        node = keys = values = None
+        lo = hi = nkeys = 0
+        # where the last key set in place was in each leaf kept: its index and the key
+        # (``cur``, the entry of ``node``, has them while it is the leaf in use)
+        cur = None
+        at, at_b = 0, -1
         for b in blocks:
             index = b // _entries
             if index != last:
-                if self.bitmaps[index] in shadows:
-                    self._index_changed(index)
-                else:
-                    self.shadow_bitmap(index)
-                m = maps[index]
-                if m is None:
-                    m = maps[index] = bytearray(_entries)
-                bm = bigs.get(index)
-                oc = old.for_bitmap(index)
-                base = index * _entries
+                if last >= 0:
+                    st[1] = bm  # it may have been made since
+                st = seen.get(index)
+                if st is None:
+                    if self.bitmaps[index] in shadows:
+                        self._index_changed(index)
+                    else:
+                        self.shadow_bitmap(index)
+                    m = maps[index]
+                    if m is None:
+                        m = maps[index] = bytearray(_entries)
+                    slot = ((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)
+                    st = seen[index] = [m, bigs.get(index), old.for_bitmap(index), 0, slot]
+                    st[3] = index * _entries
+                elif ie is None or ie.get(st[4]) != index:
+                    self._index_changed(index)  # its bitmap is a shadow already
+                m, bm, oc, base = st[0], st[1], st[2], st[3]
                 last = index
             e = b - base
             c = m[e]
@@ -465,40 +511,72 @@ class LowLevel:
                         bm = big.array_for(index)
                     big.n += 1
                 bm[e] = n
-                if not (lo <= b < hi) and cache:
-                    j = bisect_right(los, b) - 1
-                    if j >= 0 and b < leaves[j][2]:
-                        node, lo, hi = leaves[j]
-                    else:
-                        found = info.leaf_in_place(self.ref_root, b)
-                        if found is not None:
-                            node, lo, hi = found
-                            los.insert(j + 1, lo)
-                            leaves.insert(j + 1, found)
                 if lo <= b < hi:
-                    keys = node.keys
                     # the blocks of a leaf come in runs of consecutive blocks, most of
                     # them with counts of 3 and more: consecutive keys of the ref-count
                     # leaf, so the key is usually where the last one was, plus the gap
+                    # (keys are distinct: a key equal to b, at any index, is b's entry)
                     i = at + b - at_b
-                    if node is at_node and 0 <= i < len(keys) and keys[i] == b:
+                    if -nkeys <= i < nkeys and keys[i] == b:
                         at, at_b = i, b
-                        node.values[i] = n
+                        values[i] = n
                         continue  # o > 2: nr_allocated unchanged
-                    i = bisect_right(keys, b) - 1
-                    if i >= 0 and keys[i] == b:
-                        at, at_b, at_node = i, b, node
-                        node.values[i] = n
-                        continue  # o > 2: nr_allocated unchanged
-                    at_node = None
-                    if len(keys) < node.max_entries:
-                        keys.insert(i + 1, b)
-                        node.values.insert(i + 1, n)
-                        continue  # o == 2
-                los.clear()
-                leaves.clear()
-                lo = hi = 0
+                if cache:
+                    if not (lo <= b < hi):
+                        if cur is not None:
+                            cur[4] = at
+                            cur[5] = at_b
+                        j = bisect_right(los, b) - 1
+                        if j >= 0 and b < leaves[j][2] and held.get(leaves[j][3]) is leaves[j][0]:
+                            cur = leaves[j]
+                        else:
+                            found = info.leaf_in_place(self.ref_root, b)
+                            if found is not None:
+                                cur = [*found, 0, -1]
+                                if j >= 0 and b < leaves[j][2]:
+                                    # a leaf read back since: the walk found it again
+                                    los[j] = found[1]
+                                    leaves[j] = cur
+                                else:
+                                    los.insert(j + 1, found[1])
+                                    leaves.insert(j + 1, cur)
+                                self._ref_at = (info.reshapes, self.ref_root)
+                            else:
+                                cur = None
+                        if cur is not None:
+                            node, lo, hi, _, at, at_b = cur
+                            keys, values = node.keys, node.values
+                            nkeys = len(keys)
+                        else:
+                            node = None
+                            lo = hi = 0
+                    if lo <= b < hi:
+                        i = at + b - at_b
+                        if -nkeys <= i < nkeys and keys[i] == b:
+                            at, at_b = i, b
+                            values[i] = n
+                            continue  # o > 2: nr_allocated unchanged
+                        i = bisect_right(keys, b) - 1
+                        if i >= 0 and keys[i] == b:
+                            at, at_b = i, b
+                            values[i] = n
+                            continue  # o > 2: nr_allocated unchanged
+                        if nkeys < node.max_entries:
+                            keys.insert(i + 1, b)
+                            values.insert(i + 1, n)
+                            nkeys += 1
+                            at, at_b = i + 1, b
+                            continue  # o == 2
+                reshapes = info.reshapes
                 self.ref_root, _ = info.insert(self.ref_root, (b,), n)
+                if info.reshapes != reshapes:
+                    los.clear()
+                    leaves.clear()
+                else:
+                    # only shadows on the way down: the leaves kept keep their places
+                    self._ref_at = (reshapes, self.ref_root)
+                node = cur = None
+                lo = hi = 0
             else:
                 m[e] = n
                 if o > 2:
@@ -506,6 +584,7 @@ class LowLevel:
                     big.n -= 1
                     los.clear()
                     leaves.clear()
+                    node = cur = None
                     lo = hi = 0
                     self.ref_root = info.remove(self.ref_root, (b,))
             if o == 0:
@@ -513,6 +592,27 @@ class LowLevel:
                     self.nr_allocated += 1
             elif n == 0:
                 self.nr_allocated -= 1
+
+    def _ref_leaf(self, b: int):
+        """The reference-count leaf kept by ``add_many`` that key ``b`` goes to in place,
+        if there is one still valid; else None."""
+        info = self.ref_info
+        if self._ref_at != (info.reshapes, self.ref_root) or self.tm.sm._bops:
+            return None
+        los = self._ref_los
+        j = bisect_right(los, b) - 1
+        if j < 0:
+            return None
+        leaf, _lo, hi, block = self._ref_leaves[j][:4]
+        if b >= hi or self.tm.blocks.get(block) is not leaf:
+            return None
+        return leaf
+
+    def _forget_ref_leaves(self) -> None:
+        """The reference-count leaves ``add_many`` keeps between calls, dropped (a commit or
+        a rollback: they are no longer shadows of the transaction)."""
+        self._ref_los.clear()
+        self._ref_leaves.clear()
 
     def find_common_free(self, begin: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
         """sm_ll_find_common_free_block from ``begin``; NoSpace when none is left.
@@ -594,6 +694,7 @@ class LowLevel:
             if maps[index] == _ALL_FREE:
                 maps[index] = None  # all free now and at this commit
         self.old.clear()
+        self._forget_ref_leaves()
         self._committed = self._header()
 
     def _header(self):
@@ -626,6 +727,7 @@ class LowLevel:
         self.bitmaps = array("Q", bitmaps)  # the committed copy stays as it is
         self.ref_root = ref_root
         self.old.clear()
+        self._forget_ref_leaves()
         return changed
 
 

@@ -87,8 +87,16 @@ class Needs:
 def _busy(ll) -> int:
     """Blocks in use now or at the last commit: the allocator finds only the others
     (a block allocated and freed again in one transaction is free in both views)."""
-    get = ll.get_count
-    return ll.nr_allocated + sum(1 for b, c in ll.old.items() if c and not get(b))
+    busy = ll.nr_allocated
+    maps = ll.maps
+    for index, codes in ll.old.codes.items():
+        # a code above 1: in use at the last commit (OldCounts); 0 in the map: free now
+        was = np.frombuffer(codes, dtype=np.uint8) > 1
+        m = maps[index]
+        if m is not None:
+            was &= np.frombuffer(m, dtype=np.uint8) == 0
+        busy += int(np.count_nonzero(was))
+    return busy
 
 
 class CountingStore(AccountingStore):
