@@ -11,12 +11,10 @@ script recorded with an old output, or a kernel that changed).
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import in_ci
 
 HOST = Path(__file__).parent / "host"
 sys.path.insert(0, str(HOST))
@@ -39,22 +37,6 @@ def test_a_recorded_host_script_prints_on_the_simulated_host_what_it_printed(nam
     assert mask(r.stdout) == out
     assert mask(r.stderr) == err
     assert str(r.returncode) == rc.strip()
-
-
-@pytest.fixture
-def wiped_vm():
-    """Inside ``thinsim vm`` only: each script runs on a machine as just booted (every dm and
-    loop device removed, a fresh ext4 on the RAM disk /dev/ram0), which no real host must get."""
-    if not real.in_vm() or real.dm_thin_here() is not None:
-        why = "needs the VM that `make test` boots (it wipes every dm and loop device)"
-        if in_ci():
-            pytest.fail(f"CI must run the recorded scripts on the kernel, but: {why}")
-        pytest.skip(why)
-    if not os.path.exists(real.RAMDISK):
-        subprocess.run(["modprobe", *real.BRD.split()], check=True)
-    cwd = os.getcwd()
-    yield
-    os.chdir(cwd)  # run_in_vm leaves the guest in /
 
 
 # In CI the VM re-runs four scripts whose output is the kernel's own: the walkthrough `make run`
