@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 
 import thinsim
 from thinsim.host import real
-from thinsim.pytest_plugin import Backend, in_ci, require_kernel  # noqa: F401  (tests import in_ci)
+from thinsim.pytest_plugin import Backend, in_ci, require_kernel  # tests import in_ci from here
 
 # The plugin thinsim installs (entry point pytest11); named here too for a checkout whose
 # thinsim is not installed (or installed from an older one).  Loaded once either way.

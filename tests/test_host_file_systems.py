@@ -20,13 +20,11 @@ from thinsim.host import real, realdev
 
 HOST = Path(__file__).parent / "host"
 sys.path.insert(0, str(HOST))
-from harness import SCRIPTS, run_simulated
-
-FILE_SYSTEM_SCRIPTS = ("35_ext4_on_thin",)
+from harness import REAL_DEVICE_SCRIPTS, SCRIPTS, run_simulated
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("name", FILE_SYSTEM_SCRIPTS)
+@pytest.mark.parametrize("name", REAL_DEVICE_SCRIPTS)
 def test_a_file_system_on_thins_leaves_the_same_pool_on_the_kernel_and_the_simulated_host(
     name, wiped_vm
 ):

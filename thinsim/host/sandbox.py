@@ -29,7 +29,7 @@ exits and the kernel kills whatever the script left running.  Run anywhere else,
 :func:`main` refuses.
 
 Where the machine allows it, the init also binds real loop devices of the host to the
-simulated devices' FUSE files, makes their nodes, and runs mount, umount and fstrim on them
+simulated devices' FUSE files, makes their nodes, and runs mount, umount, fstrim and mkfs.xfs on them
 for the script (thinsim/host/realdev.py: only its own loop devices, detached when it ends).
 """
 
@@ -363,7 +363,7 @@ def serve_nodes(listener: socket.socket) -> None:
             with conn:
                 head, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
                 request = head.decode()
-                if request.startswith("tool\0"):  # the script's mount, umount, fstrim
+                if request.startswith("tool\0"):  # the script's mount, umount, fstrim, mkfs.xfs
                     if _privileged is None:
                         for fd in fds:
                             os.close(fd)
