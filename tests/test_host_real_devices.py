@@ -294,6 +294,22 @@ def test_mkfs_xfs_runs_only_on_the_runs_devices_and_names_no_other_file(tmp_path
     assert r.stdout == "rc=0\nrc=1\nrc=1\nrc=1\n"  # a plain file is mkfs.xfs's own business
 
 
+def test_a_kept_hosts_devices_are_real_from_the_scripts_first_line(tmp_path):
+    host = tmp_path / "host"
+    first = tmp_path / "first.sh"
+    first.write_text(THIN + "printf hello > /dev/mapper/thin\n")
+    second = tmp_path / "second.sh"
+    second.write_text("stat -c %t /dev/dm-1\nhead -c 5 /dev/mapper/thin; echo\n")
+    environ = {k: v for k, v in os.environ.items() if k != "THINSIM_HOST"}
+    for script in (first, second):
+        r = subprocess.run(
+            this_thinsim("thinsim.cli", "run", "--host", str(host), str(script)),
+            cwd=tmp_path, capture_output=True, text=True, env=environ, timeout=120, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    assert r.stdout == "7\nhello\n"  # a loop device of the host before any command ran
+
+
 def test_the_init_mounts_only_the_runs_devices_and_unmounts_only_their_file_systems(tmp_path):
     r = run(
         tmp_path,
