@@ -6,7 +6,9 @@ file system writes, the pool's numbers (status, thin_ls, the data file's size) m
 equal: a difference is the model's.
 
 The scripts are recorded host scripts (tests/host/scripts, recorded from the VM like the
-others); what in them could depend on timing, and what takes it out, is said at their top.
+others), held to their recordings here too; what in them could depend on timing, and what
+takes it out, is said at their top.  Under emulation (TCG) 35_ext4_on_thin took 414 s here,
+most of it the simulated side.
 """
 
 import subprocess
@@ -20,11 +22,14 @@ from thinsim.host import real, realdev
 
 HOST = Path(__file__).parent / "host"
 sys.path.insert(0, str(HOST))
-from harness import REAL_DEVICE_SCRIPTS, SCRIPTS, run_simulated
+from harness import SCRIPTS, recorded, run_simulated
+
+# the scripts that make file systems on thins (00_seed_walkthrough's ext2 is on a loop device)
+FILE_SYSTEM_SCRIPTS = ("35_ext4_on_thin",)
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("name", REAL_DEVICE_SCRIPTS)
+@pytest.mark.parametrize("name", FILE_SYSTEM_SCRIPTS)
 def test_a_file_system_on_thins_leaves_the_same_pool_on_the_kernel_and_the_simulated_host(
     name, wiped_vm
 ):
@@ -35,6 +40,10 @@ def test_a_file_system_on_thins_leaves_the_same_pool_on_the_kernel_and_the_simul
             pytest.fail(why)
         pytest.skip(why)
     kernel = real.run_in_vm(SCRIPTS / f"{name}.sh").normalised()
+    # the recording still says what the kernel prints (it is also the simulated host's
+    # expectation on the host: tests/test_host_recordings.py)
+    out, err, rc = recorded(name)
+    assert (kernel.stdout, kernel.stderr, str(kernel.returncode)) == (out, err, rc.strip())
     simulated = run_simulated(SCRIPTS / f"{name}.sh")
     simulated = real.Result(simulated.stdout, simulated.stderr, simulated.returncode).masked()
     assert (simulated.stdout, simulated.stderr) == (kernel.stdout, kernel.stderr)
