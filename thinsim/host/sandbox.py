@@ -336,9 +336,10 @@ _privileged: realdev.Privileged | None = None  # the real devices' side, where t
 # A host that has devices already (thinsim run --host): their nodes are real block devices
 # only once the host's process serves them, which the first command starts.  The script
 # finds them real from its first line: a command that does nothing (udevadm settle) starts
-# the process before the script runs.
+# the process before the script runs, silently (what it could say, such as a state it
+# cannot save, the script's own first command says again).
 _start_host = False
-START_HOST = ("/bin/sh", "-c", 'udevadm settle; exec "$@"', "sh")
+START_HOST = ("/bin/sh", "-c", 'udevadm settle >/dev/null 2>&1; exec "$@"', "sh")
 
 
 def _real_devices() -> str:
