@@ -35,7 +35,7 @@ _RUN = (
 FS_BYTES = 2 << 30  # record.sh's ram disk (brd rd_size=2097152)
 # Scripts that run real programs on simulated devices (mkfs, mount: thinsim/host/realdev.py);
 # where this machine cannot make them real block devices, the simulated host refuses them.
-REAL_DEVICE_SCRIPTS = ("00_seed_walkthrough", "35_ext4_on_thin")
+REAL_DEVICE_SCRIPTS = ("00_seed_walkthrough", "35_ext4_on_thin", "36_xfs_on_thin")
 
 
 def run_simulated(script: Path, timeout: float = 300) -> subprocess.CompletedProcess:
