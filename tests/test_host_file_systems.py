@@ -7,7 +7,7 @@ equal: a difference is the model's.
 
 The scripts are recorded host scripts (tests/host/scripts, recorded from the VM like the
 others), held to their recordings here too; what in them could depend on timing, and what
-takes it out, is said at their top.  Under emulation (TCG) 35_ext4_on_thin took 254 s and 414 s here,
+takes it out, is said at their top.  Under emulation (TCG) 35_ext4_on_thin took 135 to 414 s here (load), 36_xfs_on_thin 162 s,
 most of it the simulated side.
 """
 
