@@ -9,9 +9,10 @@ ABSBIN := $(abspath $(BIN))
 # Debian packages the tests use: Debian's own thin tools check the metadata files thinsim
 # writes; QEMU, Debian's kernel (it has dm-thin), dmsetup, kmod and busybox-static let
 # `thinsim vm` boot that kernel and drive it (the guest runs the host's own programs); strace shows
-# the write(2)s the real thin tools make, which the ports must make too.
+# the write(2)s the real thin tools make, which the ports must make too; xfsprogs and fdisk
+# (fdisk, sfdisk) are programs the tests run on simulated devices (issue 13).
 DEB_PACKAGES := thin-provisioning-tools qemu-system-x86 linux-image-amd64 dmsetup kmod e2fsprogs strace \
-	busybox-static
+	busybox-static xfsprogs fdisk
 # The kernel tests' limit: more than twice what they need under load (one run beside the host tests
 # took over 1500 s), well inside CI's 90 minutes with the host tests.
 VM_TIMEOUT ?= 3600

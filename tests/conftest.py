@@ -1,11 +1,13 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import thinsim
-from thinsim.pytest_plugin import Backend, in_ci, require_kernel  # noqa: F401  (tests import in_ci)
+from thinsim.host import real
+from thinsim.pytest_plugin import Backend, in_ci, require_kernel  # tests import in_ci from here
 
 # The plugin thinsim installs (entry point pytest11); named here too for a checkout whose
 # thinsim is not installed (or installed from an older one).  Loaded once either way.
@@ -56,3 +58,19 @@ def backend(request):
 def kernel():
     """For tests that drive the real kernel only: skip (fail in CI) where it is missing."""
     require_kernel()
+
+
+@pytest.fixture
+def wiped_vm():
+    """Inside ``thinsim vm`` only: each script runs on a machine as just booted (every dm and
+    loop device removed, a fresh ext4 on the RAM disk /dev/ram0), which no real host must get."""
+    if not real.in_vm() or real.dm_thin_here() is not None:
+        why = "needs the VM that `make test` boots (it wipes every dm and loop device)"
+        if in_ci():
+            pytest.fail(f"CI must run the recorded scripts on the kernel, but: {why}")
+        pytest.skip(why)
+    if not os.path.exists(real.RAMDISK):
+        subprocess.run(["modprobe", *real.BRD.split()], check=True)
+    cwd = os.getcwd()
+    yield
+    os.chdir(cwd)  # run_in_vm leaves the guest in /

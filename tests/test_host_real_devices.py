@@ -208,6 +208,108 @@ def test_an_ext4_made_mounted_filled_emptied_and_trimmed_provisions_and_frees_bl
     assert "thinsim" not in Path("/proc/self/mountinfo").read_text()  # the host's table
 
 
+@pytest.mark.skipif(shutil.which("mkfs.xfs", path="/usr/sbin:/sbin") is None, reason="no xfsprogs")
+def test_an_xfs_made_mounted_filled_emptied_and_trimmed_provisions_and_frees_blocks(tmp_path):
+    r = run(
+        tmp_path,
+        """
+        truncate -s 1G data.img; truncate -s 16M meta.img
+        losetup -f data.img; losetup -f meta.img
+        dmsetup create pool --table "0 2097152 thin-pool /dev/loop1 /dev/loop0 128 0"
+        dmsetup message pool 0 "create_thin 1"
+        # 512 MiB: mkfs.xfs wants 300 MiB at least
+        dmsetup create big --table "0 1048576 thin /dev/mapper/pool 1"
+        mkfs.xfs -q /dev/mapper/big; echo mkfs=$?
+        blkid -s TYPE -o value /dev/mapper/big
+        mkdir mnt snap
+        mount /dev/mapper/big mnt
+        findmnt -n -o FSTYPE mnt
+        a=$(dmsetup status big | cut -d' ' -f4)
+        head -c 16M /dev/urandom > mnt/file; sync
+        b=$(dmsetup status big | cut -d' ' -f4)
+        rm mnt/file; sync
+        c=$(dmsetup status big | cut -d' ' -f4)
+        fstrim mnt
+        d=$(dmsetup status big | cut -d' ' -f4)
+        umount mnt && echo unmounted
+        echo $(( (b - a) >= 32768 )) $(( c == b )) $(( d < b ))
+        # a snapshot of it has the same UUID: xfs mounts it with nouuid only
+        dmsetup suspend big; dmsetup message pool 0 "create_snap 3 1"; dmsetup resume big
+        dmsetup create bigsnap --table "0 1048576 thin /dev/mapper/pool 3"
+        mount /dev/mapper/big mnt
+        mount -o nouuid /dev/mapper/bigsnap snap && echo snapshot mounted
+        umount snap; umount mnt
+        """,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "mkfs=0\nxfs\nxfs\nunmounted\n1 1 1\nsnapshot mounted\n"
+    assert r.stderr == ""
+
+
+def test_blkid_fdisk_and_sfdisk_read_and_write_a_simulated_device(tmp_path):
+    if shutil.which("sfdisk", path="/usr/sbin:/sbin") is None:
+        pytest.skip("no fdisk (Debian's fdisk package)")
+    r = run(
+        tmp_path,
+        THIN
+        + """
+        blkid /dev/mapper/thin; echo blkid=$?
+        printf 'label: dos\nlabel-id: 0x12345678\n,16M,83\n' | sfdisk -q /dev/mapper/thin
+        dmsetup status thin
+        sfdisk -d /dev/mapper/thin
+        fdisk -l /dev/dm-1 | grep -E '^(Disk|Disklabel|/dev)'
+        blkid -o export /dev/mapper/thin
+        """,
+    )
+    assert r.stdout == (
+        "blkid=2\n"
+        "0 65536 thin 128 127\n"  # the label's block, provisioned
+        "label: dos\nlabel-id: 0x12345678\ndevice: /dev/mapper/thin\nunit: sectors\n"
+        "sector-size: 512\n\n"
+        "/dev/mapper/thin-part1 : start=        2048, size=       32768, type=83\n"
+        "Disk /dev/dm-1: 32 MiB, 33554432 bytes, 65536 sectors\n"
+        "Disklabel type: dos\nDisk identifier: 0x12345678\n"
+        "/dev/mapper/thin-part1       2048 34815   32768  16M 83 Linux\n"
+        "DEVNAME=/dev/mapper/thin\nPTUUID=12345678\nPTTYPE=dos\n"
+    )
+
+
+def test_mkfs_xfs_runs_only_on_the_runs_devices_and_names_no_other_file(tmp_path):
+    r = run(
+        tmp_path,
+        THIN
+        + """
+        truncate -s 300M plain.img
+        mkfs.xfs -q plain.img 2>&1 | head -1; echo rc=$?
+        mkfs.xfs -q -l logdev=/dev/null /dev/mapper/thin; echo rc=$?
+        mkfs.xfs -q -d name=/dev/null /dev/mapper/thin; echo rc=$?
+        mkfs.xfs -q /dev/mapper/thin /dev/mapper/thin2; echo rc=$?
+        """,
+    )
+    assert r.stderr == (
+        "thinsim: mkfs.xfs: option -l logdev=/dev/null is not simulated: refused\n"
+        "thinsim: mkfs.xfs: option -d name=/dev/null is not simulated: refused\n"
+        "thinsim: mkfs.xfs: give one simulated device: refused\n"
+    )
+    assert r.stdout == "rc=0\nrc=1\nrc=1\nrc=1\n"  # a plain file is mkfs.xfs's own business
+
+
+def test_a_kept_hosts_devices_are_real_from_the_scripts_first_line(tmp_path):
+    host = tmp_path / "host"
+    first = tmp_path / "first.sh"
+    first.write_text(THIN + "printf hello > /dev/mapper/thin\n")
+    second = tmp_path / "second.sh"
+    second.write_text("stat -c %t /dev/dm-1\nhead -c 5 /dev/mapper/thin; echo\n")
+    environ = {k: v for k, v in os.environ.items() if k != "THINSIM_HOST"}
+    for script in (first, second):
+        r = subprocess.run(
+            this_thinsim("thinsim.cli", "run", "--host", str(host), str(script)),
+            cwd=tmp_path, capture_output=True, text=True, env=environ, timeout=120, check=False,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    assert r.stdout == "7\nhello\n"  # a loop device of the host before any command ran
+
+
 def test_the_init_mounts_only_the_runs_devices_and_unmounts_only_their_file_systems(tmp_path):
     r = run(
         tmp_path,

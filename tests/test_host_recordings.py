@@ -11,18 +11,16 @@ script recorded with an old output, or a kernel that changed).
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import in_ci
 
 HOST = Path(__file__).parent / "host"
 sys.path.insert(0, str(HOST))
-from harness import SCRIPTS, recorded, run_simulated
+from harness import REAL_DEVICE_SCRIPTS, SCRIPTS, recorded, run_simulated
 
-from thinsim.host import real
+from thinsim.host import real, realdev
 from thinsim.host.real import mask
 
 MATCHING = [
@@ -34,27 +32,13 @@ MATCHING = [
 
 @pytest.mark.parametrize("name", MATCHING)
 def test_a_recorded_host_script_prints_on_the_simulated_host_what_it_printed(name):
+    if name in REAL_DEVICE_SCRIPTS and realdev.unavailable() is not None:
+        pytest.skip(f"no real block devices for simulated ones here: {realdev.unavailable()}")
     r = run_simulated(SCRIPTS / f"{name}.sh")
     out, err, rc = recorded(name)
     assert mask(r.stdout) == out
     assert mask(r.stderr) == err
     assert str(r.returncode) == rc.strip()
-
-
-@pytest.fixture
-def wiped_vm():
-    """Inside ``thinsim vm`` only: each script runs on a machine as just booted (every dm and
-    loop device removed, a fresh ext4 on the RAM disk /dev/ram0), which no real host must get."""
-    if not real.in_vm() or real.dm_thin_here() is not None:
-        why = "needs the VM that `make test` boots (it wipes every dm and loop device)"
-        if in_ci():
-            pytest.fail(f"CI must run the recorded scripts on the kernel, but: {why}")
-        pytest.skip(why)
-    if not os.path.exists(real.RAMDISK):
-        subprocess.run(["modprobe", *real.BRD.split()], check=True)
-    cwd = os.getcwd()
-    yield
-    os.chdir(cwd)  # run_in_vm leaves the guest in /
 
 
 # In CI the VM re-runs four scripts whose output is the kernel's own: the walkthrough `make run`

@@ -33,6 +33,9 @@ _RUN = (
     '&& mkdir -p "$1/work" && cd "$1/work" && shift 2 && exec "$@"'
 )
 FS_BYTES = 2 << 30  # record.sh's ram disk (brd rd_size=2097152)
+# Scripts that run real programs on simulated devices (mkfs, mount: thinsim/host/realdev.py);
+# where this machine cannot make them real block devices, the simulated host refuses them.
+REAL_DEVICE_SCRIPTS = ("00_seed_walkthrough", "35_ext4_on_thin", "36_xfs_on_thin")
 
 
 def run_simulated(script: Path, timeout: float = 300) -> subprocess.CompletedProcess:

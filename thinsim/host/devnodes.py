@@ -145,12 +145,21 @@ def _is_block(path: str) -> bool:
 def main() -> int:
     """Called by thinsim/host/sandbox.py once /dev is mounted: the nodes of THINSIM_HOST's
     devices."""
+    sync_host()
+    return 0
+
+
+def sync_host() -> bool:
+    """The nodes of THINSIM_HOST's devices; whether some of them are to be real block
+    devices (thinsim/host/realdev.py), which only the host's process can serve."""
+    from .realdev import wanted
+
     host = os.environ.get("THINSIM_HOST")
     if host is None:
-        return 0
+        return False
     with open_host(host, write=False) as state:
         sync(state)
-    return 0
+        return bool(wanted(state))
 
 
 if __name__ == "__main__":

@@ -298,11 +298,11 @@ class Privileged:
         del self.loops[number]
         self._write_record()
 
-    # -- mount, umount and fstrim of the script's, run here with the init's capabilities --
+    # -- mount, umount, fstrim, mkfs.xfs of the script's, run with the init's capabilities --
 
     def tool(self, conn: socket.socket, words: list[str], fds: list[int]) -> None:
         """``tool NAME ARG...`` with the caller's working folder and standard streams: run
-        the real mount, umount or fstrim, if what it names is one of this init's devices
+        the real mount, umount, fstrim or mkfs.xfs, if what it names is one of this init's devices
         or a file system on one (:func:`check_tool`); answer ``0 STATUS``."""
         try:
             cwd, streams = fds[0], fds[1:4]
@@ -313,7 +313,7 @@ class Privileged:
                 argv = check_tool(name, argv, cwd, ours)
             except ValueError as e:
                 os.write(streams[2], f"thinsim: {name}: {e}: refused\n".encode())
-                conn.send(b"0 32" if name != "fstrim" else b"0 1")
+                conn.send(b"0 32" if name in ("mount", "umount") else b"0 1")
                 return
             path = "/usr/sbin:/usr/bin:/sbin:/bin"
             import shutil
@@ -441,19 +441,27 @@ VALUE_OPTIONS = {
     "mount": {"-t": "type", "--types": "type", "-o": "opts", "--options": "opts"},
     "umount": {},
     "fstrim": {"-o": "", "--offset": "", "-l": "", "--length": "", "-m": "", "--minimum": ""},
+    # mkfs.xfs sets the device's block size (BLKBSZSET, which needs CAP_SYS_ADMIN) and
+    # gives up without it: the init runs it.  Sub-options are checked (XFS_FORBIDDEN).
+    "mkfs.xfs": {o: "xfs" for o in ("-b", "-d", "-i", "-l", "-m", "-n", "-r", "-s", "-L")},
 }
 FLAG_OPTIONS = {
     "mount": {"-r": "ro", "--read-only": "ro", "-w": "rw", "--rw": "rw", "-v": "", "-n": ""},
     "umount": {"-v": "", "-l": "", "--lazy": "", "-f": "", "--force": "", "-n": ""},
     "fstrim": {"-v": "", "--verbose": ""},
+    "mkfs.xfs": {"-f": "", "-q": "", "-K": "", "-N": ""},
 }
+# mkfs.xfs sub-options that name another file or device (a log, realtime or data device, a
+# file instead of the device): the init would open them with its capabilities
+XFS_FORBIDDEN = ("name", "file", "logdev", "rtdev")
 
 
 def check_tool(name: str, argv: list[str], cwd: int, ours: set[int]) -> list[str]:
     """The argv the init runs NAME with, or ValueError (why it is refused): ``mount
     [-t TYPE] [-o OPTIONS] [-r|-w] DEVICE DIR`` of one of OURS (devices), always nodev and
     nosuid (a file system a script made may hold device nodes and setuid files);
-    ``umount TARGET`` and ``fstrim [-v] DIR`` of a file system on one of OURS."""
+    ``umount TARGET`` and ``fstrim [-v] DIR`` of a file system on one of OURS; ``mkfs.xfs
+    [OPTION]... DEVICE`` of one of OURS, with no option naming another file or device."""
     if name not in VALUE_OPTIONS:
         raise ValueError("not a tool the run's init runs")
     fstype, options, flags, positional = None, [], [], []
@@ -468,7 +476,14 @@ def check_tool(name: str, argv: list[str], cwd: int, ours: set[int]) -> list[str
                     raise ValueError(f"option {a} needs a value")
                 inline = argv[i]
             what = VALUE_OPTIONS[name][key]
-            if what == "type":
+            if what == "xfs":
+                for sub in inline.split(","):
+                    if key == "-L":
+                        break
+                    if sub.partition("=")[0].strip() in XFS_FORBIDDEN:
+                        raise ValueError(f"option {a} {sub} is not simulated")
+                flags += [key, inline]
+            elif what == "type":
                 fstype = inline
             elif what == "opts":
                 options += inline.split(",")
@@ -513,6 +528,12 @@ def check_tool(name: str, argv: list[str], cwd: int, ours: set[int]) -> list[str
             options = [o for o in options if o] + ["nodev", "nosuid"]
             out = flags + (["-t", fstype] if fstype else []) + ["-o", ",".join(options)]
             return [*out, *positional]
+        if name.startswith("mkfs"):
+            if len(positional) != 1 or not stat.S_ISBLK(os.stat(resolve(positional[0])).st_mode):
+                raise ValueError("give one simulated device")
+            if device_of(positional[0]) is None:
+                raise ValueError(f"{positional[0]} is not a simulated device")
+            return [*flags, *positional]
         if len(positional) != 1 or device_of(positional[0]) is None:
             raise ValueError(f"{' '.join(positional) or 'no target'}: not a file system on a "
                              "simulated device")  # fmt: skip
@@ -577,7 +598,8 @@ def sweep(records: str = RECORDS, dev: str = "/dev", sys_block: str = SYS_BLOCK)
 # -- the host's process's side -------------------------------------------------------------
 
 
-TOOLS = ("mount", "umount", "fstrim")  # what the init runs for a script (Privileged.tool)
+# what the init runs for a script (Privileged.tool)
+TOOLS = ("mount", "umount", "fstrim", "mkfs.xfs")
 
 
 def run_tool(name: str, argv: list[str], cwd: int, std: dict) -> str:

@@ -29,7 +29,7 @@ exits and the kernel kills whatever the script left running.  Run anywhere else,
 :func:`main` refuses.
 
 Where the machine allows it, the init also binds real loop devices of the host to the
-simulated devices' FUSE files, makes their nodes, and runs mount, umount and fstrim on them
+simulated devices' FUSE files, makes their nodes, and runs mount, umount, fstrim and mkfs.xfs on them
 for the script (thinsim/host/realdev.py: only its own loop devices, detached when it ends).
 """
 
@@ -321,7 +321,9 @@ def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
     from .shims import make_shims
 
     make_shims(SHIMS)
-    devnodes.main()  # the nodes and /sys, /proc views of a host that has devices already
+    # the nodes and /sys, /proc views of a host that has devices already
+    global _start_host
+    _start_host = devnodes.sync_host() and real == "1"
     if workdir is not None:
         source, target = workdir
         os.makedirs(target, exist_ok=True)
@@ -331,6 +333,13 @@ def set_up(workdir: tuple[str, str] | None) -> dict[str, str]:
 
 
 _privileged: realdev.Privileged | None = None  # the real devices' side, where the run has them
+# A host that has devices already (thinsim run --host): their nodes are real block devices
+# only once the host's process serves them, which the first command starts.  The script
+# finds them real from its first line: a command that does nothing (udevadm settle) starts
+# the process before the script runs, silently (what it could say, such as a state it
+# cannot save, the script's own first command says again).
+_start_host = False
+START_HOST = ("/bin/sh", "-c", 'udevadm settle >/dev/null 2>&1; exec "$@"', "sh")
 
 
 def _real_devices() -> str:
@@ -363,7 +372,7 @@ def serve_nodes(listener: socket.socket) -> None:
             with conn:
                 head, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
                 request = head.decode()
-                if request.startswith("tool\0"):  # the script's mount, umount, fstrim
+                if request.startswith("tool\0"):  # the script's mount, umount, fstrim, mkfs.xfs
                     if _privileged is None:
                         for fd in fds:
                             os.close(fd)
@@ -475,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         last_cap = int(f.read())
     # no thread yet: serve_nodes starts once the script's process exists
     drop = functools.partial(drop_privileges, last_cap)
+    if _start_host:
+        command = [*START_HOST, *command]
     terminal = _Terminal.open()
     if terminal is None:
         script = subprocess.Popen(command, env=env, preexec_fn=drop, pass_fds=fds)  # noqa: PLW1509

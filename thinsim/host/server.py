@@ -635,9 +635,9 @@ class Server:
                 name in realdev.TOOLS
                 and realdev.current is not None
                 and realdev.current.devices
-                and (name != "mount" or names_device(argv) is not None)
+                and (name not in ("mount", "mkfs.xfs") or names_device(argv) is not None)
             ):
-                # mount, umount and fstrim of real devices: the init runs them for the
+                # mount, umount, fstrim and mkfs.xfs of real devices: the init runs them for the
                 # script, which has not the capabilities (realdev.Privileged.tool)
                 return realdev.run_tool(name, argv, cwd, std)
             if name not in COMMANDS or (name == "dd" and names_device(argv) is None):
