@@ -40,7 +40,7 @@ system-deps:
 $(BIN)/thinsim: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,vm]'
+	$(BIN)/pip install --quiet -e '.[test,vm,labs]'
 	touch $@
 
 # The seed study's walkthrough on the simulated host, in a fresh folder that is removed after.
