@@ -62,8 +62,8 @@ def _run(args) -> int:
         from .host.real import RealHostError, run_scripts
         from .vm import VMError
 
-        if args.host or args.workdir:
-            option = "--host" if args.host else "--workdir"
+        if args.host or args.workdir or args.explain:
+            option = "--host" if args.host else "--workdir" if args.workdir else "--explain"
             print(f"thinsim run: {option} is for the simulated host", file=sys.stderr)
             return 2
         try:
@@ -81,7 +81,7 @@ def _run(args) -> int:
 
     if args.host is not None and _make_host_folder("run", args.host):
         return 1
-    return run_script(args.script, args.args, args.host, args.workdir)
+    return run_script(args.script, args.args, args.host, args.workdir, args.explain)
 
 
 def _make_host_folder(command: str, host: str) -> bool:
@@ -113,7 +113,7 @@ def _shell(args) -> int:
 
     if args.host is not None and _make_host_folder("shell", args.host):
         return 1
-    return run_shell(args.host or os.path.expanduser("~/.thinsim/host"))
+    return run_shell(args.host or os.path.expanduser("~/.thinsim/host"), args.explain)
 
 
 def _host(args) -> int:
@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask", action="store_true", help="kernel: mask dd timings, dmesg times")
     p.add_argument("--host", help="the host's state folder (default: a fresh one)")
     p.add_argument(
+        "--explain",
+        action="store_true",
+        help="after a simulated command that fails, print the kernel log lines that say why",
+    )
+    p.add_argument(
         "--workdir",
         metavar="DIR",
         help="run the script in DIR/work, an empty folder only the run sees (thinsim diff: "
@@ -251,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_diff)
     p = sub.add_parser("shell", help="an interactive bash on a simulated host")
     p.add_argument("--host", help="the host's state folder (default: ~/.thinsim/host)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="after a simulated command that fails, print the kernel log lines that say why",
+    )
     p.set_defaults(func=_shell)
     p = sub.add_parser("host", help="the simulated host's process (thinsim host stop [DIR])")
     p.add_argument("action", choices=["stop"])
