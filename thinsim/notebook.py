@@ -1,0 +1,157 @@
+"""The ``%%thinsim`` cell magic of the labs (notebooks/): a cell's bash runs on a simulated
+host kept for the notebook, and prints what a terminal on a real host would show.
+
+    %load_ext thinsim
+
+    %%thinsim
+    dd if=/dev/zero of=disk.img bs=1 count=0 seek=1G
+    losetup --find --show disk.img
+
+The host is one ``thinsim run`` for the whole notebook (thinsim/host/run.py: its sandbox, its
+host process, its loop devices' files), whose bash sources each cell in turn: the working
+folder, shell variables and functions carry from cell to cell, as in a terminal kept open.
+It works in ``/run/thinsim/work`` (the folder the recorded host scripts ran in, private to
+the run), so paths print as on the real host of tests/host.  Explain mode is on: after a
+simulated command that fails, the kernel log lines that say why (``thinsim run --explain``);
+``%%thinsim --no-explain`` prints only what the real host prints.  ``%thinsim_reset`` (or
+the kernel's restart) starts a fresh host, as a reboot does.
+
+Python reaches the same host with :func:`sh` (a command's output as a str), which the
+pictures of :mod:`thinsim.viz` use to read ``thin_dump``.
+
+Not yet: a setting that runs the same cells on the real kernel (``thinsim vm``), as issue 14
+asks; the session's protocol (a cell sourced, a marker after it) is what that will reuse.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+import tempfile
+
+from .host.run import this_thinsim
+
+WORKDIR = "/run/thinsim"  # the run's folder is WORKDIR/work, as for tests/host's recordings
+
+# The session's bash: each line of its stdin names a cell file, sourced with the cell's
+# streams on the session's stdout (stderr too, interleaved as on a terminal) and stdin
+# /dev/null (a cell's command must not read the next cell's name); after it, a NUL and the
+# marker line with the cell's exit status.
+_DRIVER = r"""
+cd "$1" || exit 1
+marker=$2
+while IFS= read -r __thinsim_cell; do
+    export THINSIM_EXPLAIN="${__thinsim_cell%% *}"
+    . "${__thinsim_cell#* }" </dev/null 2>&1
+    printf '\0%s %d\n' "$marker" "$?"
+done
+"""
+
+
+class Session:
+    """A simulated host for one notebook: a ``thinsim run`` whose bash runs cells."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="thinsim-notebook-")
+        self.marker = "thinsim-cell-" + secrets.token_hex(8)
+        driver = os.path.join(self.folder, "driver.sh")
+        with open(driver, "w") as f:
+            f.write(_DRIVER)
+        self.count = 0
+        argv = this_thinsim("thinsim.cli", "run", "--explain", "--workdir", WORKDIR, driver)
+        self.proc = subprocess.Popen(
+            [*argv, ".", self.marker],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+        )
+
+    def run(self, script: str, *, explain: bool = True) -> tuple[str, int]:
+        """Run SCRIPT's bash in the session: (what it printed, its exit status).  A cell that
+        ends the session's shell (``exit``) ends the host: the next cell gets a fresh one."""
+        if self.proc.poll() is not None:
+            raise SessionEnded(self.proc.returncode)
+        self.count += 1
+        cell = os.path.join(self.folder, f"cell{self.count}.sh")
+        with open(cell, "w") as f:
+            f.write(script if script.endswith("\n") else script + "\n")
+        # the sandbox sees this folder where it is (only /run/thinsim is its own)
+        self.proc.stdin.write(f"{int(explain)} {cell}\n".encode())
+        self.proc.stdin.flush()
+        end = b"\0" + self.marker.encode() + b" "
+        out = bytearray()
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                self.proc.wait()
+                return out.decode(errors="replace"), 128
+            out += chunk
+            i = out.find(end)
+            if i >= 0 and out.endswith(b"\n"):
+                status = int(out[i + len(end) :].decode())
+                return out[:i].decode(errors="replace"), status
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class SessionEnded(Exception):
+    """The session's shell ended (a cell ran ``exit``)."""
+
+
+_session: Session | None = None
+
+
+def session() -> Session:
+    """The notebook's host, started at its first use (again after an ``exit``)."""
+    global _session
+    if _session is None or _session.proc.poll() is not None:
+        _session = Session()
+    return _session
+
+
+def reset() -> None:
+    """A fresh host for the next cell, as after a reboot."""
+    global _session
+    if _session is not None:
+        _session.close()
+        _session = None
+
+
+def sh(script: str, *, check: bool = True) -> str:
+    """Run SCRIPT on the notebook's host; its output (stdout and stderr).  With CHECK, a
+    non-zero exit status raises :class:`subprocess.CalledProcessError` with the output."""
+    out, status = session().run(script, explain=False)
+    if check and status != 0:
+        raise subprocess.CalledProcessError(status, script, out)
+    return out
+
+
+def thinsim_magic(line: str, cell: str) -> None:
+    """``%%thinsim [--no-explain]``: the cell's bash on the notebook's host, its output as
+    a terminal shows it."""
+    options = shlex.split(line)
+    unknown = [o for o in options if o != "--no-explain"]
+    if unknown:
+        print(f"%%thinsim: unknown option {unknown[0]} (only --no-explain)", file=sys.stderr)
+        return
+    out, _status = session().run(cell, explain="--no-explain" not in options)
+    sys.stdout.write(out)
+    sys.stdout.flush()
+
+
+def load_ipython_extension(ipython) -> None:
+    ipython.register_magic_function(thinsim_magic, "cell", "thinsim")
+    ipython.register_magic_function(lambda line: reset(), "line", "thinsim_reset")
+    import atexit
+
+    atexit.register(reset)
