@@ -106,6 +106,12 @@ def _diff(args) -> int:
     return main(args.scripts, args.timeout)
 
 
+def _labs(args) -> int:
+    from .labs import main
+
+    return main(args.rest)
+
+
 def _shell(args) -> int:
     import os
 
@@ -219,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         from .vm import main as vm_main
 
         return vm_main(argv[1:])
+    if argv[:1] == ["labs"]:  # its options are thinsim labs' own (thinsim/labs.py)
+        from .labs import main as labs_main
+
+        return labs_main(argv[1:])
     parser = argparse.ArgumentParser(prog="thinsim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("scenario", help="run a scenario file on the model, print its transcript")
@@ -254,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300, help="seconds per script and side")
     p.add_argument("scripts", nargs="+", metavar="SCRIPT")
     p.set_defaults(func=_diff)
+    p = sub.add_parser(
+        "labs", help="run the labs (notebooks/) and keep their outputs (thinsim labs -h)"
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_labs)
     p = sub.add_parser("shell", help="an interactive bash on a simulated host")
     p.add_argument("--host", help="the host's state folder (default: ~/.thinsim/host)")
     p.add_argument(

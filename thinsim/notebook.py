@@ -136,6 +136,18 @@ def sh(script: str, *, check: bool = True) -> str:
     return out
 
 
+def check(answer, expected, *, what: str = "") -> None:
+    """An exercise's check: ANSWER, the student's, against EXPECTED, which the lab computes
+    from what the simulated host printed (never a number typed into the lab).  Prints the
+    verdict (and returns nothing, so that a notebook shows only the verdict)."""
+    if answer is None:
+        print("No answer yet: set it in the cell above, run that cell, then this one.")
+    elif answer == expected:
+        print(f"Right{': ' + what if what else ''}.")
+    else:
+        print(f"Not yet: {answer!r} is not it. Read the output above again.")
+
+
 def thinsim_magic(line: str, cell: str) -> None:
     """``%%thinsim [--no-explain]``: the cell's bash on the notebook's host, its output as
     a terminal shows it."""

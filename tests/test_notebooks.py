@@ -1,0 +1,63 @@
+"""The labs (notebooks/, issue 14) run from the start on the model, each in a fresh kernel, and
+print what their kept outputs show (so that a browser shows a fresh run's outputs without
+running anything), apart from timings and the backing files' device and inode numbers
+(thinsim/labs.py: normalised).  `thinsim labs` writes a fresh run's outputs back."""
+
+import pytest
+
+from thinsim import labs
+
+pytest.importorskip("nbclient", reason="the labs' dependencies: pip install -e '.[labs]'")
+pytest.importorskip("ipykernel", reason="the labs' dependencies: pip install -e '.[labs]'")
+
+import nbformat
+
+NOTEBOOKS = labs.notebooks()
+
+
+def test_the_labs_are_there_in_order():
+    assert [p.name for p in NOTEBOOKS][:3] == [
+        "01-loop-devices-and-tables.ipynb",
+        "02-thin-pool-provisioning.ipynb",
+        "03-snapshots-and-cow.ipynb",
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_lab_runs_without_error_and_prints_what_its_kept_outputs_show(path):
+    kept = nbformat.read(path, as_version=4)
+    fresh = labs.execute(path)
+    errors = [o for c in fresh.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]  # fmt: skip
+    assert errors == []
+    assert labs.differences(kept, fresh) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_lab_has_goals_a_picture_and_checked_exercises(path):
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "**Goals.**" in text and "Exercise 1" in text
+    assert any("%%thinsim" in c.source for c in code)
+    assert any("check(" in c.source for c in code)
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+
+
+def test_differences_mask_timings_and_report_a_changed_output():
+    def nb(text):
+        cell = nbformat.v4.new_code_cell("%%thinsim\ndd ...")
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        return nbformat.v4.new_notebook(cells=[cell])
+
+    a = nb("512 bytes copied, 0.0001 s, 4.2 MB/s\n[    1.5] device-mapper: x\n")
+    b = nb("512 bytes copied, 0.25 s, 2 kB/s\n[    7.25] device-mapper: x\n")
+    assert labs.differences(a, b) == []
+    assert len(labs.differences(a, nb("1024 bytes copied, 0.1 s, 1 MB/s\n"))) == 1
+
+
+def test_the_html_of_a_lab_is_built_from_its_kept_outputs(tmp_path):
+    (page,) = labs.html(tmp_path, NOTEBOOKS[:1])
+    body = page.read_text()
+    assert page.name == "01-loop-devices-and-tables.html"
+    assert "Lab 1: loop devices" in body and "data:image/png;base64" in body
