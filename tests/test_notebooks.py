@@ -16,10 +16,11 @@ NOTEBOOKS = labs.notebooks()
 
 
 def test_the_labs_are_there_in_order():
-    assert [p.name for p in NOTEBOOKS][:3] == [
+    assert [p.name for p in NOTEBOOKS][:4] == [
         "01-loop-devices-and-tables.ipynb",
         "02-thin-pool-provisioning.ipynb",
         "03-snapshots-and-cow.ipynb",
+        "04-zeroing.ipynb",
     ]
 
 
