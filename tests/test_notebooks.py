@@ -62,3 +62,31 @@ def test_the_html_of_a_lab_is_built_from_its_kept_outputs(tmp_path):
     body = page.read_text()
     assert page.name == "01-loop-devices-and-tables.html"
     assert "Lab 1: loop devices" in body and "data:image/png;base64" in body
+
+
+# The answers a student who understood each lab gives; the labs' checks compare them with
+# what the model printed (none of these is in the labs).
+SOLUTIONS = {
+    "01-loop-devices-and-tables": {"answer_1": 6144, "answer_2": "0 2048 linear 7:0 2048"},
+    # blocks 0, 16 and 48-51 of the thin; block 50 is the third of a run from data block 2
+    "02-thin-pool-provisioning": {"answer_1": 6, "answer_2": 4},
+    # two writes break two shared blocks (3 + 1 + 2); the delete frees none
+    "03-snapshots-and-cow": {"answer_1": 6, "answer_2": 6},
+    "04-zeroing": {"answer_1": 64, "answer_2": False},
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_labs_checks_accept_the_right_answers(path):
+    fresh = labs.execute(path, SOLUTIONS[path.stem])
+    verdicts = [
+        line
+        for c in fresh.cells
+        if c.cell_type == "code" and "check(" in c.source
+        for o in c.outputs
+        if o.output_type == "stream"
+        for line in o.text.splitlines()
+        if line.startswith(("Right", "Not yet", "No answer"))
+    ]
+    assert len(verdicts) == len(SOLUTIONS[path.stem])
+    assert all(v.startswith("Right") for v in verdicts), verdicts

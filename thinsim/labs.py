@@ -29,13 +29,18 @@ def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
     return sorted(folder.glob("[0-9][0-9]-*.ipynb"))
 
 
-def execute(path: Path):
+def execute(path: Path, answers: dict | None = None):
     """The notebook at PATH run from the start in a fresh kernel, in its own folder, with this
-    checkout's thinsim: the executed notebook (nbformat's node)."""
+    checkout's thinsim: the executed notebook (nbformat's node).  ANSWERS: exercise answers
+    put in place of the lab's ``answer_N = None`` cells (a solution's run)."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        name = cell.source.partition(" = None")[0]
+        if cell.cell_type == "code" and answers and name in answers:
+            cell.source = f"{name} = {answers[name]!r}"
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), old]))
     try:
