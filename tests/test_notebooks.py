@@ -16,11 +16,12 @@ NOTEBOOKS = labs.notebooks()
 
 
 def test_the_labs_are_there_in_order():
-    assert [p.name for p in NOTEBOOKS][:4] == [
+    assert [p.name for p in NOTEBOOKS][:5] == [
         "01-loop-devices-and-tables.ipynb",
         "02-thin-pool-provisioning.ipynb",
         "03-snapshots-and-cow.ipynb",
         "04-zeroing.ipynb",
+        "05-discard.ipynb",
     ]
 
 
@@ -73,6 +74,8 @@ SOLUTIONS = {
     # two writes break two shared blocks (3 + 1 + 2); the delete frees none
     "03-snapshots-and-cow": {"answer_1": 6, "answer_2": 6},
     "04-zeroing": {"answer_1": 64, "answer_2": False},
+    # of 32 blocks, the one 2 MiB to 2 MiB + 64 KiB is covered whole; 32 new blocks of 64 KiB
+    "05-discard": {"answer_1": 31, "answer_2": 2048},
 }
 
 
