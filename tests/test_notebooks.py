@@ -16,12 +16,13 @@ NOTEBOOKS = labs.notebooks()
 
 
 def test_the_labs_are_there_in_order():
-    assert [p.name for p in NOTEBOOKS][:5] == [
+    assert [p.name for p in NOTEBOOKS][:6] == [
         "01-loop-devices-and-tables.ipynb",
         "02-thin-pool-provisioning.ipynb",
         "03-snapshots-and-cow.ipynb",
         "04-zeroing.ipynb",
         "05-discard.ipynb",
+        "06-running-out.ipynb",
     ]
 
 
@@ -76,6 +77,8 @@ SOLUTIONS = {
     "04-zeroing": {"answer_1": 64, "answer_2": False},
     # of 32 blocks, the one 2 MiB to 2 MiB + 64 KiB is covered whole; 32 new blocks of 64 KiB
     "05-discard": {"answer_1": 31, "answer_2": 2048},
+    # 4 free of 16 is at the mark when the 13th block is taken; 32 - (16 + 4 new blocks)
+    "06-running-out": {"answer_1": 13, "answer_2": 12},
 }
 
 
