@@ -56,3 +56,13 @@ def test_load_ext_thinsim_registers_the_cell_magic():
     ip.run_line_magic("load_ext", "thinsim")
     assert "thinsim" in ip.magics_manager.magics["cell"]
     assert "thinsim_reset" in ip.magics_manager.magics["line"]
+
+
+def test_host_blocks_reads_a_files_blocks_on_the_notebooks_host():
+    try:
+        notebook.sh("printf 'A%.0s' $(seq 4096) > f; printf 'B%.0s' $(seq 4096) >> f")
+        blocks = notebook.HostBlocks("f")
+        assert blocks[1] == b"B" * 4096 and blocks[0] == b"A" * 4096
+        assert len(blocks) == 2
+    finally:
+        notebook.reset()

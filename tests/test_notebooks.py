@@ -16,13 +16,14 @@ NOTEBOOKS = labs.notebooks()
 
 
 def test_the_labs_are_there_in_order():
-    assert [p.name for p in NOTEBOOKS][:6] == [
+    assert [p.name for p in NOTEBOOKS][:7] == [
         "01-loop-devices-and-tables.ipynb",
         "02-thin-pool-provisioning.ipynb",
         "03-snapshots-and-cow.ipynb",
         "04-zeroing.ipynb",
         "05-discard.ipynb",
         "06-running-out.ipynb",
+        "07-inside-the-metadata.ipynb",
     ]
 
 
@@ -79,6 +80,8 @@ SOLUTIONS = {
     "05-discard": {"answer_1": 31, "answer_2": 2048},
     # 4 free of 16 is at the mark when the 13th block is taken; 32 - (16 + 4 new blocks)
     "06-running-out": {"answer_1": 13, "answer_2": 12},
+    # blocks 10-12 written again; 300 mappings in two leaves, one copied by those writes
+    "07-inside-the-metadata": {"answer_1": 3, "answer_2": 3},
 }
 
 

@@ -25,12 +25,14 @@ asks; the session's protocol (a cell sourced, a marker after it) is what that wi
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 
 from .host.run import this_thinsim
 
@@ -134,6 +136,31 @@ def sh(script: str, *, check: bool = True) -> str:
     if check and status != 0:
         raise subprocess.CalledProcessError(status, script, out)
     return out
+
+
+class HostBlocks(Mapping):
+    """The 4 KiB blocks of a file or device on the notebook's host, read when asked (one
+    ``dd`` each), for :func:`thinsim.viz.mapping_tree`: a metadata device is read where the
+    host has it, and only the blocks the trees' walk visits."""
+
+    def __init__(self, path: str, block_size: int = 4096) -> None:
+        self.path, self.block_size = path, block_size
+        self._cache: dict[int, bytes] = {}
+
+    def __getitem__(self, b: int) -> bytes:
+        if b not in self._cache:
+            out = sh(
+                f"dd if={shlex.quote(self.path)} bs={self.block_size} skip={int(b)} count=1 "
+                "status=none | base64 -w0"
+            )
+            self._cache[b] = base64.b64decode(out)
+        return self._cache[b]
+
+    def __iter__(self):
+        return iter(self._cache)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 def check(answer, expected, *, what: str = "") -> None:
