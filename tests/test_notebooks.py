@@ -16,7 +16,7 @@ NOTEBOOKS = labs.notebooks()
 
 
 def test_the_labs_are_there_in_order():
-    assert [p.name for p in NOTEBOOKS][:7] == [
+    assert [p.name for p in NOTEBOOKS][:8] == [
         "01-loop-devices-and-tables.ipynb",
         "02-thin-pool-provisioning.ipynb",
         "03-snapshots-and-cow.ipynb",
@@ -24,6 +24,7 @@ def test_the_labs_are_there_in_order():
         "05-discard.ipynb",
         "06-running-out.ipynb",
         "07-inside-the-metadata.ipynb",
+        "09-capacity-what-if.ipynb",
     ]
 
 
@@ -43,7 +44,8 @@ def test_a_lab_has_goals_a_picture_and_checked_exercises(path):
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "**Goals.**" in text and "Exercise 1" in text
-    assert any("%%thinsim" in c.source for c in code)
+    # shell cells on the simulated host, or (the planner's lab) thinsim's Python
+    assert any("%%thinsim" in c.source or "from thinsim import plan" in c.source for c in code)
     assert any("check(" in c.source for c in code)
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
 
@@ -82,6 +84,8 @@ SOLUTIONS = {
     "06-running-out": {"answer_1": 13, "answer_2": 12},
     # blocks 10-12 written again; 300 mappings in two leaves, one copied by those writes
     "07-inside-the-metadata": {"answer_1": 3, "answer_2": 3},
+    # the planner's answers for the lab's workload (day 20: thinsim plan prints it too)
+    "09-capacity-what-if": {"answer_1": 20, "answer_2": True},
 }
 
 
