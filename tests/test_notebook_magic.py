@@ -45,6 +45,8 @@ def test_the_magic_prints_the_cells_output_and_sh_returns_it(capsys):
         notebook.thinsim_magic("", "echo to-out; echo to-err >&2; echo again")
         assert capsys.readouterr().out == "to-out\nto-err\nagain\n"
         assert notebook.sh("echo $((6 * 7))") == "42\n"
+        # a cell is sent by its length in bytes: characters of several bytes included
+        assert notebook.sh("echo 'é → ü'\necho end") == "é → ü\nend\n"
     finally:
         notebook.reset()
 

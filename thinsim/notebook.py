@@ -29,6 +29,7 @@ import base64
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,16 +39,20 @@ from .host.run import this_thinsim
 
 WORKDIR = "/run/thinsim"  # the run's folder is WORKDIR/work, as for tests/host's recordings
 
-# The session's bash: each line of its stdin names a cell file, sourced with the cell's
-# streams on the session's stdout (stderr too, interleaved as on a terminal) and stdin
-# /dev/null (a cell's command must not read the next cell's name); after it, a NUL and the
-# marker line with the cell's exit status.
+# The session's bash: each cell comes on its stdin as a line "EXPLAIN LENGTH" and LENGTH
+# bytes of bash, evaluated in the shell itself (variables and the working folder carry over)
+# with the cell's streams on the session's stdout (stderr too, interleaved as on a terminal)
+# and stdin /dev/null (a cell's command must not read the next cell); after it, a NUL and the
+# marker line with the cell's exit status.  Nothing is left on disk: the script's file is
+# removed once bash has read it (after the first cell), and the kernel's end, however it
+# comes, ends the shell at its next read.
 _DRIVER = r"""
 cd "$1" || exit 1
 marker=$2
-while IFS= read -r __thinsim_cell; do
-    export THINSIM_EXPLAIN="${__thinsim_cell%% *}"
-    . "${__thinsim_cell#* }" </dev/null 2>&1
+while read -r __thinsim_explain __thinsim_length; do
+    LC_ALL=C IFS= read -r -d '' -N "$__thinsim_length" __thinsim_cell
+    export THINSIM_EXPLAIN="$__thinsim_explain"
+    eval "$__thinsim_cell" </dev/null 2>&1
     printf '\0%s %d\n' "$marker" "$?"
 done
 """
@@ -78,11 +83,8 @@ class Session:
         if self.proc.poll() is not None:
             raise SessionEnded(self.proc.returncode)
         self.count += 1
-        cell = os.path.join(self.folder, f"cell{self.count}.sh")
-        with open(cell, "w") as f:
-            f.write(script if script.endswith("\n") else script + "\n")
-        # the sandbox sees this folder where it is (only /run/thinsim is its own)
-        self.proc.stdin.write(f"{int(explain)} {cell}\n".encode())
+        cell = script.encode()
+        self.proc.stdin.write(f"{int(explain)} {len(cell)}\n".encode() + cell)
         self.proc.stdin.flush()
         end = b"\0" + self.marker.encode() + b" "
         out = bytearray()
@@ -95,14 +97,14 @@ class Session:
             i = out.find(end)
             if i >= 0 and out.endswith(b"\n"):
                 status = int(out[i + len(end) :].decode())
+                if self.count == 1:  # bash has read its script: the folder is not needed
+                    shutil.rmtree(self.folder, ignore_errors=True)
                 return out[:i].decode(errors="replace"), status
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait()
-        import shutil
-
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
