@@ -8,7 +8,7 @@ host kept for the notebook, and prints what a terminal on a real host would show
     losetup --find --show disk.img
 
 The host is one ``thinsim run`` for the whole notebook (thinsim/host/run.py: its sandbox, its
-host process, its loop devices' files), whose bash sources each cell in turn: the working
+host process, its loop devices' files), whose bash runs each cell in turn (eval): the working
 folder, shell variables and functions carry from cell to cell, as in a terminal kept open.
 It works in ``/run/thinsim/work`` (the folder the recorded host scripts ran in, private to
 the run), so paths print as on the real host of tests/host.  Explain mode is on: after a
@@ -20,7 +20,7 @@ Python reaches the same host with :func:`sh` (a command's output as a str), whic
 pictures of :mod:`thinsim.viz` use to read ``thin_dump``.
 
 Not yet: a setting that runs the same cells on the real kernel (``thinsim vm``), as issue 14
-asks; the session's protocol (a cell sourced, a marker after it) is what that will reuse.
+asks; the session's protocol (a cell run by the shell, a marker after it) is what that will reuse.
 """
 
 from __future__ import annotations
