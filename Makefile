@@ -20,7 +20,7 @@ VM_TIMEOUT ?= 3600
 # goes to it, and a whole make test took 56 minutes in CI with 200.
 DIFF_EXAMPLES ?= 100
 
-.PHONY: run test test-host test-kernel bench clean system-deps
+.PHONY: run test test-host test-kernel bench clean system-deps labs labs-html
 
 # Installed when missing and we are root with apt (as on CI); otherwise the tests that need
 # them say what is missing.
@@ -41,7 +41,7 @@ system-deps:
 $(BIN)/thinsim: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,vm]'
+	$(BIN)/pip install --quiet -e '.[test,vm,labs]'
 	touch $@
 
 # The seed study's walkthrough on the simulated host, in a fresh folder that is removed after.
@@ -83,6 +83,15 @@ test-kernel: $(BIN)/thinsim system-deps
 	status=$$?; \
 	echo "kernel tests in the VM: exit $$status, $$(( $$(date +%s) - start )) s wall time"; \
 	exit $$status
+
+# The labs (notebooks/): `labs` runs each on the model and keeps its outputs in the notebook
+# (tests/test_notebooks.py checks that they are a fresh run's); `labs-html` writes a static page
+# of each, as kept, into build/labs/.  `$(BIN)/jupyter lab notebooks/` opens them.
+labs: $(BIN)/thinsim
+	$(BIN)/thinsim labs
+
+labs-html: $(BIN)/thinsim
+	$(BIN)/thinsim labs --html build/labs
 
 bench: $(BIN)/thinsim
 	$(BIN)/thinsim bench --json

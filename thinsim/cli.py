@@ -62,8 +62,8 @@ def _run(args) -> int:
         from .host.real import RealHostError, run_scripts
         from .vm import VMError
 
-        if args.host or args.workdir:
-            option = "--host" if args.host else "--workdir"
+        if args.host or args.workdir or args.explain:
+            option = "--host" if args.host else "--workdir" if args.workdir else "--explain"
             print(f"thinsim run: {option} is for the simulated host", file=sys.stderr)
             return 2
         try:
@@ -81,7 +81,7 @@ def _run(args) -> int:
 
     if args.host is not None and _make_host_folder("run", args.host):
         return 1
-    return run_script(args.script, args.args, args.host, args.workdir)
+    return run_script(args.script, args.args, args.host, args.workdir, args.explain)
 
 
 def _make_host_folder(command: str, host: str) -> bool:
@@ -106,6 +106,12 @@ def _diff(args) -> int:
     return main(args.scripts, args.timeout)
 
 
+def _labs(args) -> int:
+    from .labs import main
+
+    return main(args.rest)
+
+
 def _shell(args) -> int:
     import os
 
@@ -113,7 +119,7 @@ def _shell(args) -> int:
 
     if args.host is not None and _make_host_folder("shell", args.host):
         return 1
-    return run_shell(args.host or os.path.expanduser("~/.thinsim/host"))
+    return run_shell(args.host or os.path.expanduser("~/.thinsim/host"), args.explain)
 
 
 def _host(args) -> int:
@@ -219,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         from .vm import main as vm_main
 
         return vm_main(argv[1:])
+    if argv[:1] == ["labs"]:  # its options are thinsim labs' own (thinsim/labs.py)
+        from .labs import main as labs_main
+
+        return labs_main(argv[1:])
     parser = argparse.ArgumentParser(prog="thinsim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("scenario", help="run a scenario file on the model, print its transcript")
@@ -235,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask", action="store_true", help="kernel: mask dd timings, dmesg times")
     p.add_argument("--host", help="the host's state folder (default: a fresh one)")
     p.add_argument(
+        "--explain",
+        action="store_true",
+        help="after a simulated command that fails, print the kernel log lines that say why",
+    )
+    p.add_argument(
         "--workdir",
         metavar="DIR",
         help="run the script in DIR/work, an empty folder only the run sees (thinsim diff: "
@@ -249,8 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300, help="seconds per script and side")
     p.add_argument("scripts", nargs="+", metavar="SCRIPT")
     p.set_defaults(func=_diff)
+    p = sub.add_parser(
+        "labs", help="run the labs (notebooks/) and keep their outputs (thinsim labs -h)"
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_labs)
     p = sub.add_parser("shell", help="an interactive bash on a simulated host")
     p.add_argument("--host", help="the host's state folder (default: ~/.thinsim/host)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="after a simulated command that fails, print the kernel log lines that say why",
+    )
     p.set_defaults(func=_shell)
     p = sub.add_parser("host", help="the simulated host's process (thinsim host stop [DIR])")
     p.add_argument("action", choices=["stop"])

@@ -50,10 +50,13 @@ def shim_main(name: str, argv: list[str]) -> int:
             return _exec_real(name, argv)
         io = IO(defer=True)  # what the command runs waits for the lock's release
         with open_host(host) as state:
+            before = len(state.log.lines)
             status = COMMANDS[name](state, argv, io)
             devnodes.sync(state)
+            said = state.log.lines[before:]
         try:
             io.finish()
+            server.explain(name, status, said, sys.stderr)
         except BrokenPipeError:  # as _exit_as: the reader is gone
             status = status if status < 0 else -signal.SIGPIPE
         except (OSError, ValueError):
@@ -162,16 +165,22 @@ def _exec_real(name: str, argv: list[str]) -> int:
 
 
 def run_script(
-    script: str, args: list[str], host: str | None = None, workdir: str | None = None
+    script: str,
+    args: list[str],
+    host: str | None = None,
+    workdir: str | None = None,
+    explain: bool = False,
 ) -> int:
     """Run ``script`` with bash on a simulated host; returns the script's exit status (128+N
     when signal N ended it).  With WORKDIR, the script runs in WORKDIR/work, an empty folder
-    that only the run sees there (thinsim diff runs scripts where the real host does)."""
-    return _run(["bash", script, *args], host, workdir)
+    that only the run sees there (thinsim diff runs scripts where the real host does).
+    With EXPLAIN, a simulated command that fails is followed on stderr by the kernel log
+    lines it caused (server.explain)."""
+    return _run(["bash", script, *args], host, workdir, explain)
 
 
-def run_shell(host: str) -> int:
-    return _run(["bash", "-i"], host)
+def run_shell(host: str, explain: bool = False) -> int:
+    return _run(["bash", "-i"], host, explain=explain)
 
 
 class _Stopped(BaseException):
@@ -191,8 +200,12 @@ def _stop(signum, frame):
     raise _Stopped(signum)
 
 
-def _run(command: list[str], host: str | None, workdir: str | None = None) -> int:
+def _run(
+    command: list[str], host: str | None, workdir: str | None = None, explain: bool = False
+) -> int:
     env = {k: v for k, v in os.environ.items() if k != "THINSIM_HOST"}
+    if explain:
+        env[server.EXPLAIN] = "1"
     if host is not None:
         env["THINSIM_HOST"] = os.path.abspath(host)
         leftovers.sweep_host(host)  # what commands killed in a run killed outright left

@@ -659,8 +659,10 @@ class Server:
             io = IO(streams["stdin"], streams["stdout"], streams["stderr"], defer=True)
             try:
                 with self._locked() as command:
+                    before = len(self.state.log.lines)
                     status = COMMANDS[name](self.state, argv, io)
                     devnodes.sync(self.state)
+                    said = self.state.log.lines[before:]
             except HostStateError as e:
                 streams["stderr"].write(f"{e.code}\n")
                 return "E1"
@@ -685,6 +687,7 @@ class Server:
                 )
                 status = status if status < 0 else 1
             with self._blocked():
+                explain(name, status, said, streams["stderr"])
                 return _ending(status, streams)
         except Exception:  # noqa: BLE001 -- the command's traceback, as the shim printed it
             with contextlib.suppress(Exception):
@@ -835,6 +838,24 @@ def _streams(std: dict[int, int | None]) -> dict:
         "stdout": text(std[1], "w", buffering=1 if tty else -1),
         "stderr": text(std[2], "w", buffering=1),
     }
+
+
+EXPLAIN = "THINSIM_EXPLAIN"  # set (to 1) by thinsim run --explain and the %%thinsim magic
+
+
+def explain(name: str, status: int, said: list[str], stderr) -> None:
+    """Explain mode (``EXPLAIN`` in the command's environment): after a simulated command
+    that failed, the kernel log lines it made the kernel print, which say why (dmsetup
+    prints only the ioctl's errno: ``message ioctl on pool  failed: Invalid argument``).
+    A learner reads them without knowing to look in dmesg.  Nothing when the command
+    succeeded or the kernel said nothing."""
+    if status == 0 or not said or os.environ.get(EXPLAIN, "") in ("", "0"):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        stderr.write(
+            f"thinsim --explain: {name} failed; the kernel logged (dmesg):\n"
+            + "".join(f"  {line}\n" for line in said)
+        )
 
 
 def _ending(status: int, streams: dict) -> str:

@@ -362,9 +362,17 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    draw_use(result, ax)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None} if path.endswith(".svg") else None)
+    plt.close(fig)
+
+
+def draw_use(result: dict, ax) -> None:
+    """:func:`plot`'s picture on AX (thinsim.viz.use_over_time draws it in a notebook)."""
     rows = [r for r in result["timeline"] if "data_used" in r]
     days = [r["day"] for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(days, [100 * r["data_used"] / r["data_total"] for r in rows], label="data used")
     ax.plot(days, [100 * r["metadata_used"] / r["metadata_total"] for r in rows],
             label="metadata used")  # fmt: skip
@@ -385,6 +393,3 @@ def plot(result: dict, path: str) -> None:
     ax.set_title(f"thinsim plan {result['workload']['name']}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Date": None} if path.endswith(".svg") else None)
-    plt.close(fig)
