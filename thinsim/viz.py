@@ -115,7 +115,6 @@ def block_map(source, *, nr_data_blocks: int | None = None, max_blocks: int = 25
     (the used ones first: up to the last used block)."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
 
     dump, known = _dump_of(source)
     owners = dump.owners()
@@ -146,13 +145,17 @@ def block_map(source, *, nr_data_blocks: int | None = None, max_blocks: int = 25
     more = f"; {shown} of {total} shown" if shown < total else ""
     ax.set_xlabel(f"data block ({dump.data_block_size * 512 // 1024} KiB each{more})")
     ax.axhline(0.5, color="black", linewidth=1)
-    ax.legend(
-        handles=[Patch(color=c, label=t) for c, t in
-                 ((EXCLUSIVE, "one thin's"), (SHARED, "shared"), (FREE, "free"))],
-        loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False,
-    )  # fmt: skip
+    _legend(ax, (EXCLUSIVE, "one thin's"), (SHARED, "shared"), (FREE, "free"))
     ax.set_title("data blocks: the numbers are each thin's own block")
     return ax
+
+
+def _legend(ax, *items) -> None:
+    """A legend of (colour, label) patches, right of the axes (both pictures' kind)."""
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=t) for c, t in items], loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)  # fmt: skip
 
 
 # -- the mapping btrees -----------------------------------------------------------------
@@ -232,7 +235,6 @@ def mapping_tree(source, *, dev_ids=None, metadata_snap: bool = False, ax=None):
     share nodes until one side writes).  Each box: the node's metadata block number and its
     entries.  SOURCE as :func:`read_trees`; DEV_IDS: the thins to draw (all by default)."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     top, roots, nodes = read_trees(source, metadata_snap=metadata_snap)
     chosen = sorted(roots) if dev_ids is None else [d for d in dev_ids if d in roots]
@@ -298,11 +300,7 @@ def mapping_tree(source, *, dev_ids=None, metadata_snap: bool = False, ax=None):
     ax.set_xticks([])
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.legend(
-        handles=[Patch(color=c, label=t) for c, t in
-                 ((TOP, "top tree (thin ids)"), (EXCLUSIVE, "one thin's"), (SHARED, "shared"))],
-        loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False,
-    )  # fmt: skip
+    _legend(ax, (TOP, "top tree (thin ids)"), (EXCLUSIVE, "one thin's"), (SHARED, "shared"))
     ax.set_title("mapping btrees: metadata block and entries of each node")
     return ax
 
