@@ -64,7 +64,9 @@ test-host: $(BIN)/thinsim system-deps
 # checkout writable in the guest and a RAM disk for the recorded host scripts' ext4
 # (thinsim/host/real.py).  The test files are collected here (natively: importing every test
 # module under emulation took minutes); -v prints each test as it ends, --durations where the
-# VM's time went, for tuning the budget.
+# VM's time went, for tuning the budget.  Unbuffered, and with every thread's stack printed when
+# a test has run 1200 s (three times the slowest), so that a VM killed at its limit has said
+# where it was.  A boot that stops early is retried by thinsim vm itself (BOOT_TIMEOUT).
 # In CI (CI=true) a VM that cannot boot fails the run, and so
 # does a kernel test that finds no kernel; elsewhere a missing VM is reported and skipped.
 test-kernel: $(BIN)/thinsim system-deps
@@ -79,7 +81,7 @@ test-kernel: $(BIN)/thinsim system-deps
 	start=$$(date +%s); \
 	PATH="$(ABSBIN):$$PATH" $(BIN)/thinsim vm --timeout $(VM_TIMEOUT) --rwdir $(CURDIR) \
 		--module "brd rd_nr=1 rd_size=2097152" -- \
-		"CI=$${CI:-} THINSIM_DIFF_EXAMPLES=$(DIFF_EXAMPLES) $(ABSBIN)/python -m pytest -v -p no:cacheprovider --durations=12 -m kernel $$files"; \
+		"PYTHONUNBUFFERED=1 CI=$${CI:-} THINSIM_DIFF_EXAMPLES=$(DIFF_EXAMPLES) $(ABSBIN)/python -m pytest -v -p no:cacheprovider --durations=12 -o faulthandler_timeout=1200 -m kernel $$files"; \
 	status=$$?; \
 	echo "kernel tests in the VM: exit $$status, $$(( $$(date +%s) - start )) s wall time"; \
 	exit $$status

@@ -198,3 +198,67 @@ def test_thinsim_vm_killed_by_a_signal_leaves_no_vm_running(signum, tmp_path):
     left = subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True, text=True)
     subprocess.run(["pkill", "-KILL", "-f", pattern], check=False)
     assert left.stdout == ""
+
+
+def test_the_guest_script_first_makes_the_file_that_says_the_boot_got_to_it(tmp_path):
+    booted = tmp_path / "booted"
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name in ("modprobe", "mount", "mkdir"):
+        (stubs / name).write_text("#!/bin/sh\nexit 0\n")
+        (stubs / name).chmod(0o755)
+    line = vm.guest_script("echo ran", cwd=str(tmp_path), booted=str(booted))
+    assert line.startswith(f": > {booted}; {{ modprobe")
+    env = {"PATH": f"{stubs}:/usr/bin:/bin"}
+    proc = subprocess.run(["sh", "-c", line], capture_output=True, text=True, env=env, check=False)
+    assert (proc.stdout, proc.returncode, booted.exists()) == ("ran\n", 0, True)
+
+
+def _fake_boots(tmp_path, hangs: int) -> tuple[list[str], Path]:
+    """A stand-in for vng whose first ``hangs`` boots stop before the guest's script (they
+    sleep and never make the booted file); the next one makes it and prints."""
+    booted = tmp_path / "booted"
+    count = tmp_path / "boots"
+    code = (
+        "import pathlib, sys, time\n"
+        f"count = pathlib.Path({str(count)!r})\n"
+        "n = int(count.read_text() or 0) + 1 if count.exists() else 1\n"
+        "count.write_text(str(n))\n"
+        f"if n <= {hangs}:\n"
+        "    time.sleep(600)\n"
+        f"pathlib.Path({str(booted)!r}).touch()\n"
+        "print('guest out', n)\n"
+        "sys.exit(3)\n"
+    )
+    return [sys.executable, "-c", code], booted
+
+
+def test_a_boot_that_stops_before_the_guests_script_is_killed_and_the_vm_booted_again(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setattr(vm, "BOOT_TIMEOUT", 2)
+    argv, booted = _fake_boots(tmp_path, hangs=1)
+    proc = vm._run(argv, True, 60, booted=booted)
+    assert (proc.stdout, proc.returncode) == ("guest out 2\n", 3)
+    assert capsys.readouterr().err == (
+        "thinsim vm: the guest had not started after 2 s (boot 1 of 3); killed it, booting again\n"
+    )
+
+
+def test_a_vm_that_never_boots_is_an_error_after_the_last_attempt_and_leaves_nothing_running(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setattr(vm, "BOOT_TIMEOUT", 1)
+    monkeypatch.setattr(vm, "BOOT_ATTEMPTS", 2)
+    argv, booted = _fake_boots(tmp_path, hangs=5)
+    with pytest.raises(vm.VMError, match="did not start in 2 boots of 1 s each"):
+        vm._run(argv, False, 60, booted=booted)
+    assert (tmp_path / "boots").read_text() == "2"
+    assert capsys.readouterr().err.splitlines() == [
+        "thinsim vm: the guest had not started after 1 s (boot 1 of 2); killed it, booting again",
+        "thinsim vm: the guest had not started after 1 s (boot 2 of 2); killed it",
+    ]
+    left = subprocess.run(
+        ["pgrep", "-f", str(tmp_path / "boots")], check=False, capture_output=True, text=True
+    )
+    assert left.stdout == ""
