@@ -262,3 +262,28 @@ def test_a_vm_that_never_boots_is_an_error_after_the_last_attempt_and_leaves_not
         ["pgrep", "-f", str(tmp_path / "boots")], check=False, capture_output=True, text=True
     )
     assert left.stdout == ""
+
+
+def test_a_long_command_goes_to_the_guest_in_a_file_not_on_the_kernels_command_line(
+    monkeypatch, tmp_path
+):
+    # x86 cuts the kernel's command line at 2048 bytes, and vng puts --exec's script on it.
+    monkeypatch.setenv("THINSIM_VM_ACCEL", "tcg")
+    monkeypatch.setattr(vm.shutil, "which", lambda name: "/usr/bin/" + name)
+    vm.accelerator.cache_clear()
+    nonce = tmp_path / "nonce"
+    nonce.write_text("0" * 32)
+    command = "pytest " + " ".join(f"tests/test_{i:04}.py" for i in range(200))
+    argv = vm.vng_argv(command, kernel="/boot/k", cwd="/c", nonce_file=nonce)
+    vm.accelerator.cache_clear()
+    script = tmp_path / vm.GUEST_SCRIPT
+    assert argv[argv.index("--exec") + 1] == f"exec /bin/sh {script}"
+    assert script.read_text() == (
+        vm.guest_script(
+            command,
+            cwd="/c",
+            env={"PATH": os.environ["PATH"], vm.NONCE_FILE: str(nonce)},
+            booted=str(tmp_path / vm.BOOTED),
+        )
+        + "\n"
+    )
