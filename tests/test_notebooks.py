@@ -81,8 +81,14 @@ SOLUTIONS = {
     "04-zeroing": {"answer_1": 64, "answer_2": False},
     # of 32 blocks, the one 2 MiB to 2 MiB + 64 KiB is covered whole; 32 new blocks of 64 KiB
     "05-discard": {"answer_1": 31, "answer_2": 2048},
-    # 4 free of 16 is at the mark when the 13th block is taken; 32 - (16 + 4 new blocks)
-    "06-running-out": {"answer_1": 13, "answer_2": 12},
+    # 4 free of 16 is at the mark when the 13th block is taken; 32 - (16 + 4 new blocks);
+    # no_space_timeout turns the pool to error mode; needs_check keeps it read-only
+    "06-running-out": {
+        "answer_1": 13,
+        "answer_2": 12,
+        "answer_3": "error_if_no_space",
+        "answer_4": False,
+    },
     # blocks 10-12 written again; 300 mappings in two leaves, one copied by those writes
     "07-inside-the-metadata": {"answer_1": 3, "answer_2": 3},
     # one block shared by four thins; the container's copy and its four new blocks
