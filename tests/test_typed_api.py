@@ -149,6 +149,7 @@ def test_shrinking_the_data_device_is_refused_with_the_line_the_kernel_logs(back
     assert (
         str(e) == f"device-mapper: thin: {dev}: pool target (512 blocks) too small: expected 1024"
     )
+    assert e.kernel_log == (str(e),)
     e = raised(pool.reload, length_sectors=65536)
     assert e.errno == errno.EINVAL and "pool target (512 blocks) too small" in str(e)
     e = raised(pool.reload, metadata_size=2 * MiB)
@@ -172,6 +173,64 @@ def test_a_refusal_carries_the_kernels_log_lines(backend):
     e = raised(pool.delete, 1)
     assert e.errno == errno.EBUSY
     assert e.kernel_log == ("device-mapper: thin: Deletion of thin device 1 failed.",)
+
+
+# messages the kernel refuses, what it returns and what it logs (tests/kernel/recorded/messages.txt)
+REFUSED_MESSAGES = [
+    ("bogus", errno.EINVAL, ["thin: Unrecognised thin pool target message received: bogus"]),
+    ("create_thin 1a", errno.EINVAL, ["thin: Message received with invalid device id: 1a"]),
+    ("create_thin", errno.EINVAL, ["thin: Message received with 1 arguments instead of 2."]),
+    ("create_snap 2 5", errno.ENODATA, ["thin: Creation of new snapshot 2 of device 5 failed."]),
+    ("delete 5", errno.ENODATA, ["thin: Deletion of thin device 5 failed."]),
+    (
+        "set_transaction_id 1 2",
+        errno.EINVAL,
+        [
+            "thin metadata: mismatched transaction id",
+            "thin: Failed to change transaction id from 1 to 2.",
+        ],
+    ),
+    (
+        "release_metadata_snap",
+        errno.EINVAL,
+        [
+            "thin metadata: No pool metadata snapshot found: nothing to release.",
+            "thin: release_metadata_snap message failed.",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "text, code, lines", REFUSED_MESSAGES, ids=[m[0] for m in REFUSED_MESSAGES]
+)
+def test_a_refused_message_says_the_kernels_reason_not_only_its_errno(backend, text, code, lines):
+    pool = backend.pool(64 * MiB, 4 * MiB)
+    pool.create_thin(1)
+    e = raised(pool.message, text)
+    assert e.errno == code
+    assert e.kernel_log == tuple(f"device-mapper: {line}" for line in lines)
+    assert all(line in str(e) for line in e.kernel_log)
+
+
+def test_the_write_a_full_pool_refuses_first_says_why(backend):
+    # 16 blocks, error_if_no_space: the 17th block's write fails as the pool switches mode
+    pool = backend.pool(1 * MiB, 4 * MiB, features=["error_if_no_space"])
+    _, _, dev = backend.devices(pool)
+    pool.create_thin(1)
+    thin = pool.activate(1, 4 * MiB)
+    thin.write(0, b"x" * MiB)
+    e = raised(thin.write, MiB, b"y" * 4096)
+    assert e.errno == errno.ENOSPC
+    assert e.kernel_log == (
+        f"device-mapper: thin: {dev}: reached low water mark for data device: sending event.",
+        f"device-mapper: thin: {dev}: switching pool to out-of-data-space (error IO) mode",
+    )
+    assert str(e).endswith(e.kernel_log[-1])
+    # the next one: the kernel logs nothing new; the status says it
+    e = raised(thin.write, MiB, b"y" * 4096)
+    assert e.errno == errno.ENOSPC and e.kernel_log == ()
+    assert pool.status_info().mode == "out_of_data_space"
 
 
 def test_a_rejected_table_carries_the_kernels_reason(backend):

@@ -284,23 +284,31 @@ class Pool(abc.ABC):
     def _check_no_shrink(self, metadata_size: int, length_sectors: int) -> None:
         """What the pool's preresume refuses (dm-thin.c, 6.1): a data device of fewer blocks
         than the metadata records, then a metadata device of fewer blocks; the error is
-        raised with the line the kernel logs, before anything is touched."""
+        raised with the line the kernel logs (its message and ``kernel_log``), before
+        anything is touched."""
         now = self.status_info(noflush=True)
         if now.failed:
             return  # the kernel's table load decides; its error comes back as it is
         bs = self.data_block_size_sectors
         blocks = length_sectors // bs
         if blocks < now.total_data_blocks:
-            raise InvalidArgumentError(
+            raise _refused(
                 f"device-mapper: thin: {self.devno}: pool target ({blocks} blocks) too small: "
                 f"expected {now.total_data_blocks}"
             )
         md_blocks = min(metadata_size // SECTOR, THIN_METADATA_MAX_SECTORS) // 8
         if md_blocks < now.total_metadata_blocks:
-            raise InvalidArgumentError(
+            raise _refused(
                 f"device-mapper: thin: {self.devno}: metadata device ({md_blocks} blocks) too "
                 f"small: expected {now.total_metadata_blocks}"
             )
+
+
+def _refused(line: str) -> InvalidArgumentError:
+    """EINVAL for what the kernel would refuse logging LINE, which thinsim refuses first."""
+    error = InvalidArgumentError(line)
+    error.kernel_log = (line,)
+    return error
 
 
 class Machine(abc.ABC):

@@ -9,6 +9,16 @@
 - :func:`use_over_time`: data and metadata use of a ``thinsim plan`` run, its events marked
   (the planner's own picture, thinsim/plan/report.py).
 
+Not in the block map: which blocks the pool zeroed (provisioned by a write that covered part
+of the block, with zeroing on) against those written whole, which issue 14 asked for.  That is
+decided by the bio that provisioned the block and recorded nowhere: not in the metadata
+(thin_dump gives a mapping its data block and time, the same for both), not in the status,
+and the data device's bytes cannot tell a zeroed block from one written whole with those
+bytes.  So the kernel side cannot draw it; and a record the model kept for the picture alone
+would be the model's own (the kernel's code it follows keeps none), lost when a pool is
+activated again from its metadata, and unlike the same picture from a real pool.  Lab 4
+(notebooks/04-zeroing.ipynb) measures zeroing where it shows: ``du`` of the data file.
+
 Each reads what a real host offers too, so that the same picture comes from either backend:
 the block map reads ``thin_dump``'s XML (a pool's ``metadata_dump()`` on both backends, or
 the text of ``thin_dump -m`` run in a ``%%thinsim`` cell or on a real host), the tree reads
@@ -112,7 +122,8 @@ def block_map(source, *, nr_data_blocks: int | None = None, max_blocks: int = 25
     SOURCE: a pool (``ModelPool`` or ``KernelPool``: its ``metadata_dump()``), thin_dump's
     XML as a str, or a :class:`Dump`.  NR_DATA_BLOCKS: the pool's size in blocks where the
     source does not say (``thin_dump -m`` does not); the picture shows at most MAX_BLOCKS
-    (the used ones first: up to the last used block)."""
+    (the used ones first: up to the last used block).  Which blocks the pool zeroed is not
+    shown: nothing the pool keeps says (the module's docstring)."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 

@@ -35,6 +35,7 @@ the metadata file gets loop0, the data file loop1 and the pool dm minor 0: run i
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno as E
 import fcntl
 import logging
@@ -45,7 +46,7 @@ import signal
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -255,7 +256,8 @@ class KernelThin(interface.Thin):
         # O_DIRECT wants whole sectors: read the covering ones and cut.
         start = offset - offset % SECTOR
         stop = -(-(offset + length) // SECTOR) * SECTOR
-        data = self._read_sectors(start, stop - start)
+        with self.pool._logged():
+            data = self._read_sectors(start, stop - start)
         return data[offset - start : offset - start + length]
 
     def write(self, offset: int, data: bytes) -> None:
@@ -264,6 +266,10 @@ class KernelThin(interface.Thin):
         data = interface.check_write(offset, data, self.size).tobytes()
         if not data:
             return
+        with self.pool._logged():
+            self._write(offset, data)
+
+    def _write(self, offset: int, data: bytes) -> None:
         head = offset % SECTOR
         tail = -(offset + len(data)) % SECTOR
         if head or tail:
@@ -290,19 +296,21 @@ class KernelThin(interface.Thin):
         # unaligned or past the end); uint64 arguments cannot be negative.
         self._check_active()
         interface.check_discard(offset, length)
-        try:
-            fcntl.ioctl(self._open(), BLKDISCARD, struct.pack("=QQ", offset, length))
-        except OSError as e:
-            raise _oserror(e) from None
-        except OverflowError:
-            raise InvalidArgumentError("range too large") from None
+        with self.pool._logged():
+            try:
+                fcntl.ioctl(self._open(), BLKDISCARD, struct.pack("=QQ", offset, length))
+            except OSError as e:
+                raise _oserror(e) from None
+            except OverflowError:
+                raise InvalidArgumentError("range too large") from None
 
     def flush(self) -> None:
         self._check_active()
-        try:
-            os.fsync(self._open())
-        except OSError as e:
-            raise _oserror(e) from None
+        with self.pool._logged():
+            try:
+                os.fsync(self._open())
+            except OSError as e:
+                raise _oserror(e) from None
 
     def status(self) -> str:
         self._check_active()
@@ -484,9 +492,17 @@ class KernelPool(interface.Pool):
 
     def _dmsetup(self, *args: str) -> list[str]:
         """dmsetup, a refusal carrying the kernel's log lines printed meanwhile."""
+        with self._logged():
+            return dmsetup(*args)
+
+    @contextlib.contextmanager
+    def _logged(self) -> Iterator[None]:
+        """A thinsim error raised inside carries the kernel's ``device-mapper:`` lines
+        logged meanwhile (a dmsetup refusal; I/O a full pool fails, whose first write logs
+        the switch to out-of-data-space mode)."""
         seen = len(self._kmsg.read())
         try:
-            return dmsetup(*args)
+            yield
         except ThinsimError as e:
             raise with_kernel_log(e, self._kmsg.read()[seen:]) from None
 

@@ -123,26 +123,46 @@ class ModelThin(interface.Thin):
         if self.pool._kernel.dm.get(self._dm.name) is not self._dm:
             raise NoDeviceError(f"thin {self.dev_id} was deactivated: its device is gone")
 
+    # I/O that fails carries the kernel's lines logged meanwhile (the first write a full pool
+    # refuses: "switching pool to out-of-data-space (error IO) mode"); a try costs nothing
+    # on the data path until something raises
+
     def read(self, offset: int, length: int) -> bytes:
         self._check_active()
         interface.check_read(offset, length)
-        return self.target.read(offset, length)
+        seen = len(self.pool._kernel.log.lines)
+        try:
+            return self.target.read(offset, length)
+        except ThinsimError as e:
+            raise with_kernel_log(e, self.pool._kernel.log.lines[seen:]) from None
 
     def write(self, offset: int, data: bytes) -> None:
         self._check_active()
         view = interface.check_write(offset, data, self.target.size)
         if not view.nbytes:
             return
-        self.target.write(offset, view.obj if type(view.obj) is bytes else view.tobytes())
+        seen = len(self.pool._kernel.log.lines)
+        try:
+            self.target.write(offset, view.obj if type(view.obj) is bytes else view.tobytes())
+        except ThinsimError as e:
+            raise with_kernel_log(e, self.pool._kernel.log.lines[seen:]) from None
 
     def discard(self, offset: int, length: int) -> None:
         self._check_active()
         interface.check_discard(offset, length)
-        self.target.discard(offset, length)
+        seen = len(self.pool._kernel.log.lines)
+        try:
+            self.target.discard(offset, length)
+        except ThinsimError as e:
+            raise with_kernel_log(e, self.pool._kernel.log.lines[seen:]) from None
 
     def flush(self) -> None:
         self._check_active()
-        self.target.flush()
+        seen = len(self.pool._kernel.log.lines)
+        try:
+            self.target.flush()
+        except ThinsimError as e:
+            raise with_kernel_log(e, self.pool._kernel.log.lines[seen:]) from None
 
     def status(self) -> str:
         self._check_active()
