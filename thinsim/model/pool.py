@@ -944,7 +944,43 @@ class Pool:
         bb = self.block_bytes
         data_sm = pmd.data_sm
         pinned = []
+        get_count = data_sm.get_count
+        discard = self.store.discard
         while begin < end:
+            try:
+                runs = pmd.take_leftmost_runs(td, begin, end)
+            except CorruptNode as e:
+                # nodes of this transaction only; the ordinary path meets it as the kernel
+                if not e.again:
+                    e.forget()
+                runs = None
+            if runs is not None:
+                # each run's steps after its removal walks (see take_leftmost_runs)
+                for vb, ve, db, maybe_shared in runs:
+                    de = db + (ve - vb)
+                    # remove_range's decrements, a mapping at a time
+                    if de - db == 1:
+                        data_sm.dec(db)
+                    else:
+                        data_sm.dec_many(range(db, de))
+                    data_sm.inc_many(range(db, de))
+                    pinned.append((db, de))
+                    b = db
+                    while b < de:
+                        if maybe_shared:
+                            while b < de and get_count(b) > 1:
+                                b += 1
+                            if b == de:
+                                break
+                            e = b + 1
+                            while e < de and get_count(e) <= 1:
+                                e += 1
+                        else:
+                            e = de
+                        discard(b * bb, (e - b) * bb)
+                        b = e
+                begin = ve
+                continue
             try:
                 run = pmd.find_mapped_range(td, begin, end)
             except CorruptNode as e:
