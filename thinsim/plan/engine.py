@@ -325,6 +325,35 @@ class Simulation:
         self.pool.target.pmd.tm.at_rest()
         return True
 
+    def discard(self, v: Volume, offset: int, length: int) -> int:
+        """BLKDISCARD of a range: 0, or the errno."""
+        self._op("discard", v.name, offset, length)
+        self.clock.now = max(self.clock.now, self.now)
+        try:
+            v.thin.discard(offset, length)
+        except ThinsimError as e:
+            self._drain_log()
+            return e.errno
+        self.user_discarded += length
+        self._drain_log()
+        self.pool.target.pmd.tm.at_rest()
+        return 0
+
+    def write_range(self, v: Volume, offset: int, length: int, io: int) -> bool:
+        """Sequential writes of ``io`` bytes from ``offset`` (whole blocks in large requests:
+        the kernel provisions N whole-block writes as one request of N blocks does)."""
+        end = offset + length
+        pos = offset
+        bs = self.bs
+        while pos < end:
+            n = min(end - pos, MAX_CHUNK) // io * io if io % bs == 0 and pos % bs == 0 else 0
+            if n == 0:
+                n = min(io, end - pos)
+            if not self.write(v, pos, n, io):
+                return False
+            pos += n
+        return True
+
     def write_each(self, v: Volume, offsets: list[int], io: int) -> bool:
         """``write(v, offset, io)`` for each of ``offsets`` in turn, stopping where one
         fails and the run stops (False then).  Where every write lies within one data
@@ -386,35 +415,6 @@ class Simulation:
                 if self._monitor is not None:
                     self._monitor.poll()
             at_rest()
-        return True
-
-    def discard(self, v: Volume, offset: int, length: int) -> int:
-        """BLKDISCARD of a range: 0, or the errno."""
-        self._op("discard", v.name, offset, length)
-        self.clock.now = max(self.clock.now, self.now)
-        try:
-            v.thin.discard(offset, length)
-        except ThinsimError as e:
-            self._drain_log()
-            return e.errno
-        self.user_discarded += length
-        self._drain_log()
-        self.pool.target.pmd.tm.at_rest()
-        return 0
-
-    def write_range(self, v: Volume, offset: int, length: int, io: int) -> bool:
-        """Sequential writes of ``io`` bytes from ``offset`` (whole blocks in large requests:
-        the kernel provisions N whole-block writes as one request of N blocks does)."""
-        end = offset + length
-        pos = offset
-        bs = self.bs
-        while pos < end:
-            n = min(end - pos, MAX_CHUNK) // io * io if io % bs == 0 and pos % bs == 0 else 0
-            if n == 0:
-                n = min(io, end - pos)
-            if not self.write(v, pos, n, io):
-                return False
-            pos += n
         return True
 
     # -- events and samples -----------------------------------------------------------------
