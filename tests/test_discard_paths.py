@@ -5,6 +5,7 @@ must leave exactly what those steps leave: every metadata block's bytes, the spa
 counts, the data blocks given out later, the log."""
 
 import contextlib
+import hashlib
 
 from helpers import GiB, MiB, make_pool, make_thin
 from hypothesis import given, settings
@@ -15,6 +16,8 @@ from thinsim.model import pool
 from thinsim.model.btree import BTreeInfo, _Spine
 from thinsim.model.disk import metadata_blocks
 from thinsim.model.metadata import TIME_BITS, TIME_MASK, PoolMetadata
+from thinsim.model.space_map import _DiskLowLevel
+from thinsim.model.store import AccountingStore
 from thinsim.model.thin import Thin
 
 BLOCK = 64 * 1024
@@ -63,6 +66,14 @@ def _find_mapped_range(self, td, begin, end):
             break
         virt_end += 1
     return begin, virt_end, data_begin, shared
+
+
+def _take_leftmost_runs(self, td, begin, end):
+    return None
+
+
+def _dec_inc_in_place(self, b, n):
+    return False
 
 
 def _remove_leaves(self, root, first_key, end_key):
@@ -149,6 +160,8 @@ def _one_at_a_time():
         (BTreeInfo, "remove_leaves", _remove_leaves),
         (BTreeInfo, "_shadow_child", _shadow_child),
         (pool.Pool, "_discard_blocks", _discard_blocks),
+        (PoolMetadata, "take_leftmost_runs", _take_leftmost_runs),
+        (_DiskLowLevel, "dec_inc_in_place", _dec_inc_in_place),
     ]
     old = [(cls, name, cls.__dict__[name]) for cls, name, _ in saved]
     try:
@@ -163,17 +176,22 @@ def _one_at_a_time():
 # -- the comparison ---------------------------------------------------------------------------
 
 
-def make_thin_open(p, dev):
-    return Thin(p, dev, GiB // 512)
+def make_thin_open(p, dev, size=GiB):
+    return Thin(p, dev, size // 512)
 
 
-def _run(ops, features):
-    p = make_pool(data=512 * MiB, md=8 * MiB, features=features)
+def _run(ops, features, data=512 * MiB, size=GiB):
+    """The ops on a pool of ``data`` bytes, thins of ``size`` (a larger pool keeps no
+    payload); everything a discard may change, as a tuple."""
+    store = AccountingStore() if data > 512 * MiB else None
+    p = make_pool(data=data, md=8 * MiB, features=features, store=store)
+    nblocks = size // BLOCK
     discards = []
     real = p.store.discard
     p.store.discard = lambda off, n: (discards.append((off, n)), real(off, n))
-    thins = {0: make_thin(p, 0, GiB)}
+    thins = {0: make_thin(p, 0, size)}
     outcome = []
+    commits = []  # at each commit, what it wrote (a later change may hide it)
     for op in ops:
         kind = op[0]
         try:
@@ -182,25 +200,28 @@ def _run(ops, features):
                 th = thins[dev % len(thins)]
                 if small:
                     for i in range(n):
-                        th.write((block + 7 * i) % 16384 * BLOCK + 4096, b"\x01" * 4096)
+                        th.write((block + 7 * i) % nblocks * BLOCK + 4096, b"\x01" * 4096)
                 else:
-                    th.write(block * BLOCK, b"\x02" * (n * BLOCK))
+                    th.write(block * BLOCK, bytes(n * BLOCK))
             elif kind == "snap":
                 origin = sorted(thins)[op[1] % len(thins)]
                 new = max(thins) + 1
                 p.message(f"create_snap {new} {origin}")
-                thins[new] = make_thin_open(p, new)
+                thins[new] = make_thin_open(p, new, size)
             elif kind == "thin":
                 new = max(thins) + 1
-                thins[new] = make_thin(p, new, GiB)
+                thins[new] = make_thin(p, new, size)
             elif kind == "discard":
                 _, dev, block, n = op
                 thins[dev % len(thins)].discard(block * BLOCK, n * BLOCK)
             else:
+                commits.append(_kept(p))
                 p.commit()
+                commits.append(_digest(p))
             outcome.append(None)
         except ThinsimError as e:
             outcome.append(e.errno)
+    commits.append(_kept(p))
     p.commit()
     nodes = sorted(
         (b, n.leaf, tuple(n.keys), tuple(n.values))
@@ -208,9 +229,9 @@ def _run(ops, features):
         if hasattr(n, "keys")
     )
     # the next data blocks given out: where the cursors and the counts left them
-    after = make_thin_open(p, 0)
+    after = make_thin_open(p, 0, size)
     try:
-        after.write(16383 * BLOCK, bytes(BLOCK))
+        after.write((nblocks - 1) * BLOCK, bytes(BLOCK))
     except ThinsimError:
         pass
     return (
@@ -220,10 +241,22 @@ def _run(ops, features):
         nodes,
         p.pmd.metadata_sm.ll.counts(),
         p.pmd.data_sm.ll.counts(),
-        p.pmd.lookup(after.td, 16383),
+        p.pmd.lookup(after.td, nblocks - 1),
         discards,
         p.log.lines,
+        commits,
     )
+
+
+def _kept(p):
+    """The last commit's counts kept for the blocks changed since (what an abort
+    restores)."""
+    return dict(p.pmd.data_sm.ll.old.items()), dict(p.pmd.metadata_sm.ll.old.items())
+
+
+def _digest(p):
+    blocks = metadata_blocks(p.pmd)
+    return hashlib.sha256(b"".join(blocks[b] for b in sorted(blocks))).hexdigest()
 
 
 _op = st.one_of(
@@ -292,5 +325,118 @@ def test_the_reference_steps_are_the_ones_replaced():
         (BTreeInfo, "remove_leaves"),
         (BTreeInfo, "_shadow_child"),
         (pool.Pool, "_discard_blocks"),
+        (PoolMetadata, "take_leftmost_runs"),
+        (_DiskLowLevel, "dec_inc_in_place"),
     ):
         assert name in cls.__dict__
+
+
+# -- whole devices discarded from their start (Docker's dm.blkdiscard) -------------------------
+
+
+@contextlib.contextmanager
+def _counting():
+    """How many times the left-edge steps were taken (a comparison that never takes them
+    compares nothing)."""
+    taken = {"runs": 0, "walks": 0, "levels": 0}
+    runs = PoolMetadata.take_leftmost_runs
+    pair = BTreeInfo.leftmost_pair
+
+    def count_runs(self, td, begin, end):
+        r = runs(self, td, begin, end)
+        taken["runs"] += r is not None
+        return r
+
+    def count_pairs(self, root, key):
+        r = pair(self, root, key)
+        if r is not None:
+            taken["walks"] += 1
+            node, levels = self.tm.read(root), 1
+            while not node.leaf:
+                node, levels = self.tm.read(node.values[0]), levels + 1
+            taken["levels"] = max(taken["levels"], levels)
+        return r
+
+    PoolMetadata.take_leftmost_runs = count_runs
+    BTreeInfo.leftmost_pair = count_pairs
+    try:
+        yield taken
+    finally:
+        PoolMetadata.take_leftmost_runs = runs
+        BTreeInfo.leftmost_pair = pair
+
+
+_from_start = st.one_of(
+    st.tuples(
+        st.just("write"),
+        st.integers(0, 7),
+        st.integers(0, 16000),
+        st.integers(1, 900),
+        st.booleans(),
+    ),
+    st.tuples(st.just("snap"), st.integers(0, 7)),
+    st.tuples(
+        st.just("discard"),
+        st.integers(0, 7),
+        st.sampled_from([0, 0, 0, 1, 2, 300]),
+        st.integers(1, 16384),
+    ),
+    st.tuples(st.just("thin")),
+    st.tuples(st.just("commit")),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(_from_start, min_size=1, max_size=16),
+    features=st.sampled_from([(), ("no_discard_passdown",), ("skip_block_zeroing",)]),
+)
+def test_discards_from_a_devices_start_leave_what_the_kernels_steps_one_at_a_time_leave(
+    ops, features
+):
+    """Discards from block 0 (or near it): the left-edge steps (several runs' walks at
+    once, a run's walks at once, a run's decrements and pin in place) where they apply."""
+    fast = _run(ops, features)
+    with _one_at_a_time():
+        slow = _run(ops, features)
+    assert fast == slow
+
+
+def test_a_docker_container_discarded_whole_takes_the_left_edge_steps_and_matches():
+    """A snapshot with random 4 KiB writes of its own (one-block runs) among long runs it
+    shares, discarded from its start after a commit and again within one transaction."""
+    ops = [("write", 0, 0, 3000, False), ("snap", 0), ("commit",), ("snap", 1), ("commit",)]
+    ops += [("write", 2, (i * 2654435761) % 16000, 50, True) for i in range(50)]
+    # discards that end inside the leaves the last step took, after a commit and not
+    ops += [("commit",), ("discard", 2, 0, 1234), ("commit",), ("discard", 2, 0, 2222)]
+    for n in range(2300, 3000, 50):
+        ops += [("discard", 2, 0, n), ("commit",)]
+    ops += [("discard", 2, 0, 16384), ("discard", 1, 0, 16384), ("commit",)]
+    ops += [("write", 0, 5000, 40, True), ("discard", 0, 0, 16384)]
+    with _counting() as taken:
+        fast = _run(ops, ())
+    with _one_at_a_time():
+        slow = _run(ops, ())
+    assert fast == slow
+    assert fast[0] == [None] * len(ops)
+    assert taken["runs"] > 10 and taken["walks"] > 10
+
+
+def test_a_three_level_mapping_tree_discarded_from_its_start_matches_the_kernels_steps():
+    """More than 252 leaves (a 9 GiB thin written whole): the leftmost path has an
+    internal node above the leaves' parent, whose rebalance must change nothing."""
+    size = 9 * GiB
+    blocks = size // BLOCK
+    ops = [("write", 0, b, 2048, False) for b in range(0, blocks, 2048)]
+    ops += [("snap", 0), ("commit",)]
+    ops += [("write", 1, (i * 2654435761) % blocks, 40, True) for i in range(40)]
+    ops += [("discard", 1, 0, blocks // 3), ("commit",), ("discard", 1, 0, blocks)]
+    ops += [("commit",), ("discard", 0, 0, blocks // 2)]
+    with _counting() as taken:
+        fast = _run(ops, (), data=size + GiB, size=size)
+    with _one_at_a_time():
+        slow = _run(ops, (), data=size + GiB, size=size)
+    assert fast == slow
+    assert fast[0] == [None] * len(ops)  # every step done
+    assert taken["runs"] > 10 and taken["walks"] > 10
+    assert taken["levels"] == 3

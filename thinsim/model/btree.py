@@ -674,6 +674,11 @@ class BTreeInfo:
         key = first_key
         vt = self.value_type
         dec = vt.dec
+        # keys at the tree's left edge (a whole device discarded from its start): the
+        # walks of as many as ``leftmost_pair`` allows in one step, then one the ordinary
+        # way (a merge, a rebalance above the leaves), and so on; where one step cannot be
+        # taken, the next few walks go the ordinary way before it is tried again
+        try_in = 0 if end_key - key >= 4 else -1
         tm = self.tm
         shadows = tm.shadows
         sm = tm.sm
@@ -684,6 +689,27 @@ class BTreeInfo:
         rebalance = self._rebalance_children
         spine = _Spine()  # _rebalance_children reads only its ``node``
         while True:
+            if not try_in:
+                found = self.leftmost_pair(root, key)
+                m = last = 0
+                if found is not None:
+                    ukeys, uvalues = leftmost_entries(found)
+                    m = last = bisect_left(ukeys, end_key)
+                    if found[0] is not None:
+                        m = min(m, len(ukeys) - found[3] + 1)
+                if m > 0:
+                    gone = uvalues[:m]
+                    key = ukeys[m - 1] + 1
+                    take_leftmost(found, ukeys, uvalues, m, False)
+                    if dec is not None:
+                        dec(gone)
+                    removed += m
+                    # the next walk merges (and then another step may follow), or ends
+                    try_in = 1 if m < last else -1
+                else:
+                    try_in = 4
+            elif try_in > 0:
+                try_in -= 1
             # remove_nearest
             b = root
             parent = None
@@ -723,6 +749,67 @@ class BTreeInfo:
             else:
                 break
         return root, key, removed
+
+    def leftmost_pair(self, root: int, key: int):
+        """For a single-level tree with no key below ``key``: where the next removal walks
+        (``remove_leaves``'s, each for the smallest key left, or a key below it) would
+        change nothing but the two leftmost leaves, in a way ``take_leftmost`` reproduces:
+
+        - every node on the leftmost path, and the second child of each internal one, is
+          a shadow of this transaction with one reference (each walk's ``_shadow`` and
+          ``_shadow_child`` use them in place: nothing is allocated or counted);
+        - each internal node on the path has two children or more (no root collapses)
+          and its first key is at most ``key`` (the walk finds a child);
+        - above the leaves' parent, the first two children already hold what
+          ``__rebalance2`` leaves them (as many entries as it would give the left one,
+          no merge, the parent's key for the second child its first key): each walk's
+          rebalance there changes nothing.
+
+        Then each walk rebalances the two leftmost leaves (``_rebalance2``: a merge, or
+        an even split) and goes down into the first.  Returns (parent of the leaves,
+        first leaf, second leaf, the merge threshold), or (None, the root, None, 0) where
+        the root is a leaf; None otherwise (the walks take their ordinary path)."""
+        tm = self.tm
+        sm = tm.sm
+        if sm._bops:
+            return None
+        shadows = tm.shadows
+        blocks = tm.blocks
+        ll = sm.ll
+        maps = ll.maps
+        entries = ll.ENTRIES_PER_BITMAP
+
+        def in_place(b: int) -> bool:
+            if b not in shadows:
+                return False
+            m = maps[b // entries]
+            return m is not None and m[b % entries] == 1
+
+        if not in_place(root):
+            return None
+        node = blocks[root]
+        if node.leaf:
+            keys = node.keys
+            if keys and keys[0] < key:
+                return None
+            return None, node, None, 0
+        while True:
+            keys = node.keys
+            if len(keys) < 2 or keys[0] > key:
+                return None
+            b0, b1 = node.values[0], node.values[1]
+            if not in_place(b0) or not in_place(b1):
+                return None
+            left, right = blocks[b0], blocks[b1]
+            nl, nr = len(left.keys), len(right.keys)
+            threshold = 2 * (left.max_entries // 3 + 1)
+            if left.leaf:
+                if not right.leaf or not nl or left.keys[0] < key:
+                    return None
+                return node, left, right, threshold
+            if nl + nr < threshold or nl != (nl + nr) // 2 or keys[1] != right.keys[0]:
+                return None
+            node = left
 
     def _rebalance_children(self, spine, vt, key) -> None:
         """dm-btree-remove.c: rebalance_children."""
@@ -851,6 +938,39 @@ def _do_leaf(node: Node, key: int) -> int:
     if i < 0 or node.keys[i] != key:
         raise KeyError(key)
     return i
+
+
+def leftmost_entries(found):
+    """The keys and values of ``leftmost_pair``'s leaves, in order, as arrays."""
+    _parent, left, right, _threshold = found
+    if right is None:
+        return left.keys, left.values
+    return left.keys + right.keys, left.values + right.values
+
+
+def take_leftmost(found, keys, values, m: int, extra: bool) -> None:
+    """What ``m`` removal walks at the left edge of the tree ``leftmost_pair`` found
+    leave, each rebalancing the two leftmost leaves and then removing the smallest key,
+    and, with ``extra``, one more walk that rebalances and removes nothing (the walk that
+    ends a run); ``keys`` and ``values`` are ``leftmost_entries``.  Every walk must
+    rebalance without a merge: ``len(keys) - m - extra + 1`` at least the threshold.
+
+    A rebalance of two leaves with n entries between them gives the first n // 2, so
+    after the walks the first leaf holds the (n - m) // 2 smallest keys left (without
+    ``extra``: (n - m + 1) // 2 - 1, the last walk having removed one after its
+    rebalance) and the second the rest; the parent's key for the second is its first."""
+    parent, left, right, threshold = found
+    if parent is None:
+        del left.keys[:m]
+        del left.values[:m]
+        return
+    n = len(keys)
+    assert n - m - extra + 1 >= threshold
+    n0 = (n - m) // 2 if extra else (n - m + 1) // 2 - 1
+    split = m + n0
+    left.keys, left.values = keys[m:split], values[m:split]
+    right.keys, right.values = keys[split:], values[split:]
+    parent.keys[1] = right.keys[0]
 
 
 def _redistribute2(left: Node, right: Node) -> None:

@@ -18,7 +18,7 @@ from ..constants import (
     THIN_METADATA_MAX_SECTORS,  # noqa: F401  (pool.py takes it from here)
     THIN_SUPERBLOCK_LOCATION,
 )
-from .btree import BTreeInfo, ValueType
+from .btree import BTreeInfo, ValueType, leftmost_entries, take_leftmost
 from .space_map import DiskSpaceMap, FormatError, LogLines, MetadataSpaceMap, NoSpace, _Block
 from .transaction import TransactionManager
 
@@ -389,6 +389,69 @@ class PoolMetadata:
         else:
             leaf.values[i] = mapping_root
         return total
+
+    def take_leftmost_runs(self, td: ThinDevice, begin: int, end: int):
+        """The runs ``find_mapped_range`` would give one after the other from ``begin``
+        and ``remove_range`` would then remove, for as many of them as one step can take,
+        as (virt_begin, virt_end, data_begin, shared) in order; the mapping tree and the
+        device's count are left as those calls leave them, and the caller then does for
+        each run, in order, what their calls' data-block decrements do
+        (``_data_block_dec`` of the run's values, one at a time) and what it does after
+        each ``remove_range`` (a discard's passdown).  None when no run can be taken so
+        (the caller takes the ordinary path for the next one).
+
+        Taken so when no key of the device is below ``begin`` (a device discarded from
+        its start), ``remove_range`` would change nothing in the top level
+        (``_tl_in_place``) and ``BTreeInfo.leftmost_pair`` finds every removal walk only
+        rebalancing the two leftmost leaves: then, each run's walks being one a key and
+        one more that removes nothing, the runs' walks leave what ``take_leftmost`` does
+        for all their keys, if every walk's rebalance stays above the merge threshold and
+        each run is known to end within the two leaves.  Those walks allocate and count
+        nothing, so the data-block counts changed between them may change after them."""
+        place = self._tl_in_place(td.id)
+        if place is None:
+            return None
+        leaf, i = place
+        bl = self.bl_info
+        found = bl.leftmost_pair(leaf.values[i], begin)
+        if found is None:
+            return None
+        keys, values = leftmost_entries(found)
+        n = len(keys)
+        limit = n if found[0] is None else n - found[3]  # keys the runs may take
+        snapshotted = td.snapshotted_time
+        runs = []
+        s = 0
+        while s < n:
+            vb = keys[s]
+            if vb >= end:
+                break
+            value = values[s]
+            db = value >> TIME_BITS
+            shared = snapshotted > (value & TIME_MASK)
+            e = s + 1
+            while e < n and e - s + vb < end:
+                value = values[e]
+                if (
+                    keys[e] != vb + e - s
+                    or value >> TIME_BITS != db + e - s
+                    or (snapshotted > (value & TIME_MASK)) != shared
+                ):
+                    break
+                e += 1
+            ve = vb + e - s
+            if e > limit or (e == n and ve < end and found[0] is not None):
+                break  # a merge on the way, or the run may go on in the next leaf
+            runs.append((vb, ve, db, shared))
+            s = e
+        if not runs:
+            return None
+        self.in_service = True
+        bl.reshapes += 1
+        take_leftmost(found, keys, values, s, True)
+        td.mapped_blocks -= s
+        td.changed = True
+        return runs
 
     def _tl_in_place(self, dev: int):
         """(top-level leaf, index of ``dev``) when ``remove_range``'s removal and

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as E
 from dataclasses import dataclass, replace
+from itertools import chain
 
 from ..constants import DM_MAJOR, SECTOR_SIZE
 from ..errors import ThinsimError, error_for
@@ -944,7 +945,46 @@ class Pool:
         bb = self.block_bytes
         data_sm = pmd.data_sm
         pinned = []
+        get_count = data_sm.get_count
+        ll = data_sm.ll
+        discard = self.store.discard
         while begin < end:
+            try:
+                runs = pmd.take_leftmost_runs(td, begin, end)
+            except CorruptNode as e:
+                # nodes of this transaction only; the ordinary path meets it as the kernel
+                if not e.again:
+                    e.forget()
+                runs = None
+            if runs is not None:
+                # each run's steps after its removal walks (see take_leftmost_runs)
+                for vb, ve, db, maybe_shared in runs:
+                    de = db + (ve - vb)
+                    # remove_range's decrements, a mapping at a time, then the pin
+                    # (dm_pool_inc_data_range)
+                    if not ll.dec_inc_in_place(db, de - db):
+                        if de - db == 1:
+                            data_sm.dec(db)
+                        else:
+                            data_sm.dec_many(range(db, de))
+                        data_sm.inc_many(range(db, de))
+                    pinned.append((db, de))
+                    b = db
+                    while b < de:
+                        if maybe_shared:
+                            while b < de and get_count(b) > 1:
+                                b += 1
+                            if b == de:
+                                break
+                            e = b + 1
+                            while e < de and get_count(e) <= 1:
+                                e += 1
+                        else:
+                            e = de
+                        discard(b * bb, (e - b) * bb)
+                        b = e
+                begin = ve
+                continue
             try:
                 run = pmd.find_mapped_range(td, begin, end)
             except CorruptNode as e:
@@ -975,8 +1015,8 @@ class Pool:
                 self.store.discard(b * bb, (e - b) * bb)
                 b = e
             begin = ve
-        for db, de in pinned:
-            data_sm.dec_many(range(db, de))  # dm_pool_dec_data_range
+        # dm_pool_dec_data_range of each run in turn
+        data_sm.dec_many(chain.from_iterable(range(db, de) for db, de in pinned))
 
     def flush(self, td) -> None:
         """An empty flush bio to a thin (it carries sector 0).

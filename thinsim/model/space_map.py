@@ -847,6 +847,39 @@ class _DiskLowLevel(LowLevel):
             self._writeback(held)
         self.dirty[slot] = index
 
+    def dec_inc_in_place(self, b: int, n: int) -> bool:
+        """``set_count(x, c - 1)``, then ``set_count(x, c)``, for each of the ``n`` blocks
+        from ``b`` (a discard's removal of a run, then its pin), where that changes
+        nothing but the last commit's count kept for a block not kept yet: the blocks in
+        one bitmap, a shadow of this transaction whose index entry the ie cache holds
+        (each ``shadow_bitmap`` changes nothing), every count 1 or 2 (none goes through
+        the reference-count btree).  False, with nothing done, otherwise."""
+        index, e = divmod(b, ENTRIES_PER_BITMAP)
+        end = e + n
+        m = self.maps[index]
+        if (
+            end > ENTRIES_PER_BITMAP
+            or m is None
+            or self.bitmaps[index] not in self.tm.shadows
+            or self.dirty.get(((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)) != index
+        ):
+            return False
+        if n == 1:
+            c = m[e]
+            if c != 1 and c != 2:
+                return False
+        else:
+            seg = m[e:end]
+            if seg.count(1) + seg.count(2) != n:
+                return False
+        old = self.old
+        codes = old.for_bitmap(index)
+        for i in range(e, end):
+            if not codes[i]:
+                codes[i] = m[i] + 1
+                old.n += 1
+        return True
+
     def _writeback(self, index: int) -> None:
         self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
 

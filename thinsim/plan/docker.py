@@ -155,9 +155,7 @@ class Docker:
             v.cursor = start + nbytes
             return
         slots = v.size // io
-        for off in (sim.rng.integers(0, slots, nbytes // io) * io).tolist():
-            if not sim.write(v, off, io) and sim.stopped:
-                return
+        sim.write_each(v, (sim.rng.integers(0, slots, nbytes // io) * io).tolist(), io)
 
     # -- activities -----------------------------------------------------------------------
 
