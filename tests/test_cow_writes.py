@@ -1,7 +1,10 @@
 """Copy-on-write with snapshots takes fast paths in the data space map (a bitmap shadowed
 once for a run of blocks in it, counts of 3 and more set in the reference-count btree's
-leaf in place); they must leave exactly what one ``set_count`` a block leaves: the same
-metadata blocks, block numbers, counts, status lines and log lines, failures included."""
+leaf in place) and in the mapping tree (a write's new value set in the leaf its lookup
+found, where the insert would change nothing else: ``PoolMetadata.overwrite_in_place``);
+they must leave exactly what one ``set_count`` a block and one insert walk a write leave:
+the same metadata blocks, block numbers, counts, status lines and log lines, failures
+included."""
 
 import pytest
 from helpers import GiB, MiB
@@ -9,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thinsim.errors import ThinsimError
+from thinsim.model.metadata import PoolMetadata
 from thinsim.model.pool import Pool, PoolTable
 from thinsim.model.space_map import DiskSpaceMap
 from thinsim.model.thin import Thin
@@ -31,6 +35,8 @@ def _one_block_at_a_time(mp) -> None:
 
     mp.setattr(DiskSpaceMap, "inc_many", inc_many)
     mp.setattr(DiskSpaceMap, "dec_many", dec_many)
+    # ... and every write's insert walks down from the root (dm_thin_insert_block)
+    mp.setattr(PoolMetadata, "overwrite_in_place", lambda self, td, block, data_block: False)
 
 
 def _pool(md: int, fill: int) -> tuple[Pool, list[Thin]]:
@@ -86,6 +92,12 @@ def _step(pool: Pool, thins: list[Thin], op: tuple, snaps: list[int], fill: int)
             for i in range(a):
                 vb = (b + i * 7919) % nb
                 thin.write(vb * BLOCK + 4096 * (i % 16), bytes(4096))
+        elif kind == "ascending":
+            # as the planner issues a day's writes: a leaf's writes together
+            thin = thins[0]
+            nb = fill + fill // 8
+            for vb in sorted({(b + i * 7919) % nb for i in range(a)}):
+                thin.write(vb * BLOCK + 4096 * (vb % 16), bytes(4096))
         elif kind == "discard":
             thins[0].discard(b % 4000 * BLOCK, (1 + a % 50) * BLOCK)
         return None
@@ -97,10 +109,12 @@ def _step(pool: Pool, thins: list[Thin], op: tuple, snaps: list[int], fill: int)
 @given(
     md=st.sampled_from([1 * MiB, 2 * MiB, 16 * MiB]),
     fill=st.integers(300, 4000),
-    days=st.lists(st.tuples(st.integers(50, 800), st.booleans()), min_size=1, max_size=5),
+    days=st.lists(
+        st.tuples(st.integers(50, 800), st.booleans(), st.booleans()), min_size=1, max_size=5
+    ),
     ops=st.lists(
         st.tuples(
-            st.sampled_from(["snap", "snap", "writes", "writes", "writes", "commit"])
+            st.sampled_from(["snap", "snap", "writes", "writes", "ascending", "commit"])
             | st.sampled_from(["delete", "discard"]),
             st.integers(1, 400),
             st.integers(0, 1 << 20),
@@ -109,12 +123,12 @@ def _step(pool: Pool, thins: list[Thin], op: tuple, snaps: list[int], fill: int)
     ),
 )
 def test_writes_that_break_sharing_leave_what_one_count_at_a_time_leaves(md, fill, days, ops):
-    """Days of a snapshot then 4 KiB writes all over the thin (leaves shared by up to six
-    snapshots: counts of 3 and more, a reference-count btree of several leaves), then
-    anything; on 1 MiB of metadata it runs out."""
+    """Days of a snapshot then 4 KiB writes all over the thin, in random or ascending order
+    (leaves shared by up to six snapshots: counts of 3 and more, a reference-count btree
+    of several leaves), then anything; on 1 MiB of metadata it runs out."""
     steps = []
-    for i, (writes, commit) in enumerate(days):
-        steps += [("snap", 1, 0), ("writes", writes, i * 104729)]
+    for i, (writes, commit, ascending) in enumerate(days):
+        steps += [("snap", 1, 0), ("ascending" if ascending else "writes", writes, i * 104729)]
         if commit:
             steps.append(("commit", 1, 0))
     steps += ops

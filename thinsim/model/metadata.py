@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno as E
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +70,15 @@ class MetadataNoSpace(Exception):
 
 class PoolMetadata:
     """struct dm_pool_metadata."""
+
+    # the last ``lookup_for_write``'s walk, for the ``overwrite_in_place`` after it (None
+    # between writes: a pickled state has none)
+    _walk = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_walk", None)
+        return state
 
     def __init__(
         self, nr_md_blocks: int, data_block_size: int, *, track_writes: bool = False
@@ -323,6 +332,73 @@ class PoolMetadata:
         if value is None:
             return None
         return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
+
+    def lookup_for_write(self, td: ThinDevice, block: int):
+        """``lookup`` for a write: the same walk, which also keeps its path for
+        ``overwrite_in_place`` (the insert that follows it goes down the same nodes)."""
+        blocks = self.tm.blocks
+        path = []
+        b = self.root
+        key = td.id
+        value = None
+        for level in (0, 1):
+            while True:
+                node = blocks[b]
+                path.append(b)
+                nkeys = node.keys
+                i = bisect_right(nkeys, key) - 1
+                if i < 0:
+                    self._walk = None
+                    return None
+                if node.leaf:
+                    if nkeys[i] != key:
+                        self._walk = None
+                        return None
+                    value = node.values[i]
+                    break
+                b = node.values[i]
+            if level == 0:
+                b = value
+                key = block
+        self._walk = (self.root, td.id, block, path, node, i, value)
+        return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
+
+    def overwrite_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
+        """``insert_block`` of a block ``lookup_for_write`` found mapped, when the insert
+        would change nothing but its leaf (``BTreeInfo._insert_in_place``'s case: every
+        node on the walk's path shadowed in this transaction with one reference, no
+        internal node full): the old value's data block is released and the value set,
+        as that insert does, without walking down again.  False (nothing done) otherwise."""
+        walk = self._walk
+        self._walk = None
+        if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
+            return False
+        _root, _dev, _block, path, leaf, i, old = walk
+        tm = self.tm
+        if tm.sm._bops:
+            return False
+        shadows = tm.shadows
+        blocks = tm.blocks
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        for b in path:
+            if b not in shadows:
+                return False
+            m = maps[b // entries]
+            if m is None or m[b % entries] != 1:
+                return False
+            node = blocks.get(b)
+            if node is None or (not node.leaf and len(node.keys) == node.max_entries):
+                return False
+        if blocks.get(path[-1]) is not leaf or leaf.values[i] != old:
+            return False
+        self.in_service = True
+        value = pack_block_time(data_block, self.time)
+        if (old >> TIME_BITS) != data_block:
+            self._data_block_dec((old,))
+        leaf.values[i] = value
+        td.changed = True
+        return True
 
     def insert_block(self, td: ThinDevice, block: int, data_block: int) -> None:
         """dm_thin_insert_block."""

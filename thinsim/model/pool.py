@@ -447,7 +447,7 @@ class Pool:
         self.pmd.needs_check = True
         self._set_mode(PM_READ_ONLY)
 
-    def find_block(self, td, vblock: int):
+    def find_block(self, td, vblock: int, _write: bool = False):
         """dm_thin_find_block for a bio (pmd.lookup's result): thin_bio_map's lookup, then
         the worker's (process_cell) where the map could not do it without reading a node.
 
@@ -458,6 +458,8 @@ class Pool:
         line of dm-thin's.  (The kernel's lines are rate-limited, 10 per call site in 5
         s; the model logs each.)"""
         try:
+            if _write:
+                return self.pmd.lookup_for_write(td, vblock)
             return self.pmd.lookup(td, vblock)
         except CorruptNode as e:
             e.log(self.log)
@@ -798,7 +800,8 @@ class Pool:
             raise error_for(E.EIO)
         bb = self.block_bytes
         whole = within == 0 and len(data) == bb
-        r = self.find_block(td, vblock)
+        pmd = self.pmd
+        r = self.find_block(td, vblock, True)
         store = self.store
         try:
             if r is None:
@@ -818,11 +821,15 @@ class Pool:
                 if not whole:
                     store.copy(data_block * bb, off, bb)
                 store.write(off + within, data)
-                self._insert(td, vblock, b)
+                # the insert, where it only sets the value in the leaf the lookup found
+                # (a leaf already copied in this transaction: most of a day's writes)
+                self._insert(td, vblock, b, True)
                 return
+            pmd._walk = None
             off = data_block * bb
             store.write(off + within, data)
         except OSError:
+            pmd._walk = None
             self._data_write_failed(off)
 
     def _data_write_failed(self, off: int) -> None:
@@ -840,10 +847,15 @@ class Pool:
         # get_pool_io_error_code
         raise error_for(E.ENOSPC if self.out_of_data_space else E.EIO) from None
 
-    def _insert(self, td, vblock: int, data_block: int) -> None:
-        """process_prepared_mapping: a failed insert aborts the transaction; the bio fails."""
+    def _insert(self, td, vblock: int, data_block: int, looked_up: bool = False) -> None:
+        """process_prepared_mapping: a failed insert aborts the transaction; the bio fails.
+        ``looked_up``: the block was found mapped by this bio's ``find_block``, and the
+        insert that only sets its value in that leaf is made without walking down again
+        (``PoolMetadata.overwrite_in_place``) where it would be that one."""
+        pmd = self.pmd
         try:
-            self.pmd.insert_block(td, vblock, data_block)
+            if not (looked_up and pmd.overwrite_in_place(td, vblock, data_block)):
+                pmd.insert_block(td, vblock, data_block)
         except NoSpace:
             self._metadata_operation_failed("dm_thin_insert_block", E.ENOSPC)
             raise error_for(E.EIO) from None
