@@ -106,3 +106,10 @@ def test_the_backend_set_in_the_environment_makes_every_cell_say_why_it_cannot_r
         notebook.set_backend("model")
     assert notebook.sh("echo $((6 * 7))") == "42\n"
     notebook.reset()
+
+
+def test_the_kernel_backend_explains_the_commands_the_model_explains():
+    from thinsim.host import realshell
+    from thinsim.host.tools import COMMANDS
+
+    assert realshell.EXPLAINED == tuple(sorted(set(COMMANDS) - {"dmesg"}))

@@ -24,7 +24,7 @@ kernel`` (``%thinsim backend model`` goes back; ``%thinsim backend`` says which 
 ``THINSIM_LAB_BACKEND=kernel`` in the environment when the extension loads, so that a whole
 notebook runs there unchanged::
 
-    thinsim vm --rwdir notebooks -- env THINSIM_LAB_BACKEND=kernel \
+    thinsim vm --rwdir notebooks -- env THINSIM_LAB_BACKEND=kernel \\
         jupyter nbconvert --to notebook --execute notebooks/02-thin-pool-provisioning.ipynb
 
 It needs root and dm-thin: a guest of ``thinsim vm``, or a host with dm-thin as root;
