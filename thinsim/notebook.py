@@ -51,8 +51,6 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-from .host.run import this_thinsim
-
 WORKDIR = "/run/thinsim"  # the run's folder is WORKDIR/work, as for tests/host's recordings
 BACKENDS = ("model", "kernel")
 BACKEND_ENV = "THINSIM_LAB_BACKEND"  # read when the extension loads: model (default) or kernel
@@ -111,7 +109,9 @@ class Session:
             why = kernel_unavailable()
             if why is not None:
                 raise BackendUnavailable(_unavailable_message(why))
-            argv = this_thinsim("thinsim.host.realshell", "bash", "-c", _DRIVER, "thinsim")
+            from .host import realshell  # not the model: its import takes long in the VM
+
+            argv = realshell.argv("bash", "-c", _DRIVER, "thinsim")
             # a session of its own: ipykernel's shutdown kills its process group's children
             # before the kernel's atexit, and the shell's devices must still be removed
             self.proc = subprocess.Popen(
@@ -126,6 +126,8 @@ class Session:
         driver = os.path.join(self.folder, "driver.sh")
         with open(driver, "w") as f:
             f.write(_DRIVER)
+        from .host.run import this_thinsim
+
         argv = this_thinsim("thinsim.cli", "run", "--explain", "--workdir", WORKDIR, driver)
         self.proc = subprocess.Popen(
             [*argv, ".", self.marker],

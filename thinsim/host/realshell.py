@@ -43,6 +43,7 @@ from pathlib import Path
 
 from . import real
 
+ROOT = str(Path(__file__).resolve().parents[2])  # the checkout (or site-packages) thinsim is in
 LAB_MOUNT = Path("/run/thinsim-lab")  # in the guest: the RAM disk's ext4 the lab runs use
 
 # --explain on the real kernel: a simulated command that fails is followed on stderr by the
@@ -75,6 +76,15 @@ EXPLAINED = (
     "blkdiscard", "blockdev", "dd", "dmsetup", "losetup", "sync", "thin_check", "thin_delta",
     "thin_dump", "thin_ls", "thin_metadata_size", "thin_repair", "thin_restore", "udevadm",
 )  # fmt: skip
+
+
+def argv(*command: str) -> list[str]:
+    """The argv that runs this guardian for COMMAND with this python and this checkout's
+    thinsim (as host/run.py's this_thinsim, which imports the model: seconds in the VM)."""
+    code = (
+        f"import sys; sys.path.insert(0, {ROOT!r}); from {__name__} import main; sys.exit(main())"
+    )
+    return [sys.executable, "-c", code, *command]
 
 
 def search_path(path: str) -> str:
