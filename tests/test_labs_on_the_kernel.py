@@ -66,7 +66,7 @@ def test_a_lab_prints_on_the_kernel_what_it_prints_on_the_model(
     monkeypatch.setenv(notebook.BACKEND_ENV, "kernel")
     path = labs.NOTEBOOKS / f"{name}.ipynb"
     kept = nbformat.read(path, as_version=4)
-    fresh = labs.execute(path)
+    fresh = labs.execute(path, timeout=900)  # a cell's limit: under emulation, on a busy host
     errors = [o for c in fresh.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]  # fmt: skip
     assert errors == []
