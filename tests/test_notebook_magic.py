@@ -58,6 +58,7 @@ def test_load_ext_thinsim_registers_the_cell_magic():
     ip.run_line_magic("load_ext", "thinsim")
     assert "thinsim" in ip.magics_manager.magics["cell"]
     assert "thinsim_reset" in ip.magics_manager.magics["line"]
+    assert "thinsim" in ip.magics_manager.magics["line"]  # %thinsim backend ...
 
 
 def test_host_blocks_reads_a_files_blocks_on_the_notebooks_host():
@@ -68,3 +69,47 @@ def test_host_blocks_reads_a_files_blocks_on_the_notebooks_host():
         assert len(blocks) == 2
     finally:
         notebook.reset()
+
+
+def test_the_kernel_backend_where_it_cannot_run_says_it_needs_root_and_dm_thin(monkeypatch):
+    from IPython.core.error import UsageError
+
+    monkeypatch.setattr(notebook, "kernel_unavailable", lambda: "not root")
+    with pytest.raises(notebook.BackendUnavailable, match=r"as root on the real dm-thin.*not root"):
+        notebook.set_backend("kernel")
+    assert notebook.backend() == "model"  # nothing changed
+    with pytest.raises(UsageError, match="thinsim vm"):
+        notebook.thinsim_line_magic("backend kernel")
+    with pytest.raises(UsageError, match="usage"):
+        notebook.thinsim_line_magic("backend qemu")
+
+
+def test_the_backend_set_in_the_environment_makes_every_cell_say_why_it_cannot_run(
+    monkeypatch, capsys
+):
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import get_ipython
+
+    monkeypatch.setattr(notebook, "kernel_unavailable", lambda: "no thin-pool target")
+    monkeypatch.setenv(notebook.BACKEND_ENV, "kernel")
+    ip = get_ipython()
+    try:
+        notebook.load_ipython_extension(ip)
+        assert notebook.backend() == "kernel"  # not the model silently instead
+        with pytest.raises(UsageError, match="no thin-pool target.*thinsim vm"):
+            notebook.thinsim_magic("", "echo hello")
+        with pytest.raises(notebook.BackendUnavailable):
+            notebook.sh("echo hello")
+        notebook.thinsim_line_magic("backend")
+        assert capsys.readouterr().out == "kernel\n"
+    finally:
+        notebook.set_backend("model")
+    assert notebook.sh("echo $((6 * 7))") == "42\n"
+    notebook.reset()
+
+
+def test_the_kernel_backend_explains_the_commands_the_model_explains():
+    from thinsim.host import realshell
+    from thinsim.host.tools import COMMANDS
+
+    assert realshell.EXPLAINED == tuple(sorted(set(COMMANDS) - {"dmesg"}))

@@ -19,8 +19,24 @@ the kernel's restart) starts a fresh host, as a reboot does.
 Python reaches the same host with :func:`sh` (a command's output as a str), which the
 pictures of :mod:`thinsim.viz` use to read ``thin_dump``.
 
-Not yet: a setting that runs the same cells on the real kernel (``thinsim vm``), as issue 14
-asks; the session's protocol (a cell run by the shell, a marker after it) is what that will reuse.
+The kernel backend runs the same cells on the real kernel instead: ``%thinsim backend
+kernel`` (``%thinsim backend model`` goes back; ``%thinsim backend`` says which is on), or
+``THINSIM_LAB_BACKEND=kernel`` in the environment when the extension loads, so that a whole
+notebook runs there unchanged::
+
+    thinsim vm --rwdir notebooks -- env THINSIM_LAB_BACKEND=kernel \\
+        jupyter nbconvert --to notebook --execute notebooks/02-thin-pool-provisioning.ipynb
+
+It needs root and dm-thin: a guest of ``thinsim vm``, or a host with dm-thin as root;
+anywhere else a cell says so (and runs nothing).  The cells' bash runs as root, in
+``/run/thinsim/work`` of a private mount namespace (a kept folder of its own: on a fresh ext4
+on the guest's RAM disk, on a host in /var/tmp), with the notebook's environment, the same
+commands (the real ones; explain mode prints the kernel log lines of a command that failed,
+as on the model), and the protocol of the simulated host's shell; in a guest, the machine is
+first wiped as if just booted, so that the labs' /dev/loop0 is free.  Every loop and dm
+device the cells made is removed when the notebook's kernel shuts down (or dies, or
+``%thinsim_reset``): thinsim/host/realshell.py.  On a host whose loop devices are in use the
+labs' fixed /dev/loop0 and /dev/loop1 may be taken: run them in ``thinsim vm``.
 """
 
 from __future__ import annotations
@@ -35,9 +51,9 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-from .host.run import this_thinsim
-
 WORKDIR = "/run/thinsim"  # the run's folder is WORKDIR/work, as for tests/host's recordings
+BACKENDS = ("model", "kernel")
+BACKEND_ENV = "THINSIM_LAB_BACKEND"  # read when the extension loads: model (default) or kernel
 
 # The session's bash: each cell comes on its stdin as a line "EXPLAIN LENGTH" and LENGTH
 # bytes of bash, evaluated in the shell itself (variables and the working folder carry over)
@@ -58,16 +74,60 @@ done
 """
 
 
-class Session:
-    """A simulated host for one notebook: a ``thinsim run`` whose bash runs cells."""
+class BackendUnavailable(RuntimeError):
+    """The kernel backend cannot run here (no root, no dm-thin): the message says what to do."""
 
-    def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix="thinsim-notebook-")
+
+def kernel_unavailable() -> str | None:
+    """None where the kernel backend runs (a guest of ``thinsim vm``, or a host with dm-thin
+    as root), else what is missing."""
+    from .host import real
+
+    return None if real.in_vm() else real.dm_thin_here()
+
+
+def _unavailable_message(why: str) -> str:
+    return (
+        f"the kernel backend runs each cell's bash as root on the real dm-thin, and here it "
+        f"cannot ({why}). Run the notebook inside `thinsim vm` (e.g. `thinsim vm --rwdir "
+        f"notebooks -- env {BACKEND_ENV}=kernel jupyter nbconvert --to notebook --execute "
+        f"LAB.ipynb`) or as root on a host with dm-thin, or go back to the simulated host: "
+        f"`%thinsim backend model`."
+    )
+
+
+class Session:
+    """A host for one notebook whose bash runs cells: a ``thinsim run`` (BACKEND model), or
+    the real kernel (BACKEND kernel: thinsim/host/realshell.py, which cleans up after it)."""
+
+    def __init__(self, backend: str = "model") -> None:
+        self.backend = backend
         self.marker = "thinsim-cell-" + secrets.token_hex(8)
+        self.count = 0
+        self.folder = None
+        if backend == "kernel":
+            why = kernel_unavailable()
+            if why is not None:
+                raise BackendUnavailable(_unavailable_message(why))
+            from .host import realshell  # not the model: its import takes long in the VM
+
+            argv = realshell.argv("bash", "-c", _DRIVER, "thinsim")
+            # a session of its own: ipykernel's shutdown kills its process group's children
+            # before the kernel's atexit, and the shell's devices must still be removed
+            self.proc = subprocess.Popen(
+                [*argv, ".", self.marker],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            return
+        self.folder = tempfile.mkdtemp(prefix="thinsim-notebook-")
         driver = os.path.join(self.folder, "driver.sh")
         with open(driver, "w") as f:
             f.write(_DRIVER)
-        self.count = 0
+        from .host.run import this_thinsim
+
         argv = this_thinsim("thinsim.cli", "run", "--explain", "--workdir", WORKDIR, driver)
         self.proc = subprocess.Popen(
             [*argv, ".", self.marker],
@@ -97,15 +157,20 @@ class Session:
             i = out.find(end)
             if i >= 0 and out.endswith(b"\n"):
                 status = int(out[i + len(end) :].decode())
-                if self.count == 1:  # bash has read its script: the folder is not needed
+                if self.count == 1 and self.folder:  # bash has read its script
                     shutil.rmtree(self.folder, ignore_errors=True)
                 return out[:i].decode(errors="replace"), status
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.stdin.close()
+            if self.backend == "kernel":  # what the clean-up could not remove, if anything
+                notes = self.proc.stdout.read().decode(errors="replace")
+                if notes:
+                    sys.stderr.write(notes)
             self.proc.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class SessionEnded(Exception):
@@ -113,14 +178,35 @@ class SessionEnded(Exception):
 
 
 _session: Session | None = None
+_backend = "model"
 
 
 def session() -> Session:
     """The notebook's host, started at its first use (again after an ``exit``)."""
     global _session
     if _session is None or _session.proc.poll() is not None:
-        _session = Session()
+        _session = Session(_backend)
     return _session
+
+
+def backend() -> str:
+    """Where the cells run: ``model`` (the simulated host) or ``kernel`` (the real one)."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Run the next cells on backend NAME (a fresh host, if it changes).  The kernel backend
+    is checked first: where it cannot run, BackendUnavailable, and nothing changes."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"no backend {name!r}: {' or '.join(BACKENDS)}")
+    if name == "kernel":
+        why = kernel_unavailable()
+        if why is not None:
+            raise BackendUnavailable(_unavailable_message(why))
+    if name != _backend:
+        reset()
+        _backend = name
 
 
 def reset() -> None:
@@ -132,8 +218,9 @@ def reset() -> None:
 
 
 def sh(script: str, *, check: bool = True) -> str:
-    """Run SCRIPT on the notebook's host; its output (stdout and stderr).  With CHECK, a
-    non-zero exit status raises :class:`subprocess.CalledProcessError` with the output."""
+    """Run SCRIPT on the notebook's host (either backend); its output (stdout and stderr).
+    With CHECK, a non-zero exit status raises :class:`subprocess.CalledProcessError` with the
+    output."""
     out, status = session().run(script, explain=False)
     if check and status != 0:
         raise subprocess.CalledProcessError(status, script, out)
@@ -185,14 +272,47 @@ def thinsim_magic(line: str, cell: str) -> None:
     if unknown:
         print(f"%%thinsim: unknown option {unknown[0]} (only --no-explain)", file=sys.stderr)
         return
-    out, _status = session().run(cell, explain="--no-explain" not in options)
+    try:
+        host = session()
+    except BackendUnavailable as exc:
+        from IPython.core.error import UsageError
+
+        raise UsageError(f"%%thinsim: {exc}") from None
+    out, _status = host.run(cell, explain="--no-explain" not in options)
     sys.stdout.write(out)
     sys.stdout.flush()
 
 
+def thinsim_line_magic(line: str) -> None:
+    """``%thinsim backend [model|kernel]``: where the cells run (see the module's docstring);
+    without a name, which one it is."""
+    from IPython.core.error import UsageError
+
+    words = shlex.split(line)
+    if words == ["backend"]:
+        print(_backend)
+        return
+    if len(words) != 2 or words[0] != "backend" or words[1] not in BACKENDS:
+        raise UsageError("usage: %thinsim backend [model|kernel]")
+    try:
+        set_backend(words[1])
+    except BackendUnavailable as exc:
+        raise UsageError(f"%thinsim: {exc}") from None
+
+
 def load_ipython_extension(ipython) -> None:
+    global _backend
     ipython.register_magic_function(thinsim_magic, "cell", "thinsim")
+    ipython.register_magic_function(thinsim_line_magic, "line", "thinsim")
     ipython.register_magic_function(lambda line: reset(), "line", "thinsim_reset")
+    chosen = os.environ.get(BACKEND_ENV, "") or "model"
+    if chosen not in BACKENDS:
+        print(
+            f"thinsim: {BACKEND_ENV}={chosen}: no such backend (model or kernel)", file=sys.stderr
+        )
+    elif chosen != _backend:
+        reset()
+        _backend = chosen  # where the kernel cannot run, every cell says why
     import atexit
 
     atexit.register(reset)

@@ -601,10 +601,10 @@ def _note(notes: Sequence[str]) -> None:
         print(f"thinsim: {note}", file=sys.stderr)
 
 
-def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT) -> Result:
-    """On a host with dm-thin, as root: run SCRIPT without touching the host's own devices;
-    remove afterwards the dm and loop devices it is proven to have made (see above)."""
-    where = Path(os.environ.get("THINSIM_REAL_DIR", "/var/tmp"))
+def open_run(where: Path) -> tuple[Path, int]:
+    """A new run folder under WHERE (after tearing down what dead runs there left): its
+    ledger made and locked, mnt/work its script's working folder, the recording dmsetup
+    written.  Returns (RUN, the lock's descriptor): :func:`close_run` ends it."""
     _note(recover_runs(where))
     run = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=where))
     # Locked before the name appears, so a recovery never takes a live run for a dead one.
@@ -619,14 +619,43 @@ def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT
                 "@LEDGER@", shlex.quote(str(run / "ledger"))
             )
         )
-        private = _PRIVATE.replace("@MOUNT@", shlex.quote(str(MOUNT))).replace(
-            "@ALIASES@", " ".join(DM_ALIASES)
-        )
+    except BaseException:
+        close_run(run, lock)
+        raise
+    return run, lock
+
+
+def private_argv(run: Path, command: Sequence[str]) -> list[str]:
+    """The argv that runs COMMAND in RUN's private mount namespace (its folder on
+    /run/thinsim, its working folder /run/thinsim/work, the recording dmsetup), dying with
+    the process that starts it (SIGKILL included)."""
+    private = _PRIVATE.replace("@MOUNT@", shlex.quote(str(MOUNT))).replace(
+        "@ALIASES@", " ".join(DM_ALIASES)
+    )
+    # setpriv: the script dies with its runner (SIGKILL included), not after it.
+    argv = ["setpriv", "--pdeathsig", "KILL", "--"]
+    argv += ["unshare", "--mount", "--propagation", "private", "sh", "-c", private, "sh"]
+    return [*argv, str(run), *_dmsetup_paths(), "--", *command]
+
+
+def close_run(run: Path, lock: int, loops_before: set[tuple[str, str]] | None = None) -> None:
+    """Remove what RUN is proven to have made (notes on stderr), its folder, its lock."""
+    try:
+        settle()
+        _note(teardown_run(run, loops_before))
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+        os.close(lock)
+
+
+def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT) -> Result:
+    """On a host with dm-thin, as root: run SCRIPT without touching the host's own devices;
+    remove afterwards the dm and loop devices it is proven to have made (see above)."""
+    run, lock = open_run(Path(os.environ.get("THINSIM_REAL_DIR", "/var/tmp")))
+    loops_before = None
+    try:
         loops_before = {(dev, backing_file(dev) or "") for dev in bound_loops()}
-        # setpriv: the script dies with its runner (SIGKILL included), not after it.
-        argv = ["setpriv", "--pdeathsig", "KILL", "--"]
-        argv += ["unshare", "--mount", "--propagation", "private", "sh", "-c", private, "sh"]
-        argv += [str(run), *_dmsetup_paths(), "--", "bash", str(script), *args]
+        argv = private_argv(run, ["bash", str(script), *args])
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
                 argv, env=ENV, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
@@ -646,10 +675,7 @@ def run_on_host(script: Path, args: Sequence[str] = (), timeout: float = TIMEOUT
             err.seek(0)
             result = Result(_decode(out.read()), _decode(err.read()), returncode)
     finally:
-        settle()
-        _note(teardown_run(run, loops_before))
-        shutil.rmtree(run, ignore_errors=True)
-        os.close(lock)
+        close_run(run, lock, loops_before)
     return result
 
 
