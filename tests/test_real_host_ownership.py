@@ -159,9 +159,10 @@ def test_each_boot_gets_a_fresh_nonce_on_its_kernel_command_line_and_in_a_shared
 ):
     booted = []
 
-    def fake_run(argv, capture, timeout):
+    def fake_run(argv, capture, timeout, **_):
         nonce = argv[argv.index("--append") + 1].removeprefix("thinsim.vm=")
-        script = argv[argv.index("--exec") + 1]
+        # --exec names the guest's script, a file beside the nonce file (vm.vng_argv).
+        script = Path(argv[argv.index("--exec") + 1].removeprefix("exec /bin/sh ")).read_text()
         path = re.search(f"{vm.NONCE_FILE}=([^ ;]+)", script)[1]
         assert Path(path).read_text() == nonce
         assert argv[argv.index(os.path.dirname(path)) - 1] == "--rwdir"
