@@ -300,21 +300,31 @@ class Simulation:
         try:
             v.thin.write(offset, zeros)
         except ThinsimError as e:
-            self.failed_writes += 1
-            self._drain_log()
-            self.queued_seconds += self.clock.now - before
-            self.event("write_failed", f"write of {length} bytes to {v.name} at {offset}: "
-                       f"{E.errorcode.get(e.errno, e.errno)}", max(self.now, self.clock.now))  # fmt: skip
-            return False
-        self.user_written += length
-        needs = self.needs
-        allocated = needs.data_ll.nr_allocated
-        needs.data_allocated = max(needs.data_allocated, allocated)
+            return self._write_failed(v, offset, length, before, e)
         bs = self.bs
         if length >= 2 * bs and offset % bs == 0 and length % bs == 0:
             # the model provisions runs of new whole blocks without the store: every byte
             # of a whole-block write reaches the data device once
             self.bulk_written += length - (self.store.written - written)
+        return self._written(length)
+
+    def _write_failed(
+        self, v: Volume, offset: int, length: int, before: float, e: ThinsimError
+    ) -> bool:
+        """A write's failure counted and its event recorded (after the time it queued)."""
+        self.failed_writes += 1
+        self._drain_log()
+        self.queued_seconds += self.clock.now - before
+        self.event("write_failed", f"write of {length} bytes to {v.name} at {offset}: "
+                   f"{E.errorcode.get(e.errno, e.errno)}", max(self.now, self.clock.now))  # fmt: skip
+        return False
+
+    def _written(self, length: int) -> bool:
+        """A write's success counted: the bytes, the data blocks' peak, the kernel's lines."""
+        self.user_written += length
+        needs = self.needs
+        allocated = needs.data_ll.nr_allocated
+        needs.data_allocated = max(needs.data_allocated, allocated)
         if len(self.log.lines) != self._seen:
             self._drain_log()
             if self._monitor is not None:
@@ -344,22 +354,8 @@ class Simulation:
             thin._check_active()
             pool.write_block(target.td, *divmod(offset, pool.block_bytes), zeros)
         except ThinsimError as e:
-            self.failed_writes += 1
-            self._drain_log()
-            self.queued_seconds += self.clock.now - before
-            self.event("write_failed", f"write of {length} bytes to {v.name} at {offset}: "
-                       f"{E.errorcode.get(e.errno, e.errno)}", max(self.now, self.clock.now))  # fmt: skip
-            return False
-        self.user_written += length
-        needs = self.needs
-        allocated = needs.data_ll.nr_allocated
-        needs.data_allocated = max(needs.data_allocated, allocated)
-        if len(self.log.lines) != self._seen:
-            self._drain_log()
-            if self._monitor is not None:
-                self._monitor.poll()
-        self.pool.target.pmd.tm.at_rest()
-        return True
+            return self._write_failed(v, offset, length, before, e)
+        return self._written(length)
 
     def discard(self, v: Volume, offset: int, length: int) -> int:
         """BLKDISCARD of a range: 0, or the errno."""
