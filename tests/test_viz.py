@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from thinsim import viz
+from thinsim.backends.kernel import KernelPool
 from thinsim.backends.model import ModelPool
 
 XML = """\
@@ -26,15 +27,16 @@ XML = """\
 
 
 @pytest.fixture
-def snapped():
-    """Thin 1 with three blocks, snapshot 2 of it, then one block of thin 1 rewritten."""
-    with ModelPool(64 << 20, 4 << 20, store="memory") as pool:
-        pool.create_thin(1)
-        thin = pool.activate(1, 16 << 20)
-        thin.write(0, b"x" * 3 * 65536)
-        pool.create_snap(2, 1)
-        thin.write(65536, b"y" * 4096)
-        yield pool
+def snapped(backend):
+    """Thin 1 with three blocks, snapshot 2 of it, then one block of thin 1 rewritten; on
+    each backend (the kernel's pictures are drawn from its thin_dump, in the VM)."""
+    pool = backend.pool(64 << 20, 4 << 20)
+    pool.create_thin(1)
+    thin = pool.activate(1, 16 << 20)
+    thin.write(0, b"x" * 3 * 65536)
+    pool.create_snap(2, 1)
+    thin.write(65536, b"y" * 4096)
+    yield pool
     plt.close("all")
 
 
@@ -71,15 +73,35 @@ def test_a_block_the_pool_zeroed_and_one_written_whole_leave_the_same_metadata_a
     assert seen[0] == seen[1]
 
 
+def _two_level_tree_half_shared(pool) -> None:
+    pool.create_thin(1)
+    thin = pool.activate(1, 1 << 30)
+    for i in range(400):  # more than a leaf holds: thin 1's tree gets two levels
+        thin.write(i * 2 * 65536, b"x" * 4096)
+    pool.create_snap(2, 1)
+    for i in range(50):  # the first leaf's blocks only: the second stays shared
+        thin.write(i * 2 * 65536, b"y" * 4096)
+
+
+@pytest.mark.kernel
+def test_a_real_pools_trees_read_under_a_metadata_snapshot_are_the_models(kernel):
+    # The kernel side of the tree picture: its metadata file read under the snapshot that
+    # reserve_metadata_snap holds, node for node (block numbers too) the model's.
+    with KernelPool(1 << 30, 16 << 20) as real:
+        _two_level_tree_half_shared(real)
+        real.message("reserve_metadata_snap")
+        try:
+            seen = viz.read_trees(real.metadata_path, metadata_snap=True)
+        finally:
+            real.message("release_metadata_snap")
+    with ModelPool(1 << 30, 16 << 20) as model:
+        _two_level_tree_half_shared(model)
+        assert seen == viz.read_trees(model)
+
+
 def test_the_mapping_tree_shows_a_thins_leaf_shared_with_its_snapshot_until_written():
     with ModelPool(1 << 30, 16 << 20) as pool:
-        pool.create_thin(1)
-        thin = pool.activate(1, 1 << 30)
-        for i in range(400):  # more than a leaf holds: thin 1's tree gets two levels
-            thin.write(i * 2 * 65536, b"x" * 4096)
-        pool.create_snap(2, 1)
-        for i in range(50):  # the first leaf's blocks only: the second stays shared
-            thin.write(i * 2 * 65536, b"y" * 4096)
+        _two_level_tree_half_shared(pool)
         top, roots, nodes = viz.read_trees(pool)
         assert sorted(roots) == [1, 2] and len(top) == 1
         leaves = {d: nodes[roots[d]].children for d in roots}
