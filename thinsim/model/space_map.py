@@ -31,6 +31,14 @@ from .btree import BTreeInfo, ValueType
 MAX_METADATA_BITMAPS = 255
 MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP  # DM_SM_METADATA_MAX_BLOCKS
 IE_CACHE_SIZE = 64
+
+
+def ie_slot(index: int) -> int:
+    """The index-entry cache's slot for bitmap INDEX (dm-space-map-common.c: hash_index,
+    the 32-bit golden-ratio prime hash)."""
+    return ((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)
+
+
 _ALL_FREE = bytes(ENTRIES_PER_BITMAP)
 _NO_COUNTS = array("I", bytes(4 * ENTRIES_PER_BITMAP))  # copied: 6x faster than making one
 
@@ -487,7 +495,7 @@ class LowLevel:
                     m = maps[index]
                     if m is None:
                         m = maps[index] = bytearray(_entries)
-                    slot = ((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)
+                    slot = ie_slot(index)
                     st = seen[index] = [m, bigs.get(index), old.for_bitmap(index), 0, slot]
                     st[3] = index * _entries
                 elif ie is None or ie.get(st[4]) != index:
@@ -802,7 +810,7 @@ class _DiskLowLevel(LowLevel):
         index = len(bitmaps)
         n = 0
         while n < k:
-            slot = ((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)
+            slot = ie_slot(index)
             held = dirty.get(slot)
             if held is not None:
                 if not room or held <= last:
@@ -841,7 +849,7 @@ class _DiskLowLevel(LowLevel):
     def _index_changed(self, index: int) -> None:
         # dm-space-map-common.c: disk_ll_save_ie -- into a 64-slot cache; a slot holding
         # another dirty entry is written back first.
-        slot = ((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)
+        slot = ie_slot(index)
         held = self.dirty.get(slot)
         if held is not None and held != index:
             self._writeback(held)
@@ -861,7 +869,7 @@ class _DiskLowLevel(LowLevel):
             end > ENTRIES_PER_BITMAP
             or m is None
             or self.bitmaps[index] not in self.tm.shadows
-            or self.dirty.get(((index * 4294967291) & 0xFFFFFFFF) & (IE_CACHE_SIZE - 1)) != index
+            or self.dirty.get(ie_slot(index)) != index
         ):
             return False
         if n == 1:
