@@ -421,7 +421,8 @@ def plan_child(name: str, budget_s: float, quick: bool, overrides: dict | None =
 
 
 def plan_benchmarks(quick: bool = False, budget_s: float | None = None) -> dict:
-    """``plan_snapshots_1t_s``, ``_rss_mib``, ``_days`` and ``plan_docker_year_s``: each
+    """``plan_snapshots_1t_s``, ``_rss_mib``, ``_days`` and ``plan_docker_year_s`` (with
+    ``_cpu_s``, the CPU time, for each): each
     workload of examples/plans run in a fresh process until it ends or ``budget_s`` of
     wall time (THINSIM_BENCH_PLAN_BUDGET, default 600 s: issue 12's "not done above")."""
     if budget_s is None:
