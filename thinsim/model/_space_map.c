@@ -36,7 +36,7 @@ enum {
 };
 
 /* interned attribute and method names (module init) */
-static PyObject *s_keys, *s_values, *s_max_entries, *s_get, *dict_get;
+static PyObject *s_keys, *s_values, *s_max_entries, *s_get, *s_insert, *dict_get;
 
 /* dm-space-map-common.c: hash_index (space_map.py: ie_slot) */
 static uint64_t ie_slot(uint64_t index)
@@ -345,17 +345,30 @@ static int leaf_get(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 	return 1;
 }
 
+/* array.insert(i, v) */
+static PyObject *insert(PyObject *array, PyObject *i, uint64_t v)
+{
+	PyObject *args[3] = { array, i, PyLong_FromUnsignedLongLong(v) }, *r;
+
+	if (!args[2])
+		return NULL;
+	r = PyObject_VectorcallMethod(s_insert, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+	Py_DECREF(args[2]);
+	return r;
+}
+
 /* keys.insert(i, b) and values.insert(i, n), the buffers let go meanwhile */
 static int leaf_insert(struct leaf *lf, Py_ssize_t i, uint64_t b, uint64_t n)
 {
-	PyObject *r;
+	PyObject *r, *at = PyLong_FromSsize_t(i);
 
 	leaf_release(lf);
-	r = PyObject_CallMethod(lf->keys, "insert", "nK", i, (unsigned long long)b);
+	r = at ? insert(lf->keys, at, b) : NULL;
 	if (r) {
 		Py_DECREF(r);
-		r = PyObject_CallMethod(lf->values, "insert", "nK", i, (unsigned long long)n);
+		r = insert(lf->values, at, n);
 	}
+	Py_XDECREF(at);
 	if (!r || !leaf_acquire(lf)) {
 		Py_XDECREF(r);
 		/* the buffers are let go: forget the leaf without releasing them again */
@@ -557,7 +570,8 @@ PyMODINIT_FUNC PyInit__thinsim_space_map(void)
 	s_values = PyUnicode_InternFromString("values");
 	s_max_entries = PyUnicode_InternFromString("max_entries");
 	s_get = PyUnicode_InternFromString("get");
-	if (!s_keys || !s_values || !s_max_entries || !s_get)
+	s_insert = PyUnicode_InternFromString("insert");
+	if (!s_keys || !s_values || !s_max_entries || !s_get || !s_insert)
 		return NULL;
 	dict_get = PyObject_GetAttr((PyObject *)&PyDict_Type, s_get);
 	if (!dict_get)
