@@ -36,7 +36,8 @@ enum {
 };
 
 /* interned attribute and method names (module init) */
-static PyObject *s_keys, *s_values, *s_max_entries, *s_get, *s_insert, *dict_get;
+static PyObject *s_keys, *s_values, *s_max_entries, *s_get, *s_insert, *s_leaf, *dict_get;
+static PyObject *two_to_64;	/* a range's end with no key above it */
 
 /* dm-space-map-common.c: hash_index (space_map.py: ie_slot) */
 static uint64_t ie_slot(uint64_t index)
@@ -157,6 +158,9 @@ static void bitmap_put(struct bitmap *bmp)
 /* the objects add_many works on, as run() gets them */
 struct lowlevel {
 	PyObject *maps, *shadows, *dirty, *codes, *bigs, *los, *leaves, *held;
+	PyObject *mmaps;	/* the metadata space map's maps */
+	uint64_t ref_root;
+	int kept;		/* a leaf was added to the kept table */
 	int plain_dirty, plain_codes, plain_bigs, plain_held;	/* plain_get */
 	uint64_t *bitmaps;
 	Py_ssize_t nr_bitmaps;
@@ -345,6 +349,206 @@ static int leaf_get(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 	return 1;
 }
 
+/* a u64 of an array('Q') at i (the caller checked i) */
+static int array_u64(PyObject *array, Py_ssize_t i, uint64_t *v)
+{
+	Py_buffer view;
+
+	if (!get_buffer(array, &view, 8, -1))
+		return 0;
+	if (i < 0 || i >= view.len / 8) {
+		PyBuffer_Release(&view);
+		return 0;
+	}
+	*v = ((uint64_t *)view.buf)[i];
+	PyBuffer_Release(&view);
+	return 1;
+}
+
+/*
+ * btree.py: BTreeInfo.leaf_in_place for the reference-count tree, then kept as
+ * LowLevel._kept_ref_leaf keeps it: the leaf key ``b`` goes to in place, walking down
+ * from the root through nodes shadowed in this transaction with a metadata count of 1,
+ * no internal node full.  1 if found and kept (made the one in use), 2 if the walk
+ * says b's insert goes through BTreeInfo.insert, 0 if Python must walk (a node not in
+ * core), -1 on an error.
+ */
+static int leaf_walk(struct lowlevel *ll, uint64_t b, struct leaf *lf)
+{
+	uint64_t blk = ll->ref_root, lo = 0, hi = UINT64_MAX, *k;
+	int unbounded = 1, r, isleaf;
+	PyObject *key, *node, *m, *keys, *values, *max, *entry;
+	Py_ssize_t nkeys, max_entries, i, j, nlos, l, h, mid;
+	Py_buffer kv;
+	int ok = 1;
+
+	for (;;) {
+		key = PyLong_FromUnsignedLongLong(blk);
+		if (!key)
+			return -1;
+		r = PySet_CheckExact(ll->shadows) ? PySet_Contains(ll->shadows, key)
+						   : PySequence_Contains(ll->shadows, key);
+		if (r <= 0) {
+			Py_DECREF(key);
+			return r < 0 ? -1 : 2;
+		}
+		if ((uint64_t)(blk / ENTRIES_PER_BITMAP) >= (uint64_t)PyList_GET_SIZE(ll->mmaps)) {
+			Py_DECREF(key);
+			return 0;
+		}
+		m = PyList_GET_ITEM(ll->mmaps, blk / ENTRIES_PER_BITMAP);
+		if (!PyByteArray_CheckExact(m) || PyByteArray_GET_SIZE(m) != ENTRIES_PER_BITMAP ||
+		    PyByteArray_AS_STRING(m)[blk % ENTRIES_PER_BITMAP] != 1) {
+			Py_DECREF(key);
+			return PyByteArray_CheckExact(m) || m == Py_None ? 2 : 0;
+		}
+		node = get_item(ll->held, key, ll->plain_held);
+		Py_DECREF(key);
+		if (!node)
+			return PyErr_Occurred() ? -1 : 0;	/* not in core: Python reads it */
+		m = PyObject_GetAttr(node, s_leaf);
+		if (!m) {
+			Py_DECREF(node);
+			return -1;
+		}
+		isleaf = PyObject_IsTrue(m);
+		Py_DECREF(m);
+		if (isleaf < 0) {
+			Py_DECREF(node);
+			return -1;
+		}
+		if (isleaf)
+			break;
+		keys = PyObject_GetAttr(node, s_keys);
+		values = keys ? PyObject_GetAttr(node, s_values) : NULL;
+		max = values ? PyObject_GetAttr(node, s_max_entries) : NULL;
+		Py_DECREF(node);
+		if (!max) {
+			Py_XDECREF(keys);
+			Py_XDECREF(values);
+			return -1;
+		}
+		max_entries = PyLong_AsSsize_t(max);
+		Py_DECREF(max);
+		if (!get_buffer(keys, &kv, 8, -1)) {
+			Py_DECREF(keys);
+			Py_DECREF(values);
+			return PyErr_Occurred() ? -1 : 0;
+		}
+		k = kv.buf;
+		nkeys = kv.len / 8;
+		/* bisect_right(keys, b) - 1 */
+		l = 0;
+		h = nkeys;
+		while (l < h) {
+			mid = (l + h) / 2;
+			if (b < k[mid])
+				h = mid;
+			else
+				l = mid + 1;
+		}
+		i = l - 1;
+		if (nkeys == max_entries || i < 0) {
+			PyBuffer_Release(&kv);
+			Py_DECREF(keys);
+			Py_DECREF(values);
+			return 2;
+		}
+		lo = k[i];	/* a child's keys are at least its parent's key for it */
+		if (i + 1 < nkeys && (unbounded || k[i + 1] < hi)) {
+			hi = k[i + 1];
+			unbounded = 0;
+		}
+		PyBuffer_Release(&kv);
+		Py_DECREF(keys);
+		r = array_u64(values, i, &blk);
+		Py_DECREF(values);
+		if (!r)
+			return 0;
+	}
+
+	/* keep it: replace the entry of a leaf read back since, or insert a new one */
+	entry = Py_BuildValue("[OKNKii]", node, (unsigned long long)lo,
+			      unbounded ? Py_NewRef(two_to_64) : PyLong_FromUnsignedLongLong(hi),
+			      (unsigned long long)blk, 0, -1);
+	if (!entry) {
+		Py_DECREF(node);
+		return -1;
+	}
+	nlos = PyList_GET_SIZE(ll->los);
+	l = 0;
+	h = nlos;
+	while (l < h) {
+		mid = (l + h) / 2;
+		if (b < as_u64(PyList_GET_ITEM(ll->los, mid), &ok))
+			h = mid;
+		else
+			l = mid + 1;
+	}
+	j = l - 1;
+	if (!ok || nlos != PyList_GET_SIZE(ll->leaves)) {
+		Py_DECREF(entry);
+		Py_DECREF(node);
+		return 0;
+	}
+	key = PyList_GET_ITEM(entry, 1);
+	r = 0;
+	if (j >= 0) {
+		PyObject *old = PyList_GET_ITEM(ll->leaves, j);
+		uint64_t end;
+
+		if (!PyList_Check(old) || PyList_GET_SIZE(old) < 4) {
+			Py_DECREF(entry);
+			Py_DECREF(node);
+			return 0;
+		}
+		end = as_u64(PyList_GET_ITEM(old, 2), &ok);
+		r = !ok || b < end;	/* (2^64 does not fit: b is below it) */
+		ok = 1;
+	}
+	if (r) {
+		Py_INCREF(key);
+		if (PyList_SetItem(ll->los, j, key) < 0 || PyList_SetItem(ll->leaves, j, entry) < 0) {
+			Py_DECREF(node);
+			return -1;
+		}
+	} else {
+		r = PyList_Insert(ll->los, j + 1, key) < 0 || PyList_Insert(ll->leaves, j + 1, entry) < 0;
+		Py_DECREF(entry);
+		if (r) {
+			Py_DECREF(node);
+			return -1;
+		}
+	}
+	ll->kept = 1;
+
+	keys = PyObject_GetAttr(node, s_keys);
+	values = keys ? PyObject_GetAttr(node, s_values) : NULL;
+	max = values ? PyObject_GetAttr(node, s_max_entries) : NULL;
+	if (!max) {
+		Py_XDECREF(keys);
+		Py_XDECREF(values);
+		Py_DECREF(node);
+		return -1;
+	}
+	max_entries = PyLong_AsSsize_t(max);
+	Py_DECREF(max);
+	lf->keys = keys;
+	lf->values = values;
+	if ((max_entries == -1 && PyErr_Occurred()) || !leaf_acquire(lf)) {
+		Py_DECREF(keys);
+		Py_DECREF(values);
+		Py_DECREF(node);
+		return PyErr_Occurred() ? -1 : 0;
+	}
+	lf->node = node;
+	lf->lo = lo;
+	lf->hi = unbounded ? UINT64_MAX : hi;
+	lf->max_entries = max_entries;
+	lf->at = 0;
+	return 1;
+}
+
 /* array.insert(i, v) */
 static PyObject *insert(PyObject *array, PyObject *i, uint64_t v)
 {
@@ -406,14 +610,15 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
 
 /*
  * run(start, blocks, delta, maps, bitmaps, shadows, dirty, codes, bigs, los, leaves,
- *     held) -> (stop, why, old_n, big_n, nr_allocated)
+ *     held, mmaps, ref_root) -> (stop, why, old_n, big_n, nr_allocated, kept)
  *
  * add_many's loop over blocks[start:] (a list of ints), up to the first block it
  * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
- * nothing of that block is done).  The caller adds the last three to
+ * nothing of that block is done).  kept: a leaf was added to the kept table (the
+ * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to
  * ``old.n``, ``big.n`` and ``nr_allocated``.  Its arguments are the LowLevel's maps,
- * bitmaps, tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves and
- * tm.blocks; the caller has checked what add_many checks once a call (no queued
+ * bitmaps, tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves,
+ * tm.blocks, the metadata space map's maps and ref_root; the caller has checked what add_many checks once a call (no queued
  * metadata counts, the kept leaves of this tree's shape and root).
  */
 static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -427,8 +632,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	long long delta, d_old = 0, d_big = 0, d_alloc = 0;
 	int ok, r = 0, why = STOP_OTHER;
 
-	if (nargs != 12) {
-		PyErr_SetString(PyExc_TypeError, "run() takes 12 arguments");
+	if (nargs != 14) {
+		PyErr_SetString(PyExc_TypeError, "run() takes 14 arguments");
 		return NULL;
 	}
 	start = PyLong_AsSsize_t(args[0]);
@@ -444,12 +649,17 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	ll.los = args[9];
 	ll.leaves = args[10];
 	ll.held = args[11];
+	ll.mmaps = args[12];
+	ll.ref_root = PyLong_AsUnsignedLongLong(args[13]);
+	ll.kept = 0;
+	if (PyErr_Occurred())
+		return NULL;
 	if ((ll.plain_dirty = plain_get(ll.dirty)) < 0 || (ll.plain_codes = plain_get(ll.codes)) < 0 ||
 	    (ll.plain_bigs = plain_get(ll.bigs)) < 0 || (ll.plain_held = plain_get(ll.held)) < 0)
 		return NULL;
 	if (!PyList_Check(blocks) || !PyList_Check(ll.maps) || !PyList_Check(ll.los) ||
-	    !PyList_Check(ll.leaves)) {
-		PyErr_SetString(PyExc_TypeError, "run(): blocks, maps, los and leaves are lists");
+	    !PyList_Check(ll.leaves) || !PyList_Check(ll.mmaps)) {
+		PyErr_SetString(PyExc_TypeError, "run(): blocks, maps, los, leaves and mmaps are lists");
 		return NULL;
 	}
 	if (PyObject_GetBuffer(args[4], &bitmaps, PyBUF_FORMAT) < 0)
@@ -504,10 +714,12 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			if (!lf.node || b < lf.lo || b >= lf.hi) {
 				leaf_put(&lf);
 				r = leaf_get(&ll, b, &lf);
+				if (r == 0)
+					r = leaf_walk(&ll, b, &lf);
 				if (r != 1) {
 					if (r == 0)
 						why = STOP_LEAF;
-					break;
+					break;	/* 2: BTreeInfo.insert's (STOP_OTHER) */
 				}
 			}
 			pos = leaf_find(&lf, b);
@@ -551,7 +763,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		return NULL;
 	if (i == n)
 		why = STOP_END;
-	return Py_BuildValue("(niLLL)", i, why, d_old, d_big, d_alloc);
+	return Py_BuildValue("(niLLLi)", i, why, d_old, d_big, d_alloc, ll.kept);
 }
 
 static PyMethodDef methods[] = {
@@ -571,7 +783,11 @@ PyMODINIT_FUNC PyInit__thinsim_space_map(void)
 	s_max_entries = PyUnicode_InternFromString("max_entries");
 	s_get = PyUnicode_InternFromString("get");
 	s_insert = PyUnicode_InternFromString("insert");
-	if (!s_keys || !s_values || !s_max_entries || !s_get || !s_insert)
+	s_leaf = PyUnicode_InternFromString("leaf");
+	if (!s_keys || !s_values || !s_max_entries || !s_get || !s_insert || !s_leaf)
+		return NULL;
+	two_to_64 = PyNumber_Lshift(PyLong_FromLong(1), PyLong_FromLong(64));
+	if (!two_to_64)
 		return NULL;
 	dict_get = PyObject_GetAttr((PyObject *)&PyDict_Type, s_get);
 	if (!dict_get)

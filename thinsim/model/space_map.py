@@ -475,7 +475,7 @@ class LowLevel:
             # looked up again after each block ``_add_many`` did (it replaces none of
             # them now: C must never write to an object Python has let go)
             tm, old, big = self.tm, self.old, self.big
-            i, why, old_n, big_n, allocated = run(
+            i, why, old_n, big_n, allocated, kept = run(
                 i,
                 blocks,
                 delta,
@@ -488,7 +488,11 @@ class LowLevel:
                 los,
                 self._ref_leaves,
                 tm.blocks,
+                tm.sm.ll.maps,
+                self.ref_root,
             )
+            if kept:  # as ``_kept_ref_leaf`` does after a walk
+                self._ref_at = (info.reshapes, self.ref_root)
             old.n += old_n
             big.n += big_n
             self.nr_allocated += allocated
