@@ -110,7 +110,7 @@ def both():
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(nr_md_blocks=st.sampled_from([160, 400, 4096]), ops=_ops)
+@given(nr_md_blocks=st.sampled_from([95, 110, 160, 400, 4096]), ops=_ops)
 def test_add_many_in_c_leaves_what_the_python_loop_leaves(both, nr_md_blocks, ops):
     pmds = []
     with pytest.MonkeyPatch.context() as mp:

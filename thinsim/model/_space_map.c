@@ -33,6 +33,7 @@ enum {
 	STOP_SLOT,	/* its bitmap, ready but for its ie-cache slot, held by another */
 	STOP_LEAF,	/* ready but for its ref-count leaf, not kept (yet) */
 	STOP_OTHER,	/* anything else: Python's loop does the block */
+	STOP_INSERT,	/* ready but for its key, which goes through BTreeInfo.insert */
 };
 
 /* interned attribute and method names (module init) */
@@ -719,7 +720,9 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				if (r != 1) {
 					if (r == 0)
 						why = STOP_LEAF;
-					break;	/* 2: BTreeInfo.insert's (STOP_OTHER) */
+					else if (r == 2)
+						why = STOP_INSERT;
+					break;
 				}
 			}
 			pos = leaf_find(&lf, b);
@@ -727,8 +730,10 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				lf.v[pos] = nn;
 			} else {
 				/* _insert_in_place's insert, room left; a full leaf splits */
-				if (lf.nkeys >= lf.max_entries)
+				if (lf.nkeys >= lf.max_entries) {
+					why = STOP_INSERT;
 					break;
+				}
 				if (leaf_insert(&lf, pos, b, nn) < 0) {
 					r = -1;
 					break;

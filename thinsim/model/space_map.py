@@ -507,6 +507,11 @@ class LowLevel:
                     continue
                 if why == 2 and self._kept_ref_leaf(blocks[i]) is not None:
                     continue  # its ref-count leaf was not kept yet
+            if why == 4:
+                self._insert_big(blocks[i], delta)
+                i += 1
+                los = self._ref_los
+                continue
             self._add_many(blocks[i : i + 1], delta)
             i += 1
             los = self._ref_los
@@ -651,6 +656,36 @@ class LowLevel:
                     self.nr_allocated += 1
             elif n == 0:
                 self.nr_allocated -= 1
+
+    def _insert_big(self, b: int, delta: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
+        """What ``_add_many`` does for block ``b`` whose count goes to 3 or more where C
+        found (``_space_map.c``: STOP_INSERT) that the key goes through
+        ``BTreeInfo.insert`` (no leaf in place, or a full one), and that nothing else of
+        it needs Python: its bitmap a shadow in its ie-cache slot, its entries, old codes
+        and big counts made, an old count to keep below 254 (the same steps, in order:
+        a failure stops where ``_add_many``'s would)."""
+        index = b // _entries
+        e = b - index * _entries
+        m, bm, oc = self.maps[index], self.big.arrays[index], self.old.codes[index]
+        c = m[e]
+        o = bm[e] if c == 3 else c
+        if not oc[e]:
+            self.old.keep(oc, b, e, o)
+        n = o + delta
+        m[e] = 3
+        if o < 3:
+            self.big.n += 1
+        bm[e] = n
+        info = self.ref_info
+        reshapes = info.reshapes
+        self.ref_root, _ = info.insert(self.ref_root, (b,), n)
+        if info.reshapes != reshapes:
+            self._forget_ref_leaves()
+        else:
+            # only shadows on the way down: the leaves kept keep their places
+            self._ref_at = (reshapes, self.ref_root)
+        if o == 0:
+            self.nr_allocated += 1
 
     def _kept_ref_leaf(self, b: int):
         """The reference-count leaf key ``b`` goes to in place, as its entry in the
