@@ -8,11 +8,14 @@
  * in bitmaps already shadowed in this transaction, with counts of 3 and more set in
  * place in reference-count btree leaves shadowed already.  Those cases are done here,
  * on the space map's own Python objects (bytearrays and arrays written in place),
- * block after block; the first block that needs anything else -- a bitmap to shadow,
- * an index-entry cache slot to write back, a reference-count leaf not found yet, a
- * key insert into a full leaf, a removal, a count too big -- is left to the Python
- * loop, which is the reference: run() returns its position, the caller runs the
- * Python loop on that one block and calls run() again from the next.
+ * block after block, and so is the walk down the reference-count tree that finds such
+ * a leaf (BTreeInfo.leaf_in_place, kept in add_many's table).  The first block that
+ * needs anything else is left to Python, which is the reference: run() returns its
+ * position and why it stopped there -- an ie-cache slot to take back (the caller's
+ * _index_changed, then run() again from that block), a key to insert through
+ * BTreeInfo.insert (no leaf in place, or a full one: the caller's _insert_big), or
+ * anything else (a bitmap to shadow, a removal, a count beyond those done here: the
+ * Python loop does that one block) -- and run() goes on from the next.
  *
  * Nothing is changed for a block unless all of its changes are made here.  Every
  * condition is checked against the live objects each time (no table of addresses is
@@ -431,7 +434,7 @@ static int leaf_walk(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 		}
 		max_entries = PyLong_AsSsize_t(max);
 		Py_DECREF(max);
-		if (!get_buffer(keys, &kv, 8, -1)) {
+		if ((max_entries == -1 && PyErr_Occurred()) || !get_buffer(keys, &kv, 8, -1)) {
 			Py_DECREF(keys);
 			Py_DECREF(values);
 			return PyErr_Occurred() ? -1 : 0;
@@ -616,11 +619,12 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
  * add_many's loop over blocks[start:] (a list of ints), up to the first block it
  * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
  * nothing of that block is done).  kept: a leaf was added to the kept table (the
- * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to
- * ``old.n``, ``big.n`` and ``nr_allocated``.  Its arguments are the LowLevel's maps,
- * bitmaps, tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves,
- * tm.blocks, the metadata space map's maps and ref_root; the caller has checked what add_many checks once a call (no queued
- * metadata counts, the kept leaves of this tree's shape and root).
+ * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
+ * ``big.n`` and ``nr_allocated``.  Its arguments are the LowLevel's maps, bitmaps,
+ * tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves, tm.blocks, the
+ * metadata space map's maps and ref_root; the caller has checked what add_many checks
+ * once a call (no queued metadata counts, the kept leaves of this tree's shape and
+ * root).
  */
 static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
