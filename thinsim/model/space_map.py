@@ -454,10 +454,15 @@ class LowLevel:
         exactly what those calls leave (a failure too stops where they would).
 
         The data ll's blocks (a list) go through the C routine (``_space_map.c``: run)
-        where it is built: it does a block's common cases (a bitmap shadowed already and
-        in its ie-cache slot, counts set in the bitmap or, of 3 and more, in a kept
-        reference-count leaf) and stops at the first block that needs more, which
-        ``_add_many``, the reference, does; then C goes on from the next block."""
+        where it is built (``native``): it does a block's common cases (a bitmap
+        shadowed already and in its ie-cache slot, counts set in the bitmap or, of 3 and
+        more, in a reference-count leaf in place, found by its own walk) and stops at
+        the first block that needs more.  Python does the step C stopped at as
+        ``_add_many``, the reference, would: the ie-cache slot taken back
+        (``_index_changed``) or the leaf found by Python's walk (``_kept_ref_leaf``),
+        then C takes the same block again; the key's ``BTreeInfo.insert``
+        (``_insert_big``), or anything else (``_add_many`` on that one block), then C
+        goes on from the next block."""
         run = _C_RUN
         dirty = getattr(self, "dirty", None)
         if run is None or dirty is None or type(blocks) is not list or self.tm.sm._bops:
