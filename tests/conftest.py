@@ -74,3 +74,18 @@ def wiped_vm():
     cwd = os.getcwd()
     yield
     os.chdir(cwd)  # run_in_vm leaves the guest in /
+
+
+@pytest.fixture(scope="module", params=["c", "python"])
+def add_many_both_ways(request):
+    """A module's tests with add_many's C routine (thinsim/model/_space_map.c), then with
+    the Python loop it falls back to (as THINSIM_NO_C=1 runs it): the two must leave the
+    same states, so a bug in either shows in the tests of both."""
+    from thinsim.model import space_map
+
+    if request.param == "c" and space_map._C_RUN is None:
+        pytest.skip("add_many in C: no compiler or Python headers here, or THINSIM_NO_C set")
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "python":
+            mp.setattr(space_map, "_C_RUN", None)
+        yield request.param

@@ -1,9 +1,13 @@
 """Whole-block writes in big requests take a fast path; it must leave exactly what
 block-by-block writes leave."""
 
+import pytest
 from helpers import GiB, MiB, make_pool, make_thin
 from hypothesis import given
 from hypothesis import strategies as st
+
+# add_many in C and in Python (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("add_many_both_ways")
 
 BLOCK = 64 * 1024
 

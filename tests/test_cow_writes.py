@@ -17,6 +17,9 @@ from thinsim.model.pool import Pool, PoolTable
 from thinsim.model.space_map import DiskSpaceMap
 from thinsim.model.thin import Thin
 
+# add_many in C and in Python (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("add_many_both_ways")
+
 BLOCK = 64 * 1024
 
 

@@ -7,6 +7,7 @@ counts, the data blocks given out later, the log."""
 import contextlib
 import hashlib
 
+import pytest
 from helpers import GiB, MiB, make_pool, make_thin
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,9 @@ from thinsim.model.metadata import TIME_BITS, TIME_MASK, PoolMetadata
 from thinsim.model.space_map import _DiskLowLevel
 from thinsim.model.store import AccountingStore
 from thinsim.model.thin import Thin
+
+# add_many in C and in Python (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("add_many_both_ways")
 
 BLOCK = 64 * 1024
 

@@ -19,6 +19,9 @@ from thinsim.model.btree import BTreeInfo, Node, ValueType
 from thinsim.model.metadata import PoolMetadata
 from thinsim.model.space_map import ENTRIES_PER_BITMAP, IE_CACHE_SIZE, NoSpace, _Block
 
+# add_many in C and in Python (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("add_many_both_ways")
+
 # -- e4b6105's space map low level, verbatim but for the names -------------------------
 
 

@@ -26,11 +26,15 @@ from bisect import bisect_right
 from collections.abc import MutableMapping
 
 from ..constants import ENTRIES_PER_BITMAP
+from . import native
 from .btree import BTreeInfo, ValueType
 
 MAX_METADATA_BITMAPS = 255
 MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP  # DM_SM_METADATA_MAX_BLOCKS
 IE_CACHE_SIZE = 64
+# add_many's common cases in C (None: the Python loop; THINSIM_NO_C=1 asks for it)
+_C = native.space_map()
+_C_RUN = _C.run if _C is not None else None
 
 
 def ie_slot(index: int) -> int:
@@ -445,9 +449,81 @@ class LowLevel:
         elif new == 0 and old:
             self.nr_allocated -= 1
 
-    def add_many(self, blocks, delta: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
+    def add_many(self, blocks, delta: int) -> None:
         """``set_count(b, get_count(b) + delta)`` for each of ``blocks`` in turn, leaving
-        exactly what those calls leave (a failure too stops where they would), faster:
+        exactly what those calls leave (a failure too stops where they would).
+
+        The data ll's blocks (a list) go through the C routine (``_space_map.c``: run)
+        where it is built (``native``): it does a block's common cases (a bitmap
+        shadowed already and in its ie-cache slot, counts set in the bitmap or, of 3 and
+        more, in a reference-count leaf in place, found by its own walk) and stops at
+        the first block that needs more.  Python does the step C stopped at as
+        ``_add_many``, the reference, would: the ie-cache slot taken back
+        (``_index_changed``) or the leaf found by Python's walk (``_kept_ref_leaf``),
+        then C takes the same block again; the key's ``BTreeInfo.insert``
+        (``_insert_big``), or anything else (``_add_many`` on that one block), then C
+        goes on from the next block."""
+        run = _C_RUN
+        dirty = getattr(self, "dirty", None)
+        if run is None or dirty is None or type(blocks) is not list or self.tm.sm._bops:
+            self._add_many(blocks, delta)
+            return
+        info = self.ref_info
+        los = self._ref_los
+        if los and self._ref_at != (info.reshapes, self.ref_root):
+            los.clear()  # as ``_add_many`` drops them at its start
+            self._ref_leaves.clear()
+        n = len(blocks)
+        i = 0
+        again = -1
+        while True:
+            # looked up again after each block ``_add_many`` did (it replaces none of
+            # them now: C must never write to an object Python has let go)
+            tm, old, big = self.tm, self.old, self.big
+            i, why, old_n, big_n, allocated, kept = run(
+                i,
+                blocks,
+                delta,
+                self.maps,
+                self.bitmaps,
+                tm.shadows,
+                dirty,
+                old.codes,
+                big.arrays,
+                los,
+                self._ref_leaves,
+                tm.blocks,
+                tm.sm.ll.maps,
+                self.ref_root,
+            )
+            if kept:  # as ``_kept_ref_leaf`` does after a walk
+                self._ref_at = (info.reshapes, self.ref_root)
+            old.n += old_n
+            big.n += big_n
+            self.nr_allocated += allocated
+            if i >= n:
+                return
+            if i != again:  # (once a block: C must not stop there twice)
+                again = i
+                # what ``_add_many`` would do first for the block; then C takes it again
+                if why == 1:
+                    # its bitmap, shadowed, lost its ie-cache slot to another
+                    self._index_changed(blocks[i] // ENTRIES_PER_BITMAP)
+                    continue
+                if why == 2 and self._kept_ref_leaf(blocks[i]) is not None:
+                    continue  # its ref-count leaf was not kept yet
+            if why == 4:
+                self._insert_big(blocks[i], delta)
+                i += 1
+                los = self._ref_los
+                continue
+            self._add_many(blocks[i : i + 1], delta)
+            i += 1
+            los = self._ref_los
+
+    def _add_many(self, blocks, delta: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
+        """``add_many`` in Python (the reference; the C routine's fallback), faster than
+        ``set_count`` for each block:
 
         - a bitmap is shadowed (and its index entry dirtied) once for a run of blocks in
           it: the calls after the first change nothing (its block is a shadow of this
@@ -460,7 +536,6 @@ class LowLevel:
         bigs = big.arrays
         tm = self.tm
         shadows = tm.shadows
-        held = tm.blocks
         info = self.ref_info
         ie = getattr(self, "dirty", None)  # the data ll's ie cache (slot -> bitmap index)
         # queued metadata counts (left by a failure) keep every insert off the in-place
@@ -534,23 +609,7 @@ class LowLevel:
                         if cur is not None:
                             cur[4] = at
                             cur[5] = at_b
-                        j = bisect_right(los, b) - 1
-                        if j >= 0 and b < leaves[j][2] and held.get(leaves[j][3]) is leaves[j][0]:
-                            cur = leaves[j]
-                        else:
-                            found = info.leaf_in_place(self.ref_root, b)
-                            if found is not None:
-                                cur = [*found, 0, -1]
-                                if j >= 0 and b < leaves[j][2]:
-                                    # a leaf read back since: the walk found it again
-                                    los[j] = found[1]
-                                    leaves[j] = cur
-                                else:
-                                    los.insert(j + 1, found[1])
-                                    leaves.insert(j + 1, cur)
-                                self._ref_at = (info.reshapes, self.ref_root)
-                            else:
-                                cur = None
+                        cur = self._kept_ref_leaf(b)
                         if cur is not None:
                             node, lo, hi, _, at, at_b = cur
                             keys, values = node.keys, node.values
@@ -574,7 +633,9 @@ class LowLevel:
                             values.insert(i + 1, n)
                             nkeys += 1
                             at, at_b = i + 1, b
-                            continue  # o == 2
+                            if not o:  # a delta of 3 or more from a free block
+                                self.nr_allocated += 1
+                            continue  # o < 3
                 reshapes = info.reshapes
                 self.ref_root, _ = info.insert(self.ref_root, (b,), n)
                 if info.reshapes != reshapes:
@@ -600,6 +661,61 @@ class LowLevel:
                     self.nr_allocated += 1
             elif n == 0:
                 self.nr_allocated -= 1
+
+    def _insert_big(self, b: int, delta: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
+        """What ``_add_many`` does for block ``b`` whose count goes to 3 or more where C
+        found (``_space_map.c``: STOP_INSERT) that the key goes through
+        ``BTreeInfo.insert`` (no leaf in place, or a full one), and that nothing else of
+        it needs Python: its bitmap a shadow in its ie-cache slot, its entries, old codes
+        and big counts made, an old count to keep below 254 (the same steps, in order:
+        a failure stops where ``_add_many``'s would)."""
+        index = b // _entries
+        e = b - index * _entries
+        m, bm, oc = self.maps[index], self.big.arrays[index], self.old.codes[index]
+        c = m[e]
+        o = bm[e] if c == 3 else c
+        if not oc[e]:
+            self.old.keep(oc, b, e, o)
+        n = o + delta
+        m[e] = 3
+        if o < 3:
+            self.big.n += 1
+        bm[e] = n
+        info = self.ref_info
+        reshapes = info.reshapes
+        self.ref_root, _ = info.insert(self.ref_root, (b,), n)
+        if info.reshapes != reshapes:
+            self._forget_ref_leaves()
+        else:
+            # only shadows on the way down: the leaves kept keep their places
+            self._ref_at = (reshapes, self.ref_root)
+        if o == 0:
+            self.nr_allocated += 1
+
+    def _kept_ref_leaf(self, b: int):
+        """The reference-count leaf key ``b`` goes to in place, as its entry in the
+        table ``add_many`` keeps (``_no_ref_leaves``): found there, or by a walk down
+        the tree (``BTreeInfo.leaf_in_place``), then kept; None where b's insert goes
+        through ``BTreeInfo.insert``.  The caller checked the table is of this tree's
+        shape and root, and that no metadata counts are queued."""
+        los, leaves = self._ref_los, self._ref_leaves
+        j = bisect_right(los, b) - 1
+        if j >= 0 and b < leaves[j][2] and self.tm.blocks.get(leaves[j][3]) is leaves[j][0]:
+            return leaves[j]
+        info = self.ref_info
+        found = info.leaf_in_place(self.ref_root, b)
+        if found is None:
+            return None
+        cur = [*found, 0, -1]
+        if j >= 0 and b < leaves[j][2]:
+            # a leaf read back since: the walk found it again
+            los[j] = found[1]
+            leaves[j] = cur
+        else:
+            los.insert(j + 1, found[1])
+            leaves.insert(j + 1, cur)
+        self._ref_at = (info.reshapes, self.ref_root)
+        return cur
 
     def _ref_leaf(self, b: int):
         """The reference-count leaf kept by ``add_many`` that key ``b`` goes to in place,

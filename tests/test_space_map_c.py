@@ -1,0 +1,155 @@
+"""add_many's C routine (thinsim/model/_space_map.c) leaves what its Python loop, the
+reference, leaves: the same counts, old counts, bitmaps, ie cache, reference-count tree
+and metadata blocks, and the same failures, for random calls on a data space map --
+bitmaps met for the first time and ie-cache slots taken by another bitmap, counts going
+1 <-> 2 <-> 3 and up (keys inserted, leaves split, keys removed), counts of 254 and
+more, a count going negative, metadata running out mid-call, commits and aborts."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from thinsim.model import native, space_map
+from thinsim.model.btree import Node
+from thinsim.model.metadata import PoolMetadata
+from thinsim.model.space_map import ENTRIES_PER_BITMAP, NoSpace
+
+pytestmark = pytest.mark.skipif(
+    space_map._C_RUN is None and not native.disabled(), reason="no C compiler or Python headers"
+)
+
+# 70 bitmaps: bitmaps 64 apart share an ie-cache slot
+NR_DATA = 70 * ENTRIES_PER_BITMAP
+
+
+def _pool(nr_md_blocks: int) -> PoolMetadata:
+    pmd = PoolMetadata(nr_md_blocks, 128)
+    pmd.resize_data_dev(NR_DATA)
+    pmd.commit()
+    return pmd
+
+
+def _blocks(runs) -> list[int]:
+    """Runs of blocks (first, length, stride) one after the other, as a copied mapping
+    leaf's blocks come: a run a day it was written."""
+    out = []
+    for first, n, stride in runs:
+        out.extend((first + k * stride) % NR_DATA for k in range(n))
+    return out
+
+
+def _apply(pmd: PoolMetadata, op) -> object:
+    kind, runs, delta = op
+    try:
+        if kind == "add":
+            pmd.data_sm.ll.add_many(_blocks(runs), delta)
+        elif kind == "commit":
+            pmd.commit()
+        elif kind == "abort":
+            pmd.abort()
+    except NoSpace:
+        pmd.abort()
+        return NoSpace
+    except (ValueError, OverflowError) as e:
+        return type(e)
+    return None
+
+
+def _state(pmd: PoolMetadata):
+    ll = pmd.data_sm.ll
+    tm = pmd.tm
+    nodes = sorted(
+        (b, n.leaf, tuple(n.keys), tuple(n.values))
+        for b, n in tm.blocks.items()
+        if isinstance(n, Node)
+    )
+    return (
+        ll.counts(),
+        dict(ll.old.items()),
+        ll.old.n,
+        {i: bytes(c) for i, c in ll.old.codes.items()},
+        dict(ll.big),
+        ll.big.n,
+        ll.nr_allocated,
+        list(ll.bitmaps),
+        [m is None for m in ll.maps],
+        dict(ll.dirty),
+        ll.index_root,
+        ll.ref_root,
+        pmd.metadata_sm.ll.counts(),
+        pmd.metadata_sm.begin,
+        sorted(tm.shadows),
+        nodes,
+    )
+
+
+_run = st.tuples(
+    st.integers(0, NR_DATA - 1),
+    st.integers(1, 40),
+    st.sampled_from([1, 1, 1, 2, 64 * ENTRIES_PER_BITMAP, ENTRIES_PER_BITMAP - 3]),
+)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("add"),
+            st.lists(_run, min_size=1, max_size=8),
+            st.sampled_from([1, 1, 1, -1, 2, 120]),
+        ),
+        st.tuples(st.sampled_from(["commit", "abort"]), st.just(()), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+@pytest.fixture(scope="module")
+def both():
+    """A pool with add_many in C and one with its Python loop, made alike."""
+    if space_map._C_RUN is None:
+        pytest.skip("THINSIM_NO_C: nothing to compare")
+    return space_map._C_RUN
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nr_md_blocks=st.sampled_from([95, 110, 160, 400, 4096]), ops=_ops)
+def test_add_many_in_c_leaves_what_the_python_loop_leaves(both, nr_md_blocks, ops):
+    pmds = []
+    with pytest.MonkeyPatch.context() as mp:
+        pmds.append(_pool(nr_md_blocks))
+        mp.setattr(space_map, "_C_RUN", None)
+        pmds.append(_pool(nr_md_blocks))
+    # a start every test shares: blocks in use, shared twice, then three times (counts
+    # of 3 in a reference-count tree of several leaves)
+    prefix = [("add", [(5, 3000, 1), (ENTRIES_PER_BITMAP * 64 + 7, 500, 1)], 1)]
+    prefix += [("commit", (), 0), prefix[0], ("commit", (), 0), prefix[0]]
+    for op in prefix + ops:
+        results = []
+        for k, pmd in enumerate(pmds):
+            with pytest.MonkeyPatch.context() as mp:
+                if k:
+                    mp.setattr(space_map, "_C_RUN", None)
+                results.append(_apply(pmd, op))
+        assert results[0] == results[1], op
+        assert _state(pmds[0]) == _state(pmds[1]), op
+
+
+def test_counts_of_254_and_more_and_a_negative_count_stop_c_where_python_takes_over(both):
+    """The blocks C leaves to Python: a count kept in ``OldCounts.over``, a count going
+    below 0 (the bytearray refuses it, after the old count was kept), a removal."""
+    pmds = []
+    with pytest.MonkeyPatch.context() as mp:
+        pmds.append(_pool(4096))
+        mp.setattr(space_map, "_C_RUN", None)
+        pmds.append(_pool(4096))
+    ops = [("add", [(100, 50, 1)], 300), ("commit", (), 0), ("add", [(90, 70, 1)], 1)]
+    ops += [("add", [(90, 20, 1)], -1), ("add", [(95, 10, 1)], -1), ("add", [(100, 50, 1)], -299)]
+    for op in ops:
+        results = []
+        for k, pmd in enumerate(pmds):
+            with pytest.MonkeyPatch.context() as mp:
+                if k:
+                    mp.setattr(space_map, "_C_RUN", None)
+                results.append(_apply(pmd, op))
+        assert results[0] == results[1], op
+        assert _state(pmds[0]) == _state(pmds[1]), op
+    assert results[0] is None
+    assert pmds[0].data_sm.ll.get_count(120) == 2

@@ -1,0 +1,805 @@
+/*
+ * thinsim/model/_space_map.c: the common cases of LowLevel.add_many
+ * (thinsim/model/space_map.py) in C.
+ *
+ * add_many(blocks, delta) sets the reference count of each block in turn to its
+ * count + delta, as sm_ll_mutate would (dm-space-map-common.c).  When a mapping leaf
+ * is copied after a snapshot, each of its ~250 data blocks gets +1: nearly all of them
+ * in bitmaps already shadowed in this transaction, with counts of 3 and more set in
+ * place in reference-count btree leaves shadowed already.  Those cases are done here,
+ * on the space map's own Python objects (bytearrays and arrays written in place),
+ * block after block, and so is the walk down the reference-count tree that finds such
+ * a leaf (BTreeInfo.leaf_in_place, kept in add_many's table).  The first block that
+ * needs anything else is left to Python, which is the reference: run() returns its
+ * position and why it stopped there -- an ie-cache slot to take back (the caller's
+ * _index_changed, then run() again from that block), a key to insert through
+ * BTreeInfo.insert (no leaf in place, or a full one: the caller's _insert_big), or
+ * anything else (a bitmap to shadow, a removal, a count beyond those done here: the
+ * Python loop does that one block) -- and run() goes on from the next.
+ *
+ * Nothing is changed for a block unless all of its changes are made here.  Every
+ * condition is checked against the live objects each time (no table of addresses is
+ * kept between calls), so no state can go stale: a commit, a rollback or a metadata
+ * read that replaces an object is seen at the next call.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define ENTRIES_PER_BITMAP 16320
+#define IE_CACHE_SIZE 64
+
+/* why run() stopped at a block (space_map.py: LowLevel.add_many) */
+enum {
+	STOP_END,	/* at the end of blocks */
+	STOP_SLOT,	/* its bitmap, ready but for its ie-cache slot, held by another */
+	STOP_LEAF,	/* ready but for its ref-count leaf, not kept (yet) */
+	STOP_OTHER,	/* anything else: Python's loop does the block */
+	STOP_INSERT,	/* ready but for its key, which goes through BTreeInfo.insert */
+};
+
+/* interned attribute and method names (module init) */
+static PyObject *s_keys, *s_values, *s_max_entries, *s_get, *s_insert, *s_leaf, *dict_get;
+static PyObject *two_to_64;	/* a range's end with no key above it */
+
+/* dm-space-map-common.c: hash_index (space_map.py: ie_slot) */
+static uint64_t ie_slot(uint64_t index)
+{
+	return ((index * 4294967291ULL) & 0xFFFFFFFFULL) & (IE_CACHE_SIZE - 1);
+}
+
+/*
+ * Whether container.get is dict.get (a dict, or a subclass such as the transaction
+ * manager's BlockCache that does not define its own ``get``: its __missing__ is not
+ * called by get), so that it can be read directly.  -1 on an error.
+ */
+static int plain_get(PyObject *container)
+{
+	PyObject *get;
+	int r;
+
+	if (PyDict_CheckExact(container))
+		return 1;
+	if (!PyDict_Check(container))
+		return 0;
+	get = PyObject_GetAttr((PyObject *)Py_TYPE(container), s_get);
+	if (!get)
+		return -1;
+	r = get == dict_get;
+	Py_DECREF(get);
+	return r;
+}
+
+/*
+ * container.get(key) as a new reference (NULL and no error if absent; NULL and an
+ * error if the lookup raised): a dict read directly if ``plain``, anything else
+ * through its own ``get``.
+ */
+static PyObject *get_item(PyObject *container, PyObject *key, int plain)
+{
+	PyObject *v;
+
+	if (plain) {
+		v = PyDict_GetItemWithError(container, key);
+		Py_XINCREF(v);
+		return v;
+	}
+	v = PyObject_CallMethodOneArg(container, s_get, key);
+	if (v == Py_None) {
+		Py_DECREF(v);
+		return NULL;
+	}
+	return v;
+}
+
+static PyObject *get_item_u64(PyObject *container, uint64_t key, int plain)
+{
+	PyObject *k = PyLong_FromUnsignedLongLong(key), *v;
+
+	if (!k)
+		return NULL;
+	v = get_item(container, k, plain);
+	Py_DECREF(k);
+	return v;
+}
+
+/* a Python int as a u64; 0 with *ok cleared (and no error set) if it is not one */
+static uint64_t as_u64(PyObject *o, int *ok)
+{
+	uint64_t v;
+
+	if (!PyLong_Check(o)) {
+		*ok = 0;
+		return 0;
+	}
+	v = PyLong_AsUnsignedLongLong(o);
+	if (v == (uint64_t)-1 && PyErr_Occurred()) {
+		PyErr_Clear();
+		*ok = 0;
+		return 0;
+	}
+	return v;
+}
+
+/* a writable buffer of n items of itemsize bytes (n < 0: any length), or 0 */
+static int get_buffer(PyObject *o, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t n)
+{
+	if (PyObject_GetBuffer(o, view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+		PyErr_Clear();
+		return 0;
+	}
+	if (view->itemsize != itemsize || (n >= 0 && view->len != n * itemsize)) {
+		PyBuffer_Release(view);
+		return 0;
+	}
+	return 1;
+}
+
+/* the bitmap in use: its entries (min(count, 3)), big counts and old codes */
+struct bitmap {
+	int64_t index;		/* -1: none */
+	uint64_t base;		/* its first block */
+	PyObject *map, *codes, *big;	/* new references (big: NULL if none) */
+	uint8_t *m, *oc;
+	uint32_t *bm;		/* NULL if the bitmap has no big counts yet */
+	Py_buffer bv;
+};
+
+static void bitmap_put(struct bitmap *bmp)
+{
+	if (bmp->index < 0)
+		return;
+	if (bmp->big) {
+		PyBuffer_Release(&bmp->bv);
+		Py_DECREF(bmp->big);
+	}
+	Py_DECREF(bmp->map);
+	Py_DECREF(bmp->codes);
+	bmp->index = -1;
+}
+
+/* the objects add_many works on, as run() gets them */
+struct lowlevel {
+	PyObject *maps, *shadows, *dirty, *codes, *bigs, *los, *leaves, *held;
+	PyObject *mmaps;	/* the metadata space map's maps */
+	uint64_t ref_root;
+	int kept;		/* a leaf was added to the kept table */
+	int plain_dirty, plain_codes, plain_bigs, plain_held;	/* plain_get */
+	uint64_t *bitmaps;
+	Py_ssize_t nr_bitmaps;
+};
+
+/*
+ * Bitmap ``index`` made the one in use if a block of it needs nothing of Python's
+ * first meeting with it in add_many: its bitmap block a shadow of this transaction,
+ * its index entry in its ie-cache slot (shadow_bitmap and disk_ll_save_ie change
+ * nothing), its entries and its old codes made already.  1 if so, 2 if so but for
+ * its ie-cache slot, 0 if not, -1 on an error.
+ */
+static int bitmap_get(struct lowlevel *ll, uint64_t index, struct bitmap *bmp)
+{
+	PyObject *map, *blk, *codes, *big, *held;
+	int r, ok = 1;
+	uint64_t in_slot;
+
+	if (index >= (uint64_t)PyList_GET_SIZE(ll->maps) || index >= (uint64_t)ll->nr_bitmaps)
+		return 0;
+	map = PyList_GET_ITEM(ll->maps, index);
+	if (!PyByteArray_CheckExact(map) || PyByteArray_GET_SIZE(map) != ENTRIES_PER_BITMAP)
+		return 0;
+	blk = PyLong_FromUnsignedLongLong(ll->bitmaps[index]);
+	if (!blk)
+		return -1;
+	r = PySet_CheckExact(ll->shadows) ? PySet_Contains(ll->shadows, blk)
+					   : PySequence_Contains(ll->shadows, blk);
+	Py_DECREF(blk);
+	if (r <= 0)
+		return r;
+	codes = get_item_u64(ll->codes, index, ll->plain_codes);
+	if (!codes)
+		return PyErr_Occurred() ? -1 : 0;
+	if (!PyByteArray_CheckExact(codes) || PyByteArray_GET_SIZE(codes) != ENTRIES_PER_BITMAP) {
+		Py_DECREF(codes);
+		return 0;
+	}
+	held = get_item_u64(ll->dirty, ie_slot(index), ll->plain_dirty);
+	if (!held && PyErr_Occurred()) {
+		Py_DECREF(codes);
+		return -1;
+	}
+	in_slot = held ? as_u64(held, &ok) : 0;
+	Py_XDECREF(held);
+	if (!held || !ok || in_slot != index) {
+		Py_DECREF(codes);
+		return 2;
+	}
+	big = get_item_u64(ll->bigs, index, ll->plain_bigs);
+	if (!big && PyErr_Occurred()) {
+		Py_DECREF(codes);
+		return -1;
+	}
+	bmp->bm = NULL;
+	if (big) {
+		if (!get_buffer(big, &bmp->bv, 4, ENTRIES_PER_BITMAP)) {
+			Py_DECREF(big);
+			Py_DECREF(codes);
+			return 0;
+		}
+		bmp->bm = bmp->bv.buf;
+	}
+	Py_INCREF(map);
+	bmp->map = map;
+	bmp->codes = codes;
+	bmp->big = big;
+	bmp->m = (uint8_t *)PyByteArray_AS_STRING(map);
+	bmp->oc = (uint8_t *)PyByteArray_AS_STRING(codes);
+	bmp->index = index;
+	bmp->base = index * ENTRIES_PER_BITMAP;
+	return 1;
+}
+
+/* the reference-count leaf in use: one of those add_many keeps (_ref_los/_ref_leaves) */
+struct leaf {
+	PyObject *node, *keys, *values;	/* new references; node NULL: none */
+	Py_buffer kv, vv;
+	uint64_t *k, *v;
+	uint64_t lo, hi;	/* its keys' range [lo, hi); hi 2^64 kept as UINT64_MAX */
+	Py_ssize_t nkeys, max_entries, at;
+};
+
+static void leaf_release(struct leaf *lf)
+{
+	PyBuffer_Release(&lf->kv);
+	PyBuffer_Release(&lf->vv);
+}
+
+static int leaf_acquire(struct leaf *lf)
+{
+	if (!get_buffer(lf->keys, &lf->kv, 8, -1))
+		return 0;
+	if (!get_buffer(lf->values, &lf->vv, 8, lf->kv.len / 8)) {
+		PyBuffer_Release(&lf->kv);
+		return 0;
+	}
+	lf->k = lf->kv.buf;
+	lf->v = lf->vv.buf;
+	lf->nkeys = lf->kv.len / 8;
+	return 1;
+}
+
+static void leaf_put(struct leaf *lf)
+{
+	if (!lf->node)
+		return;
+	leaf_release(lf);
+	Py_DECREF(lf->keys);
+	Py_DECREF(lf->values);
+	Py_DECREF(lf->node);
+	lf->node = NULL;
+}
+
+/*
+ * The kept leaf key ``b`` goes to in place, made the one in use, as add_many finds
+ * it: the last kept range starting at or below b, if b is below its end and its
+ * block's node is still that leaf.  1 if found, 0 if not, -1 on an error.
+ */
+static int leaf_get(struct lowlevel *ll, uint64_t b, struct leaf *lf)
+{
+	Py_ssize_t lo = 0, hi = PyList_GET_SIZE(ll->los), mid;
+	PyObject *entry, *node, *now, *keys, *values, *max;
+	uint64_t end, start;
+	int ok = 1;
+	Py_ssize_t max_entries;
+
+	/* bisect_right(los, b) - 1 */
+	while (lo < hi) {
+		mid = (lo + hi) / 2;
+		if (b < as_u64(PyList_GET_ITEM(ll->los, mid), &ok))
+			hi = mid;
+		else
+			lo = mid + 1;
+		if (!ok)
+			return 0;
+	}
+	if (lo == 0 || lo > PyList_GET_SIZE(ll->leaves))
+		return 0;
+	entry = PyList_GET_ITEM(ll->leaves, lo - 1);
+	if (!PyList_Check(entry) || PyList_GET_SIZE(entry) < 4)
+		return 0;
+	start = as_u64(PyList_GET_ITEM(entry, 1), &ok);
+	if (!ok)
+		return 0;
+	end = as_u64(PyList_GET_ITEM(entry, 2), &ok);
+	if (!ok) {
+		/* 2^64: the rightmost range */
+		ok = 1;
+		end = UINT64_MAX;
+	}
+	if (b >= end || b < start)
+		return 0;
+	node = PyList_GET_ITEM(entry, 0);
+	now = get_item(ll->held, PyList_GET_ITEM(entry, 3), ll->plain_held);
+	if (!now)
+		return PyErr_Occurred() ? -1 : 0;
+	Py_DECREF(now);
+	if (now != node)
+		return 0;
+	keys = PyObject_GetAttr(node, s_keys);
+	values = keys ? PyObject_GetAttr(node, s_values) : NULL;
+	max = values ? PyObject_GetAttr(node, s_max_entries) : NULL;
+	if (!max) {
+		Py_XDECREF(keys);
+		Py_XDECREF(values);
+		return -1;
+	}
+	max_entries = PyLong_AsSsize_t(max);
+	Py_DECREF(max);
+	if (max_entries == -1 && PyErr_Occurred())
+		return -1;
+	lf->keys = keys;
+	lf->values = values;
+	if (!leaf_acquire(lf)) {
+		Py_DECREF(keys);
+		Py_DECREF(values);
+		return 0;
+	}
+	Py_INCREF(node);
+	lf->node = node;
+	lf->lo = start;
+	lf->hi = end;
+	lf->max_entries = max_entries;
+	lf->at = 0;
+	return 1;
+}
+
+/* a u64 of an array('Q') at i (the caller checked i) */
+static int array_u64(PyObject *array, Py_ssize_t i, uint64_t *v)
+{
+	Py_buffer view;
+
+	if (!get_buffer(array, &view, 8, -1))
+		return 0;
+	if (i < 0 || i >= view.len / 8) {
+		PyBuffer_Release(&view);
+		return 0;
+	}
+	*v = ((uint64_t *)view.buf)[i];
+	PyBuffer_Release(&view);
+	return 1;
+}
+
+/*
+ * btree.py: BTreeInfo.leaf_in_place for the reference-count tree, then kept as
+ * LowLevel._kept_ref_leaf keeps it: the leaf key ``b`` goes to in place, walking down
+ * from the root through nodes shadowed in this transaction with a metadata count of 1,
+ * no internal node full.  1 if found and kept (made the one in use), 2 if the walk
+ * says b's insert goes through BTreeInfo.insert, 0 if Python must walk (a node not in
+ * core), -1 on an error.
+ */
+static int leaf_walk(struct lowlevel *ll, uint64_t b, struct leaf *lf)
+{
+	uint64_t blk = ll->ref_root, lo = 0, hi = UINT64_MAX, *k;
+	int unbounded = 1, r, isleaf;
+	PyObject *key, *node, *m, *keys, *values, *max, *entry;
+	Py_ssize_t nkeys, max_entries, i, j, nlos, l, h, mid;
+	Py_buffer kv;
+	int ok = 1;
+
+	for (;;) {
+		key = PyLong_FromUnsignedLongLong(blk);
+		if (!key)
+			return -1;
+		r = PySet_CheckExact(ll->shadows) ? PySet_Contains(ll->shadows, key)
+						   : PySequence_Contains(ll->shadows, key);
+		if (r <= 0) {
+			Py_DECREF(key);
+			return r < 0 ? -1 : 2;
+		}
+		if ((uint64_t)(blk / ENTRIES_PER_BITMAP) >= (uint64_t)PyList_GET_SIZE(ll->mmaps)) {
+			Py_DECREF(key);
+			return 0;
+		}
+		m = PyList_GET_ITEM(ll->mmaps, blk / ENTRIES_PER_BITMAP);
+		if (!PyByteArray_CheckExact(m) || PyByteArray_GET_SIZE(m) != ENTRIES_PER_BITMAP ||
+		    PyByteArray_AS_STRING(m)[blk % ENTRIES_PER_BITMAP] != 1) {
+			Py_DECREF(key);
+			return PyByteArray_CheckExact(m) || m == Py_None ? 2 : 0;
+		}
+		node = get_item(ll->held, key, ll->plain_held);
+		Py_DECREF(key);
+		if (!node)
+			return PyErr_Occurred() ? -1 : 0;	/* not in core: Python reads it */
+		m = PyObject_GetAttr(node, s_leaf);
+		if (!m) {
+			Py_DECREF(node);
+			return -1;
+		}
+		isleaf = PyObject_IsTrue(m);
+		Py_DECREF(m);
+		if (isleaf < 0) {
+			Py_DECREF(node);
+			return -1;
+		}
+		if (isleaf)
+			break;
+		keys = PyObject_GetAttr(node, s_keys);
+		values = keys ? PyObject_GetAttr(node, s_values) : NULL;
+		max = values ? PyObject_GetAttr(node, s_max_entries) : NULL;
+		Py_DECREF(node);
+		if (!max) {
+			Py_XDECREF(keys);
+			Py_XDECREF(values);
+			return -1;
+		}
+		max_entries = PyLong_AsSsize_t(max);
+		Py_DECREF(max);
+		if ((max_entries == -1 && PyErr_Occurred()) || !get_buffer(keys, &kv, 8, -1)) {
+			Py_DECREF(keys);
+			Py_DECREF(values);
+			return PyErr_Occurred() ? -1 : 0;
+		}
+		k = kv.buf;
+		nkeys = kv.len / 8;
+		/* bisect_right(keys, b) - 1 */
+		l = 0;
+		h = nkeys;
+		while (l < h) {
+			mid = (l + h) / 2;
+			if (b < k[mid])
+				h = mid;
+			else
+				l = mid + 1;
+		}
+		i = l - 1;
+		if (nkeys == max_entries || i < 0) {
+			PyBuffer_Release(&kv);
+			Py_DECREF(keys);
+			Py_DECREF(values);
+			return 2;
+		}
+		lo = k[i];	/* a child's keys are at least its parent's key for it */
+		if (i + 1 < nkeys && (unbounded || k[i + 1] < hi)) {
+			hi = k[i + 1];
+			unbounded = 0;
+		}
+		PyBuffer_Release(&kv);
+		Py_DECREF(keys);
+		r = array_u64(values, i, &blk);
+		Py_DECREF(values);
+		if (!r)
+			return 0;
+	}
+
+	/* keep it: replace the entry of a leaf read back since, or insert a new one */
+	entry = Py_BuildValue("[OKNKii]", node, (unsigned long long)lo,
+			      unbounded ? Py_NewRef(two_to_64) : PyLong_FromUnsignedLongLong(hi),
+			      (unsigned long long)blk, 0, -1);
+	if (!entry) {
+		Py_DECREF(node);
+		return -1;
+	}
+	nlos = PyList_GET_SIZE(ll->los);
+	l = 0;
+	h = nlos;
+	while (l < h) {
+		mid = (l + h) / 2;
+		if (b < as_u64(PyList_GET_ITEM(ll->los, mid), &ok))
+			h = mid;
+		else
+			l = mid + 1;
+	}
+	j = l - 1;
+	if (!ok || nlos != PyList_GET_SIZE(ll->leaves)) {
+		Py_DECREF(entry);
+		Py_DECREF(node);
+		return 0;
+	}
+	key = PyList_GET_ITEM(entry, 1);
+	r = 0;
+	if (j >= 0) {
+		PyObject *old = PyList_GET_ITEM(ll->leaves, j);
+		uint64_t end;
+
+		if (!PyList_Check(old) || PyList_GET_SIZE(old) < 4) {
+			Py_DECREF(entry);
+			Py_DECREF(node);
+			return 0;
+		}
+		end = as_u64(PyList_GET_ITEM(old, 2), &ok);
+		r = !ok || b < end;	/* (2^64 does not fit: b is below it) */
+		ok = 1;
+	}
+	if (r) {
+		Py_INCREF(key);
+		if (PyList_SetItem(ll->los, j, key) < 0 || PyList_SetItem(ll->leaves, j, entry) < 0) {
+			Py_DECREF(node);
+			return -1;
+		}
+	} else {
+		r = PyList_Insert(ll->los, j + 1, key) < 0 || PyList_Insert(ll->leaves, j + 1, entry) < 0;
+		Py_DECREF(entry);
+		if (r) {
+			Py_DECREF(node);
+			return -1;
+		}
+	}
+	ll->kept = 1;
+
+	keys = PyObject_GetAttr(node, s_keys);
+	values = keys ? PyObject_GetAttr(node, s_values) : NULL;
+	max = values ? PyObject_GetAttr(node, s_max_entries) : NULL;
+	if (!max) {
+		Py_XDECREF(keys);
+		Py_XDECREF(values);
+		Py_DECREF(node);
+		return -1;
+	}
+	max_entries = PyLong_AsSsize_t(max);
+	Py_DECREF(max);
+	lf->keys = keys;
+	lf->values = values;
+	if ((max_entries == -1 && PyErr_Occurred()) || !leaf_acquire(lf)) {
+		Py_DECREF(keys);
+		Py_DECREF(values);
+		Py_DECREF(node);
+		return PyErr_Occurred() ? -1 : 0;
+	}
+	lf->node = node;
+	lf->lo = lo;
+	lf->hi = unbounded ? UINT64_MAX : hi;
+	lf->max_entries = max_entries;
+	lf->at = 0;
+	return 1;
+}
+
+/* array.insert(i, v) */
+static PyObject *insert(PyObject *array, PyObject *i, uint64_t v)
+{
+	PyObject *args[3] = { array, i, PyLong_FromUnsignedLongLong(v) }, *r;
+
+	if (!args[2])
+		return NULL;
+	r = PyObject_VectorcallMethod(s_insert, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+	Py_DECREF(args[2]);
+	return r;
+}
+
+/* keys.insert(i, b) and values.insert(i, n), the buffers let go meanwhile */
+static int leaf_insert(struct leaf *lf, Py_ssize_t i, uint64_t b, uint64_t n)
+{
+	PyObject *r, *at = PyLong_FromSsize_t(i);
+
+	leaf_release(lf);
+	r = at ? insert(lf->keys, at, b) : NULL;
+	if (r) {
+		Py_DECREF(r);
+		r = insert(lf->values, at, n);
+	}
+	Py_XDECREF(at);
+	if (!r || !leaf_acquire(lf)) {
+		Py_XDECREF(r);
+		/* the buffers are let go: forget the leaf without releasing them again */
+		Py_DECREF(lf->keys);
+		Py_DECREF(lf->values);
+		Py_DECREF(lf->node);
+		lf->node = NULL;
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_RuntimeError, "a leaf's arrays changed under add_many");
+		return -1;
+	}
+	Py_DECREF(r);
+	return 0;
+}
+
+/* the index of the first key >= b in the leaf (near the last one set, usually) */
+static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
+{
+	Py_ssize_t lo = 0, hi = lf->nkeys, mid, i = lf->at;
+
+	/* runs of consecutive blocks are runs of consecutive keys */
+	if (i + 1 < hi && lf->k[i] < b && lf->k[i + 1] >= b)
+		return i + 1;
+	if (i < hi && lf->k[i] >= b && (i == 0 || lf->k[i - 1] < b))
+		return i;
+	while (lo < hi) {
+		mid = (lo + hi) / 2;
+		if (lf->k[mid] < b)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * run(start, blocks, delta, maps, bitmaps, shadows, dirty, codes, bigs, los, leaves,
+ *     held, mmaps, ref_root) -> (stop, why, old_n, big_n, nr_allocated, kept)
+ *
+ * add_many's loop over blocks[start:] (a list of ints), up to the first block it
+ * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
+ * nothing of that block is done).  kept: a leaf was added to the kept table (the
+ * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
+ * ``big.n`` and ``nr_allocated``.  Its arguments are the LowLevel's maps, bitmaps,
+ * tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves, tm.blocks, the
+ * metadata space map's maps and ref_root; the caller has checked what add_many checks
+ * once a call (no queued metadata counts, the kept leaves of this tree's shape and
+ * root).
+ */
+static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	struct lowlevel ll;
+	struct bitmap bmp = { .index = -1 };
+	struct leaf lf = { .node = NULL };
+	Py_buffer bitmaps;
+	PyObject *blocks;
+	Py_ssize_t start, i, n, pos;
+	long long delta, d_old = 0, d_big = 0, d_alloc = 0;
+	int ok, r = 0, why = STOP_OTHER;
+
+	if (nargs != 14) {
+		PyErr_SetString(PyExc_TypeError, "run() takes 14 arguments");
+		return NULL;
+	}
+	start = PyLong_AsSsize_t(args[0]);
+	delta = PyLong_AsLongLong(args[2]);
+	if (PyErr_Occurred())
+		return NULL;
+	blocks = args[1];
+	ll.maps = args[3];
+	ll.shadows = args[5];
+	ll.dirty = args[6];
+	ll.codes = args[7];
+	ll.bigs = args[8];
+	ll.los = args[9];
+	ll.leaves = args[10];
+	ll.held = args[11];
+	ll.mmaps = args[12];
+	ll.ref_root = PyLong_AsUnsignedLongLong(args[13]);
+	ll.kept = 0;
+	if (PyErr_Occurred())
+		return NULL;
+	if ((ll.plain_dirty = plain_get(ll.dirty)) < 0 || (ll.plain_codes = plain_get(ll.codes)) < 0 ||
+	    (ll.plain_bigs = plain_get(ll.bigs)) < 0 || (ll.plain_held = plain_get(ll.held)) < 0)
+		return NULL;
+	if (!PyList_Check(blocks) || !PyList_Check(ll.maps) || !PyList_Check(ll.los) ||
+	    !PyList_Check(ll.leaves) || !PyList_Check(ll.mmaps)) {
+		PyErr_SetString(PyExc_TypeError, "run(): blocks, maps, los, leaves and mmaps are lists");
+		return NULL;
+	}
+	if (PyObject_GetBuffer(args[4], &bitmaps, PyBUF_FORMAT) < 0)
+		return NULL;
+	if (bitmaps.itemsize != 8) {
+		PyBuffer_Release(&bitmaps);
+		PyErr_SetString(PyExc_TypeError, "run(): bitmaps is an array('Q')");
+		return NULL;
+	}
+	ll.bitmaps = bitmaps.buf;
+	ll.nr_bitmaps = bitmaps.len / 8;
+
+	n = PyList_GET_SIZE(blocks);
+	for (i = start; i < n; i++) {
+		uint64_t b, e, o, index;
+		long long nn;
+		uint8_t c;
+		int keep;
+
+		ok = 1;
+		b = as_u64(PyList_GET_ITEM(blocks, i), &ok);
+		if (!ok)
+			break;
+		index = b / ENTRIES_PER_BITMAP;
+		if ((int64_t)index != bmp.index) {
+			bitmap_put(&bmp);
+			r = bitmap_get(&ll, index, &bmp);
+			if (r != 1) {
+				if (r == 2)
+					why = STOP_SLOT;
+				break;
+			}
+		}
+		e = b - bmp.base;
+		c = bmp.m[e];
+		if (c == 3) {
+			if (!bmp.bm)
+				break;
+			o = bmp.bm[e];
+		} else {
+			o = c;
+		}
+		/* OldCounts.keep: counts of 254 and more go to a dict */
+		keep = !bmp.oc[e];
+		if (keep && o >= 254)
+			break;
+		nn = (long long)o + delta;
+		if (nn > 2) {
+			/* a count of 3 and more: the big counts and the ref-count leaf */
+			if (nn > 0xFFFFFFFFLL || (o < 3 && !bmp.bm))
+				break;
+			if (!lf.node || b < lf.lo || b >= lf.hi) {
+				leaf_put(&lf);
+				r = leaf_get(&ll, b, &lf);
+				if (r == 0)
+					r = leaf_walk(&ll, b, &lf);
+				if (r != 1) {
+					if (r == 0)
+						why = STOP_LEAF;
+					else if (r == 2)
+						why = STOP_INSERT;
+					break;
+				}
+			}
+			pos = leaf_find(&lf, b);
+			if (pos < lf.nkeys && lf.k[pos] == b) {
+				lf.v[pos] = nn;
+			} else {
+				/* _insert_in_place's insert, room left; a full leaf splits */
+				if (lf.nkeys >= lf.max_entries) {
+					why = STOP_INSERT;
+					break;
+				}
+				if (leaf_insert(&lf, pos, b, nn) < 0) {
+					r = -1;
+					break;
+				}
+			}
+			lf.at = pos;
+			bmp.m[e] = 3;
+			if (o < 3)
+				d_big++;
+			bmp.bm[e] = nn;
+		} else {
+			/* a removal from the ref-count tree, or a negative count: Python's */
+			if (nn < 0 || o > 2)
+				break;
+			bmp.m[e] = nn;
+		}
+		if (keep) {
+			bmp.oc[e] = o + 1;
+			d_old++;
+		}
+		if (o == 0) {
+			if (nn)
+				d_alloc++;
+		} else if (nn == 0) {
+			d_alloc--;
+		}
+	}
+	bitmap_put(&bmp);
+	leaf_put(&lf);
+	PyBuffer_Release(&bitmaps);
+	if (r < 0)
+		return NULL;
+	if (i == n)
+		why = STOP_END;
+	return Py_BuildValue("(niLLLi)", i, why, d_old, d_big, d_alloc, ll.kept);
+}
+
+static PyMethodDef methods[] = {
+	{ "run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
+	  "add_many's common cases over blocks[start:]; see the source." },
+	{ NULL, NULL, 0, NULL },
+};
+
+static struct PyModuleDef module = {
+	PyModuleDef_HEAD_INIT, "_thinsim_space_map", NULL, -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__thinsim_space_map(void)
+{
+	s_keys = PyUnicode_InternFromString("keys");
+	s_values = PyUnicode_InternFromString("values");
+	s_max_entries = PyUnicode_InternFromString("max_entries");
+	s_get = PyUnicode_InternFromString("get");
+	s_insert = PyUnicode_InternFromString("insert");
+	s_leaf = PyUnicode_InternFromString("leaf");
+	if (!s_keys || !s_values || !s_max_entries || !s_get || !s_insert || !s_leaf)
+		return NULL;
+	two_to_64 = PyNumber_Lshift(PyLong_FromLong(1), PyLong_FromLong(64));
+	if (!two_to_64)
+		return NULL;
+	dict_get = PyObject_GetAttr((PyObject *)&PyDict_Type, s_get);
+	if (!dict_get)
+		return NULL;
+	return PyModule_Create(&module);
+}
