@@ -335,45 +335,59 @@ class PoolMetadata:
 
     def lookup_for_write(self, td: ThinDevice, block: int):
         """``lookup`` for a write: the same walk, which also keeps its path for
-        ``overwrite_in_place`` (the insert that follows it goes down the same nodes)."""
+        ``overwrite_in_place`` (the insert that follows it goes down the same nodes), or,
+        where the block is missing from a leaf of the device's tree, for
+        ``insert_in_place`` (the value's index then that of the last key below it, -1 for
+        none, and the value None).  A walk that stops before such a leaf (the device's
+        tree missing, or an internal node whose first key is above the key: the insert
+        changes that key) keeps nothing."""
         blocks = self.tm.blocks
         path = []
         b = self.root
         key = td.id
         value = None
-        for level in (0, 1):
-            while True:
-                node = blocks[b]
-                path.append(b)
-                nkeys = node.keys
-                i = bisect_right(nkeys, key) - 1
-                if i < 0:
+        node = blocks[b]
+        path.append(b)
+        while True:  # the top level
+            nkeys = node.keys
+            i = bisect_right(nkeys, key) - 1
+            if i < 0:
+                self._walk = None
+                return None
+            if node.leaf:
+                if nkeys[i] != key:
                     self._walk = None
                     return None
-                if node.leaf:
-                    if nkeys[i] != key:
-                        self._walk = None
-                        return None
-                    value = node.values[i]
-                    break
                 b = node.values[i]
-            if level == 0:
-                b = value
-                key = block
+                break
+            b = node.values[i]
+            node = blocks[b]
+            path.append(b)
+        node = blocks[b]
+        path.append(b)
+        while True:  # the device's tree
+            nkeys = node.keys
+            i = bisect_right(nkeys, block) - 1
+            if node.leaf:
+                if i < 0 or nkeys[i] != block:
+                    self._walk = (self.root, td.id, block, path, node, i, None)
+                    return None
+                value = node.values[i]
+                break
+            if i < 0:
+                self._walk = None
+                return None
+            b = node.values[i]
+            node = blocks[b]
+            path.append(b)
         self._walk = (self.root, td.id, block, path, node, i, value)
         return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
 
-    def overwrite_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
-        """``insert_block`` of a block ``lookup_for_write`` found mapped, when the insert
-        would change nothing but its leaf (``BTreeInfo._insert_in_place``'s case: every
-        node on the walk's path shadowed in this transaction with one reference, no
-        internal node full): the old value's data block is released and the value set,
-        as that insert does, without walking down again.  False (nothing done) otherwise."""
-        walk = self._walk
-        self._walk = None
-        if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
-            return False
-        _root, _dev, _block, path, leaf, i, old = walk
+    def _path_in_place(self, path) -> bool:
+        """Whether an insert down ``path`` (a walk's blocks, root first) would change
+        nothing but its leaf: ``BTreeInfo._insert_in_place``'s conditions on the way down
+        (every node shadowed in this transaction with one reference and still held, no
+        internal node full, no space-map operation pending)."""
         tm = self.tm
         if tm.sm._bops:
             return False
@@ -390,7 +404,22 @@ class PoolMetadata:
             node = blocks.get(b)
             if node is None or (not node.leaf and len(node.keys) == node.max_entries):
                 return False
-        if blocks.get(path[-1]) is not leaf or leaf.values[i] != old:
+        return True
+
+    def overwrite_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
+        """``insert_block`` of a block ``lookup_for_write`` found mapped, when the insert
+        would change nothing but its leaf (``BTreeInfo._insert_in_place``'s case: every
+        node on the walk's path shadowed in this transaction with one reference, no
+        internal node full): the old value's data block is released and the value set,
+        as that insert does, without walking down again.  False (nothing done) otherwise."""
+        walk = self._walk
+        self._walk = None
+        if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
+            return False
+        _root, _dev, _block, path, leaf, i, old = walk
+        if old is None or not self._path_in_place(path):
+            return False
+        if self.tm.blocks.get(path[-1]) is not leaf or leaf.values[i] != old:
             return False
         self.in_service = True
         value = pack_block_time(data_block, self.time)
@@ -398,6 +427,31 @@ class PoolMetadata:
             self._data_block_dec((old,))
         leaf.values[i] = value
         td.changed = True
+        return True
+
+    def insert_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
+        """``insert_block`` of a block ``lookup_for_write`` found missing from a leaf of
+        the device's tree, when the insert would change nothing but that leaf
+        (``BTreeInfo._insert_in_place``'s case: every node on the walk's path shadowed in
+        this transaction with one reference, no internal node full, the leaf not full):
+        the key and value are put in the leaf after the last key below the block, and the
+        device's count raised, as that insert does, without walking down again.  Checked
+        when called (the data block's allocation in between may commit, or shadow and
+        allocate metadata blocks); False (nothing done) otherwise."""
+        walk = self._walk
+        self._walk = None
+        if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
+            return False
+        _root, _dev, _block, path, leaf, i, old = walk
+        if old is not None or len(leaf.keys) == leaf.max_entries:
+            return False
+        if not self._path_in_place(path) or self.tm.blocks.get(path[-1]) is not leaf:
+            return False
+        self.in_service = True
+        leaf.keys.insert(i + 1, block)
+        leaf.values.insert(i + 1, pack_block_time(data_block, self.time))
+        td.changed = True
+        td.mapped_blocks += 1
         return True
 
     def insert_block(self, td: ThinDevice, block: int, data_block: int) -> None:

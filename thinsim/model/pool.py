@@ -811,7 +811,7 @@ class Pool:
                 if self.pf.zero_new_blocks and not whole:
                     store.zero(off, bb)
                 store.write(off + within, data)
-                self._insert(td, vblock, b)
+                self._insert_new(td, vblock, b)
                 return
             data_block, shared = r
             if shared:
@@ -859,6 +859,14 @@ class Pool:
         except NoSpace:
             self._metadata_operation_failed("dm_thin_insert_block", E.ENOSPC)
             raise error_for(E.EIO) from None
+
+    def _insert_new(self, td, vblock: int, data_block: int) -> None:
+        """``_insert`` of a block this bio's ``find_block`` found unmapped: made in the leaf
+        that lookup found, without walking down again, where the insert would change
+        nothing else (``PoolMetadata.insert_in_place``: a container's writes to its
+        device, nearly all to blocks it has not mapped yet)."""
+        if not self.pmd.insert_in_place(td, vblock, data_block):
+            self._insert(td, vblock, data_block)
 
     def write_whole_blocks(self, td, vblock: int, data) -> None:
         """Whole-block writes to consecutive virtual blocks from ``vblock``: what one
