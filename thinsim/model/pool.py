@@ -832,6 +832,65 @@ class Pool:
             pmd._walk = None
             self._data_write_failed(off)
 
+    def write_block_fast(self, td, vblock: int, within: int, data: bytes) -> None:
+        """``write_block``, with its commonest case's steps inline: a write to a block
+        the device has not mapped (a container's random writes), in write mode, its data
+        block allocated without an event or a commit (``_DiskLowLevel.new_in_place``), its
+        insert made in the leaf the lookup found (``PoolMetadata.insert_in_place``).  Any
+        other case is ``write_block``'s (a block found mapped: its lookup, the same walk,
+        finds it again)."""
+        if self.mode != PM_WRITE:
+            self.write_block(td, vblock, within, data)
+            return
+        pmd = self.pmd
+        if self.find_block(td, vblock, True) is not None:
+            pmd._walk = None
+            self.write_block(td, vblock, within, data)
+            return
+        # alloc_data_block where free space is above the low water mark (or the event
+        # raised already): no event, no commit for want of a free block
+        data_sm = pmd.data_sm
+        ll = data_sm.ll
+        free = data_sm.old_nr_blocks - ll.nr_allocated
+        b = None
+        if free > self.low_water_blocks or (free and self.low_water_triggered):
+            pmd.in_service = True  # PoolMetadata.alloc_data_block
+            b = ll.new_in_place(data_sm.begin)
+        if b is None:
+            self._write_new(td, vblock, within, data)
+            return
+        data_sm.begin = b + 1
+        bb = self.block_bytes
+        store = self.store
+        try:
+            if not pmd.free_metadata_blocks() and not self._commit():
+                self._unserviceable()  # alloc_data_block's NoSpace, in _new_block_for
+            off = b * bb
+            if self.pf.zero_new_blocks and not (within == 0 and len(data) == bb):
+                store.zero(off, bb)
+            store.write(off + within, data)
+            if not pmd.insert_in_place(td, vblock, b):
+                self._insert(td, vblock, b)
+        except OSError:
+            pmd._walk = None
+            self._data_write_failed(off)
+
+    def _write_new(self, td, vblock: int, within: int, data: bytes) -> None:
+        """``write_block``'s steps for a block its lookup found unmapped, from the data
+        block's allocation on."""
+        bb = self.block_bytes
+        store = self.store
+        try:
+            b = self._new_block_for()
+            off = b * bb
+            if self.pf.zero_new_blocks and not (within == 0 and len(data) == bb):
+                store.zero(off, bb)
+            store.write(off + within, data)
+            self._insert_new(td, vblock, b)
+        except OSError:
+            self.pmd._walk = None
+            self._data_write_failed(off)
+
     def _data_write_failed(self, off: int) -> None:
         """A write to the data device failed (its file system is full, or its file cannot
         be written).  loop.c: lo_write_bvec logs it and loop_handle_cmd ends the request

@@ -855,6 +855,41 @@ class _DiskLowLevel(LowLevel):
             self._writeback(held)
         self.dirty[slot] = index
 
+    def new_in_place(self, begin: int, _entries: int = ENTRIES_PER_BITMAP) -> int | None:
+        """``find_common_free(begin)`` then ``set_count(b, 1)`` for the block it finds,
+        where that block is in ``begin``'s bitmap and the bitmap a shadow of this
+        transaction whose index entry the ie cache holds (``set_count``'s
+        ``_index_changed`` then changes nothing): the count set and the last commit's
+        count 0 kept, as those calls do.  Returns the block, or None with nothing done
+        (the caller takes those calls)."""
+        index = begin // _entries
+        if begin >= self.nr_blocks:
+            return None
+        m = self.maps[index]
+        if (
+            m is None
+            or self.bitmaps[index] not in self.tm.shadows
+            or self.dirty.get(ie_slot(index)) != index
+        ):
+            return None
+        old = self.old
+        codes = old.codes.get(index)
+        if codes is None:
+            return None
+        start = index * _entries
+        hi = self.nr_blocks - start
+        e = m.find(0, begin - start, hi)
+        while e >= 0 and codes[e] > 1:  # in use at the last commit
+            e = m.find(0, e + 1, hi)
+        if e < 0:
+            return None
+        if not codes[e]:
+            codes[e] = 1  # OldCounts.keep of count 0
+            old.n += 1
+        m[e] = 1
+        self.nr_allocated += 1
+        return start + e
+
     def dec_inc_in_place(self, b: int, n: int) -> bool:
         """``set_count(x, c - 1)``, then ``set_count(x, c)``, for each of the ``n`` blocks
         from ``b`` (a discard's removal of a run, then its pin), where that changes
@@ -941,6 +976,10 @@ class DiskSpaceMap:
     def new_block(self) -> int:
         """sm_disk_new_block: next fit from the cursor, then from the start."""
         ll = self.ll
+        b = ll.new_in_place(self.begin)
+        if b is not None:
+            self.begin = b + 1
+            return b
         try:
             b = ll.find_common_free(self.begin)
         except NoSpace:
