@@ -5,21 +5,27 @@ in one step (``_DiskLowLevel.new_in_place``), the pool's commonest case inline
 (``Pool.write_block_fast``) and the planner's writes in one loop
 (``Simulation._write_each_in_block``).  They must leave exactly what those steps leave:
 every metadata block's bytes, the space maps' counts, the data blocks given out later, the
-status, the log, failures included (data or metadata running out mid-write)."""
+status, the log, failures included (data or metadata running out mid-write).  The
+discards among them (a container's removal) are held to the kernel's steps too, with the
+runs a discard takes from the left edge counted in one pass before their passdowns
+(``Pool._dec_inc_runs``)."""
 
 import contextlib
 import hashlib
+from itertools import chain
 
+import pytest
 from helpers import GiB, MiB, make_pool, make_thin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_discard_paths import _one_at_a_time as discards_one_at_a_time
 
 from thinsim import plan
 from thinsim.errors import ThinsimError
-from thinsim.model.disk import metadata_blocks
+from thinsim.model.disk import CorruptNode, metadata_blocks
 from thinsim.model.metadata import PoolMetadata
 from thinsim.model.pool import Pool
-from thinsim.model.space_map import _DiskLowLevel
+from thinsim.model.space_map import DiskSpaceMap, NoSpace, _DiskLowLevel
 from thinsim.model.store import AccountingStore
 from thinsim.model.thin import Thin
 from thinsim.plan.engine import Simulation
@@ -48,11 +54,13 @@ _REFERENCE = (
 
 @contextlib.contextmanager
 def _one_at_a_time():
+    """The writes' steps one at a time, and the discards' (test_discard_paths)."""
     old = [(cls, name, cls.__dict__[name]) for cls, name, _ in _REFERENCE]
     try:
         for cls, name, fn in _REFERENCE:
             setattr(cls, name, fn)
-        yield
+        with discards_one_at_a_time():
+            yield
     finally:
         for cls, name, fn in old:
             setattr(cls, name, fn)
@@ -206,6 +214,143 @@ def test_the_reference_steps_are_the_ones_replaced():
     replace (a rename would leave the comparison comparing a path with itself)."""
     for cls, name, _ in _REFERENCE:
         assert name in cls.__dict__, (cls, name)
+
+
+# -- a failure in a discard's count changes -------------------------------------------------
+
+
+def _discard_blocks_run_by_run(self, td, begin: int, end: int) -> None:
+    """Pool._discard_blocks as it was before ``_dec_inc_runs``: each run's counts, then
+    its passdown, one run after the other."""
+    pmd = self.pmd
+    if not self.pf.discard_passdown:
+        pmd.remove_range(td, begin, end)
+        return
+    # break_up_discard_bio
+    bb = self.block_bytes
+    data_sm = pmd.data_sm
+    pinned = []
+    get_count = data_sm.get_count
+    ll = data_sm.ll
+    discard = self.store.discard
+    while begin < end:
+        try:
+            runs = pmd.take_leftmost_runs(td, begin, end)
+        except CorruptNode as e:
+            # nodes of this transaction only; the ordinary path meets it as the kernel
+            if not e.again:
+                e.forget()
+            runs = None
+        if runs is not None:
+            # each run's steps after its removal walks (see take_leftmost_runs)
+            for vb, ve, db, maybe_shared in runs:
+                de = db + (ve - vb)
+                # remove_range's decrements, a mapping at a time, then the pin
+                # (dm_pool_inc_data_range)
+                if not ll.dec_inc_in_place(db, de - db):
+                    if de - db == 1:
+                        data_sm.dec(db)
+                    else:
+                        data_sm.dec_many(range(db, de))
+                    data_sm.inc_many(range(db, de))
+                pinned.append((db, de))
+                b = db
+                while b < de:
+                    if maybe_shared:
+                        while b < de and get_count(b) > 1:
+                            b += 1
+                        if b == de:
+                            break
+                        e = b + 1
+                        while e < de and get_count(e) <= 1:
+                            e += 1
+                    else:
+                        e = de
+                    discard(b * bb, (e - b) * bb)
+                    b = e
+            begin = ve
+            continue
+        try:
+            run = pmd.find_mapped_range(td, begin, end)
+        except CorruptNode as e:
+            # break_up_discard_bio: "silently fail, letting any mappings we've
+            # created complete" (the discard bio ends well)
+            e.log(self.log)
+            break
+        if run is None:
+            break
+        vb, ve, db, maybe_shared = run
+        de = db + (ve - vb)
+        pmd.remove_range(td, vb, ve)
+        data_sm.inc_many(range(db, de))  # dm_pool_inc_data_range
+        pinned.append((db, de))
+        # passdown (double checking the shared status when maybe shared)
+        b = db
+        while b < de:
+            if maybe_shared:
+                while b < de and data_sm.get_count(b) > 1:
+                    b += 1
+                if b == de:
+                    break
+                e = b + 1
+                while e < de and data_sm.get_count(e) <= 1:
+                    e += 1
+            else:
+                e = de
+            self.store.discard(b * bb, (e - b) * bb)
+            b = e
+        begin = ve
+    # dm_pool_dec_data_range of each run in turn
+    data_sm.dec_many(chain.from_iterable(range(db, de) for db, de in pinned))
+
+
+def test_a_failure_in_a_discards_count_changes_leaves_the_runs_before_it_passed_down():
+    """Runs shared by three devices (counts of 3: the space map's calls, not in place)
+    and one-block runs of the device's own, discarded whole; the metadata fails at one
+    of the calls (NoSpace from the n-th ``inc_many``): the runs before it were passed
+    down, the transaction is aborted, as when each run's counts and passdown came in turn."""
+    seen = []
+    for fail_at in (1, 2, 3, 5):
+        outcomes = []
+        for reference in (False, True):
+            with pytest.MonkeyPatch.context() as mp:
+                if reference:
+                    mp.setattr(Pool, "_discard_blocks", _discard_blocks_run_by_run)
+                calls = [0]
+                inc_many = DiskSpaceMap.inc_many
+
+                def failing(self, blocks, calls=calls, inc_many=inc_many, fail_at=fail_at):
+                    calls[0] += 1
+                    if calls[0] == fail_at:
+                        raise NoSpace
+                    inc_many(self, blocks)
+
+                p = make_pool(data=GiB, md=8 * MiB, store=AccountingStore())
+                discards = []
+                p.store.discard = lambda off, n, discards=discards: discards.append((off, n))
+                th = make_thin(p, 0, GiB)
+                th.write(0, bytes(600 * BLOCK))
+                p.message("create_snap 1 0")
+                p.message("create_snap 2 0")
+                snap = Thin(p, 1, GiB // 512)
+                for i in range(300):
+                    snap.write((i * 2654435761) % 16384 * BLOCK, bytes(4096))
+                p.commit()
+                snap.write(7 * BLOCK, bytes(4096))  # the top level shadowed: runs taken
+                mp.setattr(DiskSpaceMap, "inc_many", failing)
+                try:
+                    snap.discard(0, GiB)
+                    outcome = None
+                except ThinsimError as e:
+                    outcome = e.errno
+                mp.undo()
+                outcomes.append(
+                    (outcome, discards, p.status(), metadata_blocks(p.pmd), p.log.lines)
+                )
+        assert outcomes[0] == outcomes[1]
+        seen.append((outcomes[0][0], len(outcomes[0][1])))
+    assert all(errno is not None for errno, _ in seen)
+    assert any(n for _, n in seen)  # some runs were passed down before the failure
 
 
 # -- the planner ------------------------------------------------------------------------------

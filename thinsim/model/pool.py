@@ -1024,8 +1024,6 @@ class Pool:
         bb = self.block_bytes
         data_sm = pmd.data_sm
         pinned = []
-        get_count = data_sm.get_count
-        ll = data_sm.ll
         discard = self.store.discard
         while begin < end:
             try:
@@ -1036,32 +1034,18 @@ class Pool:
                     e.forget()
                 runs = None
             if runs is not None:
-                # each run's steps after its removal walks (see take_leftmost_runs)
+                # each run's steps after its removal walks (see take_leftmost_runs):
+                # remove_range's decrements, a mapping at a time, then the pin
+                # (dm_pool_inc_data_range), which leave every count as it was, so the
+                # passdowns after them all read the counts each would have read
+                self._dec_inc_runs(runs)
                 for vb, ve, db, maybe_shared in runs:
                     de = db + (ve - vb)
-                    # remove_range's decrements, a mapping at a time, then the pin
-                    # (dm_pool_inc_data_range)
-                    if not ll.dec_inc_in_place(db, de - db):
-                        if de - db == 1:
-                            data_sm.dec(db)
-                        else:
-                            data_sm.dec_many(range(db, de))
-                        data_sm.inc_many(range(db, de))
                     pinned.append((db, de))
-                    b = db
-                    while b < de:
-                        if maybe_shared:
-                            while b < de and get_count(b) > 1:
-                                b += 1
-                            if b == de:
-                                break
-                            e = b + 1
-                            while e < de and get_count(e) <= 1:
-                                e += 1
-                        else:
-                            e = de
-                        discard(b * bb, (e - b) * bb)
-                        b = e
+                    if maybe_shared:
+                        self._pass_down(db, de, True)
+                    else:
+                        discard(db * bb, (de - db) * bb)
                 begin = ve
                 continue
             try:
@@ -1096,6 +1080,55 @@ class Pool:
             begin = ve
         # dm_pool_dec_data_range of each run in turn
         data_sm.dec_many(chain.from_iterable(range(db, de) for db, de in pinned))
+
+    def _dec_inc_runs(self, runs) -> None:
+        """For each of ``take_leftmost_runs``' runs in turn, its blocks' counts decremented
+        (``_data_block_dec`` of each value) and incremented again (the pin): in place
+        (``_DiskLowLevel.dec_inc_runs_in_place``) up to a run that cannot be, which takes
+        the space map's calls.  Where those calls fail, the runs before are passed down
+        first, as each run's steps one after the other leave it."""
+        data_sm = self.pmd.data_sm
+        ll = data_sm.ll
+        k = 0
+        n = len(runs)
+        while k < n:
+            k = ll.dec_inc_runs_in_place(runs, k)
+            if k == n:
+                break
+            vb, ve, db, _ = runs[k]
+            de = db + (ve - vb)
+            try:
+                if de - db == 1:
+                    data_sm.dec(db)
+                else:
+                    data_sm.dec_many(range(db, de))
+                data_sm.inc_many(range(db, de))
+            except BaseException:
+                for vb, ve, db, maybe_shared in runs[:k]:
+                    self._pass_down(db, db + (ve - vb), maybe_shared)
+                raise
+            k += 1
+
+    def _pass_down(self, db: int, de: int, maybe_shared: bool) -> None:
+        """A removed run's passdown: its blocks discarded on the data device, where maybe
+        shared only the runs of those no other mapping holds (double checked)."""
+        bb = self.block_bytes
+        get_count = self.pmd.data_sm.ll.get_count
+        discard = self.store.discard
+        b = db
+        while b < de:
+            if maybe_shared:
+                while b < de and get_count(b) > 1:
+                    b += 1
+                if b == de:
+                    break
+                e = b + 1
+                while e < de and get_count(e) <= 1:
+                    e += 1
+            else:
+                e = de
+            discard(b * bb, (e - b) * bb)
+            b = e
 
     def flush(self, td) -> None:
         """An empty flush bio to a thin (it carries sector 0).

@@ -923,6 +923,59 @@ class _DiskLowLevel(LowLevel):
                 old.n += 1
         return True
 
+    def dec_inc_runs_in_place(self, runs, start: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
+        """``dec_inc_in_place(db, ve - vb)`` for each of ``runs[start:]`` ((virt_begin,
+        virt_end, data_begin, shared), a discard's runs) in turn, up to the first it
+        would refuse; returns that run's index (``len(runs)`` for none).  What those
+        calls check for a bitmap holds until one refuses: they change nothing but the
+        last commit's counts kept."""
+        maps, bitmaps, shadows, dirty = self.maps, self.bitmaps, self.tm.shadows, self.dirty
+        old = self.old
+        fresh = 0
+        index_ok = -1  # the bitmap last found to meet the conditions
+        codes = None
+        try:
+            for k in range(start, len(runs)):
+                vb, ve, db, _ = runs[k]
+                n = ve - vb
+                index = db // _entries
+                e = db - index * _entries
+                end = e + n
+                m = maps[index]
+                if index != index_ok:
+                    if (
+                        m is None
+                        or bitmaps[index] not in shadows
+                        or dirty.get(ie_slot(index)) != index
+                    ):
+                        return k
+                    index_ok = index
+                    codes = None
+                if end > _entries:
+                    return k
+                if n == 1:
+                    c = m[e]
+                    if c != 1 and c != 2:
+                        return k
+                    if codes is None:
+                        codes = old.for_bitmap(index)
+                    if not codes[e]:
+                        codes[e] = c + 1
+                        fresh += 1
+                    continue
+                seg = m[e:end]
+                if seg.count(1) + seg.count(2) != n:
+                    return k
+                if codes is None:
+                    codes = old.for_bitmap(index)
+                for i in range(e, end):
+                    if not codes[i]:
+                        codes[i] = m[i] + 1
+                        fresh += 1
+            return len(runs)
+        finally:
+            old.n += fresh
+
     def _writeback(self, index: int) -> None:
         self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
 
