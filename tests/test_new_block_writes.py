@@ -1,9 +1,9 @@
 """Writes to blocks a device has not mapped (a container's random 4 KiB writes) take faster
 paths than the kernel's steps one at a time: the insert made in the leaf the write's lookup
 found (``PoolMetadata.insert_in_place``), the data block allocated in its bitmap's shadow
-in one step (``_DiskLowLevel.new_in_place``), the pool's commonest case inline
-(``Pool.write_block_fast``) and the planner's writes in one loop
-(``Simulation._write_each_in_block``).  They must leave exactly what those steps leave:
+in one step (``_DiskLowLevel.new_in_place``), the pool's commonest case inline and
+the planner's writes made by the pool in one loop (``Pool.write_each_fast``,
+``Simulation._write_each_in_block``).  They must leave exactly what those steps leave:
 every metadata block's bytes, the space maps' counts, the data blocks given out later, the
 status, the log, failures included (data or metadata running out mid-write).  The
 discards among them (a container's removal) are held to the kernel's steps too, with the
@@ -44,10 +44,25 @@ def _write_each_in_block(self, v, offsets, io):
     return True
 
 
+def _write_each_fast(self, td, offsets, start, data, seen, peak):
+    """``write_block`` for each offset, with the engine's bookkeeping after each."""
+    bb = self.block_bytes
+    for k in range(start, len(offsets)):
+        try:
+            self.write_block(td, *divmod(offsets[k], bb), data)
+        except ThinsimError as e:
+            return k + 1, peak, e
+        peak = max(peak, self.pmd.data_sm.ll.nr_allocated)
+        if len(self.log.lines) != seen:
+            return k + 1, peak, None
+        self.pmd.tm.at_rest()
+    return len(offsets), peak, None
+
+
 _REFERENCE = (
     (PoolMetadata, "insert_in_place", lambda self, td, block, data_block: False),
     (_DiskLowLevel, "new_in_place", lambda self, begin: None),
-    (Pool, "write_block_fast", Pool.write_block),
+    (Pool, "write_each_fast", _write_each_fast),
     (Simulation, "_write_each_in_block", _write_each_in_block),
 )
 
@@ -87,13 +102,19 @@ def _run(ops, data, md, lwm, features, fill):
                 # 4 KiB writes at random, as the planner issues a container's
                 _, dev, n, seed, through_thin = op
                 th = thins[sorted(thins)[dev % len(thins)]]
-                for i in range(n):
-                    vb = (seed + i * 2654435761) % nblocks
-                    within = 4096 * (i % 16)
-                    if through_thin:
-                        th.write(vb * BLOCK + within, b"\x01" * 4096)
-                    else:
-                        p.write_block_fast(th.td, vb, within, b"\x01" * 4096)
+                offsets = [
+                    (seed + i * 2654435761) % nblocks * BLOCK + 4096 * (i % 16) for i in range(n)
+                ]
+                if through_thin:
+                    for off in offsets:
+                        th.write(off, b"\x01" * 4096)
+                else:
+                    k = peak = 0
+                    while k < len(offsets):
+                        k, peak, e = p.write_each_fast(
+                            th.td, offsets, k, b"\x01" * 4096, len(p.log.lines), peak
+                        )
+                        outcome.append((k, peak, e and (type(e), str(e))))
             elif kind == "snap":
                 origin = sorted(thins)[op[1] % len(thins)]
                 new = max(thins) + 1

@@ -74,10 +74,12 @@ class PoolMetadata:
     # the last ``lookup_for_write``'s walk, for the ``overwrite_in_place`` after it (None
     # between writes: a pickled state has none)
     _walk = None
+    _new_at = None  # the last ``lookup_for_new``'s leaf, for ``insert_new_at``
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_walk", None)
+        state.pop("_new_at", None)
         return state
 
     def __init__(
@@ -383,6 +385,86 @@ class PoolMetadata:
         self._walk = (self.root, td.id, block, path, node, i, value)
         return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
 
+    def lookup_for_new(self, td: ThinDevice, block: int):
+        """``lookup`` for ``Pool.write_each_fast``: the same walk, which, where the block
+        is missing from a leaf of the device's tree and an insert there would change
+        nothing but that leaf (``BTreeInfo._insert_in_place``'s conditions, checked on
+        the way down: every node shadowed in this transaction with one reference, no
+        internal node full, the leaf not full), keeps that leaf and the index of the
+        last key below the block for ``insert_new_at``."""
+        tm = self.tm
+        blocks = tm.blocks
+        shadows = tm.shadows
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        ok = not tm.sm._bops
+        self._new_at = None
+        self._walk = None
+        b = self.root
+        key = td.id
+        node = blocks[b]
+        while True:  # the top level
+            if ok:
+                m = maps[b // entries]
+                ok = (
+                    b in shadows
+                    and m is not None
+                    and m[b % entries] == 1
+                    and (node.leaf or len(node.keys) < node.max_entries)
+                )
+            nkeys = node.keys
+            i = bisect_right(nkeys, key) - 1
+            if i < 0:
+                return None
+            b = node.values[i]
+            if node.leaf:
+                if nkeys[i] != key:
+                    return None
+                break
+            node = blocks[b]
+        node = blocks[b]
+        while True:  # the device's tree
+            if ok:
+                m = maps[b // entries]
+                ok = (
+                    b in shadows
+                    and m is not None
+                    and m[b % entries] == 1
+                    and len(node.keys) < node.max_entries
+                )
+            nkeys = node.keys
+            i = bisect_right(nkeys, block) - 1
+            if node.leaf:
+                if i < 0 or nkeys[i] != block:
+                    if ok:
+                        self._new_at = (self.root, td.id, block, node, i)
+                    return None
+                value = node.values[i]
+                return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
+            if i < 0:
+                return None
+            b = node.values[i]
+            node = blocks[b]
+
+    def insert_new_at(self, td: ThinDevice, block: int, data_block: int) -> bool:
+        """``insert_block`` of the block ``lookup_for_new`` found missing, in the leaf it
+        kept, where the caller knows the metadata unchanged since that lookup (nothing
+        allocated, shadowed, counted or committed): key and value put after the last key
+        below the block, the device's count raised, as the insert does.  False (nothing
+        done) where that lookup kept nothing."""
+        at = self._new_at
+        self._new_at = None
+        if at is None or at[0] != self.root or at[1] != td.id or at[2] != block:
+            return False
+        leaf = at[3]
+        i = at[4] + 1
+        self.in_service = True
+        leaf.keys.insert(i, block)
+        leaf.values.insert(i, (data_block << TIME_BITS) | self.time)
+        td.changed = True
+        td.mapped_blocks += 1
+        return True
+
     def _path_in_place(self, path) -> bool:
         """Whether an insert down ``path`` (a walk's blocks, root first) would change
         nothing but its leaf: ``BTreeInfo._insert_in_place``'s conditions on the way down
@@ -443,12 +525,15 @@ class PoolMetadata:
         if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
             return False
         _root, _dev, _block, path, leaf, i, old = walk
-        if old is not None or len(leaf.keys) == leaf.max_entries:
+        keys = leaf.keys
+        if old is not None or len(keys) == leaf.max_entries:
             return False
+        if (i >= 0 and keys[i] >= block) or (i + 1 < len(keys) and keys[i + 1] <= block):
+            return False  # not where the block goes (a leaf changed since: not expected)
         if not self._path_in_place(path) or self.tm.blocks.get(path[-1]) is not leaf:
             return False
         self.in_service = True
-        leaf.keys.insert(i + 1, block)
+        keys.insert(i + 1, block)
         leaf.values.insert(i + 1, pack_block_time(data_block, self.time))
         td.changed = True
         td.mapped_blocks += 1

@@ -462,11 +462,15 @@ class Pool:
                 return self.pmd.lookup_for_write(td, vblock)
             return self.pmd.lookup(td, vblock)
         except CorruptNode as e:
-            e.log(self.log)
-            if not e.again:
-                fn = "process_cell" if self.mode == PM_WRITE else "__process_bio_read_only"
-                self.log.emit("thin", f"{fn}: dm_thin_find_block() failed: error = -{e.errno}")
-            raise error_for(E.EIO) from None
+            self._find_failed(e)
+
+    def _find_failed(self, e: CorruptNode) -> None:
+        """``find_block``'s lookup met a node that fails its checks: EIO (see there)."""
+        e.log(self.log)
+        if not e.again:
+            fn = "process_cell" if self.mode == PM_WRITE else "__process_bio_read_only"
+            self.log.emit("thin", f"{fn}: dm_thin_find_block() failed: error = -{e.errno}")
+        raise error_for(E.EIO) from None
 
     # -- modes -----------------------------------------------------------------------
 
@@ -832,44 +836,83 @@ class Pool:
             pmd._walk = None
             self._data_write_failed(off)
 
-    def write_block_fast(self, td, vblock: int, within: int, data: bytes) -> None:
-        """``write_block``, with its commonest case's steps inline: a write to a block
-        the device has not mapped (a container's random writes), in write mode, its data
-        block allocated without an event or a commit (``_DiskLowLevel.new_in_place``), its
-        insert made in the leaf the lookup found (``PoolMetadata.insert_in_place``).  Any
-        other case is ``write_block``'s (a block found mapped: its lookup, the same walk,
-        finds it again)."""
-        if self.mode != PM_WRITE:
-            self.write_block(td, vblock, within, data)
-            return
+    def write_each_fast(
+        self, td, offsets: list[int], start: int, data: bytes, seen: int, peak: int
+    ):
+        """``write_block`` of ``data`` at each of ``offsets[start:]`` (byte offsets into the
+        device, each write within one block) in turn, the transaction manager at rest
+        after each (``at_rest``), as long as none fails and the log keeps ``seen`` lines
+        (the write that logged one is not followed by ``at_rest``: the caller's part):
+        a container's random 4 KiB writes, without a call a write.  The commonest case's
+        steps are inline: a write to a block the device has not mapped, in write mode,
+        its data block allocated without an event or a commit
+        (``_DiskLowLevel.new_in_place``), its insert made in the leaf the lookup found
+        (``PoolMetadata.lookup_for_new`` and ``insert_new_at``); any other case is
+        ``write_block``'s (a block found mapped: its lookup, the same walk, finds it
+        again).  Returns (the index after the last write made, the most data blocks in
+        use after any write made or ``peak``, the error that write failed with or None)."""
         pmd = self.pmd
-        if self.find_block(td, vblock, True) is not None:
-            pmd._walk = None
-            self.write_block(td, vblock, within, data)
-            return
-        # alloc_data_block where free space is above the low water mark (or the event
-        # raised already): no event, no commit for want of a free block
         data_sm = pmd.data_sm
         ll = data_sm.ll
-        free = data_sm.old_nr_blocks - ll.nr_allocated
-        b = None
-        if free > self.low_water_blocks or (free and self.low_water_triggered):
-            pmd.in_service = True  # PoolMetadata.alloc_data_block
-            b = ll.new_in_place(data_sm.begin)
-        if b is None:
-            self._write_new(td, vblock, within, data)
-            return
-        data_sm.begin = b + 1
+        lookup = pmd.lookup_for_new
+        new_in_place = ll.new_in_place
+        at_rest = pmd.tm.at_rest
+        lines = self.log.lines
+        bb = self.block_bytes
+        for k in range(start, len(offsets)):
+            off = offsets[k]
+            vblock = off // bb
+            within = off - vblock * bb
+            try:
+                if self.mode != PM_WRITE:
+                    self.write_block(td, vblock, within, data)
+                else:
+                    try:
+                        r = lookup(td, vblock)
+                    except CorruptNode as e:
+                        self._find_failed(e)
+                    if r is not None:
+                        self.write_block(td, vblock, within, data)
+                    else:
+                        # alloc_data_block where free space is above the low water mark
+                        # (or the event raised already): no event, no commit for want
+                        # of a free block
+                        free = data_sm.old_nr_blocks - ll.nr_allocated
+                        b = None
+                        if free > self.low_water_blocks or (free and self.low_water_triggered):
+                            pmd.in_service = True  # PoolMetadata.alloc_data_block
+                            b = new_in_place(data_sm.begin)
+                        if b is None:
+                            self._write_new(td, vblock, within, data)
+                        else:
+                            data_sm.begin = b + 1
+                            self._write_allocated(td, vblock, within, data, b)
+            except ThinsimError as e:
+                return k + 1, peak, e
+            allocated = ll.nr_allocated
+            peak = max(peak, allocated)
+            if len(lines) != seen:
+                return k + 1, peak, None  # the caller reads the lines, then at rest
+            at_rest()
+        return len(offsets), peak, None
+
+    def _write_allocated(self, td, vblock: int, within: int, data: bytes, b: int) -> None:
+        """``write_block``'s steps for a block ``lookup_for_new`` found unmapped, after
+        ``new_in_place`` allocated data block ``b``: alloc_data_block's check of the
+        metadata reserve, the data written, the insert."""
+        pmd = self.pmd
         bb = self.block_bytes
         store = self.store
         try:
-            if not pmd.free_metadata_blocks() and not self._commit():
+            unchanged = pmd.free_metadata_blocks()
+            if not unchanged and not self._commit():
                 self._unserviceable()  # alloc_data_block's NoSpace, in _new_block_for
             off = b * bb
             if self.pf.zero_new_blocks and not (within == 0 and len(data) == bb):
                 store.zero(off, bb)
             store.write(off + within, data)
-            if not pmd.insert_in_place(td, vblock, b):
+            # nothing changed the metadata since the lookup unless that commit ran
+            if not (unchanged and pmd.insert_new_at(td, vblock, b)):
                 self._insert(td, vblock, b)
         except OSError:
             pmd._walk = None
@@ -877,7 +920,8 @@ class Pool:
 
     def _write_new(self, td, vblock: int, within: int, data: bytes) -> None:
         """``write_block``'s steps for a block its lookup found unmapped, from the data
-        block's allocation on."""
+        block's allocation on (the insert walks down from the root: ``lookup_for_new``
+        keeps no walk for ``insert_in_place``)."""
         bb = self.block_bytes
         store = self.store
         try:
@@ -886,7 +930,7 @@ class Pool:
             if self.pf.zero_new_blocks and not (within == 0 and len(data) == bb):
                 store.zero(off, bb)
             store.write(off + within, data)
-            self._insert_new(td, vblock, b)
+            self._insert(td, vblock, b)
         except OSError:
             self.pmd._walk = None
             self._data_write_failed(off)

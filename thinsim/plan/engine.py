@@ -420,52 +420,47 @@ class Simulation:
 
     def _write_each_in_block(self, v: Volume, offsets: list[int], io: int) -> bool:
         """``write_in_block(v, offset, io)`` for each of ``offsets`` in turn, stopping
-        where one fails and the run stops (``write_each``'s case): its steps and
-        ``_written``'s inline, each write the pool's ``write_block_fast`` (a container's
-        writes: 8,192 a container, four a day).  What the pool, the thin and the node
-        cache are is read again after dmeventd's poll (an lvextend reloads the pool)."""
+        where one fails and the run stops (``write_each``'s case; a container's writes,
+        8,192 a container, four a day): the pool makes them in turn
+        (``Pool.write_each_fast``) until one fails or logs a line, and ``_written``'s
+        and ``_write_failed``'s bookkeeping follows.  The device's check and the clock's
+        step (``write_in_block``'s) are made once for the writes of one such call: only
+        a failed write moves the clock, only dmeventd's poll (after a line) acts."""
         zeros = self._zeros.get(io)
         if zeros is None:
             zeros = self._zeros[io] = bytes(io)
         clock = self.clock
-        log = self.log
         needs = self.needs
-        data_ll = needs.data_ll
-        thin = v.thin
-        target = thin.target
-        pool = target.pool
-        td = target.td
-        bb = pool.block_bytes
-        write = pool.write_block_fast
-        tm = self.pool.target.pmd.tm
-        for off in offsets:
-            now = self.now
-            clock.now = max(clock.now, now)
+        k = 0
+        n = len(offsets)
+        while k < n:
+            clock.now = max(clock.now, self.now)
             before = clock.now
+            thin = v.thin
             try:
                 thin._check_active()
-                write(td, off // bb, off % bb, zeros)
             except ThinsimError as e:
-                self._write_failed(v, off, io, before, e)
+                if not self._write_failed(v, offsets[k], io, before, e) and self.stopped:
+                    return False
+                k += 1
+                continue
+            target = thin.target
+            start = k
+            k, peak, e = target.pool.write_each_fast(
+                target.td, offsets, k, zeros, self._seen, needs.data_allocated
+            )
+            # (a commit among the writes may have raised the peak too)
+            needs.data_allocated = max(needs.data_allocated, peak)
+            self.user_written += io * (k - start - (e is not None))
+            if e is not None:
+                self._write_failed(v, offsets[k - 1], io, before, e)
                 if self.stopped:
                     return False
-                continue
-            # _written
-            self.user_written += io
-            allocated = data_ll.nr_allocated
-            needs.data_allocated = max(needs.data_allocated, allocated)
-            if len(log.lines) != self._seen:
+            elif len(self.log.lines) != self._seen:
                 self._drain_log()
                 if self._monitor is not None:
-                    self._monitor.poll()
-                    thin = v.thin
-                    target = thin.target
-                    pool = target.pool
-                    td = target.td
-                    bb = pool.block_bytes
-                    write = pool.write_block_fast
-                    tm = self.pool.target.pmd.tm
-            tm.at_rest()
+                    self._monitor.poll()  # the pool's event wakes dmeventd mid-burst
+                self.pool.target.pmd.tm.at_rest()
         return True
 
     # -- events and samples -----------------------------------------------------------------
