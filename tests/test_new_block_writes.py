@@ -424,3 +424,34 @@ def test_a_plans_container_writes_leave_what_one_write_in_block_a_write_leaves()
         with _one_at_a_time():
             slow = _plan_run(**kw)
         assert fast == slow
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.tuples(st.integers(0, 40000), st.integers(0, 4)), max_size=60),
+    ranges=st.lists(st.tuples(st.integers(0, 40000), st.integers(1, 20000)), max_size=8),
+)
+def test_a_passdowns_runs_of_unshared_blocks_are_what_get_count_tells_block_by_block(
+    counts, ranges
+):
+    """``runs_at_most_one`` over bitmaps some of which are empty, and across their ends,
+    against ``get_count`` block by block (counts of 3 and more in the btree)."""
+    p = make_pool(data=3 * GiB, md=8 * MiB, store=AccountingStore())
+    ll = p.pmd.data_sm.ll
+    for b, c in counts:
+        ll.set_count(b, c)
+    for b, n in ranges:
+        e = min(b + n, ll.nr_blocks)
+        expect = []
+        x = b
+        while x < e:
+            while x < e and ll.get_count(x) > 1:
+                x += 1
+            if x == e:
+                break
+            y = x + 1
+            while y < e and ll.get_count(y) <= 1:
+                y += 1
+            expect.append((x, y))
+            x = y
+        assert ll.runs_at_most_one(b, e) == expect

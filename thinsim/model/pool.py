@@ -1107,20 +1107,7 @@ class Pool:
             data_sm.inc_many(range(db, de))  # dm_pool_inc_data_range
             pinned.append((db, de))
             # passdown (double checking the shared status when maybe shared)
-            b = db
-            while b < de:
-                if maybe_shared:
-                    while b < de and data_sm.get_count(b) > 1:
-                        b += 1
-                    if b == de:
-                        break
-                    e = b + 1
-                    while e < de and data_sm.get_count(e) <= 1:
-                        e += 1
-                else:
-                    e = de
-                self.store.discard(b * bb, (e - b) * bb)
-                b = e
+            self._pass_down(db, de, maybe_shared)
             begin = ve
         # dm_pool_dec_data_range of each run in turn
         data_sm.dec_many(chain.from_iterable(range(db, de) for db, de in pinned))
@@ -1157,22 +1144,12 @@ class Pool:
         """A removed run's passdown: its blocks discarded on the data device, where maybe
         shared only the runs of those no other mapping holds (double checked)."""
         bb = self.block_bytes
-        get_count = self.pmd.data_sm.ll.get_count
         discard = self.store.discard
-        b = db
-        while b < de:
-            if maybe_shared:
-                while b < de and get_count(b) > 1:
-                    b += 1
-                if b == de:
-                    break
-                e = b + 1
-                while e < de and get_count(e) <= 1:
-                    e += 1
-            else:
-                e = de
+        if not maybe_shared:
+            discard(db * bb, (de - db) * bb)
+            return
+        for b, e in self.pmd.data_sm.ll.runs_at_most_one(db, de):
             discard(b * bb, (e - b) * bb)
-            b = e
 
     def flush(self, td) -> None:
         """An empty flush bio to a thin (it carries sector 0).

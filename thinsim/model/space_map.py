@@ -739,6 +739,11 @@ class LowLevel:
         return changed
 
 
+# a bitmap entry -> 1 where the block's count is at most 1 (entries are 0, 1, 2, or 3
+# for a count of 3 or more)
+_AT_MOST_ONE = bytes.maketrans(b"\x00\x01\x02\x03", b"\x01\x01\x00\x00")
+
+
 class _DiskLowLevel(LowLevel):
     """The data device's ll (sm_ll_new_disk): its index is a btree, written at commit."""
 
@@ -922,6 +927,38 @@ class _DiskLowLevel(LowLevel):
                 codes[i] = m[i] + 1
                 old.n += 1
         return True
+
+    def runs_at_most_one(self, b: int, e: int, _entries: int = ENTRIES_PER_BITMAP) -> list:
+        """The maximal runs of blocks in [b, e) whose count is at most 1, in order, as
+        (begin, end): what ``get_count`` block by block tells (a bitmap entry of 2 or 3
+        is a count above 1), read a bitmap's stretch at a time."""
+        out: list = []
+        maps = self.maps
+        while b < e:
+            index = b // _entries
+            start = index * _entries
+            lo = b - start
+            hi = min(e - start, _entries)
+            m = maps[index]
+            if m is None:
+                found = [(b, start + hi)]
+            else:
+                t = m[lo:hi].translate(_AT_MOST_ONE)
+                found = []
+                i = t.find(1)
+                while i >= 0:
+                    j = t.find(0, i)
+                    if j < 0:
+                        j = len(t)
+                    found.append((b + i, b + j))
+                    i = t.find(1, j)
+            for r in found:
+                if out and out[-1][1] == r[0]:
+                    out[-1] = (out[-1][0], r[1])  # a run on over the bitmap's end
+                else:
+                    out.append(r)
+            b = start + hi
+        return out
 
     def dec_inc_runs_in_place(self, runs, start: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
         """``dec_inc_in_place(db, ve - vb)`` for each of ``runs[start:]`` ((virt_begin,
