@@ -64,6 +64,31 @@ def _data_block_equal(a: int, b: int) -> bool:
     return (a >> TIME_BITS) == (b >> TIME_BITS)
 
 
+def _runs(keys, values, m: int, snapshotted: int):
+    """The runs of the first ``m`` mappings of a leaf's (or two leaves') ``keys`` and
+    ``values``, each contiguous in virtual and data blocks with one sharing state, as
+    (virt_begin, virt_end, data_begin, shared) in order, with ``m``: found in C."""
+    if not m:
+        return [], 0
+    k = np.frombuffer(array("Q", keys[:m]), dtype=np.uint64)
+    v = np.frombuffer(array("Q", values[:m]), dtype=np.uint64)
+    d = v >> np.uint64(TIME_BITS)
+    shared = (v & np.uint64(TIME_MASK)) < snapshotted
+    one = np.uint64(1)
+    breaks = (k[1:] != k[:-1] + one) | (d[1:] != d[:-1] + one) | (shared[1:] != shared[:-1])
+    starts = np.flatnonzero(breaks) + 1
+    firsts = [0, *starts.tolist()]
+    lasts = [*starts.tolist(), m]
+    vbs = k[firsts].tolist()
+    dbs = d[firsts].tolist()
+    sh = shared[firsts].tolist()
+    runs = [
+        (vb, vb + last - first, db, s)
+        for vb, db, s, first, last in zip(vbs, dbs, sh, firsts, lasts, strict=True)
+    ]
+    return runs, m
+
+
 class MetadataNoSpace(Exception):
     """The metadata device has no free block (a real metadata operation failure)."""
 
@@ -634,31 +659,12 @@ class PoolMetadata:
         keys, values = leftmost_entries(found)
         n = len(keys)
         limit = n if found[0] is None else n - found[3]  # keys the runs may take
-        snapshotted = td.snapshotted_time
-        runs = []
-        s = 0
-        while s < n:
-            vb = keys[s]
-            if vb >= end:
-                break
-            value = values[s]
-            db = value >> TIME_BITS
-            shared = snapshotted > (value & TIME_MASK)
-            e = s + 1
-            while e < n and e - s + vb < end:
-                value = values[e]
-                if (
-                    keys[e] != vb + e - s
-                    or value >> TIME_BITS != db + e - s
-                    or (snapshotted > (value & TIME_MASK)) != shared
-                ):
-                    break
-                e += 1
-            ve = vb + e - s
-            if e > limit or (e == n and ve < end and found[0] is not None):
-                break  # a merge on the way, or the run may go on in the next leaf
-            runs.append((vb, ve, db, shared))
-            s = e
+        runs, s = _runs(keys, values, bisect_left(keys, end), td.snapshotted_time)
+        # a merge on the way (a run past ``limit``), or the last run may go on in the
+        # next leaf
+        while runs and (s > limit or (s == n and runs[-1][1] < end and found[0] is not None)):
+            vb, ve, _db, _shared = runs.pop()
+            s -= ve - vb
         if not runs:
             return None
         self.in_service = True
