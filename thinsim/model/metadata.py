@@ -76,16 +76,17 @@ def _runs(keys, values, m: int, snapshotted: int):
     shared = (v & np.uint64(TIME_MASK)) < snapshotted
     one = np.uint64(1)
     breaks = (k[1:] != k[:-1] + one) | (d[1:] != d[:-1] + one) | (shared[1:] != shared[:-1])
-    starts = np.flatnonzero(breaks) + 1
-    firsts = [0, *starts.tolist()]
-    lasts = [*starts.tolist(), m]
-    vbs = k[firsts].tolist()
-    dbs = d[firsts].tolist()
-    sh = shared[firsts].tolist()
-    runs = [
-        (vb, vb + last - first, db, s)
-        for vb, db, s, first, last in zip(vbs, dbs, sh, firsts, lasts, strict=True)
-    ]
+    ends = np.append(np.flatnonzero(breaks) + 1, m)  # each run's end, its start's index
+    firsts = np.insert(ends[:-1], 0, 0)
+    runs = list(
+        zip(
+            k[firsts].tolist(),
+            (k[ends - 1] + one).tolist(),
+            d[firsts].tolist(),
+            shared[firsts].tolist(),
+            strict=True,
+        )
+    )
     return runs, m
 
 
