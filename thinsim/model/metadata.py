@@ -64,6 +64,32 @@ def _data_block_equal(a: int, b: int) -> bool:
     return (a >> TIME_BITS) == (b >> TIME_BITS)
 
 
+def _runs(keys, values, m: int, snapshotted: int):
+    """The runs of the first ``m`` mappings of a leaf's (or two leaves') ``keys`` and
+    ``values``, each contiguous in virtual and data blocks with one sharing state, as
+    (virt_begin, virt_end, data_begin, shared) in order, with ``m``: found in C."""
+    if not m:
+        return [], 0
+    k = np.frombuffer(array("Q", keys[:m]), dtype=np.uint64)
+    v = np.frombuffer(array("Q", values[:m]), dtype=np.uint64)
+    d = v >> np.uint64(TIME_BITS)
+    shared = (v & np.uint64(TIME_MASK)) < snapshotted
+    one = np.uint64(1)
+    breaks = (k[1:] != k[:-1] + one) | (d[1:] != d[:-1] + one) | (shared[1:] != shared[:-1])
+    ends = np.append(np.flatnonzero(breaks) + 1, m)  # each run's end, its start's index
+    firsts = np.insert(ends[:-1], 0, 0)
+    runs = list(
+        zip(
+            k[firsts].tolist(),
+            (k[ends - 1] + one).tolist(),
+            d[firsts].tolist(),
+            shared[firsts].tolist(),
+            strict=True,
+        )
+    )
+    return runs, m
+
+
 class MetadataNoSpace(Exception):
     """The metadata device has no free block (a real metadata operation failure)."""
 
@@ -74,10 +100,12 @@ class PoolMetadata:
     # the last ``lookup_for_write``'s walk, for the ``overwrite_in_place`` after it (None
     # between writes: a pickled state has none)
     _walk = None
+    _new_at = None  # the last ``lookup_for_new``'s leaf, for ``insert_new_at``
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_walk", None)
+        state.pop("_new_at", None)
         return state
 
     def __init__(
@@ -335,45 +363,139 @@ class PoolMetadata:
 
     def lookup_for_write(self, td: ThinDevice, block: int):
         """``lookup`` for a write: the same walk, which also keeps its path for
-        ``overwrite_in_place`` (the insert that follows it goes down the same nodes)."""
+        ``overwrite_in_place`` (the insert that follows it goes down the same nodes), or,
+        where the block is missing from a leaf of the device's tree, for
+        ``insert_in_place`` (the value's index then that of the last key below it, -1 for
+        none, and the value None).  A walk that stops before such a leaf (the device's
+        tree missing, or an internal node whose first key is above the key: the insert
+        changes that key) keeps nothing."""
         blocks = self.tm.blocks
         path = []
         b = self.root
         key = td.id
         value = None
-        for level in (0, 1):
-            while True:
-                node = blocks[b]
-                path.append(b)
-                nkeys = node.keys
-                i = bisect_right(nkeys, key) - 1
-                if i < 0:
+        node = blocks[b]
+        path.append(b)
+        while True:  # the top level
+            nkeys = node.keys
+            i = bisect_right(nkeys, key) - 1
+            if i < 0:
+                self._walk = None
+                return None
+            if node.leaf:
+                if nkeys[i] != key:
                     self._walk = None
                     return None
-                if node.leaf:
-                    if nkeys[i] != key:
-                        self._walk = None
-                        return None
-                    value = node.values[i]
-                    break
                 b = node.values[i]
-            if level == 0:
-                b = value
-                key = block
+                break
+            b = node.values[i]
+            node = blocks[b]
+            path.append(b)
+        node = blocks[b]
+        path.append(b)
+        while True:  # the device's tree
+            nkeys = node.keys
+            i = bisect_right(nkeys, block) - 1
+            if node.leaf:
+                if i < 0 or nkeys[i] != block:
+                    self._walk = (self.root, td.id, block, path, node, i, None)
+                    return None
+                value = node.values[i]
+                break
+            if i < 0:
+                self._walk = None
+                return None
+            b = node.values[i]
+            node = blocks[b]
+            path.append(b)
         self._walk = (self.root, td.id, block, path, node, i, value)
         return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
 
-    def overwrite_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
-        """``insert_block`` of a block ``lookup_for_write`` found mapped, when the insert
-        would change nothing but its leaf (``BTreeInfo._insert_in_place``'s case: every
-        node on the walk's path shadowed in this transaction with one reference, no
-        internal node full): the old value's data block is released and the value set,
-        as that insert does, without walking down again.  False (nothing done) otherwise."""
-        walk = self._walk
+    def lookup_for_new(self, td: ThinDevice, block: int):
+        """``lookup`` for ``Pool.write_each_fast``: the same walk, which, where the block
+        is missing from a leaf of the device's tree and an insert there would change
+        nothing but that leaf (``BTreeInfo._insert_in_place``'s conditions, checked on
+        the way down: every node shadowed in this transaction with one reference, no
+        internal node full, the leaf not full), keeps that leaf and the index of the
+        last key below the block for ``insert_new_at``."""
+        tm = self.tm
+        blocks = tm.blocks
+        shadows = tm.shadows
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        ok = not tm.sm._bops
+        self._new_at = None
         self._walk = None
-        if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
+        b = self.root
+        key = td.id
+        node = blocks[b]
+        while True:  # the top level
+            if ok:
+                m = maps[b // entries]
+                ok = (
+                    b in shadows
+                    and m is not None
+                    and m[b % entries] == 1
+                    and (node.leaf or len(node.keys) < node.max_entries)
+                )
+            nkeys = node.keys
+            i = bisect_right(nkeys, key) - 1
+            if i < 0:
+                return None
+            b = node.values[i]
+            if node.leaf:
+                if nkeys[i] != key:
+                    return None
+                break
+            node = blocks[b]
+        node = blocks[b]
+        while True:  # the device's tree
+            if ok:
+                m = maps[b // entries]
+                ok = (
+                    b in shadows
+                    and m is not None
+                    and m[b % entries] == 1
+                    and len(node.keys) < node.max_entries
+                )
+            nkeys = node.keys
+            i = bisect_right(nkeys, block) - 1
+            if node.leaf:
+                if i < 0 or nkeys[i] != block:
+                    if ok:
+                        self._new_at = (self.root, td.id, block, node, i)
+                    return None
+                value = node.values[i]
+                return value >> TIME_BITS, td.snapshotted_time > (value & TIME_MASK)
+            if i < 0:
+                return None
+            b = node.values[i]
+            node = blocks[b]
+
+    def insert_new_at(self, td: ThinDevice, block: int, data_block: int) -> bool:
+        """``insert_block`` of the block ``lookup_for_new`` found missing, in the leaf it
+        kept, where the caller knows the metadata unchanged since that lookup (nothing
+        allocated, shadowed, counted or committed): key and value put after the last key
+        below the block, the device's count raised, as the insert does.  False (nothing
+        done) where that lookup kept nothing."""
+        at = self._new_at
+        self._new_at = None
+        if at is None or at[0] != self.root or at[1] != td.id or at[2] != block:
             return False
-        _root, _dev, _block, path, leaf, i, old = walk
+        leaf = at[3]
+        i = at[4] + 1
+        self.in_service = True
+        leaf.keys.insert(i, block)
+        leaf.values.insert(i, (data_block << TIME_BITS) | self.time)
+        td.changed = True
+        td.mapped_blocks += 1
+        return True
+
+    def _path_in_place(self, path) -> bool:
+        """Whether an insert down ``path`` (a walk's blocks, root first) would change
+        nothing but its leaf: ``BTreeInfo._insert_in_place``'s conditions on the way down
+        (every node shadowed in this transaction with one reference and still held, no
+        internal node full, no space-map operation pending)."""
         tm = self.tm
         if tm.sm._bops:
             return False
@@ -390,7 +512,22 @@ class PoolMetadata:
             node = blocks.get(b)
             if node is None or (not node.leaf and len(node.keys) == node.max_entries):
                 return False
-        if blocks.get(path[-1]) is not leaf or leaf.values[i] != old:
+        return True
+
+    def overwrite_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
+        """``insert_block`` of a block ``lookup_for_write`` found mapped, when the insert
+        would change nothing but its leaf (``BTreeInfo._insert_in_place``'s case: every
+        node on the walk's path shadowed in this transaction with one reference, no
+        internal node full): the old value's data block is released and the value set,
+        as that insert does, without walking down again.  False (nothing done) otherwise."""
+        walk = self._walk
+        self._walk = None
+        if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
+            return False
+        _root, _dev, _block, path, leaf, i, old = walk
+        if old is None or not self._path_in_place(path):
+            return False
+        if self.tm.blocks.get(path[-1]) is not leaf or leaf.values[i] != old:
             return False
         self.in_service = True
         value = pack_block_time(data_block, self.time)
@@ -398,6 +535,34 @@ class PoolMetadata:
             self._data_block_dec((old,))
         leaf.values[i] = value
         td.changed = True
+        return True
+
+    def insert_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
+        """``insert_block`` of a block ``lookup_for_write`` found missing from a leaf of
+        the device's tree, when the insert would change nothing but that leaf
+        (``BTreeInfo._insert_in_place``'s case: every node on the walk's path shadowed in
+        this transaction with one reference, no internal node full, the leaf not full):
+        the key and value are put in the leaf after the last key below the block, and the
+        device's count raised, as that insert does, without walking down again.  Checked
+        when called (the data block's allocation in between may commit, or shadow and
+        allocate metadata blocks); False (nothing done) otherwise."""
+        walk = self._walk
+        self._walk = None
+        if walk is None or walk[0] != self.root or walk[1] != td.id or walk[2] != block:
+            return False
+        _root, _dev, _block, path, leaf, i, old = walk
+        keys = leaf.keys
+        if old is not None or len(keys) == leaf.max_entries:
+            return False
+        if (i >= 0 and keys[i] >= block) or (i + 1 < len(keys) and keys[i + 1] <= block):
+            return False  # not where the block goes (a leaf changed since: not expected)
+        if not self._path_in_place(path) or self.tm.blocks.get(path[-1]) is not leaf:
+            return False
+        self.in_service = True
+        keys.insert(i + 1, block)
+        leaf.values.insert(i + 1, pack_block_time(data_block, self.time))
+        td.changed = True
+        td.mapped_blocks += 1
         return True
 
     def insert_block(self, td: ThinDevice, block: int, data_block: int) -> None:
@@ -495,31 +660,12 @@ class PoolMetadata:
         keys, values = leftmost_entries(found)
         n = len(keys)
         limit = n if found[0] is None else n - found[3]  # keys the runs may take
-        snapshotted = td.snapshotted_time
-        runs = []
-        s = 0
-        while s < n:
-            vb = keys[s]
-            if vb >= end:
-                break
-            value = values[s]
-            db = value >> TIME_BITS
-            shared = snapshotted > (value & TIME_MASK)
-            e = s + 1
-            while e < n and e - s + vb < end:
-                value = values[e]
-                if (
-                    keys[e] != vb + e - s
-                    or value >> TIME_BITS != db + e - s
-                    or (snapshotted > (value & TIME_MASK)) != shared
-                ):
-                    break
-                e += 1
-            ve = vb + e - s
-            if e > limit or (e == n and ve < end and found[0] is not None):
-                break  # a merge on the way, or the run may go on in the next leaf
-            runs.append((vb, ve, db, shared))
-            s = e
+        runs, s = _runs(keys, values, bisect_left(keys, end), td.snapshotted_time)
+        # a merge on the way (a run past ``limit``), or the last run may go on in the
+        # next leaf
+        while runs and (s > limit or (s == n and runs[-1][1] < end and found[0] is not None)):
+            vb, ve, _db, _shared = runs.pop()
+            s -= ve - vb
         if not runs:
             return None
         self.in_service = True

@@ -462,11 +462,15 @@ class Pool:
                 return self.pmd.lookup_for_write(td, vblock)
             return self.pmd.lookup(td, vblock)
         except CorruptNode as e:
-            e.log(self.log)
-            if not e.again:
-                fn = "process_cell" if self.mode == PM_WRITE else "__process_bio_read_only"
-                self.log.emit("thin", f"{fn}: dm_thin_find_block() failed: error = -{e.errno}")
-            raise error_for(E.EIO) from None
+            self._find_failed(e)
+
+    def _find_failed(self, e: CorruptNode) -> None:
+        """``find_block``'s lookup met a node that fails its checks: EIO (see there)."""
+        e.log(self.log)
+        if not e.again:
+            fn = "process_cell" if self.mode == PM_WRITE else "__process_bio_read_only"
+            self.log.emit("thin", f"{fn}: dm_thin_find_block() failed: error = -{e.errno}")
+        raise error_for(E.EIO) from None
 
     # -- modes -----------------------------------------------------------------------
 
@@ -811,7 +815,7 @@ class Pool:
                 if self.pf.zero_new_blocks and not whole:
                     store.zero(off, bb)
                 store.write(off + within, data)
-                self._insert(td, vblock, b)
+                self._insert_new(td, vblock, b)
                 return
             data_block, shared = r
             if shared:
@@ -830,6 +834,105 @@ class Pool:
             store.write(off + within, data)
         except OSError:
             pmd._walk = None
+            self._data_write_failed(off)
+
+    def write_each_fast(
+        self, td, offsets: list[int], start: int, data: bytes, seen: int, peak: int
+    ):
+        """``write_block`` of ``data`` at each of ``offsets[start:]`` (byte offsets into the
+        device, each write within one block) in turn, the transaction manager at rest
+        after each (``at_rest``), as long as none fails and the log keeps ``seen`` lines
+        (the write that logged one is not followed by ``at_rest``: the caller's part):
+        a container's random 4 KiB writes, without a call a write.  The commonest case's
+        steps are inline: a write to a block the device has not mapped, in write mode,
+        its data block allocated without an event or a commit
+        (``_DiskLowLevel.new_in_place``), its insert made in the leaf the lookup found
+        (``PoolMetadata.lookup_for_new`` and ``insert_new_at``); any other case is
+        ``write_block``'s (a block found mapped: its lookup, the same walk, finds it
+        again).  Returns (the index after the last write made, the most data blocks in
+        use after any write made or ``peak``, the error that write failed with or None)."""
+        pmd = self.pmd
+        data_sm = pmd.data_sm
+        ll = data_sm.ll
+        lookup = pmd.lookup_for_new
+        new_in_place = ll.new_in_place
+        at_rest = pmd.tm.at_rest
+        lines = self.log.lines
+        bb = self.block_bytes
+        for k in range(start, len(offsets)):
+            off = offsets[k]
+            vblock = off // bb
+            within = off - vblock * bb
+            try:
+                if self.mode != PM_WRITE:
+                    self.write_block(td, vblock, within, data)
+                else:
+                    try:
+                        r = lookup(td, vblock)
+                    except CorruptNode as e:
+                        self._find_failed(e)
+                    if r is not None:
+                        self.write_block(td, vblock, within, data)
+                    else:
+                        # alloc_data_block where free space is above the low water mark
+                        # (or the event raised already): no event, no commit for want
+                        # of a free block
+                        free = data_sm.old_nr_blocks - ll.nr_allocated
+                        b = None
+                        if free > self.low_water_blocks or (free and self.low_water_triggered):
+                            pmd.in_service = True  # PoolMetadata.alloc_data_block
+                            b = new_in_place(data_sm.begin)
+                        if b is None:
+                            self._write_new(td, vblock, within, data)
+                        else:
+                            data_sm.begin = b + 1
+                            self._write_allocated(td, vblock, within, data, b)
+            except ThinsimError as e:
+                return k + 1, peak, e
+            allocated = ll.nr_allocated
+            peak = max(peak, allocated)
+            if len(lines) != seen:
+                return k + 1, peak, None  # the caller reads the lines, then at rest
+            at_rest()
+        return len(offsets), peak, None
+
+    def _write_allocated(self, td, vblock: int, within: int, data: bytes, b: int) -> None:
+        """``write_block``'s steps for a block ``lookup_for_new`` found unmapped, after
+        ``new_in_place`` allocated data block ``b``: alloc_data_block's check of the
+        metadata reserve, the data written, the insert."""
+        pmd = self.pmd
+        bb = self.block_bytes
+        store = self.store
+        try:
+            unchanged = pmd.free_metadata_blocks()
+            if not unchanged and not self._commit():
+                self._unserviceable()  # alloc_data_block's NoSpace, in _new_block_for
+            off = b * bb
+            if self.pf.zero_new_blocks and not (within == 0 and len(data) == bb):
+                store.zero(off, bb)
+            store.write(off + within, data)
+            # nothing changed the metadata since the lookup unless that commit ran
+            if not (unchanged and pmd.insert_new_at(td, vblock, b)):
+                self._insert(td, vblock, b)
+        except OSError:
+            pmd._walk = None
+            self._data_write_failed(off)
+
+    def _write_new(self, td, vblock: int, within: int, data: bytes) -> None:
+        """``write_block``'s steps for a block its lookup found unmapped, from the data
+        block's allocation on (the insert walks down from the root: ``lookup_for_new``
+        keeps no walk for ``insert_in_place``)."""
+        bb = self.block_bytes
+        store = self.store
+        try:
+            b = self._new_block_for()
+            off = b * bb
+            if self.pf.zero_new_blocks and not (within == 0 and len(data) == bb):
+                store.zero(off, bb)
+            store.write(off + within, data)
+            self._insert(td, vblock, b)
+        except OSError:
+            self.pmd._walk = None
             self._data_write_failed(off)
 
     def _data_write_failed(self, off: int) -> None:
@@ -859,6 +962,14 @@ class Pool:
         except NoSpace:
             self._metadata_operation_failed("dm_thin_insert_block", E.ENOSPC)
             raise error_for(E.EIO) from None
+
+    def _insert_new(self, td, vblock: int, data_block: int) -> None:
+        """``_insert`` of a block this bio's ``find_block`` found unmapped: made in the leaf
+        that lookup found, without walking down again, where the insert would change
+        nothing else (``PoolMetadata.insert_in_place``: a container's writes to its
+        device, nearly all to blocks it has not mapped yet)."""
+        if not self.pmd.insert_in_place(td, vblock, data_block):
+            self._insert(td, vblock, data_block)
 
     def write_whole_blocks(self, td, vblock: int, data) -> None:
         """Whole-block writes to consecutive virtual blocks from ``vblock``: what one
@@ -957,8 +1068,6 @@ class Pool:
         bb = self.block_bytes
         data_sm = pmd.data_sm
         pinned = []
-        get_count = data_sm.get_count
-        ll = data_sm.ll
         discard = self.store.discard
         while begin < end:
             try:
@@ -969,32 +1078,18 @@ class Pool:
                     e.forget()
                 runs = None
             if runs is not None:
-                # each run's steps after its removal walks (see take_leftmost_runs)
+                # each run's steps after its removal walks (see take_leftmost_runs):
+                # remove_range's decrements, a mapping at a time, then the pin
+                # (dm_pool_inc_data_range), which leave every count as it was, so the
+                # passdowns after them all read the counts each would have read
+                self._dec_inc_runs(runs)
                 for vb, ve, db, maybe_shared in runs:
                     de = db + (ve - vb)
-                    # remove_range's decrements, a mapping at a time, then the pin
-                    # (dm_pool_inc_data_range)
-                    if not ll.dec_inc_in_place(db, de - db):
-                        if de - db == 1:
-                            data_sm.dec(db)
-                        else:
-                            data_sm.dec_many(range(db, de))
-                        data_sm.inc_many(range(db, de))
                     pinned.append((db, de))
-                    b = db
-                    while b < de:
-                        if maybe_shared:
-                            while b < de and get_count(b) > 1:
-                                b += 1
-                            if b == de:
-                                break
-                            e = b + 1
-                            while e < de and get_count(e) <= 1:
-                                e += 1
-                        else:
-                            e = de
-                        discard(b * bb, (e - b) * bb)
-                        b = e
+                    if maybe_shared:
+                        self._pass_down(db, de, True)
+                    else:
+                        discard(db * bb, (de - db) * bb)
                 begin = ve
                 continue
             try:
@@ -1012,23 +1107,49 @@ class Pool:
             data_sm.inc_many(range(db, de))  # dm_pool_inc_data_range
             pinned.append((db, de))
             # passdown (double checking the shared status when maybe shared)
-            b = db
-            while b < de:
-                if maybe_shared:
-                    while b < de and data_sm.get_count(b) > 1:
-                        b += 1
-                    if b == de:
-                        break
-                    e = b + 1
-                    while e < de and data_sm.get_count(e) <= 1:
-                        e += 1
-                else:
-                    e = de
-                self.store.discard(b * bb, (e - b) * bb)
-                b = e
+            self._pass_down(db, de, maybe_shared)
             begin = ve
         # dm_pool_dec_data_range of each run in turn
         data_sm.dec_many(chain.from_iterable(range(db, de) for db, de in pinned))
+
+    def _dec_inc_runs(self, runs) -> None:
+        """For each of ``take_leftmost_runs``' runs in turn, its blocks' counts decremented
+        (``_data_block_dec`` of each value) and incremented again (the pin): in place
+        (``_DiskLowLevel.dec_inc_runs_in_place``) up to a run that cannot be, which takes
+        the space map's calls.  Where those calls fail, the runs before are passed down
+        first, as each run's steps one after the other leave it."""
+        data_sm = self.pmd.data_sm
+        ll = data_sm.ll
+        k = 0
+        n = len(runs)
+        while k < n:
+            k = ll.dec_inc_runs_in_place(runs, k)
+            if k == n:
+                break
+            vb, ve, db, _ = runs[k]
+            de = db + (ve - vb)
+            try:
+                if de - db == 1:
+                    data_sm.dec(db)
+                else:
+                    data_sm.dec_many(range(db, de))
+                data_sm.inc_many(range(db, de))
+            except BaseException:
+                for vb, ve, db, maybe_shared in runs[:k]:
+                    self._pass_down(db, db + (ve - vb), maybe_shared)
+                raise
+            k += 1
+
+    def _pass_down(self, db: int, de: int, maybe_shared: bool) -> None:
+        """A removed run's passdown: its blocks discarded on the data device, where maybe
+        shared only the runs of those no other mapping holds (double checked)."""
+        bb = self.block_bytes
+        discard = self.store.discard
+        if not maybe_shared:
+            discard(db * bb, (de - db) * bb)
+            return
+        for b, e in self.pmd.data_sm.ll.runs_at_most_one(db, de):
+            discard(b * bb, (e - b) * bb)
 
     def flush(self, td) -> None:
         """An empty flush bio to a thin (it carries sector 0).

@@ -855,6 +855,11 @@ class LowLevel:
         return changed
 
 
+# a bitmap entry -> 1 where the block's count is at most 1 (entries are 0, 1, 2, or 3
+# for a count of 3 or more)
+_AT_MOST_ONE = bytes.maketrans(b"\x00\x01\x02\x03", b"\x01\x01\x00\x00")
+
+
 class _DiskLowLevel(LowLevel):
     """The data device's ll (sm_ll_new_disk): its index is a btree, written at commit."""
 
@@ -971,6 +976,41 @@ class _DiskLowLevel(LowLevel):
             self._writeback(held)
         self.dirty[slot] = index
 
+    def new_in_place(self, begin: int, _entries: int = ENTRIES_PER_BITMAP) -> int | None:
+        """``find_common_free(begin)`` then ``set_count(b, 1)`` for the block it finds,
+        where that block is in ``begin``'s bitmap and the bitmap a shadow of this
+        transaction whose index entry the ie cache holds (``set_count``'s
+        ``_index_changed`` then changes nothing): the count set and the last commit's
+        count 0 kept, as those calls do.  Returns the block, or None with nothing done
+        (the caller takes those calls)."""
+        index = begin // _entries
+        if begin >= self.nr_blocks:
+            return None
+        m = self.maps[index]
+        if (
+            m is None
+            or self.bitmaps[index] not in self.tm.shadows
+            or self.dirty.get(ie_slot(index)) != index
+        ):
+            return None
+        old = self.old
+        codes = old.codes.get(index)
+        if codes is None:
+            return None
+        start = index * _entries
+        hi = self.nr_blocks - start
+        e = m.find(0, begin - start, hi)
+        while e >= 0 and codes[e] > 1:  # in use at the last commit
+            e = m.find(0, e + 1, hi)
+        if e < 0:
+            return None
+        if not codes[e]:
+            codes[e] = 1  # OldCounts.keep of count 0
+            old.n += 1
+        m[e] = 1
+        self.nr_allocated += 1
+        return start + e
+
     def dec_inc_in_place(self, b: int, n: int) -> bool:
         """``set_count(x, c - 1)``, then ``set_count(x, c)``, for each of the ``n`` blocks
         from ``b`` (a discard's removal of a run, then its pin), where that changes
@@ -1003,6 +1043,91 @@ class _DiskLowLevel(LowLevel):
                 codes[i] = m[i] + 1
                 old.n += 1
         return True
+
+    def runs_at_most_one(self, b: int, e: int, _entries: int = ENTRIES_PER_BITMAP) -> list:
+        """The maximal runs of blocks in [b, e) whose count is at most 1, in order, as
+        (begin, end): what ``get_count`` block by block tells (a bitmap entry of 2 or 3
+        is a count above 1), read a bitmap's stretch at a time."""
+        out: list = []
+        maps = self.maps
+        while b < e:
+            index = b // _entries
+            start = index * _entries
+            lo = b - start
+            hi = min(e - start, _entries)
+            m = maps[index]
+            if m is None:
+                found = [(b, start + hi)]
+            else:
+                t = m[lo:hi].translate(_AT_MOST_ONE)
+                found = []
+                i = t.find(1)
+                while i >= 0:
+                    j = t.find(0, i)
+                    if j < 0:
+                        j = len(t)
+                    found.append((b + i, b + j))
+                    i = t.find(1, j)
+            for r in found:
+                if out and out[-1][1] == r[0]:
+                    out[-1] = (out[-1][0], r[1])  # a run on over the bitmap's end
+                else:
+                    out.append(r)
+            b = start + hi
+        return out
+
+    def dec_inc_runs_in_place(self, runs, start: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
+        """``dec_inc_in_place(db, ve - vb)`` for each of ``runs[start:]`` ((virt_begin,
+        virt_end, data_begin, shared), a discard's runs) in turn, up to the first it
+        would refuse; returns that run's index (``len(runs)`` for none).  What those
+        calls check for a bitmap holds until one refuses: they change nothing but the
+        last commit's counts kept."""
+        maps, bitmaps, shadows, dirty = self.maps, self.bitmaps, self.tm.shadows, self.dirty
+        old = self.old
+        fresh = 0
+        index_ok = -1  # the bitmap last found to meet the conditions
+        codes = None
+        try:
+            for k in range(start, len(runs)):
+                vb, ve, db, _ = runs[k]
+                n = ve - vb
+                index = db // _entries
+                e = db - index * _entries
+                end = e + n
+                m = maps[index]
+                if index != index_ok:
+                    if (
+                        m is None
+                        or bitmaps[index] not in shadows
+                        or dirty.get(ie_slot(index)) != index
+                    ):
+                        return k
+                    index_ok = index
+                    codes = None
+                if end > _entries:
+                    return k
+                if n == 1:
+                    c = m[e]
+                    if c != 1 and c != 2:
+                        return k
+                    if codes is None:
+                        codes = old.for_bitmap(index)
+                    if not codes[e]:
+                        codes[e] = c + 1
+                        fresh += 1
+                    continue
+                seg = m[e:end]
+                if seg.count(1) + seg.count(2) != n:
+                    return k
+                if codes is None:
+                    codes = old.for_bitmap(index)
+                for i in range(e, end):
+                    if not codes[i]:
+                        codes[i] = m[i] + 1
+                        fresh += 1
+            return len(runs)
+        finally:
+            old.n += fresh
 
     def _writeback(self, index: int) -> None:
         self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
@@ -1057,6 +1182,10 @@ class DiskSpaceMap:
     def new_block(self) -> int:
         """sm_disk_new_block: next fit from the cursor, then from the start."""
         ll = self.ll
+        b = ll.new_in_place(self.begin)
+        if b is not None:
+            self.begin = b + 1
+            return b
         try:
             b = ll.find_common_free(self.begin)
         except NoSpace:
