@@ -8,6 +8,7 @@ send their bios here; the pool processes each bio at once, in the order the work
 from __future__ import annotations
 
 import errno as E
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from itertools import chain
 
@@ -18,6 +19,8 @@ from .metadata import (
     MAX_DEV_ID,
     SECTORS_PER_MD_BLOCK,
     THIN_METADATA_MAX_SECTORS,
+    TIME_BITS,
+    TIME_MASK,
     PoolMetadata,
 )
 from .space_map import FormatError, NoSpace
@@ -831,6 +834,112 @@ class Pool:
         except OSError:
             pmd._walk = None
             self._data_write_failed(off)
+
+    def write_blocks(
+        self, td, vblocks, withins, data: bytes, start: int, end: int, rest: bool = False
+    ) -> tuple[int, int, ThinsimError | None]:
+        """``write_block(td, vblocks[k], withins[k], data)`` for k from ``start`` to ``end``
+        (a run of small writes, ascending), stopping after a write that logged a line (the
+        caller reads it before the next write) or at the first that fails.  Returns (writes
+        done, the most data blocks allocated after any of them, the failed write's error
+        or None).  ``rest``: between two writes the caller says no one holds a node
+        (``tm.at_rest``), as it would after each one.
+
+        A write to a block mapped in the leaf where the last one set its value in place
+        (``PoolMetadata.overwrite_leaf``; a day's churn puts some 12 writes in each leaf,
+        the first of them shadowing it) does what ``write_block`` does for it without the
+        walks down the tree: the allocation (alloc_data_block), the copy or write, then
+        the value set in the leaf with the old block released (``set_in_leaf``), the
+        lookup's and insert's walks going down the same nodes."""
+        pmd = self.pmd
+        tm = pmd.tm
+        sm = tm.sm
+        bb = self.block_bytes
+        store = self.store
+        lines = self.log.lines
+        nlines = len(lines)
+        ll = pmd.data_sm.ll
+        snapshotted = td.snapshotted_time
+        whole_size = len(data) == bb
+        peak = 0
+        leaf = None  # the leaf of the last write set in place, while it holds
+        keys = values = nodes = None
+        root = commit_count = j = 0
+        k = start
+        try:
+            while k < end:
+                if rest and k > start:
+                    held = len(tm.blocks)
+                    tm.at_rest()
+                    if leaf is not None and len(tm.blocks) != held:
+                        # the cache wrote nodes out: the walk would read them back
+                        blocks = tm.blocks
+                        for b, node in nodes:
+                            if blocks.get(b) is not node:
+                                leaf = None
+                                break
+                vb = vblocks[k]
+                within = withins[k]
+                if (
+                    leaf is not None
+                    and pmd.root == root
+                    and pmd.commit_count == commit_count
+                    and not sm._bops
+                ):
+                    if j >= len(keys) or keys[j] > vb:
+                        j = 0
+                    j = bisect_left(keys, vb, j)
+                    if j == len(keys) or keys[j] != vb:
+                        leaf = None
+                else:
+                    leaf = None
+                if leaf is None and self.mode == PM_WRITE:
+                    found = pmd.overwrite_leaf(td, vb)
+                    if found is not None:
+                        leaf, j, nodes = found
+                        keys, values = leaf.keys, leaf.values
+                        root, commit_count = pmd.root, pmd.commit_count
+                if leaf is None or self.mode != PM_WRITE:
+                    leaf = None
+                    self.write_block(td, vb, within, data)
+                else:
+                    value = values[j]
+                    data_block = value >> TIME_BITS
+                    if snapshotted > (value & TIME_MASK):
+                        # write_block's shared case
+                        b = self._new_block_for()
+                        off = b * bb
+                        try:
+                            if not (within == 0 and whole_size):
+                                store.copy(data_block * bb, off, bb)
+                            store.write(off + within, data)
+                        except OSError:
+                            self._data_write_failed(off)
+                        if pmd.commit_count != commit_count:
+                            # the allocation committed: the walk's nodes are no shadows
+                            # now, so the insert walks down (overwrite_in_place declines)
+                            leaf = None
+                            self._insert(td, vb, b)
+                        else:
+                            try:
+                                pmd.set_in_leaf(td, leaf, j, b)
+                            except NoSpace:
+                                self._metadata_operation_failed("dm_thin_insert_block", E.ENOSPC)
+                                raise error_for(E.EIO) from None
+                    else:
+                        off = data_block * bb
+                        try:
+                            store.write(off + within, data)
+                        except OSError:
+                            self._data_write_failed(off)
+                a = ll.nr_allocated
+                peak = max(peak, a)
+                k += 1
+                if len(lines) != nlines:
+                    break
+        except ThinsimError as e:
+            return k - start, peak, e
+        return k - start, peak, None
 
     def _data_write_failed(self, off: int) -> None:
         """A write to the data device failed (its file system is full, or its file cannot
