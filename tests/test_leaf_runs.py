@@ -151,7 +151,7 @@ def _signature(pool: Pool):
     md=st.sampled_from([1 * MiB, 2 * MiB, 16 * MiB]),
     data=st.sampled_from([4 * GiB, GiB // 4]),
     lwm=st.sampled_from([0, 0, 50, 3000]),
-    cache=st.sampled_from([None, 8, 48]),
+    cache=st.sampled_from([None, 8, 48, 2000]),
     fill=st.integers(300, 8000),
     limit=st.sampled_from([3, 50, 4097]),
     days=st.lists(

@@ -640,6 +640,22 @@ class PoolMetadata:
         leaf.values[i] = pack_block_time(data_block, self.time)
         td.changed = True
 
+    def set_run_in_leaf(self, td: ThinDevice, leaf, indexes, data_begin: int) -> None:
+        """``set_in_leaf`` for the entries ``indexes`` of ``leaf`` in turn, the i-th given
+        data block ``data_begin + i`` (blocks just allocated, so each differs from the
+        old one), with the old blocks released together after the values are set (one
+        ``data_block_dec`` of them, the same counts in the same order): for a caller that
+        has made sure no release frees a block or changes what the others see (the
+        writes of ``Pool._leaf_run``)."""
+        self.in_service = True
+        values = leaf.values
+        olds = [values[i] for i in indexes]
+        t = self.time
+        for x, i in enumerate(indexes):
+            values[i] = pack_block_time(data_begin + x, t)
+        td.changed = True
+        self._data_block_dec(olds)
+
     def highest_mapped(self, td: ThinDevice) -> int | None:
         root = self.tl_info.lookup(self.root, (td.id,))
         return self.bl_info.find_highest_key(root)

@@ -23,7 +23,7 @@ from .metadata import (
     TIME_MASK,
     PoolMetadata,
 )
-from .space_map import FormatError, NoSpace
+from .space_map import FormatError, NoSpace, ie_slot
 from .store import AccountingStore, DataStore
 
 SECTOR = SECTOR_SIZE
@@ -905,6 +905,15 @@ class Pool:
                 else:
                     value = values[j]
                     data_block = value >> TIME_BITS
+                    if (
+                        k + 1 < end
+                        and snapshotted > (value & TIME_MASK)
+                        and not store.keeps_data
+                        and (ran := self._leaf_run(td, leaf, j, vblocks, withins, data, k, end))
+                    ):
+                        k += ran
+                        peak = max(peak, ll.nr_allocated)
+                        continue
                     if snapshotted > (value & TIME_MASK):
                         # write_block's shared case
                         b = self._new_block_for()
@@ -940,6 +949,122 @@ class Pool:
         except ThinsimError as e:
             return k - start, peak, e
         return k - start, peak, None
+
+    # bounds on what one data block's release (a count of 2 or more going down by one) can
+    # take: metadata blocks allocated (a data bitmap shadowed, an index entry written back,
+    # a reference-count btree insert or removal; their own bitmaps' shadows), and nodes
+    # added to the node cache (shadows, splits, siblings read back), with room to spare
+    _RUN_MD_PER_RELEASE = 256
+    _RUN_NODES_PER_RELEASE = 64
+
+    def _leaf_run(self, td, leaf, j: int, vblocks, withins, data: bytes, k: int, end: int) -> int:
+        """``write_blocks``' writes from ``k`` (the first at index ``j`` of ``leaf``, found
+        as there) taken as a run, where that provably leaves what they leave one at a
+        time: how many it did (0: none; the caller takes them one at a time).
+
+        A run is writes to distinct blocks of the leaf, each shared (so each allocates a
+        block, copies, sets its value in place and releases the old block).  One at a
+        time the order is alloc, release, alloc, release...; here the allocations come
+        first, as one run of consecutive blocks (``DiskSpaceMap.new_run``), then the
+        values, then the releases in the same order (one ``dec_many``).  The orders leave
+        the same state when neither part sees the other:
+
+        - the allocations change no metadata: their bitmap is a shadow of this
+          transaction and holds its index-cache slot, which no released block's bitmap
+          shares (so no release writes that entry back in between);
+        - no release frees a block (every count is 2 or more), so the allocations see
+          the same free blocks and counts, and the count of blocks allocated only grows;
+        - each allocation's checks (alloc_data_block) pass plainly: data above the low
+          water mark (or the event sent), metadata above its reserve and threshold with
+          room for what the releases may take (``_RUN_MD_PER_RELEASE`` each), so no event,
+          commit or failure comes between;
+        - the node cache has room for what the releases may add (``_RUN_NODES_PER_RELEASE``
+          each), so the caller's rest between two writes (``tm.at_rest``) does nothing;
+        - the store keeps no payload: none of its operations fails."""
+        pmd = self.pmd
+        data_sm = pmd.data_sm
+        ll = data_sm.ll
+        tm = pmd.tm
+        msm = tm.sm
+        if msm._bops:
+            return 0
+        # how many writes the checks allow, most limiting first
+        cap = end - k
+        blocks = tm.blocks
+        limit = getattr(blocks, "limit", None)
+        if limit is not None:
+            cap = min(cap, (limit - len(blocks)) // self._RUN_NODES_PER_RELEASE)
+        mfree = msm.nr_free()
+        cap = min(cap, (mfree - pmd.metadata_reserve - 1) // self._RUN_MD_PER_RELEASE)
+        t = msm.threshold
+        if t is not None and not (msm._value is not None and msm._value <= t):
+            cap = min(cap, (mfree - t - 1) // self._RUN_MD_PER_RELEASE)
+        free = data_sm.nr_free()
+        cap = min(cap, free if self.low_water_triggered else free - self.low_water_blocks)
+        if cap < 2:
+            return 0
+        # the writes
+        keys, values = leaf.keys, leaf.values
+        snapshotted = td.snapshotted_time
+        get_count = ll.get_count
+        entries = ll.ENTRIES_PER_BITMAP
+        olds = []
+        idx = []
+        last = -1
+        nkeys = len(keys)
+        i = k
+        end = k + cap
+        while i < end:
+            vb = vblocks[i]
+            if vb <= last:
+                break
+            j = bisect_left(keys, vb, j)
+            if j == nkeys or keys[j] != vb:
+                break
+            value = values[j]
+            if snapshotted <= (value & TIME_MASK):
+                break
+            old = value >> TIME_BITS
+            if get_count(old) < 2:
+                break
+            olds.append(old)
+            idx.append(j)
+            last = vb
+            i += 1
+        r = len(olds)
+        if r < 2:
+            return 0
+        # where the allocations go
+        try:
+            b0 = ll.find_common_free(data_sm.begin)
+        except NoSpace:
+            return 0
+        index = b0 // entries
+        slot = ie_slot(index)
+        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
+            return 0
+        for x, old in enumerate(olds):
+            oi = old // entries
+            if oi != index and ie_slot(oi) == slot:
+                # this one's release would write the allocations' entry back: the run
+                # ends before it
+                r = x
+                break
+        if r < 2 or len(set(olds[:r])) != r:
+            return 0
+        b, n = data_sm.new_run(r)
+        pmd.in_service = True  # dm_pool_alloc_data_block
+        bb = self.block_bytes
+        store = self.store
+        whole_size = len(data) == bb
+        for x in range(n):
+            off = (b + x) * bb
+            within = withins[k + x]
+            if not (within == 0 and whole_size):
+                store.copy(olds[x] * bb, off, bb)
+            store.write(off + within, data)
+        pmd.set_run_in_leaf(td, leaf, idx[:n], b)
+        return n
 
     def _data_write_failed(self, off: int) -> None:
         """A write to the data device failed (its file system is full, or its file cannot
