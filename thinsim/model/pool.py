@@ -850,7 +850,10 @@ class Pool:
         the first of them shadowing it) does what ``write_block`` does for it without the
         walks down the tree: the allocation (alloc_data_block), the copy or write, then
         the value set in the leaf with the old block released (``set_in_leaf``), the
-        lookup's and insert's walks going down the same nodes."""
+        lookup's and insert's walks going down the same nodes.  The shared writes that
+        follow it in the leaf are taken together where that leaves the same
+        (``_leaf_run``: their blocks allocated as one run, their old blocks released by
+        one ``dec_many``)."""
         pmd = self.pmd
         tm = pmd.tm
         sm = tm.sm
