@@ -1006,11 +1006,20 @@ class Pool:
         cap = min(cap, free if self.low_water_triggered else free - self.low_water_blocks)
         if cap < 2:
             return 0
+        # where the allocations go
+        try:
+            b0 = ll.find_common_free(data_sm.begin)
+        except NoSpace:
+            return 0
+        entries = ll.ENTRIES_PER_BITMAP
+        index = b0 // entries
+        slot = ie_slot(index)
+        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
+            return 0
         # the writes
         keys, values = leaf.keys, leaf.values
         snapshotted = td.snapshotted_time
         get_count = ll.get_count
-        entries = ll.ENTRIES_PER_BITMAP
         olds = []
         idx = []
         last = -1
@@ -1036,15 +1045,6 @@ class Pool:
             i += 1
         r = len(olds)
         if r < 2:
-            return 0
-        # where the allocations go
-        try:
-            b0 = ll.find_common_free(data_sm.begin)
-        except NoSpace:
-            return 0
-        index = b0 // entries
-        slot = ie_slot(index)
-        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
             return 0
         for x, old in enumerate(olds):
             oi = old // entries
