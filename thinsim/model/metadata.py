@@ -729,6 +729,79 @@ class PoolMetadata:
                     i += 1
         return begin, virt_end, data_begin, shared
 
+    def overwrite_leaf(self, td: ThinDevice, block: int):
+        """The mapping leaf where ``overwrite_in_place`` would set ``block``'s value after a
+        ``lookup_for_write`` of it made now, as (leaf, index of ``block`` in it, the walk's
+        nodes as (block number, node) pairs); None where it would not (``block``
+        unmapped, a node on the walk not held in memory, not a shadow of this transaction
+        with one reference, an internal node full, counts queued).  Nothing is read from
+        the metadata device and nothing changes.
+
+        While the transaction goes on and nothing but values in that leaf changes
+        (``set_in_leaf``) and the walk's nodes stay held, the answer for another key
+        found in the leaf is the same leaf: a key is in the one leaf its walk reaches."""
+        tm = self.tm
+        if tm.sm._bops:
+            return None
+        blocks = tm.blocks
+        shadows = tm.shadows
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        nodes = []
+        b = self.root
+        key = td.id
+        for level in (0, 1):
+            while True:
+                node = blocks.get(b)
+                if node is None or b not in shadows:
+                    return None
+                m = maps[b // entries]
+                if m is None or m[b % entries] != 1:
+                    return None
+                nodes.append((b, node))
+                nkeys = node.keys
+                i = bisect_right(nkeys, key) - 1
+                if i < 0:
+                    return None
+                if node.leaf:
+                    if nkeys[i] != key:
+                        return None
+                    break
+                if len(nkeys) == node.max_entries:
+                    return None
+                b = node.values[i]
+            if level == 0:
+                b = node.values[i]
+                key = block
+        return node, i, nodes
+
+    def set_in_leaf(self, td: ThinDevice, leaf, i: int, data_block: int) -> None:
+        """``overwrite_in_place``'s change, in the leaf ``overwrite_leaf`` found (its
+        conditions holding still): the old value's data block released (NoSpace where
+        that fails, the value unchanged), then the new value set."""
+        self.in_service = True
+        old = leaf.values[i]
+        if (old >> TIME_BITS) != data_block:
+            self._data_block_dec((old,))
+        leaf.values[i] = pack_block_time(data_block, self.time)
+        td.changed = True
+
+    def set_run_in_leaf(self, td: ThinDevice, leaf, indexes, data_begin: int) -> None:
+        """``set_in_leaf`` for the entries ``indexes`` of ``leaf`` in turn, the i-th given
+        data block ``data_begin + i`` (blocks just allocated, so each differs from the
+        old one), with the old blocks released together after the values are set (one
+        ``data_block_dec`` of them, the same counts in the same order): for a caller that
+        has made sure no release frees a block or changes what the others see (the
+        writes of ``Pool._leaf_run``)."""
+        self.in_service = True
+        values = leaf.values
+        olds = [values[i] for i in indexes]
+        t = self.time
+        for x, i in enumerate(indexes):
+            values[i] = pack_block_time(data_begin + x, t)
+        td.changed = True
+        self._data_block_dec(olds)
+
     def highest_mapped(self, td: ThinDevice) -> int | None:
         root = self.tl_info.lookup(self.root, (td.id,))
         return self.bl_info.find_highest_key(root)

@@ -8,6 +8,7 @@ send their bios here; the pool processes each bio at once, in the order the work
 from __future__ import annotations
 
 import errno as E
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from itertools import chain
 
@@ -18,9 +19,11 @@ from .metadata import (
     MAX_DEV_ID,
     SECTORS_PER_MD_BLOCK,
     THIN_METADATA_MAX_SECTORS,
+    TIME_BITS,
+    TIME_MASK,
     PoolMetadata,
 )
-from .space_map import FormatError, NoSpace
+from .space_map import FormatError, NoSpace, ie_slot
 from .store import AccountingStore, DataStore
 
 SECTOR = SECTOR_SIZE
@@ -934,6 +937,240 @@ class Pool:
         except OSError:
             self.pmd._walk = None
             self._data_write_failed(off)
+
+    def write_blocks(
+        self, td, vblocks, withins, data: bytes, start: int, end: int, rest: bool = False
+    ) -> tuple[int, int, ThinsimError | None]:
+        """``write_block(td, vblocks[k], withins[k], data)`` for k from ``start`` to ``end``
+        (a run of small writes, ascending), stopping after a write that logged a line (the
+        caller reads it before the next write) or at the first that fails.  Returns (writes
+        done, the most data blocks allocated after any of them, the failed write's error
+        or None).  ``rest``: between two writes the caller says no one holds a node
+        (``tm.at_rest``), as it would after each one.
+
+        A write to a block mapped in the leaf where the last one set its value in place
+        (``PoolMetadata.overwrite_leaf``; a day's churn puts some 12 writes in each leaf,
+        the first of them shadowing it) does what ``write_block`` does for it without the
+        walks down the tree: the allocation (alloc_data_block), the copy or write, then
+        the value set in the leaf with the old block released (``set_in_leaf``), the
+        lookup's and insert's walks going down the same nodes.  The shared writes that
+        follow it in the leaf are taken together where that leaves the same
+        (``_leaf_run``: their blocks allocated as one run, their old blocks released by
+        one ``dec_many``)."""
+        pmd = self.pmd
+        tm = pmd.tm
+        sm = tm.sm
+        bb = self.block_bytes
+        store = self.store
+        lines = self.log.lines
+        nlines = len(lines)
+        ll = pmd.data_sm.ll
+        snapshotted = td.snapshotted_time
+        whole_size = len(data) == bb
+        peak = 0
+        leaf = None  # the leaf of the last write set in place, while it holds
+        keys = values = nodes = None
+        root = commit_count = j = 0
+        k = start
+        try:
+            while k < end:
+                if rest and k > start:
+                    held = len(tm.blocks)
+                    tm.at_rest()
+                    if leaf is not None and len(tm.blocks) != held:
+                        # the cache wrote nodes out: the walk would read them back
+                        blocks = tm.blocks
+                        for b, node in nodes:
+                            if blocks.get(b) is not node:
+                                leaf = None
+                                break
+                vb = vblocks[k]
+                within = withins[k]
+                if (
+                    leaf is not None
+                    and pmd.root == root
+                    and pmd.commit_count == commit_count
+                    and not sm._bops
+                ):
+                    if j >= len(keys) or keys[j] > vb:
+                        j = 0
+                    j = bisect_left(keys, vb, j)
+                    if j == len(keys) or keys[j] != vb:
+                        leaf = None
+                else:
+                    leaf = None
+                if leaf is None and self.mode == PM_WRITE:
+                    found = pmd.overwrite_leaf(td, vb)
+                    if found is not None:
+                        leaf, j, nodes = found
+                        keys, values = leaf.keys, leaf.values
+                        root, commit_count = pmd.root, pmd.commit_count
+                if leaf is None or self.mode != PM_WRITE:
+                    leaf = None
+                    self.write_block(td, vb, within, data)
+                else:
+                    value = values[j]
+                    data_block = value >> TIME_BITS
+                    if (
+                        k + 1 < end
+                        and snapshotted > (value & TIME_MASK)
+                        and not store.keeps_data
+                        and (ran := self._leaf_run(td, leaf, j, vblocks, withins, data, k, end))
+                    ):
+                        k += ran
+                        peak = max(peak, ll.nr_allocated)
+                        continue
+                    if snapshotted > (value & TIME_MASK):
+                        # write_block's shared case
+                        b = self._new_block_for()
+                        off = b * bb
+                        try:
+                            if not (within == 0 and whole_size):
+                                store.copy(data_block * bb, off, bb)
+                            store.write(off + within, data)
+                        except OSError:
+                            self._data_write_failed(off)
+                        if pmd.commit_count != commit_count:
+                            # the allocation committed: the walk's nodes are no shadows
+                            # now, so the insert walks down (overwrite_in_place declines)
+                            leaf = None
+                            self._insert(td, vb, b)
+                        else:
+                            try:
+                                pmd.set_in_leaf(td, leaf, j, b)
+                            except NoSpace:
+                                self._metadata_operation_failed("dm_thin_insert_block", E.ENOSPC)
+                                raise error_for(E.EIO) from None
+                    else:
+                        off = data_block * bb
+                        try:
+                            store.write(off + within, data)
+                        except OSError:
+                            self._data_write_failed(off)
+                a = ll.nr_allocated
+                peak = max(peak, a)
+                k += 1
+                if len(lines) != nlines:
+                    break
+        except ThinsimError as e:
+            return k - start, peak, e
+        return k - start, peak, None
+
+    # bounds on what one data block's release (a count of 2 or more going down by one) can
+    # take: metadata blocks allocated (a data bitmap shadowed, an index entry written back,
+    # a reference-count btree insert or removal; their own bitmaps' shadows), and nodes
+    # added to the node cache (shadows, splits, siblings read back), with room to spare
+    _RUN_MD_PER_RELEASE = 256
+    _RUN_NODES_PER_RELEASE = 64
+
+    def _leaf_run(self, td, leaf, j: int, vblocks, withins, data: bytes, k: int, end: int) -> int:
+        """``write_blocks``' writes from ``k`` (the first at index ``j`` of ``leaf``, found
+        as there) taken as a run, where that provably leaves what they leave one at a
+        time: how many it did (0: none; the caller takes them one at a time).
+
+        A run is writes to distinct blocks of the leaf, each shared (so each allocates a
+        block, copies, sets its value in place and releases the old block).  One at a
+        time the order is alloc, release, alloc, release...; here the allocations come
+        first, as one run of consecutive blocks (``DiskSpaceMap.new_run``), then the
+        values, then the releases in the same order (one ``dec_many``).  The orders leave
+        the same state when neither part sees the other:
+
+        - the allocations change no metadata: their bitmap is a shadow of this
+          transaction and holds its index-cache slot, which no released block's bitmap
+          shares (so no release writes that entry back in between);
+        - no release frees a block (every count is 2 or more), so the allocations see
+          the same free blocks and counts, and the count of blocks allocated only grows;
+        - each allocation's checks (alloc_data_block) pass plainly: data above the low
+          water mark (or the event sent), metadata above its reserve and threshold with
+          room for what the releases may take (``_RUN_MD_PER_RELEASE`` each), so no event,
+          commit or failure comes between;
+        - the node cache has room for what the releases may add (``_RUN_NODES_PER_RELEASE``
+          each), so the caller's rest between two writes (``tm.at_rest``) does nothing;
+        - the store keeps no payload: none of its operations fails."""
+        pmd = self.pmd
+        data_sm = pmd.data_sm
+        ll = data_sm.ll
+        tm = pmd.tm
+        msm = tm.sm
+        if msm._bops:
+            return 0
+        # how many writes the checks allow, most limiting first
+        cap = end - k
+        blocks = tm.blocks
+        limit = getattr(blocks, "limit", None)
+        if limit is not None:
+            cap = min(cap, (limit - len(blocks)) // self._RUN_NODES_PER_RELEASE)
+        mfree = msm.nr_free()
+        cap = min(cap, (mfree - pmd.metadata_reserve - 1) // self._RUN_MD_PER_RELEASE)
+        t = msm.threshold
+        if t is not None and not (msm._value is not None and msm._value <= t):
+            cap = min(cap, (mfree - t - 1) // self._RUN_MD_PER_RELEASE)
+        free = data_sm.nr_free()
+        cap = min(cap, free if self.low_water_triggered else free - self.low_water_blocks)
+        if cap < 2:
+            return 0
+        # where the allocations go
+        try:
+            b0 = ll.find_common_free(data_sm.begin)
+        except NoSpace:
+            return 0
+        entries = ll.ENTRIES_PER_BITMAP
+        index = b0 // entries
+        slot = ie_slot(index)
+        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
+            return 0
+        # the writes
+        keys, values = leaf.keys, leaf.values
+        snapshotted = td.snapshotted_time
+        get_count = ll.get_count
+        olds = []
+        idx = []
+        last = -1
+        nkeys = len(keys)
+        i = k
+        end = k + cap
+        while i < end:
+            vb = vblocks[i]
+            if vb <= last:
+                break
+            j = bisect_left(keys, vb, j)
+            if j == nkeys or keys[j] != vb:
+                break
+            value = values[j]
+            if snapshotted <= (value & TIME_MASK):
+                break
+            old = value >> TIME_BITS
+            if get_count(old) < 2:
+                break
+            olds.append(old)
+            idx.append(j)
+            last = vb
+            i += 1
+        r = len(olds)
+        if r < 2:
+            return 0
+        for x, old in enumerate(olds):
+            oi = old // entries
+            if oi != index and ie_slot(oi) == slot:
+                # this one's release would write the allocations' entry back: the run
+                # ends before it
+                r = x
+                break
+        if r < 2 or len(set(olds[:r])) != r:
+            return 0
+        b, n = data_sm.new_run(r)
+        pmd.in_service = True  # dm_pool_alloc_data_block
+        bb = self.block_bytes
+        store = self.store
+        whole_size = len(data) == bb
+        for x in range(n):
+            off = (b + x) * bb
+            within = withins[k + x]
+            if not (within == 0 and whole_size):
+                store.copy(olds[x] * bb, off, bb)
+            store.write(off + within, data)
+        pmd.set_run_in_leaf(td, leaf, idx[:n], b)
+        return n
 
     def _data_write_failed(self, off: int) -> None:
         """A write to the data device failed (its file system is full, or its file cannot

@@ -357,6 +357,55 @@ class Simulation:
             return self._write_failed(v, offset, length, before, e)
         return self._written(length)
 
+    def _write_in_blocks(self, v: Volume, offsets: np.ndarray, io: int) -> None:
+        """``write_in_block(v, off, io)`` for each of ``offsets`` (ascending) in turn, as
+        ``_churn``'s loop makes them (the deadline looked at after every 4096th), the pool
+        given runs of them (``Pool.write_blocks``: a leaf's writes set in place without
+        the walks down the tree) and each write's bookkeeping (``_written``) the same."""
+        thin = v.thin
+        target = thin.target
+        pool = target.pool
+        td = target.td
+        bb = pool.block_bytes
+        vblocks = (offsets // bb).tolist()
+        withins = (offsets % bb).tolist()
+        zeros = self._zeros.get(io)
+        if zeros is None:
+            zeros = self._zeros[io] = bytes(io)
+        needs = self.needs
+        clock = self.clock
+        n = len(vblocks)
+        i = 0
+        while i < n:
+            clock.now = max(clock.now, self.now)
+            before = clock.now
+            try:
+                thin._check_active()
+            except ThinsimError as e:
+                done, err = 0, e
+            else:
+                # a run ends at the next write the deadline is looked at after
+                end = min(n, ((i + 4095) & ~4095) + 1)
+                done, peak, err = pool.write_blocks(td, vblocks, withins, zeros, i, end, True)
+                if done:
+                    self.user_written += io * done
+                    needs.data_allocated = max(needs.data_allocated, peak)
+                    if err is None:
+                        # the last write's lines and rest (the pool rested after the others)
+                        if len(self.log.lines) != self._seen:
+                            self._drain_log()
+                            if self._monitor is not None:
+                                self._monitor.poll()
+                        self.pool.target.pmd.tm.at_rest()
+                i += done
+            if err is not None:
+                self._write_failed(v, int(offsets[i]), io, before, err)
+                i += 1
+                if self.stopped:
+                    return
+            if not (i - 1) & 4095 and self._check_deadline():
+                return
+
     def discard(self, v: Volume, offset: int, length: int) -> int:
         """BLKDISCARD of a range: 0, or the errno."""
         self._op("discard", v.name, offset, length)
@@ -763,8 +812,12 @@ class Simulation:
         # kernel sees it too; the metadata the writes take differs from random order's
         # only by where the reference-count btree splits (an 8 GiB thin's 8 days: 9534
         # blocks against 9543)
-        offsets = np.sort(slots.astype(np.int64) * span + within * io).tolist()
-        # an I/O no larger than a block lies inside one (span is a multiple of io)
+        offsets = np.sort(slots.astype(np.int64) * span + within * io)
+        if io <= bs and not self.record:
+            # an I/O no larger than a block lies inside one (span is a multiple of io)
+            self._write_in_blocks(v, offsets, io)
+            return
+        offsets = offsets.tolist()
         write = self.write_in_block if io <= bs else self.write
         for i, off in enumerate(offsets):
             if not write(v, off, io) and self.stopped:

@@ -1,0 +1,273 @@
+"""A run of small writes handed to the pool at once (``Pool.write_blocks``, the planner's
+churn) sets the writes into a leaf already shadowed in place, without the lookup's and the
+insert's walks; it must leave exactly what ``write_block`` one write at a time leaves, with
+the caller's rest (``tm.at_rest``) after each: the same metadata blocks and bytes, block
+numbers, counts, data operations, status and log lines, where each line appears, and the
+same failures (data or metadata running out mid-run, the low water mark, a small node
+cache writing nodes out between writes)."""
+
+import os
+
+import pytest
+from helpers import GiB, MiB
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from thinsim.errors import ThinsimError
+from thinsim.model.disk import keep_metadata_on_file
+from thinsim.model.pool import Pool, PoolTable
+from thinsim.model.store import AccountingStore
+from thinsim.model.thin import Thin
+
+BLOCK = 64 * 1024
+
+
+class RecordingStore(AccountingStore):
+    """Every data operation, in order."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.ops.append(("w", offset, len(data)))
+
+    def zero(self, offset: int, length: int) -> None:
+        self.ops.append(("z", offset, length))
+
+    def copy(self, src: int, dst: int, length: int) -> None:
+        self.ops.append(("c", src, dst, length))
+
+    def discard(self, offset: int, length: int) -> None:
+        self.ops.append(("d", offset, length))
+
+
+def _pool(md: int, data: int, lwm: int, cache: int | None, fill: int):
+    args = ["/dev/loop0", "/dev/loop1", "128", str(lwm)]
+    pool = Pool(
+        PoolTable.parse(args),
+        length_sectors=data // 512,
+        metadata_bytes=md,
+        data_bytes=data,
+        store=RecordingStore(),
+    )
+    if cache is not None:
+        # a small node cache: nodes written out between writes and read back
+        keep_metadata_on_file(pool.pmd)
+        pool.pmd.tm.blocks.limit = cache
+    pool.resume()
+    pool.message("create_thin 0")
+    thin = Thin(pool, 0, GiB // 512)
+    thin.write(0, bytes(fill * BLOCK))
+    pool.commit()
+    return pool, thin
+
+
+def _one_at_a_time(pool: Pool, td, vblocks, withins, data, out) -> None:
+    """The planner's loop as it was: write_block, then its bookkeeping, a write at a time."""
+    tm = pool.pmd.tm
+    ll = pool.pmd.data_sm.ll
+    for k, (vb, within) in enumerate(zip(vblocks, withins)):
+        try:
+            pool.write_block(td, vb, within, data)
+        except ThinsimError as e:
+            out.append((k, "failed", e.errno, len(pool.log.lines)))
+            continue
+        out.append((k, "ok", ll.nr_allocated, len(pool.log.lines)))
+        tm.at_rest()
+
+
+def _in_runs(pool: Pool, td, vblocks, withins, data, out, limit: int) -> None:
+    """The planner's loop now: runs of at most ``limit`` writes to Pool.write_blocks."""
+    tm = pool.pmd.tm
+    lines = pool.log.lines
+    n = len(vblocks)
+    i = 0
+    while i < n:
+        before = len(lines)
+        done, peak, err = pool.write_blocks(td, vblocks, withins, data, i, min(n, i + limit), True)
+        assert done or err is not None
+        for k in range(i, i + done):
+            # a line appears only at a run's last write (the caller reads it before the
+            # next); the most blocks allocated is known at the run's end
+            last = k == i + done - 1
+            lines_now = len(lines) if last and err is None else before
+            out.append((k, "ok", peak if last else None, lines_now))
+        i += done
+        if err is None:
+            tm.at_rest()
+        else:
+            out.append((i, "failed", err.errno, len(lines)))
+            i += 1
+
+
+def _compare(ref, fast) -> None:
+    """Per write: the same outcome, lines only where the one-at-a-time run logged them, and
+    the most data blocks allocated as high at each run's end."""
+    assert [(k, s) for k, s, *_ in ref] == [(k, s) for k, s, *_ in fast]
+    peak = 0
+    for (_k, s, a, lines), (_k2, _s2, a2, lines2) in zip(ref, fast):
+        assert lines2 == lines
+        if s == "failed":
+            assert a == a2
+            continue
+        peak = max(peak, a)
+        if a2 is not None:
+            assert a2 == peak
+            peak = 0
+
+
+def _signature(pool: Pool):
+    pmd = pool.pmd
+    status = pool.status()  # commits
+    tm = pmd.tm
+    nodes = sorted(
+        (b, n.leaf, tuple(n.keys), tuple(n.values))
+        for b, n in tm.blocks.items()
+        if hasattr(n, "keys")
+    )
+    dll = pmd.data_sm.ll
+    disk = None
+    if pmd.device is not None:
+        dev = pmd.device
+        fd = dev._file.fileno() if hasattr(dev, "_file") else None
+        if fd is not None:
+            disk = os.pread(fd, os.fstat(fd).st_size, 0)
+    return (
+        status,
+        nodes,
+        pmd.metadata_sm.ll.counts(),
+        dll.counts(),
+        list(dll.bitmaps),
+        pool.log.lines,
+        pool.store.ops,
+        getattr(tm.blocks, "loads", None),
+        getattr(tm.blocks, "saved", None),
+        disk,
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    md=st.sampled_from([1 * MiB, 2 * MiB, 16 * MiB]),
+    data=st.sampled_from([4 * GiB, GiB // 4]),
+    lwm=st.sampled_from([0, 0, 50, 3000]),
+    cache=st.sampled_from([None, 8, 48, 2000]),
+    fill=st.integers(300, 8000),
+    limit=st.sampled_from([3, 50, 4097]),
+    days=st.lists(
+        st.tuples(
+            st.integers(20, 600),  # writes
+            st.integers(0, 1 << 20),  # where
+            st.sampled_from(["snap", "snap", "none", "commit", "delete"]),
+            st.booleans(),  # 4 KiB writes, or whole blocks
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
+# metadata runs out over days: allocations mid-run commit (the leaf is no shadow then)
+@example(
+    md=MiB,
+    data=4 * GiB,
+    lwm=0,
+    cache=None,
+    fill=7000,
+    limit=4097,
+    days=[(600, 104729 * d, "snap", True) for d in range(5)],
+)
+@example(
+    md=MiB,
+    data=4 * GiB,
+    lwm=0,
+    cache=8,
+    fill=8000,
+    limit=50,
+    days=[(600, 104729 * d, "snap", True) for d in range(5)],
+)
+def test_runs_of_writes_leave_what_one_write_at_a_time_leaves(
+    md, data, lwm, cache, fill, limit, days
+):
+    """Days of a snapshot (or none, a commit, the oldest snapshot deleted) then ascending
+    writes, some to blocks written already that day, some past the fill (unmapped),
+    through both loops."""
+    fill = min(fill, data // BLOCK - 64)
+    states = []
+    for runs in (False, True):
+        pool, thin = _pool(md, data, lwm, cache, fill)
+        td = thin.td
+        outs = []
+        nsnap = 0
+        snaps: list[int] = []
+        for writes, where, before, small in days:
+            try:
+                if before == "snap":
+                    nsnap += 1
+                    pool.message(f"create_snap {100 + nsnap} 0")
+                    snaps.append(100 + nsnap)
+                elif before == "delete" and snaps:
+                    # blocks shared by the time that one device maps: freed by the writes
+                    pool.message(f"delete {snaps.pop(0)}")
+                elif before == "commit":
+                    pool.commit()
+            except ThinsimError as e:
+                outs.append(("message", e.errno))
+            nb = fill + fill // 8
+            vbs = sorted((where + i * 7919) % nb for i in range(writes))
+            if small:
+                withins, data_ = [4096 * (vb % 16) for vb in vbs], bytes(4096)
+            else:
+                withins, data_ = [0] * len(vbs), bytes(BLOCK)
+            out: list = []
+            if runs:
+                _in_runs(pool, td, vbs, withins, data_, out, limit)
+            else:
+                _one_at_a_time(pool, td, vbs, withins, data_, out)
+            outs.append(out)
+        states.append((outs, _signature(pool), pool))
+    (o0, s0, _), (o1, s1, fast) = states
+    assert len(o0) == len(o1)
+    for a, b in zip(o0, o1):
+        if isinstance(a, list):
+            _compare(a, b)
+        else:
+            assert a == b
+    assert s0 == s1
+    if fast.mode == 0:
+        fast.pmd._check()
+
+
+def test_whole_block_runs_copy_nothing_and_match_one_at_a_time():
+    """Whole-block writes into shared blocks: no copy, the same blocks as one at a time."""
+    states = []
+    for runs in (False, True):
+        pool, thin = _pool(16 * MiB, GiB, 0, None, 1000)
+        pool.message("create_snap 1 0")
+        vbs = list(range(0, 1000, 3))
+        withins = [0] * len(vbs)
+        out: list = []
+        if runs:
+            _in_runs(pool, thin.td, vbs, withins, bytes(BLOCK), out, 4097)
+        else:
+            _one_at_a_time(pool, thin.td, vbs, withins, bytes(BLOCK), out)
+        assert not any(op[0] == "c" for op in pool.store.ops)
+        states.append(_signature(pool))
+    assert states[0] == states[1]
+
+
+@pytest.mark.parametrize("cache", [None, 8])
+def test_a_run_into_leaves_already_shadowed_takes_the_in_place_path(cache, monkeypatch):
+    """After the first write into each leaf, the others of the leaf walk no more."""
+    pool, thin = _pool(16 * MiB, GiB, 0, cache, 2000)
+    pool.message("create_snap 1 0")
+    walks = []
+    real = type(pool.pmd).lookup_for_write
+    monkeypatch.setattr(
+        type(pool.pmd),
+        "lookup_for_write",
+        lambda self, td, b: walks.append(b) or real(self, td, b),
+    )
+    vbs = list(range(0, 2000, 10))
+    done, _peak, err = pool.write_blocks(thin.td, vbs, [0] * len(vbs), bytes(4096), 0, len(vbs))
+    assert (done, err) == (len(vbs), None)
+    # a 2000-block fill is 9 leaves (a node the cache wrote out is read back by a walk)
+    assert 1 <= len(walks) <= (12 if cache is None else 40)
