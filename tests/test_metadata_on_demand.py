@@ -121,6 +121,44 @@ def test_a_transaction_s_nodes_written_before_its_commit_leave_the_same_file_byt
     early.pmd._check()
 
 
+def test_a_cache_that_cannot_write_its_nodes_early_looks_at_them_again_only_as_it_grows(
+    tmp_path, monkeypatch
+):
+    """A full cache whose early writes fail (the nodes stay, the commit writes them) is not
+    scanned again at every bio: only once it has grown by a quarter of its size.  The commit
+    then leaves the file as a pool that kept every node."""
+    kept = _pool(tmp_path / "kept")
+    early = _pool(tmp_path / "early")
+    nb = DATA // 2 // BLOCK
+    thins = []
+    for pool in (kept, early):
+        pool.message("create_thin 0")
+        thin = Thin(pool, 0, DATA // 2 // 512)
+        for off in range(0, DATA // 2, 256 * MiB):
+            thin.write(off, bytes(256 * MiB))
+        pool.commit()
+        pool.message("create_snap 1 0")
+        thins.append(thin)
+    cache = early.pmd.tm.blocks
+    monkeypatch.setattr(cache, "save", lambda nodes: False)
+    calls = []
+    evict = BlockCache.evict
+    monkeypatch.setattr(
+        BlockCache, "evict", lambda c, spill=False: (calls.append(spill), evict(c, spill))
+    )
+    peak = 0
+    for b in range(0, nb, 3):  # every leaf shadowed, in order
+        for thin in thins:
+            thin.write(b * BLOCK, b"x" * 4096)
+        early.pmd.tm.at_rest()
+        peak = max(peak, len(cache))
+    assert peak > 2 * CACHE  # the dirty nodes stayed
+    assert 0 < calls.count(True) <= 4 * peak // CACHE < nb // 30
+    for pool in (kept, early):
+        pool.commit()
+    assert (tmp_path / "early").read_bytes() == (tmp_path / "kept").read_bytes()
+
+
 def test_an_abort_or_a_pickle_mid_transaction_with_nodes_written_early_loses_nothing(tmp_path):
     """Nodes written before their commit are the transaction's: an abort drops them (zeros
     over them, as over every block the transaction wrote) and a pickle taken mid-transaction

@@ -54,9 +54,19 @@ class BlockCache(dict):
         self.load = load
         self.save = save
         self.limit = limit
-        self._evict_at = limit
         self.loads = 0  # blocks read back (for tests and benchmarks)
         self.saved = 0  # dirty nodes written before their commit (for benchmarks)
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, n: int) -> None:
+        self._limit = n
+        # a miss evicts above ``_evict_at``, at_rest above ``_spill_at``: the limit, or a
+        # quarter more than what the last eviction could not drop (or write early)
+        self._evict_at = self._spill_at = n
 
     def __missing__(self, b: int):
         tm = self.tm
@@ -142,6 +152,12 @@ class BlockCache(dict):
                 self.saved += len(out)
         # what is dirty stays: look again once the cache has grown by a quarter more
         self._evict_at = max(self.limit, len(self) + self.limit // 4)
+        if len(self) <= self.limit:
+            self._spill_at = self.limit
+        elif spill:
+            # nothing more to write early (the data space map's index leaves, a failed
+            # write): at_rest would scan the whole cache again at every bio
+            self._spill_at = self._evict_at
 
 
 class TransactionManager:
@@ -200,7 +216,7 @@ class TransactionManager:
         may write dirty nodes to the device and drop them (BlockCache.evict).  Nodes are
         changed in place while held, so only such a point is safe."""
         blocks = self.blocks
-        if type(blocks) is BlockCache and len(blocks) > blocks.limit:
+        if type(blocks) is BlockCache and len(blocks) > blocks._spill_at:
             blocks.evict(spill=True)
 
     def new_block(self, obj) -> int:
@@ -234,10 +250,16 @@ class TransactionManager:
         obj = self.blocks.get(orig)
         if obj is None and type(self.blocks) is not dict:
             obj = self.node(orig)  # a node the cache dropped, read back
+        blocks = self.blocks
         if obj is not None:
-            self.blocks[new] = obj.copy()
+            blocks[new] = obj.copy()
+            if (type(blocks) is BlockCache and self.dirty is not None and orig not in self.dirty
+                    and len(blocks) > blocks.limit // 2):  # fmt: skip
+                # a clean node the live tree no longer uses (snapshots may): a full
+                # cache makes room for the copy first, not for the next node read back
+                dict.pop(blocks, orig, None)
         else:
-            self.blocks.pop(new, None)
+            blocks.pop(new, None)
         self.shadows.add(new)
         if self.dirty is not None:
             self.dirty.add(new)
