@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from thinsim.errors import ThinsimError
 from thinsim.model.disk import keep_metadata_on_file
 from thinsim.model.pool import Pool, PoolTable
+from thinsim.model.space_map import IE_CACHE_SIZE, ie_slot
 from thinsim.model.store import AccountingStore
 from thinsim.model.thin import Thin
 
@@ -271,3 +272,12 @@ def test_a_run_into_leaves_already_shadowed_takes_the_in_place_path(cache, monke
     assert (done, err) == (len(vbs), None)
     # a 2000-block fill is 9 leaves (a node the cache wrote out is read back by a walk)
     assert 1 <= len(walks) <= (12 if cache is None else 40)
+
+
+def test_two_bitmaps_share_an_index_cache_slot_where_their_indexes_agree_modulo_its_size():
+    """``Pool._leaf_run`` tells a release that would write the allocations' index entry
+    back by its bitmap's index modulo the cache's size, not by ``ie_slot``: the same."""
+    indexes = list(range(300)) + [6000 + i for i in range(200)] + [1 << 20, (1 << 20) + 64]
+    for a in indexes:
+        for b in indexes:
+            assert (ie_slot(a) == ie_slot(b)) == ((a - b) % IE_CACHE_SIZE == 0)
