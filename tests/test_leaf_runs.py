@@ -281,3 +281,40 @@ def test_two_bitmaps_share_an_index_cache_slot_where_their_indexes_agree_modulo_
     for a in indexes:
         for b in indexes:
             assert (ie_slot(a) == ie_slot(b)) == ((a - b) % IE_CACHE_SIZE == 0)
+
+
+@pytest.mark.parametrize("small", [True, False])
+@pytest.mark.parametrize("far,snaps", [(64, 1), (192, 2)])
+def test_a_release_into_a_bitmap_sharing_the_allocations_index_cache_slot_ends_a_run(
+    small, far, snaps
+):
+    """A leaf whose blocks lie in two bitmaps 64 apart (one index-cache slot), the
+    allocations in the first: a release into the other writes the allocations' entry back,
+    so a run takes such a write as its last, and matches one write at a time."""
+    entries = 16320  # ENTRIES_PER_BITMAP
+    states = []
+    for runs in (False, True):
+        pool, thin = _pool(64 * MiB, (far + 2) * entries * BLOCK, 0, None, 0)
+        dsm = pool.pmd.data_sm
+        # runs of 24 blocks from bitmap 0, then 64, then 0...
+        for vb in range(0, 600, 24):
+            dsm.begin = far * entries + vb if vb % 48 else vb
+            thin.write(vb * BLOCK, bytes(24 * BLOCK))
+        for snap in range(snaps):
+            pool.message(f"create_snap {snap + 1} 0")
+        pool.commit()
+        dsm.begin = 2000  # the allocations: in bitmap 0
+        vbs = list(range(1, 600, 2))
+        if small:
+            withins, data = [4096 * (vb % 16) for vb in vbs], bytes(4096)
+        else:
+            withins, data = [0] * len(vbs), bytes(BLOCK)
+        out: list = []
+        if runs:
+            _in_runs(pool, thin.td, vbs, withins, data, out, 4097)
+        else:
+            _one_at_a_time(pool, thin.td, vbs, withins, data, out)
+        states.append((out, _signature(pool)))
+    (o0, s0), (o1, s1) = states
+    _compare(o0, o1)
+    assert s0 == s1

@@ -1077,7 +1077,9 @@ class Pool:
 
         - the allocations change no metadata: their bitmap is a shadow of this
           transaction and holds its index-cache slot, which no released block's bitmap
-          shares (so no release writes that entry back in between);
+          but the last one's shares (so no release writes that entry back before every
+          allocation is made; the last release finds the same entry, and the same
+          state, in both orders);
         - no release frees a block (every count is 2 or more), so the allocations see
           the same free blocks and counts, and the count of blocks allocated only grows;
         - each allocation's checks (alloc_data_block) pass plainly: data above the low
@@ -1144,14 +1146,14 @@ class Pool:
             m = maps[oi]
             if m is None or m[old - oi * entries] < 2:  # a count below 2 (get_count)
                 break
+            olds.append(old)
+            idx.append(j)
             if oi != index and not (oi - index) % IE_CACHE_SIZE:
                 # ie_slot(oi) == slot (hash_index multiplies by an odd number: two bitmaps
                 # share a slot where their indexes agree modulo the cache's size): this
-                # one's release would write the allocations' entry back, so the run ends
-                # before it
+                # one's release writes the allocations' entry back, so the run ends with
+                # it (one at a time, the next allocation would take the slot back)
                 break
-            olds.append(old)
-            idx.append(j)
             last = vb
             i += 1
         r = len(olds)
