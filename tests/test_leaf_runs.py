@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from thinsim.errors import ThinsimError
 from thinsim.model.disk import keep_metadata_on_file
 from thinsim.model.pool import Pool, PoolTable
+from thinsim.model.space_map import IE_CACHE_SIZE, ie_slot
 from thinsim.model.store import AccountingStore
 from thinsim.model.thin import Thin
 
@@ -271,3 +272,49 @@ def test_a_run_into_leaves_already_shadowed_takes_the_in_place_path(cache, monke
     assert (done, err) == (len(vbs), None)
     # a 2000-block fill is 9 leaves (a node the cache wrote out is read back by a walk)
     assert 1 <= len(walks) <= (12 if cache is None else 40)
+
+
+def test_two_bitmaps_share_an_index_cache_slot_where_their_indexes_agree_modulo_its_size():
+    """``Pool._leaf_run`` tells a release that would write the allocations' index entry
+    back by its bitmap's index modulo the cache's size, not by ``ie_slot``: the same."""
+    indexes = list(range(300)) + [6000 + i for i in range(200)] + [1 << 20, (1 << 20) + 64]
+    for a in indexes:
+        for b in indexes:
+            assert (ie_slot(a) == ie_slot(b)) == ((a - b) % IE_CACHE_SIZE == 0)
+
+
+@pytest.mark.parametrize("small", [True, False])
+@pytest.mark.parametrize("far,snaps", [(64, 1), (192, 2)])
+def test_a_release_into_a_bitmap_sharing_the_allocations_index_cache_slot_ends_a_run(
+    small, far, snaps
+):
+    """A leaf whose blocks lie in two bitmaps 64 apart (one index-cache slot), the
+    allocations in the first: a release into the other writes the allocations' entry back,
+    so a run takes such a write as its last, and matches one write at a time."""
+    entries = 16320  # ENTRIES_PER_BITMAP
+    states = []
+    for runs in (False, True):
+        pool, thin = _pool(64 * MiB, (far + 2) * entries * BLOCK, 0, None, 0)
+        dsm = pool.pmd.data_sm
+        # runs of 24 blocks from bitmap 0, then 64, then 0...
+        for vb in range(0, 600, 24):
+            dsm.begin = far * entries + vb if vb % 48 else vb
+            thin.write(vb * BLOCK, bytes(24 * BLOCK))
+        for snap in range(snaps):
+            pool.message(f"create_snap {snap + 1} 0")
+        pool.commit()
+        dsm.begin = 2000  # the allocations: in bitmap 0
+        vbs = list(range(1, 600, 2))
+        if small:
+            withins, data = [4096 * (vb % 16) for vb in vbs], bytes(4096)
+        else:
+            withins, data = [0] * len(vbs), bytes(BLOCK)
+        out: list = []
+        if runs:
+            _in_runs(pool, thin.td, vbs, withins, data, out, 4097)
+        else:
+            _one_at_a_time(pool, thin.td, vbs, withins, data, out)
+        states.append((out, _signature(pool)))
+    (o0, s0), (o1, s1) = states
+    _compare(o0, o1)
+    assert s0 == s1

@@ -786,21 +786,26 @@ class PoolMetadata:
         leaf.values[i] = pack_block_time(data_block, self.time)
         td.changed = True
 
-    def set_run_in_leaf(self, td: ThinDevice, leaf, indexes, data_begin: int) -> None:
+    def set_run_in_leaf(self, td: ThinDevice, leaf, indexes, data_begin: int, olds) -> None:
         """``set_in_leaf`` for the entries ``indexes`` of ``leaf`` in turn, the i-th given
         data block ``data_begin + i`` (blocks just allocated, so each differs from the
-        old one), with the old blocks released together after the values are set (one
+        old one), with the old blocks ``olds`` (the data blocks the entries map now, as
+        the caller read them) released together after the values are set (one
         ``data_block_dec`` of them, the same counts in the same order): for a caller that
         has made sure no release frees a block or changes what the others see (the
         writes of ``Pool._leaf_run``)."""
         self.in_service = True
         values = leaf.values
-        olds = [values[i] for i in indexes]
         t = self.time
-        for x, i in enumerate(indexes):
-            values[i] = pack_block_time(data_begin + x, t)
+        b = data_begin
+        for i in indexes:
+            values[i] = (b << TIME_BITS) | t  # pack_block_time
+            b += 1
         td.changed = True
-        self._data_block_dec(olds)
+        if len(olds) == 1:  # _data_block_dec
+            self.data_sm.dec(olds[0])
+        else:
+            self.data_sm.dec_many(olds)
 
     def highest_mapped(self, td: ThinDevice) -> int | None:
         root = self.tl_info.lookup(self.root, (td.id,))

@@ -23,7 +23,7 @@ from .metadata import (
     TIME_MASK,
     PoolMetadata,
 )
-from .space_map import FormatError, NoSpace, ie_slot
+from .space_map import IE_CACHE_SIZE, FormatError, NoSpace, ie_slot
 from .store import AccountingStore, DataStore
 
 SECTOR = SECTOR_SIZE
@@ -1077,7 +1077,9 @@ class Pool:
 
         - the allocations change no metadata: their bitmap is a shadow of this
           transaction and holds its index-cache slot, which no released block's bitmap
-          shares (so no release writes that entry back in between);
+          but the last one's shares (so no release writes that entry back before every
+          allocation is made; the last release finds the same entry, and the same
+          state, in both orders);
         - no release frees a block (every count is 2 or more), so the allocations see
           the same free blocks and counts, and the count of blocks allocated only grows;
         - each allocation's checks (alloc_data_block) pass plainly: data above the low
@@ -1122,7 +1124,7 @@ class Pool:
         # the writes
         keys, values = leaf.keys, leaf.values
         snapshotted = td.snapshotted_time
-        get_count = ll.get_count
+        maps = ll.maps
         olds = []
         idx = []
         last = -1
@@ -1140,36 +1142,29 @@ class Pool:
             if snapshotted <= (value & TIME_MASK):
                 break
             old = value >> TIME_BITS
-            if get_count(old) < 2:
+            oi = old // entries
+            m = maps[oi]
+            if m is None or m[old - oi * entries] < 2:  # a count below 2 (get_count)
                 break
             olds.append(old)
             idx.append(j)
+            if oi != index and not (oi - index) % IE_CACHE_SIZE:
+                # ie_slot(oi) == slot (hash_index multiplies by an odd number: two bitmaps
+                # share a slot where their indexes agree modulo the cache's size): this
+                # one's release writes the allocations' entry back, so the run ends with
+                # it (one at a time, the next allocation would take the slot back)
+                break
             last = vb
             i += 1
         r = len(olds)
-        if r < 2:
-            return 0
-        for x, old in enumerate(olds):
-            oi = old // entries
-            if oi != index and ie_slot(oi) == slot:
-                # this one's release would write the allocations' entry back: the run
-                # ends before it
-                r = x
-                break
-        if r < 2 or len(set(olds[:r])) != r:
+        if r < 2 or len(set(olds)) != r:
             return 0
         b, n = data_sm.new_run(r)
         pmd.in_service = True  # dm_pool_alloc_data_block
-        bb = self.block_bytes
-        store = self.store
-        whole_size = len(data) == bb
-        for x in range(n):
-            off = (b + x) * bb
-            within = withins[k + x]
-            if not (within == 0 and whole_size):
-                store.copy(olds[x] * bb, off, bb)
-            store.write(off + within, data)
-        pmd.set_run_in_leaf(td, leaf, idx[:n], b)
+        if n < r:
+            del olds[n:], idx[n:]
+        self.store.break_sharing_run(olds, b, withins[k : k + n], data, self.block_bytes)
+        pmd.set_run_in_leaf(td, leaf, idx, b, olds)
         return n
 
     def _data_write_failed(self, off: int) -> None:

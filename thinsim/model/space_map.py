@@ -773,23 +773,17 @@ class LowLevel:
         except NoSpace:
             b = self.find_common_free(0)
         index, lo = divmod(b, ENTRIES_PER_BITMAP)
-        start = b - lo
-        hi = min(lo + limit, ENTRIES_PER_BITMAP, self.nr_blocks - start)
+        hi = min(lo + limit, ENTRIES_PER_BITMAP, self.nr_blocks - b + lo)
         m = self.maps[index]
         if m is not None:
-            used = [i for i in (m.find(1, lo, hi), m.find(2, lo, hi), m.find(3, lo, hi)) if i >= 0]
-            if used:
-                hi = min(used)
-        end = start + hi
+            # up to the first block in use (entries after ``lo`` that are not 0)
+            hi -= len(m[lo:hi].lstrip(b"\x00"))
         oc = self.old.codes.get(index)
         if oc is not None:
-            import numpy as np
-
-            # the first block in the run that was in use at the last commit
-            used = np.flatnonzero(np.frombuffer(oc, dtype=np.uint8)[lo:hi] > 1)
-            if len(used):
-                end = start + lo + int(used[0])
-        n = end - b
+            # ... and to the first that was in use at the last commit (a code above 1)
+            seg = oc[lo:hi].translate(_KEPT_IN_USE).lstrip(b"\x00")
+            hi -= len(seg)
+        n = hi - lo
         self.shadow_bitmap(index)
         self._map(index)[lo : lo + n] = b"\x01" * n
         self.nr_allocated += n
@@ -854,6 +848,9 @@ class LowLevel:
         self._forget_ref_leaves()
         return changed
 
+
+# an OldCounts code -> 1 where the block was in use at the last commit (a code above 1)
+_KEPT_IN_USE = bytes(0 if c <= 1 else 1 for c in range(256))
 
 # a bitmap entry -> 1 where the block's count is at most 1 (entries are 0, 1, 2, or 3
 # for a count of 3 or more)

@@ -37,6 +37,19 @@ class DataStore:
         """A discard passed down to the data device: the range reads as zeros after."""
         raise NotImplementedError
 
+    def break_sharing_run(self, srcs, dst: int, withins, data: bytes, block_bytes: int) -> None:
+        """The writes that break sharing of blocks ``srcs`` (block numbers) into the
+        consecutive blocks from block ``dst``, in turn: the i-th copies block ``srcs[i]``
+        to block ``dst + i`` (unless ``data`` covers it whole, at ``withins[i]`` 0) and
+        writes ``data`` at ``withins[i]`` in it (bytes from its start)."""
+        whole_size = len(data) == block_bytes
+        for x, src in enumerate(srcs):
+            off = (dst + x) * block_bytes
+            within = withins[x]
+            if not (within == 0 and whole_size):
+                self.copy(src * block_bytes, off, block_bytes)
+            self.write(off + within, data)
+
     def allocated_bytes(self) -> int:
         """Bytes the backing store really holds (``du``)."""
         return 0

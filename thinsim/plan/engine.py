@@ -121,6 +121,13 @@ class CountingStore(AccountingStore):
     def discard(self, offset: int, length: int) -> None:
         self.discarded += length
 
+    def break_sharing_run(self, srcs, dst: int, withins, data: bytes, block_bytes: int) -> None:
+        n = len(srcs)
+        self.written += n * len(data)
+        if len(data) == block_bytes:  # a whole block written at 0 copies nothing
+            n -= list(withins[:n]).count(0)
+        self.copied += n * block_bytes
+
 
 @dataclass
 class Volume:
