@@ -198,6 +198,11 @@ class OldDiskLowLevel(OldLowLevel):
     def _writeback(self, index: int) -> None:
         self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
 
+    def new_in_place(self, begin: int) -> None:
+        # the one-step allocation (DiskSpaceMap.new_block's fast case) is the new code's:
+        # the oracle always takes find_common_free and set_count
+        return None
+
     def writeback(self) -> None:
         """dm-space-map-common.c: ie_cache_writeback, slot order (NoSpace if the index
         btree cannot grow; the entries stay cached)."""
