@@ -49,14 +49,8 @@ class Node:
         self.values = values
 
     def copy(self) -> Node:
-        vals = self.values
-        return Node(
-            self.leaf,
-            self.max_entries,
-            self.value_size,
-            array("Q", self.keys),
-            array("Q", vals) if type(vals) is array else list(vals),
-        )
+        # a slice copies an array('Q') (or a list) whole, keeping its type
+        return Node(self.leaf, self.max_entries, self.value_size, self.keys[:], self.values[:])
 
     @property
     def nr_entries(self) -> int:
@@ -602,7 +596,17 @@ class BTreeInfo:
     def _appendable_leaf(self, root: int, dev: int, key: int):
         tm = self.tm
         shadows = tm.shadows
-        count = tm.sm.get_count
+        sm = tm.sm
+        if sm._bops or sm._bootstrap:
+            count = sm.get_count  # counts queued or not kept yet: the space map's own
+        else:
+            ll = sm.ll
+            maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+
+            def count(b: int) -> int:  # ll.get_count's 0, 1, 2 or "3 and more"
+                m = maps[b // entries]
+                return 0 if m is None else m[b % entries]
+
         # the top level: the walk to dev's entry must change nothing
         b = root
         while True:
