@@ -49,14 +49,8 @@ class Node:
         self.values = values
 
     def copy(self) -> Node:
-        vals = self.values
-        return Node(
-            self.leaf,
-            self.max_entries,
-            self.value_size,
-            array("Q", self.keys),
-            array("Q", vals) if type(vals) is array else list(vals),
-        )
+        # a slice copies an array('Q') (or a list) whole, keeping its type
+        return Node(self.leaf, self.max_entries, self.value_size, self.keys[:], self.values[:])
 
     @property
     def nr_entries(self) -> int:
@@ -433,29 +427,58 @@ class BTreeInfo:
             b = node.values[-1]
 
     def _insert_raw(self, spine: _Spine, root: int, vt: ValueType, key: int, i: int) -> int:
-        """dm-btree.c: btree_insert_raw -- walk one level, making room on the way down."""
+        """dm-btree.c: btree_insert_raw -- walk one level, making room on the way down.
+
+        ``_shadow``'s in-place case and ``spine.step`` are inline (every insert that
+        ``_insert_in_place`` does not take walks here); the spine is written back before
+        a node must make room, whose helpers read and move it."""
+        tm = self.tm
+        shadows = tm.shadows
+        blocks = tm.blocks
+        sm = tm.sm
+        ll = sm.ll
+        maps = ll.maps
+        entries = ll.ENTRIES_PER_BITMAP
+        shadow = self._shadow
         top = True
         while True:
-            b, node = self._shadow(root, vt)
-            spine.step(b, node)
-            if spine.parent is not None and i >= 0:
-                spine.parent.values[i] = b
-            if len(node.keys) == node.max_entries and not (node.leaf and _contains(node.keys, key)):
+            if root in shadows and not sm._bops:
+                m = maps[root // entries]
+                if m is not None and m[root % entries] == 1:
+                    b, node = root, blocks[root]
+                else:
+                    b, node = shadow(root, vt)
+            else:
+                b, node = shadow(root, vt)
+            # spine.step
+            if spine.root is None:
+                spine.root = b
+                parent = None
+            else:
+                parent = spine.parent = spine.node
+                spine.parent_block = spine.block
+                if i >= 0:
+                    parent.values[i] = b
+            spine.block = b
+            spine.node = node
+            nkeys = node.keys
+            if len(nkeys) == node.max_entries and not (node.leaf and _contains(nkeys, key)):
                 self.reshapes += 1
                 if top:
                     self._split_beneath(spine, vt)
                 else:
                     self._rebalance_or_split(spine, vt, i, key)
                 node = spine.node
-            i = bisect_right(node.keys, key) - 1
+                nkeys = node.keys
+            i = bisect_right(nkeys, key) - 1
             if node.leaf:
                 break
             if i < 0:
-                node.keys[0] = key
+                nkeys[0] = key
                 i = 0
             root = node.values[i]
             top = False
-        if i < 0 or node.keys[i] != key:
+        if i < 0 or nkeys[i] != key:
             i += 1
         return i
 
@@ -573,7 +596,17 @@ class BTreeInfo:
     def _appendable_leaf(self, root: int, dev: int, key: int):
         tm = self.tm
         shadows = tm.shadows
-        count = tm.sm.get_count
+        sm = tm.sm
+        if sm._bops or sm._bootstrap:
+            count = sm.get_count  # counts queued or not kept yet: the space map's own
+        else:
+            ll = sm.ll
+            maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+
+            def count(b: int) -> int:  # ll.get_count's 0, 1, 2 or "3 and more"
+                m = maps[b // entries]
+                return 0 if m is None else m[b % entries]
+
         # the top level: the walk to dev's entry must change nothing
         b = root
         while True:
@@ -630,16 +663,36 @@ class BTreeInfo:
         return spine.root
 
     def _remove_raw(self, spine, root, vt, key, i) -> int:
-        """dm-btree-remove.c: remove_raw."""
+        """dm-btree-remove.c: remove_raw (``_shadow``'s in-place case and ``spine.step``
+        inline, as in ``_insert_raw``)."""
+        tm = self.tm
+        shadows = tm.shadows
+        blocks = tm.blocks
+        sm = tm.sm
+        ll = sm.ll
+        maps = ll.maps
+        entries = ll.ENTRIES_PER_BITMAP
         while True:
-            b, node = self._shadow(root, vt)
-            spine.step(b, node)
-            if spine.parent is not None:
-                spine.parent.values[i] = b
+            if root in shadows and not sm._bops:
+                m = maps[root // entries]
+                if m is not None and m[root % entries] == 1:
+                    b, node = root, blocks[root]
+                else:
+                    b, node = self._shadow(root, vt)
+            else:
+                b, node = self._shadow(root, vt)
+            # spine.step
+            if spine.root is None:
+                spine.root = b
+            else:
+                parent = spine.parent = spine.node
+                spine.parent_block = spine.block
+                parent.values[i] = b
+            spine.block = b
+            spine.node = node
             if node.leaf:
                 return _do_leaf(node, key)
             self._rebalance_children(spine, vt, key)
-            node = spine.node
             if node.leaf:
                 return _do_leaf(node, key)
             i = bisect_right(node.keys, key) - 1
@@ -812,10 +865,12 @@ class BTreeInfo:
             node = left
 
     def _rebalance_children(self, spine, vt, key) -> None:
-        """dm-btree-remove.c: rebalance_children."""
+        """dm-btree-remove.c: rebalance_children (``_rebalance2`` and ``_shadow_child``'s
+        in-place case inline: every removal walk runs this at each internal level)."""
         tm = self.tm
         n = spine.node
-        if len(n.keys) == 1:
+        nkeys = n.keys
+        if len(nkeys) == 1:
             cb = n.values[0]
             child = tm.read(cb)
             n.leaf = child.leaf
@@ -826,17 +881,34 @@ class BTreeInfo:
             n.values = array("Q", vals) if type(vals) is array else list(vals)
             tm.dec(cb)
             return
-        i = bisect_right(n.keys, key) - 1
+        i = bisect_right(nkeys, key) - 1
         if i < 0:
             raise KeyError(key)
-        has_left = i > 0
-        has_right = i < len(n.keys) - 1
-        if not has_left:
-            self._rebalance2(n, vt, i)
-        elif not has_right:
-            self._rebalance2(n, vt, i - 1)
-        else:
+        if 0 < i < len(nkeys) - 1:
             self._rebalance3(n, vt, i - 1)
+            return
+        li = i - 1 if i else 0
+        values = n.values
+        shadows = tm.shadows
+        sm = tm.sm
+        ll = sm.ll
+        maps = ll.maps
+        entries = ll.ENTRIES_PER_BITMAP
+        blocks = tm.blocks
+        # (shadowing the left child may queue metadata counts: each child looks at _bops)
+        b = values[li]
+        m = maps[b // entries] if b in shadows and not sm._bops else None
+        if m is not None and m[b % entries] == 1:
+            left = blocks[b]
+        else:
+            _, left = self._shadow_child(n, li, vt)
+        rb = values[li + 1]
+        m = maps[rb // entries] if rb in shadows and not sm._bops else None
+        if m is not None and m[rb % entries] == 1:
+            right = blocks[rb]
+        else:
+            rb, right = self._shadow_child(n, li + 1, vt)
+        self.__rebalance2(n, left, right, li + 1, rb)
 
     def _rebalance2(self, parent: Node, vt, li: int) -> None:
         _, left = self._shadow_child(parent, li, vt)
