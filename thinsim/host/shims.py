@@ -9,13 +9,12 @@ only name thinsim.host.run in their text.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from ..cbuild import compiled
 from .state import is_device_path
 from .tools import COMMANDS, GUARDED
 
@@ -51,46 +50,9 @@ def make_shims(folder: Path | str) -> None:
 
 
 def compiled_client() -> str | None:
-    """thinsim/host/client.c compiled (once: a cache under the venv, or the user's cache
-    folder, named by the source's hash), or None where no compiler or cache folder is."""
-    import hashlib
-    import tempfile
-
-    source = Path(__file__).with_name("client.c")
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        return None
-    key = hashlib.sha256(source.read_bytes() + cc.encode()).hexdigest()[:16]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for base in (os.path.join(sys.prefix, "share", "thinsim"), os.path.join(cache, "thinsim")):
-        binary = os.path.join(base, f"client-{key}")
-        if os.access(binary, os.X_OK):
-            return binary
-        try:
-            os.makedirs(base, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".client-", dir=base)
-            os.close(fd)
-        except OSError:
-            continue
-        try:
-            done = subprocess.run(
-                [cc, "-O2", "-o", tmp, str(source)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-            if done.returncode != 0:
-                return None
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, binary)  # whole or not there, whoever compiles at once
-            return binary
-        except OSError:
-            continue
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    return None
+    """thinsim/host/client.c compiled (once: thinsim/cbuild.py's cache), or None where no
+    compiler or cache folder is."""
+    return compiled(Path(__file__).with_name("client.c"), "client", ["-O2"])
 
 
 def real_command(name: str) -> str | None:
