@@ -818,7 +818,7 @@ class BTreeInfo:
           no merge, the parent's key for the second child its first key): each walk's
           rebalance there changes nothing.
 
-        Then each walk rebalances the two leftmost leaves (``_rebalance2``: a merge, or
+        Then each walk rebalances the two leftmost leaves (``__rebalance2``: a merge, or
         an even split) and goes down into the first.  Returns (parent of the leaves,
         first leaf, second leaf, the merge threshold), or (None, the root, None, 0) where
         the root is a leaf; None otherwise (the walks take their ordinary path)."""
@@ -865,8 +865,9 @@ class BTreeInfo:
             node = left
 
     def _rebalance_children(self, spine, vt, key) -> None:
-        """dm-btree-remove.c: rebalance_children (``_rebalance2`` and ``_shadow_child``'s
-        in-place case inline: every removal walk runs this at each internal level)."""
+        """dm-btree-remove.c: rebalance_children (rebalance2's shadows, with
+        ``_shadow_child``'s in-place case inline: every removal walk runs this at each
+        internal level)."""
         tm = self.tm
         n = spine.node
         nkeys = n.keys
@@ -909,11 +910,6 @@ class BTreeInfo:
         else:
             rb, right = self._shadow_child(n, li + 1, vt)
         self.__rebalance2(n, left, right, li + 1, rb)
-
-    def _rebalance2(self, parent: Node, vt, li: int) -> None:
-        _, left = self._shadow_child(parent, li, vt)
-        rb, right = self._shadow_child(parent, li + 1, vt)
-        self.__rebalance2(parent, left, right, li + 1, rb)
 
     def __rebalance2(self, parent, left, right, r_index, rb) -> None:
         nr_left, nr_right = len(left.keys), len(right.keys)
