@@ -17,7 +17,6 @@ from thinsim.model import pool
 from thinsim.model.btree import BTreeInfo, _Spine
 from thinsim.model.disk import metadata_blocks
 from thinsim.model.metadata import TIME_BITS, TIME_MASK, PoolMetadata
-from thinsim.model.space_map import _DiskLowLevel
 from thinsim.model.store import AccountingStore
 from thinsim.model.thin import Thin
 
@@ -74,10 +73,6 @@ def _find_mapped_range(self, td, begin, end):
 
 def _take_leftmost_runs(self, td, begin, end):
     return None
-
-
-def _dec_inc_in_place(self, b, n):
-    return False
 
 
 def _remove_leaves(self, root, first_key, end_key):
@@ -165,7 +160,6 @@ def _one_at_a_time():
         (BTreeInfo, "_shadow_child", _shadow_child),
         (pool.Pool, "_discard_blocks", _discard_blocks),
         (PoolMetadata, "take_leftmost_runs", _take_leftmost_runs),
-        (_DiskLowLevel, "dec_inc_in_place", _dec_inc_in_place),
     ]
     old = [(cls, name, cls.__dict__[name]) for cls, name, _ in saved]
     try:
@@ -330,7 +324,6 @@ def test_the_reference_steps_are_the_ones_replaced():
         (BTreeInfo, "_shadow_child"),
         (pool.Pool, "_discard_blocks"),
         (PoolMetadata, "take_leftmost_runs"),
-        (_DiskLowLevel, "dec_inc_in_place"),
     ):
         assert name in cls.__dict__
 

@@ -268,7 +268,7 @@ def _discard_blocks_run_by_run(self, td, begin: int, end: int) -> None:
                 de = db + (ve - vb)
                 # remove_range's decrements, a mapping at a time, then the pin
                 # (dm_pool_inc_data_range)
-                if not ll.dec_inc_in_place(db, de - db):
+                if not ll.dec_inc_runs_in_place([(0, de - db, db, maybe_shared)], 0):
                     if de - db == 1:
                         data_sm.dec(db)
                     else:

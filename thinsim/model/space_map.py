@@ -1008,39 +1008,6 @@ class _DiskLowLevel(LowLevel):
         self.nr_allocated += 1
         return start + e
 
-    def dec_inc_in_place(self, b: int, n: int) -> bool:
-        """``set_count(x, c - 1)``, then ``set_count(x, c)``, for each of the ``n`` blocks
-        from ``b`` (a discard's removal of a run, then its pin), where that changes
-        nothing but the last commit's count kept for a block not kept yet: the blocks in
-        one bitmap, a shadow of this transaction whose index entry the ie cache holds
-        (each ``shadow_bitmap`` changes nothing), every count 1 or 2 (none goes through
-        the reference-count btree).  False, with nothing done, otherwise."""
-        index, e = divmod(b, ENTRIES_PER_BITMAP)
-        end = e + n
-        m = self.maps[index]
-        if (
-            end > ENTRIES_PER_BITMAP
-            or m is None
-            or self.bitmaps[index] not in self.tm.shadows
-            or self.dirty.get(ie_slot(index)) != index
-        ):
-            return False
-        if n == 1:
-            c = m[e]
-            if c != 1 and c != 2:
-                return False
-        else:
-            seg = m[e:end]
-            if seg.count(1) + seg.count(2) != n:
-                return False
-        old = self.old
-        codes = old.for_bitmap(index)
-        for i in range(e, end):
-            if not codes[i]:
-                codes[i] = m[i] + 1
-                old.n += 1
-        return True
-
     def runs_at_most_one(self, b: int, e: int, _entries: int = ENTRIES_PER_BITMAP) -> list:
         """The maximal runs of blocks in [b, e) whose count is at most 1, in order, as
         (begin, end): what ``get_count`` block by block tells (a bitmap entry of 2 or 3
@@ -1074,11 +1041,14 @@ class _DiskLowLevel(LowLevel):
         return out
 
     def dec_inc_runs_in_place(self, runs, start: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
-        """``dec_inc_in_place(db, ve - vb)`` for each of ``runs[start:]`` ((virt_begin,
-        virt_end, data_begin, shared), a discard's runs) in turn, up to the first it
-        would refuse; returns that run's index (``len(runs)`` for none).  What those
-        calls check for a bitmap holds until one refuses: they change nothing but the
-        last commit's counts kept."""
+        """For each of ``runs[start:]`` ((virt_begin, virt_end, data_begin, shared), a
+        discard's runs) in turn, ``set_count(x, c - 1)`` then ``set_count(x, c)`` for each
+        of its blocks (the run's removal, then its pin), where that changes nothing but
+        the last commit's count kept for a block not kept yet: the run's blocks in one
+        bitmap, a shadow of this transaction whose index entry the ie cache holds (each
+        ``shadow_bitmap`` changes nothing), every count 1 or 2 (none goes through the
+        reference-count btree).  Stops at the first run where that does not hold, with
+        nothing of it done, and returns its index (``len(runs)`` for none)."""
         maps, bitmaps, shadows, dirty = self.maps, self.bitmaps, self.tm.shadows, self.dirty
         old = self.old
         fresh = 0
