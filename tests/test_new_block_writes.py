@@ -18,6 +18,7 @@ import pytest
 from helpers import GiB, MiB, make_pool, make_thin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_discard_paths import _digest
 from test_discard_paths import _one_at_a_time as discards_one_at_a_time
 
 from thinsim import plan
@@ -151,11 +152,6 @@ def _run(ops, data, md, lwm, features, fill):
         p.event_nr,
         commits,
     )
-
-
-def _digest(p):
-    blocks = metadata_blocks(p.pmd)
-    return hashlib.sha256(b"".join(blocks[b] for b in sorted(blocks))).hexdigest()
 
 
 _op = st.one_of(
