@@ -153,3 +153,76 @@ def test_counts_of_254_and_more_and_a_negative_count_stop_c_where_python_takes_o
         assert _state(pmds[0]) == _state(pmds[1]), op
     assert results[0] is None
     assert pmds[0].data_sm.ll.get_count(120) == 2
+
+
+def _writeback_always(self, index: int) -> None:
+    """``_DiskLowLevel._writeback`` as the kernel's ie_cache_writeback is written: the
+    index entry inserted every time (the reference for the entries known set in place)."""
+    self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
+
+
+def _same_ops(pmds, ops, patches):
+    for op in ops:
+        results = []
+        for pmd, patch in zip(pmds, patches):
+            with pytest.MonkeyPatch.context() as mp:
+                patch(mp)
+                results.append(_apply(pmd, op))
+        assert len(set(map(repr, results))) == 1, op
+        states = [_state(pmd) for pmd in pmds]
+        assert all(s == states[0] for s in states), op
+        trees = [list(pmd.data_sm.ll.index_info.items(pmd.data_sm.ll.index_root)) for pmd in pmds]
+        assert all(t == trees[0] for t in trees), op
+
+
+def _patches():
+    def c(mp):
+        pass
+
+    def python(mp):
+        mp.setattr(space_map, "_C_RUN", None)
+
+    def reference(mp):
+        mp.setattr(space_map, "_C_RUN", None)
+        mp.setattr(space_map._DiskLowLevel, "_writeback", _writeback_always)
+
+    return [c, python, reference]
+
+
+def _pools(nr_md_blocks: int, patches) -> list[PoolMetadata]:
+    pmds = []
+    for patch in patches:
+        with pytest.MonkeyPatch.context() as mp:
+            patch(mp)
+            pmds.append(_pool(nr_md_blocks))
+    return pmds
+
+
+def test_bitmaps_taking_turns_in_an_ie_cache_slot_leave_what_a_writeback_each_turn_leaves(both):
+    """Bitmaps 1 and 65 share an ie-cache slot: a copied leaf whose blocks alternate
+    between them writes each one's entry back at every turn (an insert into the index
+    btree).  After the first in-place insert of an entry, C and Python take the slot
+    without walking the tree again; the counts, the ie cache, the index btree and every
+    metadata block are what an insert each time leaves, across commits and aborts."""
+    patches = _patches()
+    pmds = _pools(4096, patches)
+    e = ENTRIES_PER_BITMAP
+    turns = [(e + 10, 1, 1), (65 * e + 10, 1, 1)] * 40
+    ops = [("add", turns, 1), ("add", turns, 1), ("commit", (), 0), ("add", turns, 1)]
+    ops += [("add", [(e + 11, 30, 64 * e)], 1), ("abort", (), 0), ("add", turns, 1)]
+    ops += [("add", turns, 2), ("commit", (), 0), ("add", turns, -1), ("add", turns, 1)]
+    _same_ops(pmds, ops, patches)
+    ll = pmds[0].data_sm.ll
+    assert ll._wb_same, "no entry was found set in place"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nr_md_blocks=st.sampled_from([95, 110, 160, 400, 4096]), ops=_ops)
+def test_index_entries_found_set_in_place_leave_what_an_insert_each_time_leaves(
+    both, nr_md_blocks, ops
+):
+    patches = _patches()
+    pmds = _pools(nr_md_blocks, patches)
+    prefix = [("add", [(5, 3000, 1), (ENTRIES_PER_BITMAP * 64 + 7, 500, 1)], 1)]
+    prefix += [("commit", (), 0), prefix[0], ("commit", (), 0), prefix[0]]
+    _same_ops(pmds, prefix + ops, patches)

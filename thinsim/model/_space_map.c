@@ -29,6 +29,16 @@
 
 #define ENTRIES_PER_BITMAP 16320
 #define IE_CACHE_SIZE 64
+/*
+ * The bitmaps and reference-count leaves one run() keeps at hand.  A copied mapping
+ * leaf's blocks were written on as many days as its thin has had snapshots, each day's
+ * in that day's bitmaps and reference-count leaves: block after block they take turns.
+ * Nothing but run() itself changes these objects while it runs, so what it found ready
+ * for one block stays ready for the next (but for the ie-cache slot, which run() keeps
+ * track of itself: owner).
+ */
+#define RUN_BITMAPS 48
+#define RUN_LEAVES 48
 
 /* why run() stopped at a block (space_map.py: LowLevel.add_many) */
 enum {
@@ -163,12 +173,84 @@ static void bitmap_put(struct bitmap *bmp)
 struct lowlevel {
 	PyObject *maps, *shadows, *dirty, *codes, *bigs, *los, *leaves, *held;
 	PyObject *mmaps;	/* the metadata space map's maps */
+	PyObject *same;		/* _wb_same (a dict), or None where it does not hold now */
+	int64_t owner[IE_CACHE_SIZE];	/* the bitmap index each slot holds, -1 unknown */
 	uint64_t ref_root;
 	int kept;		/* a leaf was added to the kept table */
 	int plain_dirty, plain_codes, plain_bigs, plain_held;	/* plain_get */
 	uint64_t *bitmaps;
 	Py_ssize_t nr_bitmaps;
 };
+
+/*
+ * Whether bitmap ``y``'s index entry is one _writeback would find set in place already
+ * (ll->same[y] is its bitmap block): 1 if so, 0 if not, -1 on an error.
+ */
+static int written_same(struct lowlevel *ll, uint64_t y)
+{
+	PyObject *v;
+	uint64_t blk;
+	int ok = 1;
+
+	if (ll->same == Py_None || y >= (uint64_t)ll->nr_bitmaps)
+		return 0;
+	v = get_item_u64(ll->same, y, 1);
+	if (!v)
+		return PyErr_Occurred() ? -1 : 0;
+	blk = as_u64(v, &ok);
+	Py_DECREF(v);
+	return ok && blk == ll->bitmaps[y];
+}
+
+/* dict[key] = value for ints: 1, or -1 on an error */
+static int dict_set_u64(PyObject *dict, uint64_t key, uint64_t value)
+{
+	PyObject *k = PyLong_FromUnsignedLongLong(key), *v;
+	int r = -1;
+
+	if (!k)
+		return -1;
+	v = PyLong_FromUnsignedLongLong(value);
+	if (v) {
+		r = PyDict_SetItem(dict, k, v) < 0 ? -1 : 1;
+		Py_DECREF(v);
+	}
+	Py_DECREF(k);
+	return r;
+}
+
+/*
+ * Bitmap ``index``'s entry made the one its ie-cache slot holds, where that needs
+ * nothing of Python's: held there already, or (_index_changed) the slot taken after
+ * the writeback of the entry it holds, where that changes nothing: an empty slot, or
+ * an entry _writeback finds set in place already (_wb_same).  Taking the slot is the
+ * first thing Python would do for the block too, whatever comes after.  1 if held
+ * now, 2 if Python must take the slot, -1 on an error.
+ */
+static int take_slot(struct lowlevel *ll, uint64_t index)
+{
+	uint64_t slot = ie_slot(index), in_slot;
+	PyObject *held;
+	int r, ok = 1;
+
+	if (ll->owner[slot] == (int64_t)index)
+		return 1;
+	held = get_item_u64(ll->dirty, slot, ll->plain_dirty);
+	if (!held && PyErr_Occurred())
+		return -1;
+	in_slot = held ? as_u64(held, &ok) : 0;
+	Py_XDECREF(held);
+	if (ok && held && in_slot == index) {
+		ll->owner[slot] = index;
+		return 1;
+	}
+	r = ok && PyDict_CheckExact(ll->dirty) && (!held || written_same(ll, in_slot));
+	if (r == 1)
+		r = dict_set_u64(ll->dirty, slot, index);
+	if (r == 1)
+		ll->owner[slot] = index;
+	return r < 0 ? -1 : (r == 1 ? 1 : 2);
+}
 
 /*
  * Bitmap ``index`` made the one in use if a block of it needs nothing of Python's
@@ -179,9 +261,8 @@ struct lowlevel {
  */
 static int bitmap_get(struct lowlevel *ll, uint64_t index, struct bitmap *bmp)
 {
-	PyObject *map, *blk, *codes, *big, *held;
-	int r, ok = 1;
-	uint64_t in_slot;
+	PyObject *map, *blk, *codes, *big;
+	int r;
 
 	if (index >= (uint64_t)PyList_GET_SIZE(ll->maps) || index >= (uint64_t)ll->nr_bitmaps)
 		return 0;
@@ -203,16 +284,10 @@ static int bitmap_get(struct lowlevel *ll, uint64_t index, struct bitmap *bmp)
 		Py_DECREF(codes);
 		return 0;
 	}
-	held = get_item_u64(ll->dirty, ie_slot(index), ll->plain_dirty);
-	if (!held && PyErr_Occurred()) {
+	r = take_slot(ll, index);
+	if (r != 1) {
 		Py_DECREF(codes);
-		return -1;
-	}
-	in_slot = held ? as_u64(held, &ok) : 0;
-	Py_XDECREF(held);
-	if (!held || !ok || in_slot != index) {
-		Py_DECREF(codes);
-		return 2;
+		return r;
 	}
 	big = get_item_u64(ll->bigs, index, ll->plain_bigs);
 	if (!big && PyErr_Occurred()) {
@@ -614,7 +689,7 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
 
 /*
  * run(start, blocks, delta, maps, bitmaps, shadows, dirty, codes, bigs, los, leaves,
- *     held, mmaps, ref_root) -> (stop, why, old_n, big_n, nr_allocated, kept)
+ *     held, mmaps, ref_root, same) -> (stop, why, old_n, big_n, nr_allocated, kept)
  *
  * add_many's loop over blocks[start:] (a list of ints), up to the first block it
  * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
@@ -622,23 +697,24 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
  * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
  * ``big.n`` and ``nr_allocated``.  Its arguments are the LowLevel's maps, bitmaps,
  * tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves, tm.blocks, the
- * metadata space map's maps and ref_root; the caller has checked what add_many checks
- * once a call (no queued metadata counts, the kept leaves of this tree's shape and
- * root).
+ * metadata space map's maps and ref_root, and _wb_same where it holds (else None);
+ * the caller has checked what add_many checks once a call (no queued metadata counts,
+ * the kept leaves of this tree's shape and root, _wb_same of the index tree's).
  */
 static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
 	struct lowlevel ll;
-	struct bitmap bmp = { .index = -1 };
-	struct leaf lf = { .node = NULL };
+	struct bitmap bmps[RUN_BITMAPS], *bmp = NULL;
+	struct leaf lfs[RUN_LEAVES], *lf = NULL;
+	int next_bmp = 0, next_lf = 0, k;
 	Py_buffer bitmaps;
 	PyObject *blocks;
 	Py_ssize_t start, i, n, pos;
 	long long delta, d_old = 0, d_big = 0, d_alloc = 0;
 	int ok, r = 0, why = STOP_OTHER;
 
-	if (nargs != 14) {
-		PyErr_SetString(PyExc_TypeError, "run() takes 14 arguments");
+	if (nargs != 15) {
+		PyErr_SetString(PyExc_TypeError, "run() takes 15 arguments");
 		return NULL;
 	}
 	start = PyLong_AsSsize_t(args[0]);
@@ -656,6 +732,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	ll.held = args[11];
 	ll.mmaps = args[12];
 	ll.ref_root = PyLong_AsUnsignedLongLong(args[13]);
+	ll.same = PyDict_CheckExact(args[14]) ? args[14] : Py_None;
 	ll.kept = 0;
 	if (PyErr_Occurred())
 		return NULL;
@@ -676,6 +753,12 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	}
 	ll.bitmaps = bitmaps.buf;
 	ll.nr_bitmaps = bitmaps.len / 8;
+	for (k = 0; k < IE_CACHE_SIZE; k++)
+		ll.owner[k] = -1;
+	for (k = 0; k < RUN_BITMAPS; k++)
+		bmps[k].index = -1;
+	for (k = 0; k < RUN_LEAVES; k++)
+		lfs[k].node = NULL;
 
 	n = PyList_GET_SIZE(blocks);
 	for (i = start; i < n; i++) {
@@ -689,73 +772,96 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		if (!ok)
 			break;
 		index = b / ENTRIES_PER_BITMAP;
-		if ((int64_t)index != bmp.index) {
-			bitmap_put(&bmp);
-			r = bitmap_get(&ll, index, &bmp);
+		if (!bmp || (int64_t)index != bmp->index) {
+			/* one kept at hand, its slot taken again if another took it */
+			for (k = 0; k < RUN_BITMAPS && bmps[k].index != (int64_t)index; k++)
+				;
+			if (k < RUN_BITMAPS) {
+				r = take_slot(&ll, index);
+				bmp = r == 1 ? &bmps[k] : NULL;
+			} else {
+				bmp = &bmps[next_bmp];
+				next_bmp = (next_bmp + 1) % RUN_BITMAPS;
+				bitmap_put(bmp);
+				r = bitmap_get(&ll, index, bmp);
+				if (r != 1)
+					bmp = NULL;
+			}
 			if (r != 1) {
 				if (r == 2)
 					why = STOP_SLOT;
 				break;
 			}
 		}
-		e = b - bmp.base;
-		c = bmp.m[e];
+		e = b - bmp->base;
+		c = bmp->m[e];
 		if (c == 3) {
-			if (!bmp.bm)
+			if (!bmp->bm)
 				break;
-			o = bmp.bm[e];
+			o = bmp->bm[e];
 		} else {
 			o = c;
 		}
 		/* OldCounts.keep: counts of 254 and more go to a dict */
-		keep = !bmp.oc[e];
+		keep = !bmp->oc[e];
 		if (keep && o >= 254)
 			break;
 		nn = (long long)o + delta;
 		if (nn > 2) {
 			/* a count of 3 and more: the big counts and the ref-count leaf */
-			if (nn > 0xFFFFFFFFLL || (o < 3 && !bmp.bm))
+			if (nn > 0xFFFFFFFFLL || (o < 3 && !bmp->bm))
 				break;
-			if (!lf.node || b < lf.lo || b >= lf.hi) {
-				leaf_put(&lf);
-				r = leaf_get(&ll, b, &lf);
-				if (r == 0)
-					r = leaf_walk(&ll, b, &lf);
-				if (r != 1) {
+			if (!lf || b < lf->lo || b >= lf->hi) {
+				/* one kept at hand (their ranges do not overlap), or the kept table's */
+				for (k = 0; k < RUN_LEAVES; k++)
+					if (lfs[k].node && b >= lfs[k].lo && b < lfs[k].hi)
+						break;
+				if (k < RUN_LEAVES) {
+					lf = &lfs[k];
+				} else {
+					lf = &lfs[next_lf];
+					next_lf = (next_lf + 1) % RUN_LEAVES;
+					leaf_put(lf);
+					r = leaf_get(&ll, b, lf);
 					if (r == 0)
-						why = STOP_LEAF;
-					else if (r == 2)
-						why = STOP_INSERT;
-					break;
+						r = leaf_walk(&ll, b, lf);
+					if (r != 1) {
+						lf = NULL;
+						if (r == 0)
+							why = STOP_LEAF;
+						else if (r == 2)
+							why = STOP_INSERT;
+						break;
+					}
 				}
 			}
-			pos = leaf_find(&lf, b);
-			if (pos < lf.nkeys && lf.k[pos] == b) {
-				lf.v[pos] = nn;
+			pos = leaf_find(lf, b);
+			if (pos < lf->nkeys && lf->k[pos] == b) {
+				lf->v[pos] = nn;
 			} else {
 				/* _insert_in_place's insert, room left; a full leaf splits */
-				if (lf.nkeys >= lf.max_entries) {
+				if (lf->nkeys >= lf->max_entries) {
 					why = STOP_INSERT;
 					break;
 				}
-				if (leaf_insert(&lf, pos, b, nn) < 0) {
+				if (leaf_insert(lf, pos, b, nn) < 0) {
 					r = -1;
 					break;
 				}
 			}
-			lf.at = pos;
-			bmp.m[e] = 3;
+			lf->at = pos;
+			bmp->m[e] = 3;
 			if (o < 3)
 				d_big++;
-			bmp.bm[e] = nn;
+			bmp->bm[e] = nn;
 		} else {
 			/* a removal from the ref-count tree, or a negative count: Python's */
 			if (nn < 0 || o > 2)
 				break;
-			bmp.m[e] = nn;
+			bmp->m[e] = nn;
 		}
 		if (keep) {
-			bmp.oc[e] = o + 1;
+			bmp->oc[e] = o + 1;
 			d_old++;
 		}
 		if (o == 0) {
@@ -765,8 +871,10 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			d_alloc--;
 		}
 	}
-	bitmap_put(&bmp);
-	leaf_put(&lf);
+	for (k = 0; k < RUN_BITMAPS; k++)
+		bitmap_put(&bmps[k]);
+	for (k = 0; k < RUN_LEAVES; k++)
+		leaf_put(&lfs[k]);
 	PyBuffer_Release(&bitmaps);
 	if (r < 0)
 		return NULL;

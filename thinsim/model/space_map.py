@@ -295,6 +295,7 @@ class LowLevel:
         self.ref_info = BTreeInfo(tm, 1, ValueType(4))
         self.ref_root = 0
         self._no_ref_leaves()
+        self._no_writebacks()
 
     def _no_ref_leaves(self) -> None:
         # reference-count leaves found in place (BTreeInfo.leaf_in_place) this transaction,
@@ -306,14 +307,24 @@ class LowLevel:
         self._ref_leaves: list[tuple] = []
         self._ref_at = None
 
+    def _no_writebacks(self) -> None:
+        # the data ll's index entries known to be in the index btree already, set in place
+        # this transaction: bitmap index -> the bitmap block its entry holds.  While the
+        # tree's shape and root are those of ``_wb_at`` and no metadata count is queued,
+        # writing such an entry back again (``_writeback``) would set the value its leaf
+        # holds, in place: nothing changes, and it is not walked again
+        self._wb_same: dict[int, int] = {}
+        self._wb_at = None
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for k in ("_ref_los", "_ref_leaves", "_ref_at"):
+        for k in ("_ref_los", "_ref_leaves", "_ref_at", "_wb_same", "_wb_at"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self._no_ref_leaves()
+        self._no_writebacks()
         # a host state pickled before the counts were kept a bitmap at a time
         bits = state.pop("bits", None)
         runs = state.pop("old_runs", ())  # ... and before a run's blocks were kept in ``old``
@@ -495,6 +506,12 @@ class LowLevel:
                 tm.blocks,
                 tm.sm.ll.maps,
                 self.ref_root,
+                # the entries whose writeback changes nothing, where that holds now
+                (
+                    self._wb_same
+                    if self._wb_at == (self.index_info.reshapes, self.index_root)
+                    else None
+                ),
             )
             if kept:  # as ``_kept_ref_leaf`` does after a walk
                 self._ref_at = (info.reshapes, self.ref_root)
@@ -1097,7 +1114,32 @@ class _DiskLowLevel(LowLevel):
             old.n += fresh
 
     def _writeback(self, index: int) -> None:
-        self.index_root, _ = self.index_info.insert(self.index_root, (index,), self.bitmaps[index])
+        """ie_cache_writeback: the entry inserted into the index btree.  Each bitmap's
+        entry is written back many times a transaction where bitmaps that share an
+        ie-cache slot take turns (a mapping leaf's blocks, after weeks of snapshots, lie in
+        as many bitmaps as days).  Once an insert of it went in place (``_insert_in_place``:
+        every node on its path a shadow of this transaction, unshared, no internal node
+        full), the same insert again changes nothing while the tree keeps its shape and
+        root (``reshapes``: splits and rebalances are what fill an internal node) and no
+        metadata count is queued; the shadows last until the commit or rollback, which
+        forget these entries (``_wb_same``)."""
+        value = self.bitmaps[index]
+        info = self.index_info
+        same = self._wb_same
+        if self.tm.sm._bops:
+            self.index_root, _ = info.insert(self.index_root, (index,), value)
+            return
+        at = (info.reshapes, self.index_root)
+        if self._wb_at != at:
+            same.clear()
+            self._wb_at = at
+        elif same.get(index) == value:
+            return
+        if info._insert_in_place(self.index_root, (index,), value) is not None:
+            same[index] = value
+        else:
+            same.pop(index, None)
+            self.index_root, _ = info.insert(self.index_root, (index,), value)
 
     def writeback(self) -> None:
         """dm-space-map-common.c: ie_cache_writeback, slot order (NoSpace if the index
@@ -1109,6 +1151,7 @@ class _DiskLowLevel(LowLevel):
 
     def commit(self) -> None:
         self.writeback()
+        self._no_writebacks()
         super().commit()
 
     def _header(self):
@@ -1119,6 +1162,7 @@ class _DiskLowLevel(LowLevel):
         changed = super().rollback()
         self.index_root = index_root
         self.dirty.clear()
+        self._no_writebacks()
         return changed
 
 
