@@ -857,15 +857,24 @@ class Simulation:
         return summarize(self)
 
 
+def _unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` (sorted, each value once) by a sort: numpy 2's hashing unique
+    takes 50 times as long for a day's churn of a 1 TiB thin (0.8 s for 950k values)."""
+    a = np.sort(a)
+    if len(a) < 2:
+        return a
+    return a[np.concatenate(([True], a[1:] != a[:-1]))]
+
+
 def _distinct(rng: np.random.Generator, population: int, n: int) -> np.ndarray:
     """``n`` distinct values below ``population``, in random order (deterministic for the
     generator's state)."""
     if n * 4 >= population:
         return rng.permutation(population)[:n]
-    picked = np.unique(rng.integers(0, population, n + n // 8 + 16))
+    picked = _unique(rng.integers(0, population, n + n // 8 + 16))
     while len(picked) < n:
         more = rng.integers(0, population, n - len(picked) + 16)
-        picked = np.unique(np.concatenate([picked, more]))
+        picked = _unique(np.concatenate([picked, more]))
     return rng.permutation(picked)[:n]
 
 
@@ -891,11 +900,13 @@ def device_counts(pool: ModelPool, exclusive: bool, names: dict[int, Volume] | N
         roots = pmd.thin_roots()
         for dev in sorted(details):
             vals = np.fromiter((v for _k, v in pmd.device_mappings(roots[dev])), dtype=np.uint64)
-            per_dev[dev] = np.unique(vals >> np.uint64(TIME_BITS))
+            per_dev[dev] = _unique(vals >> np.uint64(TIME_BITS))
         if per_dev:
-            every = np.concatenate(list(per_dev.values()))
-            uniq, counts = np.unique(every, return_counts=True)
-            singles = uniq[counts == 1]
+            every = np.sort(np.concatenate(list(per_dev.values())))
+            # the values met once (each device's are distinct): unequal to both neighbours
+            edge = np.ones(len(every) + 1, dtype=bool)
+            edge[1:-1] = every[1:] != every[:-1]
+            singles = every[edge[:-1] & edge[1:]]
     for dev in sorted(details):
         name = names[dev].name if names and dev in names else str(dev)
         mapped = details[dev][0]
