@@ -5,6 +5,7 @@ bitmaps met for the first time and ie-cache slots taken by another bitmap, count
 1 <-> 2 <-> 3 and up (keys inserted, leaves split, keys removed), counts of 254 and
 more, a count going negative, metadata running out mid-call, commits and aborts."""
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,11 +39,15 @@ def _blocks(runs) -> list[int]:
     return out
 
 
-def _apply(pmd: PoolMetadata, op) -> object:
+def _apply(pmd: PoolMetadata, op, arrays: bool = False) -> object:
+    """``arrays``: the blocks given as a numpy array, as a copied leaf's are."""
     kind, runs, delta = op
     try:
         if kind == "add":
-            pmd.data_sm.ll.add_many(_blocks(runs), delta)
+            blocks = _blocks(runs)
+            if arrays:
+                blocks = np.array(blocks, dtype=np.uint64)
+            pmd.data_sm.ll.add_many(blocks, delta)
         elif kind == "commit":
             pmd.commit()
         elif kind == "abort":
@@ -164,10 +169,10 @@ def _writeback_always(self, index: int) -> None:
 def _same_ops(pmds, ops, patches):
     for op in ops:
         results = []
-        for pmd, patch in zip(pmds, patches):
+        for k, (pmd, patch) in enumerate(zip(pmds, patches)):
             with pytest.MonkeyPatch.context() as mp:
                 patch(mp)
-                results.append(_apply(pmd, op))
+                results.append(_apply(pmd, op, arrays=k == 1))
         assert len(set(map(repr, results))) == 1, op
         states = [_state(pmd) for pmd in pmds]
         assert all(s == states[0] for s in states), op
@@ -176,6 +181,8 @@ def _same_ops(pmds, ops, patches):
 
 
 def _patches():
+    """C given lists, C given numpy arrays, Python, and Python with every writeback."""
+
     def c(mp):
         pass
 
@@ -186,7 +193,7 @@ def _patches():
         mp.setattr(space_map, "_C_RUN", None)
         mp.setattr(space_map._DiskLowLevel, "_writeback", _writeback_always)
 
-    return [c, python, reference]
+    return [c, c, python, reference]
 
 
 def _pools(nr_md_blocks: int, patches) -> list[PoolMetadata]:

@@ -26,6 +26,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #define ENTRIES_PER_BITMAP 16320
 #define IE_CACHE_SIZE 64
@@ -154,6 +155,7 @@ struct bitmap {
 	uint8_t *m, *oc;
 	uint32_t *bm;		/* NULL if the bitmap has no big counts yet */
 	Py_buffer bv;
+	int leaf;		/* run(): the leaf at hand its last block of 3 and more went to */
 };
 
 static void bitmap_put(struct bitmap *bmp)
@@ -677,6 +679,19 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
 		return i + 1;
 	if (i < hi && lf->k[i] >= b && (i == 0 || lf->k[i - 1] < b))
 		return i;
+	if (i < hi && lf->k[i] < b) {
+		/*
+		 * a little further on: the blocks of a copied leaf that one day wrote are
+		 * keys of one reference-count leaf, with the day's blocks the thin has
+		 * overwritten since between them
+		 */
+		Py_ssize_t end = i + 9 < hi ? i + 9 : hi;
+
+		for (i++; i < end; i++)
+			if (lf->k[i] >= b)
+				return i;
+		lo = i;
+	}
 	while (lo < hi) {
 		mid = (lo + hi) / 2;
 		if (lf->k[mid] < b)
@@ -707,7 +722,9 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	struct bitmap bmps[RUN_BITMAPS], *bmp = NULL;
 	struct leaf lfs[RUN_LEAVES], *lf = NULL;
 	int next_bmp = 0, next_lf = 0, k;
-	Py_buffer bitmaps;
+	Py_buffer bitmaps, bview;
+	uint64_t *bbuf = NULL;	/* blocks' items, where blocks is a buffer */
+	int is_buf = 0;
 	PyObject *blocks;
 	Py_ssize_t start, i, n, pos;
 	long long delta, d_old = 0, d_big = 0, d_alloc = 0;
@@ -739,15 +756,33 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	if ((ll.plain_dirty = plain_get(ll.dirty)) < 0 || (ll.plain_codes = plain_get(ll.codes)) < 0 ||
 	    (ll.plain_bigs = plain_get(ll.bigs)) < 0 || (ll.plain_held = plain_get(ll.held)) < 0)
 		return NULL;
-	if (!PyList_Check(blocks) || !PyList_Check(ll.maps) || !PyList_Check(ll.los) ||
-	    !PyList_Check(ll.leaves) || !PyList_Check(ll.mmaps)) {
-		PyErr_SetString(PyExc_TypeError, "run(): blocks, maps, los, leaves and mmaps are lists");
+	if (!PyList_Check(ll.maps) || !PyList_Check(ll.los) || !PyList_Check(ll.leaves) ||
+	    !PyList_Check(ll.mmaps)) {
+		PyErr_SetString(PyExc_TypeError, "run(): maps, los, leaves and mmaps are lists");
 		return NULL;
 	}
-	if (PyObject_GetBuffer(args[4], &bitmaps, PyBUF_FORMAT) < 0)
+	if (!PyList_Check(blocks)) {
+		/* a leaf's data blocks as numpy shifts them: no int object made for each */
+		if (PyObject_GetBuffer(blocks, &bview, PyBUF_FORMAT) < 0)
+			return NULL;
+		if (bview.itemsize != 8 || !bview.format ||
+		    !strchr("QL", bview.format[strlen(bview.format) - 1])) {
+			PyBuffer_Release(&bview);
+			PyErr_SetString(PyExc_TypeError, "run(): blocks is a list or a buffer of u64");
+			return NULL;
+		}
+		bbuf = bview.buf;
+		is_buf = 1;
+	}
+	if (PyObject_GetBuffer(args[4], &bitmaps, PyBUF_FORMAT) < 0) {
+		if (is_buf)
+			PyBuffer_Release(&bview);
 		return NULL;
+	}
 	if (bitmaps.itemsize != 8) {
 		PyBuffer_Release(&bitmaps);
+		if (is_buf)
+			PyBuffer_Release(&bview);
 		PyErr_SetString(PyExc_TypeError, "run(): bitmaps is an array('Q')");
 		return NULL;
 	}
@@ -760,7 +795,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	for (k = 0; k < RUN_LEAVES; k++)
 		lfs[k].node = NULL;
 
-	n = PyList_GET_SIZE(blocks);
+	n = is_buf ? bview.len / 8 : PyList_GET_SIZE(blocks);
 	for (i = start; i < n; i++) {
 		uint64_t b, e, o, index;
 		long long nn;
@@ -768,7 +803,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		int keep;
 
 		ok = 1;
-		b = as_u64(PyList_GET_ITEM(blocks, i), &ok);
+		b = is_buf ? bbuf[i] : as_u64(PyList_GET_ITEM(blocks, i), &ok);
 		if (!ok)
 			break;
 		index = b / ENTRIES_PER_BITMAP;
@@ -786,6 +821,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				r = bitmap_get(&ll, index, bmp);
 				if (r != 1)
 					bmp = NULL;
+				else
+					bmp->leaf = -1;
 			}
 			if (r != 1) {
 				if (r == 2)
@@ -812,10 +849,15 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			if (nn > 0xFFFFFFFFLL || (o < 3 && !bmp->bm))
 				break;
 			if (!lf || b < lf->lo || b >= lf->hi) {
-				/* one kept at hand (their ranges do not overlap), or the kept table's */
-				for (k = 0; k < RUN_LEAVES; k++)
-					if (lfs[k].node && b >= lfs[k].lo && b < lfs[k].hi)
-						break;
+				/*
+				 * one kept at hand (their ranges do not overlap): first the one this
+				 * bitmap's last such block went to; or the kept table's
+				 */
+				k = bmp->leaf;
+				if (k < 0 || !lfs[k].node || b < lfs[k].lo || b >= lfs[k].hi)
+					for (k = 0; k < RUN_LEAVES; k++)
+						if (lfs[k].node && b >= lfs[k].lo && b < lfs[k].hi)
+							break;
 				if (k < RUN_LEAVES) {
 					lf = &lfs[k];
 				} else {
@@ -850,6 +892,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				}
 			}
 			lf->at = pos;
+			bmp->leaf = lf - lfs;
 			bmp->m[e] = 3;
 			if (o < 3)
 				d_big++;
@@ -876,6 +919,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	for (k = 0; k < RUN_LEAVES; k++)
 		leaf_put(&lfs[k]);
 	PyBuffer_Release(&bitmaps);
+	if (is_buf)
+		PyBuffer_Release(&bview);
 	if (r < 0)
 		return NULL;
 	if (i == n)

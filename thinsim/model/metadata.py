@@ -51,11 +51,13 @@ class ThinDevice:
         return (self.mapped_blocks, self.transaction_id, self.creation_time, self.snapshotted_time)
 
 
-def _data_blocks(values) -> list[int]:
-    """The data blocks of mapping values (a leaf's ``array('Q')``: shifted in C, the
-    values of a whole leaf are counted each time a shared leaf is shadowed)."""
+def _data_blocks(values):
+    """The data blocks of mapping values, for ``inc_many`` / ``dec_many``: a leaf's
+    ``array('Q')`` shifted by numpy, as an array (``LowLevel.add_many``'s C reads it as
+    it is: the values of a whole leaf are counted each time a shared leaf is shadowed);
+    a list for a few."""
     if type(values) is array and len(values) > 8:
-        return (np.frombuffer(values, dtype=np.uint64) >> np.uint64(TIME_BITS)).tolist()
+        return np.frombuffer(values, dtype=np.uint64) >> np.uint64(TIME_BITS)
     return [v >> TIME_BITS for v in values]
 
 

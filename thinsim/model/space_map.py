@@ -25,6 +25,8 @@ from array import array
 from bisect import bisect_right
 from collections.abc import MutableMapping
 
+import numpy as np
+
 from ..constants import ENTRIES_PER_BITMAP
 from . import native
 from .btree import BTreeInfo, ValueType
@@ -476,7 +478,12 @@ class LowLevel:
         goes on from the next block."""
         run = _C_RUN
         dirty = getattr(self, "dirty", None)
-        if run is None or dirty is None or type(blocks) is not list or self.tm.sm._bops:
+        if type(blocks) is np.ndarray:
+            # a leaf's data blocks (metadata._data_blocks): C reads them as they are
+            if run is None or dirty is None or self.tm.sm._bops:
+                self._add_many(blocks.tolist(), delta)
+                return
+        elif run is None or dirty is None or type(blocks) is not list or self.tm.sm._bops:
             self._add_many(blocks, delta)
             return
         info = self.ref_info
@@ -525,16 +532,16 @@ class LowLevel:
                 # what ``_add_many`` would do first for the block; then C takes it again
                 if why == 1:
                     # its bitmap, shadowed, lost its ie-cache slot to another
-                    self._index_changed(blocks[i] // ENTRIES_PER_BITMAP)
+                    self._index_changed(int(blocks[i]) // ENTRIES_PER_BITMAP)
                     continue
-                if why == 2 and self._kept_ref_leaf(blocks[i]) is not None:
+                if why == 2 and self._kept_ref_leaf(int(blocks[i])) is not None:
                     continue  # its ref-count leaf was not kept yet
             if why == 4:
-                self._insert_big(blocks[i], delta)
+                self._insert_big(int(blocks[i]), delta)
                 i += 1
                 los = self._ref_los
                 continue
-            self._add_many(blocks[i : i + 1], delta)
+            self._add_many([int(blocks[i])], delta)
             i += 1
             los = self._ref_los
 
