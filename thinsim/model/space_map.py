@@ -1399,10 +1399,36 @@ class MetadataSpaceMap:
     def dec(self, b: int) -> None:
         self._mutate(b, -1)
 
-    def _mutate(self, b: int, delta: int) -> None:
+    def _mutate(self, b: int, delta: int, _entries: int = ENTRIES_PER_BITMAP) -> None:
         if self._recursing or self._bootstrap:
             self._bops.append((b, delta))
             return
+        # the common case (every shadow allocates a block and drops one): a count going
+        # between 0, 1 and 2 in a bitmap shadowed already -- what ``set_count`` does then
+        # (the bitmap's shadow_bitmap changes nothing but the index flag; no recursion)
+        ll = self.ll
+        index = b // _entries
+        m = ll.maps[index]
+        if m is not None and not self._bops and ll.bitmaps[index] in self.tm.shadows:
+            e = b - index * _entries
+            c = m[e]
+            new = c + delta
+            old = ll.old
+            if c < 3 and 0 <= new < 3 and type(ll) is LowLevel and type(old) is OldCounts:
+                ll.bitmap_index_changed = True
+                codes = old.codes.get(index)
+                if codes is None:
+                    codes = old.codes[index] = bytearray(_entries)
+                if not codes[e]:
+                    codes[e] = c + 1  # OldCounts.keep of a count below 254
+                    old.n += 1
+                m[e] = new
+                if not c:
+                    ll.nr_allocated += 1
+                elif not new:
+                    ll.nr_allocated -= 1
+                    self.zeroed.append(b)
+                return
         self._recursing = True
         try:
             # _apply, inline (every metadata count change runs this)
