@@ -721,7 +721,10 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	struct lowlevel ll;
 	struct bitmap bmps[RUN_BITMAPS], *bmp = NULL;
 	struct leaf lfs[RUN_LEAVES], *lf = NULL;
-	int next_bmp = 0, next_lf = 0, k;
+	int next_bmp = 0, next_lf = 0, nb = 0, nl = 0, k;
+	/* what the searches read, side by side: bitmap indexes, leaf ranges ([0, 0): none) */
+	int64_t bidx[RUN_BITMAPS];
+	uint64_t llo[RUN_LEAVES], lhi[RUN_LEAVES];
 	Py_buffer bitmaps, bview;
 	uint64_t *bbuf = NULL;	/* blocks' items, where blocks is a buffer */
 	int is_buf = 0;
@@ -809,16 +812,20 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		index = b / ENTRIES_PER_BITMAP;
 		if (!bmp || (int64_t)index != bmp->index) {
 			/* one kept at hand, its slot taken again if another took it */
-			for (k = 0; k < RUN_BITMAPS && bmps[k].index != (int64_t)index; k++)
+			for (k = 0; k < nb && bidx[k] != (int64_t)index; k++)
 				;
-			if (k < RUN_BITMAPS) {
+			if (k < nb) {
 				r = take_slot(&ll, index);
 				bmp = r == 1 ? &bmps[k] : NULL;
 			} else {
-				bmp = &bmps[next_bmp];
+				k = next_bmp;
 				next_bmp = (next_bmp + 1) % RUN_BITMAPS;
+				if (nb < RUN_BITMAPS)
+					nb++;
+				bmp = &bmps[k];
 				bitmap_put(bmp);
 				r = bitmap_get(&ll, index, bmp);
+				bidx[k] = bmp->index;
 				if (r != 1)
 					bmp = NULL;
 				else
@@ -854,19 +861,27 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				 * bitmap's last such block went to; or the kept table's
 				 */
 				k = bmp->leaf;
-				if (k < 0 || !lfs[k].node || b < lfs[k].lo || b >= lfs[k].hi)
-					for (k = 0; k < RUN_LEAVES; k++)
-						if (lfs[k].node && b >= lfs[k].lo && b < lfs[k].hi)
+				if (k < 0 || b < llo[k] || b >= lhi[k])
+					for (k = 0; k < nl; k++)
+						if (b >= llo[k] && b < lhi[k])
 							break;
-				if (k < RUN_LEAVES) {
+				if (k < nl) {
 					lf = &lfs[k];
 				} else {
-					lf = &lfs[next_lf];
+					k = next_lf;
 					next_lf = (next_lf + 1) % RUN_LEAVES;
+					if (nl < RUN_LEAVES)
+						nl++;
+					lf = &lfs[k];
 					leaf_put(lf);
+					llo[k] = lhi[k] = 0;
 					r = leaf_get(&ll, b, lf);
 					if (r == 0)
 						r = leaf_walk(&ll, b, lf);
+					if (r == 1) {
+						llo[k] = lf->lo;
+						lhi[k] = lf->hi;
+					}
 					if (r != 1) {
 						lf = NULL;
 						if (r == 0)
