@@ -233,3 +233,46 @@ def test_index_entries_found_set_in_place_leave_what_an_insert_each_time_leaves(
     prefix = [("add", [(5, 3000, 1), (ENTRIES_PER_BITMAP * 64 + 7, 500, 1)], 1)]
     prefix += [("commit", (), 0), prefix[0], ("commit", (), 0), prefix[0]]
     _same_ops(pmds, prefix + ops, patches)
+
+
+def test_a_reference_count_leaf_shadowed_in_c_leaves_what_the_insert_leaves_when_it_raises(both):
+    """C's walk shadows a reference-count node below a parent in place itself (through
+    ``_shadow_ref_node``), as the key's insert would first; where that shadow raises, the
+    block's own changes made before it and the error are what ``_insert_big`` leaves."""
+    from thinsim.model.btree import BTreeInfo
+
+    real = BTreeInfo._shadow
+    for nth in (1, 3, 5):
+        pmds = []
+        with pytest.MonkeyPatch.context() as mp:
+            pmds.append(_pool(4096))
+            mp.setattr(space_map, "_C_RUN", None)
+            pmds.append(_pool(4096))
+        prefix = [("add", [(5, 3000, 1), (ENTRIES_PER_BITMAP * 64 + 7, 500, 1)], 1)]
+        prefix += [("commit", (), 0), prefix[0], ("commit", (), 0), prefix[0], ("commit", (), 0)]
+        for op in prefix:
+            for k, pmd in enumerate(pmds):
+                with pytest.MonkeyPatch.context() as mp:
+                    if k:
+                        mp.setattr(space_map, "_C_RUN", None)
+                    assert _apply(pmd, op) is None
+        errors = []
+        for k, pmd in enumerate(pmds):
+            calls = []
+
+            def shadow(self, b, vt, _pmd=pmd, _calls=calls, _nth=nth):
+                if self is _pmd.data_sm.ll.ref_info and b not in self.tm.shadows:
+                    _calls.append(b)
+                    if len(_calls) == _nth:
+                        raise RuntimeError(f"shadow of {b}")
+                return real(self, b, vt)
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(BTreeInfo, "_shadow", shadow)
+                if k:
+                    mp.setattr(space_map, "_C_RUN", None)
+                with pytest.raises(RuntimeError) as e:
+                    pmd.data_sm.ll.add_many(_blocks([(5, 3000, 1)]), 1)
+                errors.append(str(e.value))
+        assert errors[0] == errors[1]
+        assert _state(pmds[0]) == _state(pmds[1])

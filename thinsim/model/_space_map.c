@@ -48,6 +48,7 @@ enum {
 	STOP_LEAF,	/* ready but for its ref-count leaf, not kept (yet) */
 	STOP_OTHER,	/* anything else: Python's loop does the block */
 	STOP_INSERT,	/* ready but for its key, which goes through BTreeInfo.insert */
+	STOP_RAISED,	/* its leaf's shadow raised: the error is returned, to be raised */
 };
 
 /* interned attribute and method names (module init) */
@@ -176,6 +177,7 @@ struct lowlevel {
 	PyObject *maps, *shadows, *dirty, *codes, *bigs, *los, *leaves, *held;
 	PyObject *mmaps;	/* the metadata space map's maps */
 	PyObject *same;		/* _wb_same (a dict), or None where it does not hold now */
+	PyObject *shadow;	/* _shadow_ref_leaf, or None where the walks may not shadow */
 	int64_t owner[IE_CACHE_SIZE];	/* the bitmap index each slot holds, -1 unknown */
 	uint64_t ref_root;
 	int kept;		/* a leaf was added to the kept table */
@@ -183,6 +185,20 @@ struct lowlevel {
 	uint64_t *bitmaps;
 	Py_ssize_t nr_bitmaps;
 };
+
+/* the error set, as an exception object (cleared) */
+static PyObject *raised(void)
+{
+	PyObject *type, *value, *tb;
+
+	PyErr_Fetch(&type, &value, &tb);
+	PyErr_NormalizeException(&type, &value, &tb);
+	if (value && tb)
+		PyException_SetTraceback(value, tb);
+	Py_XDECREF(type);
+	Py_XDECREF(tb);
+	return value ? value : Py_NewRef(PyExc_SystemError);
+}
 
 /*
  * Whether bitmap ``y``'s index entry is one _writeback would find set in place already
@@ -452,23 +468,63 @@ static int array_u64(PyObject *array, Py_ssize_t i, uint64_t *v)
  * from the root through nodes shadowed in this transaction with a metadata count of 1,
  * no internal node full.  1 if found and kept (made the one in use), 2 if the walk
  * says b's insert goes through BTreeInfo.insert, 0 if Python must walk (a node not in
- * core), -1 on an error.
+ * core), -1 on an error, -2 if the leaf's shadow raised (the error set).
+ *
+ * A leaf not shadowed yet below a parent in place is shadowed here, where the caller
+ * gave ll->shadow (LowLevel._shadow_ref_leaf: None where it declines): what
+ * BTreeInfo.insert's walk (btree_insert_raw) does first for the key, its shadow_step of
+ * the leaf and the parent repointed.  The leaf full, its insert goes on through
+ * BTreeInfo.insert as before, which finds it shadowed already.
  */
 static int leaf_walk(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 {
 	uint64_t blk = ll->ref_root, lo = 0, hi = UINT64_MAX, *k;
 	int unbounded = 1, r, isleaf;
-	PyObject *key, *node, *m, *keys, *values, *max, *entry;
-	Py_ssize_t nkeys, max_entries, i, j, nlos, l, h, mid;
+	PyObject *key, *node, *m, *keys, *values, *max, *entry, *pvalues = NULL, *nb;
+	Py_ssize_t nkeys, max_entries, i, j, nlos, l, h, mid, pi = -1;
 	Py_buffer kv;
 	int ok = 1;
 
 	for (;;) {
 		key = PyLong_FromUnsignedLongLong(blk);
-		if (!key)
+		if (!key) {
+			Py_XDECREF(pvalues);
 			return -1;
+		}
 		r = PySet_CheckExact(ll->shadows) ? PySet_Contains(ll->shadows, key)
 						   : PySequence_Contains(ll->shadows, key);
+		if (r == 0 && pvalues && ll->shadow != Py_None) {
+			uint64_t nblk;
+			Py_buffer pv;
+
+			nb = PyObject_CallOneArg(ll->shadow, key);
+			if (!nb) {
+				Py_DECREF(key);
+				Py_DECREF(pvalues);
+				return -2;
+			}
+			if (nb != Py_None) {
+				nblk = as_u64(nb, &ok);
+				if (!ok || !get_buffer(pvalues, &pv, 8, -1) || pi >= pv.len / 8) {
+					/* not reached: Python's shadow gives an int, values a u64 array */
+					if (ok)
+						PyBuffer_Release(&pv);
+					Py_DECREF(nb);
+					Py_DECREF(key);
+					Py_DECREF(pvalues);
+					PyErr_SetString(PyExc_SystemError, "leaf_walk: the shadow's parent");
+					return -2;
+				}
+				((uint64_t *)pv.buf)[pi] = nblk;	/* the parent repointed */
+				PyBuffer_Release(&pv);
+				Py_DECREF(nb);
+				Py_DECREF(key);
+				blk = nblk;
+				continue;	/* the leaf, shadowed now */
+			}
+			Py_DECREF(nb);
+		}
+		Py_CLEAR(pvalues);
 		if (r <= 0) {
 			Py_DECREF(key);
 			return r < 0 ? -1 : 2;
@@ -543,9 +599,12 @@ static int leaf_walk(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 		PyBuffer_Release(&kv);
 		Py_DECREF(keys);
 		r = array_u64(values, i, &blk);
-		Py_DECREF(values);
-		if (!r)
+		if (!r) {
+			Py_DECREF(values);
 			return 0;
+		}
+		pvalues = values;	/* kept: the child may be shadowed and repointed */
+		pi = i;
 	}
 
 	/* keep it: replace the entry of a leaf read back since, or insert a new one */
@@ -732,9 +791,10 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	Py_ssize_t start, i, n, pos;
 	long long delta, d_old = 0, d_big = 0, d_alloc = 0;
 	int ok, r = 0, why = STOP_OTHER;
+	PyObject *error = NULL;	/* STOP_RAISED's */
 
-	if (nargs != 15) {
-		PyErr_SetString(PyExc_TypeError, "run() takes 15 arguments");
+	if (nargs != 16) {
+		PyErr_SetString(PyExc_TypeError, "run() takes 16 arguments");
 		return NULL;
 	}
 	start = PyLong_AsSsize_t(args[0]);
@@ -753,6 +813,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	ll.mmaps = args[12];
 	ll.ref_root = PyLong_AsUnsignedLongLong(args[13]);
 	ll.same = PyDict_CheckExact(args[14]) ? args[14] : Py_None;
+	ll.shadow = args[15];
 	ll.kept = 0;
 	if (PyErr_Occurred())
 		return NULL;
@@ -882,6 +943,26 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 						llo[k] = lf->lo;
 						lhi[k] = lf->hi;
 					}
+					if (r == -2) {
+						/*
+						 * the leaf's shadow raised: what _insert_big had done
+						 * for the block when its insert raised (its entry, big
+						 * count and old count), then the error goes to Python
+						 */
+						lf = NULL;
+						error = raised();
+						bmp->m[e] = 3;
+						if (o < 3)
+							d_big++;
+						bmp->bm[e] = nn;
+						if (keep) {
+							bmp->oc[e] = o + 1;
+							d_old++;
+						}
+						r = 0;
+						why = STOP_RAISED;
+						break;
+					}
 					if (r != 1) {
 						lf = NULL;
 						if (r == 0)
@@ -940,7 +1021,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		return NULL;
 	if (i == n)
 		why = STOP_END;
-	return Py_BuildValue("(niLLLi)", i, why, d_old, d_big, d_alloc, ll.kept);
+	return Py_BuildValue("(niLLLiN)", i, why, d_old, d_big, d_alloc, ll.kept,
+			     error ? error : Py_NewRef(Py_None));
 }
 
 static PyMethodDef methods[] = {

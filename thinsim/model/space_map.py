@@ -498,7 +498,7 @@ class LowLevel:
             # looked up again after each block ``_add_many`` did (it replaces none of
             # them now: C must never write to an object Python has let go)
             tm, old, big = self.tm, self.old, self.big
-            i, why, old_n, big_n, allocated, kept = run(
+            i, why, old_n, big_n, allocated, kept, error = run(
                 i,
                 blocks,
                 delta,
@@ -519,12 +519,15 @@ class LowLevel:
                     if self._wb_at == (self.index_info.reshapes, self.index_root)
                     else None
                 ),
+                self._shadow_ref_node,
             )
             if kept:  # as ``_kept_ref_leaf`` does after a walk
                 self._ref_at = (info.reshapes, self.ref_root)
             old.n += old_n
             big.n += big_n
             self.nr_allocated += allocated
+            if error is not None:
+                raise error  # a node's shadow raised (why 5), where _insert_big's insert would
             if i >= n:
                 return
             if i != again:  # (once a block: C must not stop there twice)
@@ -715,6 +718,26 @@ class LowLevel:
             self._ref_at = (reshapes, self.ref_root)
         if o == 0:
             self.nr_allocated += 1
+
+    def _shadow_ref_node(self, b: int) -> int | None:
+        """For add_many's C walk down the reference-count tree to a key's leaf: node ``b``,
+        not shadowed in this transaction, below a parent shadowed in place, shadowed as
+        ``BTreeInfo.insert``'s walk (btree_insert_raw) shadows it first for that key
+        (``_shadow``: a block allocated, the original dropped); C repoints the parent.
+        Returns the new block, or None where it declines and the key's insert takes it
+        (Python's walk): where the allocation could queue counts, fire the metadata
+        threshold or find no block."""
+        sm = self.tm.sm
+        if sm._bops or sm._recursing or sm._bootstrap:
+            return None
+        free = sm.nr_free()
+        t = sm.threshold
+        if free < 64 or (
+            t is not None and not (sm._value is not None and sm._value <= t) and free - t < 64
+        ):
+            return None
+        info = self.ref_info
+        return info._shadow(b, info.value_type)[0]
 
     def _kept_ref_leaf(self, b: int):
         """The reference-count leaf key ``b`` goes to in place, as its entry in the
