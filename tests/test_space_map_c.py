@@ -88,6 +88,18 @@ def _state(pmd: PoolMetadata):
     )
 
 
+def _ref_tree_holds_the_big_counts(pmd: PoolMetadata) -> None:
+    """The reference-count btree holds exactly the counts of 3 and more, each key in
+    the leaf its parents route it to (the walk's keys in order)."""
+    ll = pmd.data_sm.ll
+    items = list(ll.ref_info.items(ll.ref_root))
+    keys = [k for k, _ in items]
+    assert keys == sorted(set(keys))
+    assert dict(items) == dict(ll.big)
+    for k in keys[:: max(1, len(keys) // 50)]:
+        assert ll.ref_info.lookup(ll.ref_root, (k,)) == ll.big[k]
+
+
 _run = st.tuples(
     st.integers(0, NR_DATA - 1),
     st.integers(1, 40),
@@ -135,6 +147,7 @@ def test_add_many_in_c_leaves_what_the_python_loop_leaves(both, nr_md_blocks, op
                 results.append(_apply(pmd, op))
         assert results[0] == results[1], op
         assert _state(pmds[0]) == _state(pmds[1]), op
+        _ref_tree_holds_the_big_counts(pmds[0])
 
 
 def test_counts_of_254_and_more_and_a_negative_count_stop_c_where_python_takes_over(both):
@@ -178,6 +191,7 @@ def _same_ops(pmds, ops, patches):
         assert all(s == states[0] for s in states), op
         trees = [list(pmd.data_sm.ll.index_info.items(pmd.data_sm.ll.index_root)) for pmd in pmds]
         assert all(t == trees[0] for t in trees), op
+        _ref_tree_holds_the_big_counts(pmds[0])
 
 
 def _patches():
