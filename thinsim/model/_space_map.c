@@ -883,9 +883,135 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	return Py_BuildValue("(niLLLi)", i, why, d_old, d_big, d_alloc, ll.kept);
 }
 
+/*
+ * pool.py: Pool._leaf_gather, the Python loop it stands for (the reference): the
+ * writes vblocks[k:end] that Pool._leaf_run takes as one run in a mapping leaf, the
+ * first at ``j`` of its keys.  leaf_gather(vblocks, k, end, keys, values, j,
+ * snapshotted, time_bits, maps, index) returns (olds, idx): each write's old data block
+ * and its entry in the leaf, while the writes ascend, each block mapped in the leaf,
+ * shared (its time below ``snapshotted``) with an old block counted 2 or more (its
+ * bitmap's entry in ``maps``, the data ll's); a write whose old block's bitmap shares
+ * an ie-cache slot with bitmap ``index`` (the allocations') is the last taken.
+ * vblocks is a list, keys and values the leaf's array('Q')s.  Nothing is changed.
+ */
+static PyObject *leaf_gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *vblocks, *maps, *olds = NULL, *idx = NULL, *o;
+	Py_buffer kv, vv;
+	Py_ssize_t k, end, j, nkeys, nmaps, i;
+	uint64_t snapshotted, mask, index, last = 0, *keys, *values;
+	int time_bits, ok = 1;
+
+	if (nargs != 10) {
+		PyErr_SetString(PyExc_TypeError, "leaf_gather() takes 10 arguments");
+		return NULL;
+	}
+	vblocks = args[0];
+	k = PyLong_AsSsize_t(args[1]);
+	end = PyLong_AsSsize_t(args[2]);
+	j = PyLong_AsSsize_t(args[5]);
+	snapshotted = PyLong_AsUnsignedLongLong(args[6]);
+	time_bits = PyLong_AsLong(args[7]);
+	maps = args[8];
+	index = PyLong_AsUnsignedLongLong(args[9]);
+	if (PyErr_Occurred())
+		return NULL;
+	if (!PyList_Check(vblocks) || !PyList_Check(maps) || time_bits < 0 || time_bits > 63) {
+		PyErr_SetString(PyExc_TypeError, "leaf_gather(): vblocks and maps are lists");
+		return NULL;
+	}
+	if (!get_buffer(args[3], &kv, 8, -1)) {
+		PyErr_SetString(PyExc_TypeError, "leaf_gather(): keys is an array('Q')");
+		return NULL;
+	}
+	if (!get_buffer(args[4], &vv, 8, kv.len / 8)) {
+		PyBuffer_Release(&kv);
+		PyErr_SetString(PyExc_TypeError, "leaf_gather(): values is an array('Q') as long as keys");
+		return NULL;
+	}
+	keys = kv.buf;
+	values = vv.buf;
+	nkeys = kv.len / 8;
+	nmaps = PyList_GET_SIZE(maps);
+	mask = ((uint64_t)1 << time_bits) - 1;
+	if (end > PyList_GET_SIZE(vblocks))
+		end = PyList_GET_SIZE(vblocks);
+	if (j < 0)
+		j = 0;
+	olds = PyList_New(0);
+	idx = PyList_New(0);
+	if (!olds || !idx)
+		goto fail;
+	for (i = k; i < end; i++) {
+		uint64_t vb, value, old, oi;
+		Py_ssize_t lo, hi;
+		int r;
+
+		vb = as_u64(PyList_GET_ITEM(vblocks, i), &ok);
+		if (!ok || (i > k && vb <= last))
+			break;
+		/* bisect_left(keys, vb, j) */
+		lo = j;
+		hi = nkeys;
+		while (lo < hi) {
+			Py_ssize_t mid = lo + (hi - lo) / 2;
+
+			if (keys[mid] < vb)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		j = lo;
+		if (j == nkeys || keys[j] != vb)
+			break;
+		value = values[j];
+		if (snapshotted <= (value & mask))
+			break;
+		old = value >> time_bits;
+		oi = old / ENTRIES_PER_BITMAP;
+		if (oi >= (uint64_t)nmaps)
+			break;
+		o = PyList_GET_ITEM(maps, oi);
+		if (!PyByteArray_Check(o) ||
+		    old - oi * ENTRIES_PER_BITMAP >= (uint64_t)PyByteArray_GET_SIZE(o))
+			break;	/* None: every count 0 */
+		if ((uint8_t)PyByteArray_AS_STRING(o)[old - oi * ENTRIES_PER_BITMAP] < 2)
+			break;	/* a count below 2 (get_count) */
+		o = PyLong_FromUnsignedLongLong(old);
+		if (!o)
+			goto fail;
+		r = PyList_Append(olds, o);
+		Py_DECREF(o);
+		if (r < 0)
+			goto fail;
+		o = PyLong_FromSsize_t(j);
+		if (!o)
+			goto fail;
+		r = PyList_Append(idx, o);
+		Py_DECREF(o);
+		if (r < 0)
+			goto fail;
+		/* its slot is the allocations' (indexes equal modulo the cache's size) */
+		if (oi != index && !((oi - index) & (IE_CACHE_SIZE - 1)))
+			break;
+		last = vb;
+	}
+	PyBuffer_Release(&kv);
+	PyBuffer_Release(&vv);
+	return Py_BuildValue("(NN)", olds, idx);
+fail:
+	Py_XDECREF(olds);
+	Py_XDECREF(idx);
+	PyBuffer_Release(&kv);
+	PyBuffer_Release(&vv);
+	return NULL;
+}
+
 static PyMethodDef methods[] = {
 	{ "run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
 	  "add_many's common cases over blocks[start:]; see the source." },
+	{ "leaf_gather", (PyCFunction)(void (*)(void))leaf_gather, METH_FASTCALL,
+	  "Pool._leaf_gather's loop; see the source." },
 	{ NULL, NULL, 0, NULL },
 };
 
