@@ -25,16 +25,18 @@ BLOCK = 64 * 1024
 
 @pytest.fixture(scope="module", autouse=True, params=["c", "python"])
 def gather_both_ways(request):
-    """The module's tests with ``Pool._leaf_run``'s gather in C (``_space_map.c``:
-    leaf_gather), then with the Python loop it stands for (``pool._leaf_gather``, as
-    THINSIM_NO_C=1 runs it): runs must leave what one write at a time leaves either way."""
-    from thinsim.model import pool
+    """The module's tests with ``Pool._leaf_run``'s gather and ``overwrite_leaf``'s walk
+    in C (``_space_map.c``: leaf_gather, overwrite_walk), then with the Python loops they
+    stand for (as THINSIM_NO_C=1 runs them): runs must leave what one write at a time
+    leaves either way."""
+    from thinsim.model import metadata, pool
 
-    if request.param == "c" and pool._C_GATHER is None:
-        pytest.skip("the gather in C: no compiler or Python headers here, or THINSIM_NO_C set")
+    if request.param == "c" and (pool._C_GATHER is None or metadata._C_WALK is None):
+        pytest.skip("the loops in C: no compiler or Python headers here, or THINSIM_NO_C set")
     with pytest.MonkeyPatch.context() as mp:
         if request.param == "python":
             mp.setattr(pool, "_C_GATHER", None)
+            mp.setattr(metadata, "_C_WALK", None)
         yield request.param
 
 
@@ -370,3 +372,41 @@ def test_the_gather_in_c_takes_the_writes_the_python_loop_takes(
     j = 0
     args = (writes, start, start + cap, array("Q", keys), values, j, snapshotted, TIME_BITS)
     assert pool._C_GATHER(*args, maps, index) == pool._leaf_gather(*args, maps, index)
+
+
+@pytest.mark.parametrize("cache", [None, 48, 8])
+def test_the_walk_in_c_finds_the_leaves_the_python_walk_finds(cache, monkeypatch):
+    """``_space_map.c``'s overwrite_walk and ``overwrite_leaf``'s Python loop (the
+    reference), block after block of a thin whose leaves are shadowed or not, held or
+    written out, shared by a snapshot or not: the same leaf, index and walk, or None."""
+    from thinsim.model import metadata
+
+    c_walk = metadata._C_WALK
+    if c_walk is None:
+        pytest.skip("the walk in C: no compiler or Python headers here, or THINSIM_NO_C set")
+    pool, thin = _pool(16 * MiB, GiB, 0, cache, 3000)
+    pmd = pool.pmd
+    td = thin.td
+    found = 0
+    for step in range(4):
+        if step == 1:
+            pool.message("create_snap 1 0")
+        elif step == 3:
+            pool.commit()
+        for vb in range(0, 3400, 7):
+            monkeypatch.setattr(metadata, "_C_WALK", c_walk)
+            fast = pmd.overwrite_leaf(td, vb)
+            monkeypatch.setattr(metadata, "_C_WALK", None)
+            ref = pmd.overwrite_leaf(td, vb)
+            if ref is None:
+                assert fast is None
+                continue
+            found += 1
+            (leaf, i, nodes), (leaf2, i2, nodes2) = ref, fast
+            assert leaf2 is leaf and i2 == i
+            assert [(b, id(n)) for b, n in nodes2] == [(b, id(n)) for b, n in nodes]
+        # some of the leaves shadowed (a write into each tenth of them)
+        for vb in range(step * 31, 3000, 250):
+            pool.write_block(td, vb, 0, bytes(4096))
+            pmd.tm.at_rest()
+    assert found or cache == 8  # (8 nodes: each walk finds one written out)

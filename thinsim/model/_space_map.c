@@ -1007,11 +1007,178 @@ fail:
 	return NULL;
 }
 
+/*
+ * metadata.py: PoolMetadata.overwrite_leaf's walk, the Python loop the reference:
+ * overwrite_walk(root, dev, block, blocks, shadows, maps) walks from the mapping
+ * tree's ``root`` to device ``dev``'s leaf in the top-level tree, then from its root
+ * to ``block``'s leaf, through nodes held in ``blocks`` (tm.blocks), shadows of this
+ * transaction (``shadows``, a set) counted 1 in the metadata ll's ``maps``, no
+ * internal node full.  Returns (leaf, index of block in it, [(block number, node)] of
+ * the walk), None where overwrite_leaf's walk answers None, or NotImplemented where a
+ * node or map is not of the types read here (the caller walks in Python).
+ */
+static PyObject *overwrite_walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *blocks, *shadows, *maps, *nodes, *node = NULL, *key, *o, *pair;
+	Py_buffer kv;
+	uint64_t b, k, block, *keys;
+	Py_ssize_t i = -1, nkeys, l, h, mid, max_entries;
+	int level, plain, r, isleaf;
+
+	if (nargs != 6) {
+		PyErr_SetString(PyExc_TypeError, "overwrite_walk() takes 6 arguments");
+		return NULL;
+	}
+	b = PyLong_AsUnsignedLongLong(args[0]);
+	k = PyLong_AsUnsignedLongLong(args[1]);
+	block = PyLong_AsUnsignedLongLong(args[2]);
+	if (PyErr_Occurred())
+		return NULL;
+	blocks = args[3];
+	shadows = args[4];
+	maps = args[5];
+	if (!PyAnySet_Check(shadows) || !PyList_Check(maps))
+		Py_RETURN_NOTIMPLEMENTED;
+	if ((plain = plain_get(blocks)) < 0)
+		return NULL;
+	nodes = PyList_New(0);
+	if (!nodes)
+		return NULL;
+	for (level = 0; level < 2; level++) {
+		for (;;) {
+			key = PyLong_FromUnsignedLongLong(b);
+			if (!key)
+				goto fail;
+			node = get_item(blocks, key, plain);
+			if (!node) {
+				Py_DECREF(key);
+				if (PyErr_Occurred())
+					goto fail;
+				goto none;	/* not in core */
+			}
+			r = PySet_Contains(shadows, key);
+			if (r <= 0) {
+				Py_DECREF(key);
+				if (r < 0)
+					goto fail;
+				goto none;
+			}
+			if (b / ENTRIES_PER_BITMAP >= (uint64_t)PyList_GET_SIZE(maps)) {
+				Py_DECREF(key);
+				goto other;
+			}
+			o = PyList_GET_ITEM(maps, b / ENTRIES_PER_BITMAP);
+			if (o == Py_None) {
+				Py_DECREF(key);
+				goto none;	/* counted 0 */
+			}
+			if (!PyByteArray_Check(o) ||
+			    b % ENTRIES_PER_BITMAP >= (uint64_t)PyByteArray_GET_SIZE(o)) {
+				Py_DECREF(key);
+				goto other;
+			}
+			if (PyByteArray_AS_STRING(o)[b % ENTRIES_PER_BITMAP] != 1) {
+				Py_DECREF(key);
+				goto none;	/* shared: shadowing copies it */
+			}
+			pair = PyTuple_Pack(2, key, node);
+			Py_DECREF(key);
+			if (!pair)
+				goto fail;
+			r = PyList_Append(nodes, pair);
+			Py_DECREF(pair);
+			if (r < 0)
+				goto fail;
+			o = PyObject_GetAttr(node, s_keys);
+			if (!o)
+				goto fail;
+			if (!get_buffer(o, &kv, 8, -1)) {
+				Py_DECREF(o);
+				goto other;
+			}
+			keys = kv.buf;
+			nkeys = kv.len / 8;
+			/* lower_bound: bisect_right(keys, k) - 1 */
+			l = 0;
+			h = nkeys;
+			while (l < h) {
+				mid = l + (h - l) / 2;
+				if (k < keys[mid])
+					h = mid;
+				else
+					l = mid + 1;
+			}
+			i = l - 1;
+			l = i >= 0 && keys[i] == k;
+			PyBuffer_Release(&kv);
+			Py_DECREF(o);
+			if (i < 0)
+				goto none;
+			o = PyObject_GetAttr(node, s_leaf);
+			if (!o)
+				goto fail;
+			isleaf = PyObject_IsTrue(o);
+			Py_DECREF(o);
+			if (isleaf < 0)
+				goto fail;
+			if (isleaf) {
+				if (!l)
+					goto none;	/* not mapped */
+				break;
+			}
+			o = PyObject_GetAttr(node, s_max_entries);
+			if (!o)
+				goto fail;
+			max_entries = PyLong_AsSsize_t(o);
+			Py_DECREF(o);
+			if (max_entries == -1 && PyErr_Occurred())
+				goto fail;
+			if (nkeys == max_entries)
+				goto none;	/* full: the insert would split it */
+			o = PyObject_GetAttr(node, s_values);
+			if (!o)
+				goto fail;
+			r = array_u64(o, i, &b);
+			Py_DECREF(o);
+			if (!r)
+				goto other;
+			Py_CLEAR(node);
+		}
+		if (level == 0) {
+			/* the device's mapping root, then block's leaf under it */
+			o = PyObject_GetAttr(node, s_values);
+			if (!o)
+				goto fail;
+			r = array_u64(o, i, &b);
+			Py_DECREF(o);
+			if (!r)
+				goto other;
+			Py_CLEAR(node);
+			k = block;
+		}
+	}
+	return Py_BuildValue("(NnN)", node, i, nodes);
+none:
+	Py_XDECREF(node);
+	Py_DECREF(nodes);
+	Py_RETURN_NONE;
+other:
+	Py_XDECREF(node);
+	Py_DECREF(nodes);
+	Py_RETURN_NOTIMPLEMENTED;
+fail:
+	Py_XDECREF(node);
+	Py_DECREF(nodes);
+	return NULL;
+}
+
 static PyMethodDef methods[] = {
 	{ "run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
 	  "add_many's common cases over blocks[start:]; see the source." },
 	{ "leaf_gather", (PyCFunction)(void (*)(void))leaf_gather, METH_FASTCALL,
 	  "Pool._leaf_gather's loop; see the source." },
+	{ "overwrite_walk", (PyCFunction)(void (*)(void))overwrite_walk, METH_FASTCALL,
+	  "PoolMetadata.overwrite_leaf's walk; see the source." },
 	{ NULL, NULL, 0, NULL },
 };
 
