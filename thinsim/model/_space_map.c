@@ -884,6 +884,23 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /*
+ * A space map's bitmap entries (ll.maps[i]: a bytearray, or bytes), their number in
+ * *n; NULL if o is neither (None: every count 0).
+ */
+static const uint8_t *map_entries(PyObject *o, Py_ssize_t *n)
+{
+	if (PyByteArray_Check(o)) {
+		*n = PyByteArray_GET_SIZE(o);
+		return (const uint8_t *)PyByteArray_AS_STRING(o);
+	}
+	if (PyBytes_Check(o)) {
+		*n = PyBytes_GET_SIZE(o);
+		return (const uint8_t *)PyBytes_AS_STRING(o);
+	}
+	return NULL;
+}
+
+/*
  * pool.py: Pool._leaf_gather, the Python loop it stands for (the reference): the
  * writes vblocks[k:end] that Pool._leaf_run takes as one run in a mapping leaf, the
  * first at ``j`` of its keys.  leaf_gather(vblocks, k, end, keys, values, j,
@@ -944,7 +961,8 @@ static PyObject *leaf_gather(PyObject *self, PyObject *const *args, Py_ssize_t n
 		goto fail;
 	for (i = k; i < end; i++) {
 		uint64_t vb, value, old, oi;
-		Py_ssize_t lo, hi;
+		const uint8_t *m;
+		Py_ssize_t lo, hi, nm;
 		int r;
 
 		vb = as_u64(PyList_GET_ITEM(vblocks, i), &ok);
@@ -971,11 +989,10 @@ static PyObject *leaf_gather(PyObject *self, PyObject *const *args, Py_ssize_t n
 		oi = old / ENTRIES_PER_BITMAP;
 		if (oi >= (uint64_t)nmaps)
 			break;
-		o = PyList_GET_ITEM(maps, oi);
-		if (!PyByteArray_Check(o) ||
-		    old - oi * ENTRIES_PER_BITMAP >= (uint64_t)PyByteArray_GET_SIZE(o))
+		m = map_entries(PyList_GET_ITEM(maps, oi), &nm);
+		if (!m || old - oi * ENTRIES_PER_BITMAP >= (uint64_t)nm)
 			break;	/* None: every count 0 */
-		if ((uint8_t)PyByteArray_AS_STRING(o)[old - oi * ENTRIES_PER_BITMAP] < 2)
+		if (m[old - oi * ENTRIES_PER_BITMAP] < 2)
 			break;	/* a count below 2 (get_count) */
 		o = PyLong_FromUnsignedLongLong(old);
 		if (!o)
@@ -1022,7 +1039,8 @@ static PyObject *overwrite_walk(PyObject *self, PyObject *const *args, Py_ssize_
 	PyObject *blocks, *shadows, *maps, *nodes, *node = NULL, *key, *o, *pair;
 	Py_buffer kv;
 	uint64_t b, k, block, *keys;
-	Py_ssize_t i = -1, nkeys, l, h, mid, max_entries;
+	const uint8_t *m;
+	Py_ssize_t i = -1, nkeys, nm, l, h, mid, max_entries;
 	int level, plain, r, isleaf;
 
 	if (nargs != 6) {
@@ -1072,12 +1090,12 @@ static PyObject *overwrite_walk(PyObject *self, PyObject *const *args, Py_ssize_
 				Py_DECREF(key);
 				goto none;	/* counted 0 */
 			}
-			if (!PyByteArray_Check(o) ||
-			    b % ENTRIES_PER_BITMAP >= (uint64_t)PyByteArray_GET_SIZE(o)) {
+			m = map_entries(o, &nm);
+			if (!m || b % ENTRIES_PER_BITMAP >= (uint64_t)nm) {
 				Py_DECREF(key);
 				goto other;
 			}
-			if (PyByteArray_AS_STRING(o)[b % ENTRIES_PER_BITMAP] != 1) {
+			if (m[b % ENTRIES_PER_BITMAP] != 1) {
 				Py_DECREF(key);
 				goto none;	/* shared: shadowing copies it */
 			}

@@ -1154,6 +1154,16 @@ class Pool:
         i = bisect_left(keys, vb, j)
         if i == len(keys) or keys[i] != vb or snapshotted <= (values[i] & TIME_MASK):
             return 0
+        # where the allocations go (next: nearly half the calls end here, a release into
+        # another bitmap having taken its ie-cache slot; one write at a time takes it back)
+        try:
+            b0 = ll.find_common_free(data_sm.begin)
+        except NoSpace:
+            return 0
+        index = b0 // ll.ENTRIES_PER_BITMAP
+        slot = ie_slot(index)
+        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
+            return 0
         # how many writes the checks allow, most limiting first
         cap = end - k
         blocks = tm.blocks
@@ -1168,15 +1178,6 @@ class Pool:
         free = data_sm.nr_free()
         cap = min(cap, free if self.low_water_triggered else free - self.low_water_blocks)
         if cap < 2:
-            return 0
-        # where the allocations go
-        try:
-            b0 = ll.find_common_free(data_sm.begin)
-        except NoSpace:
-            return 0
-        index = b0 // ll.ENTRIES_PER_BITMAP
-        slot = ie_slot(index)
-        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
             return 0
         # the writes
         gather = _leaf_gather if _C_GATHER is None else _C_GATHER
