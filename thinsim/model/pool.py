@@ -1187,7 +1187,7 @@ class Pool:
         r = len(olds)
         if r < 2 or len(set(olds)) != r:
             return 0
-        b, n = data_sm.new_run(r)
+        b, n = data_sm.new_run(r, b0)
         pmd.in_service = True  # dm_pool_alloc_data_block
         if n < r:
             del olds[n:], idx[n:]
