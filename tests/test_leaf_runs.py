@@ -23,6 +23,23 @@ from thinsim.model.thin import Thin
 BLOCK = 64 * 1024
 
 
+@pytest.fixture(scope="module", autouse=True, params=["c", "python"])
+def gather_both_ways(request):
+    """The module's tests with ``Pool._leaf_run``'s gather and ``overwrite_leaf``'s walk
+    in C (``_space_map.c``: leaf_gather, overwrite_walk), then with the Python loops they
+    stand for (as THINSIM_NO_C=1 runs them): runs must leave what one write at a time
+    leaves either way."""
+    from thinsim.model import metadata, pool
+
+    if request.param == "c" and (pool._C_GATHER is None or metadata._C_WALK is None):
+        pytest.skip("the loops in C: no compiler or Python headers here, or THINSIM_NO_C set")
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "python":
+            mp.setattr(pool, "_C_GATHER", None)
+            mp.setattr(metadata, "_C_WALK", None)
+        yield request.param
+
+
 class RecordingStore(AccountingStore):
     """Every data operation, in order."""
 
@@ -318,3 +335,78 @@ def test_a_release_into_a_bitmap_sharing_the_allocations_index_cache_slot_ends_a
     (o0, s0), (o1, s1) = states
     _compare(o0, o1)
     assert s0 == s1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 400), min_size=1, max_size=60, unique=True),
+    writes=st.lists(st.integers(0, 70), min_size=1, max_size=40),
+    olds=st.lists(st.integers(0, 200 * 16320 - 1), min_size=60, max_size=60),
+    times=st.lists(st.integers(0, 6), min_size=60, max_size=60),
+    snapshotted=st.integers(0, 7),
+    counts=st.lists(st.integers(0, 3), min_size=200, max_size=200),
+    index=st.integers(0, 199),
+    start=st.integers(0, 5),
+    cap=st.integers(0, 50),
+)
+def test_the_gather_in_c_takes_the_writes_the_python_loop_takes(
+    keys, writes, olds, times, snapshotted, counts, index, start, cap
+):
+    """``_space_map.c``'s leaf_gather and ``pool._leaf_gather`` (the reference) on the
+    same leaf, writes and counts (bitmaps without entries, counts below 2, bitmaps whose
+    ie-cache slot is the allocations'): the same old blocks and indexes."""
+    from array import array
+
+    from thinsim.model import pool
+    from thinsim.model.metadata import TIME_BITS
+
+    if pool._C_GATHER is None:
+        pytest.skip("the gather in C: no compiler or Python headers here, or THINSIM_NO_C set")
+    keys = sorted(keys)
+    # most writes to mapped blocks (w below the leaf's size: the w-th key)
+    writes = [keys[w] if w < len(keys) else 330 + w for w in writes]
+    values = array("Q", ((o << TIME_BITS) | t for o, t in zip(olds, times)))[: len(keys)]
+    maps = [None if c == 0 else bytearray([c]) * 16320 for c in counts]
+    writes = sorted(writes) if start % 2 else writes  # ascending, or not
+    start = min(start, len(writes) - 1)
+    j = 0
+    args = (writes, start, start + cap, array("Q", keys), values, j, snapshotted, TIME_BITS)
+    assert pool._C_GATHER(*args, maps, index) == pool._leaf_gather(*args, maps, index)
+
+
+@pytest.mark.parametrize("cache", [None, 48, 8])
+def test_the_walk_in_c_finds_the_leaves_the_python_walk_finds(cache, monkeypatch):
+    """``_space_map.c``'s overwrite_walk and ``overwrite_leaf``'s Python loop (the
+    reference), block after block of a thin whose leaves are shadowed or not, held or
+    written out, shared by a snapshot or not: the same leaf, index and walk, or None."""
+    from thinsim.model import metadata
+
+    c_walk = metadata._C_WALK
+    if c_walk is None:
+        pytest.skip("the walk in C: no compiler or Python headers here, or THINSIM_NO_C set")
+    pool, thin = _pool(16 * MiB, GiB, 0, cache, 3000)
+    pmd = pool.pmd
+    td = thin.td
+    found = 0
+    for step in range(4):
+        if step == 1:
+            pool.message("create_snap 1 0")
+        elif step == 3:
+            pool.commit()
+        for vb in range(0, 3400, 7):
+            monkeypatch.setattr(metadata, "_C_WALK", c_walk)
+            fast = pmd.overwrite_leaf(td, vb)
+            monkeypatch.setattr(metadata, "_C_WALK", None)
+            ref = pmd.overwrite_leaf(td, vb)
+            if ref is None:
+                assert fast is None
+                continue
+            found += 1
+            (leaf, i, nodes), (leaf2, i2, nodes2) = ref, fast
+            assert leaf2 is leaf and i2 == i
+            assert [(b, id(n)) for b, n in nodes2] == [(b, id(n)) for b, n in nodes]
+        # some of the leaves shadowed (a write into each tenth of them)
+        for vb in range(step * 31, 3000, 250):
+            pool.write_block(td, vb, 0, bytes(4096))
+            pmd.tm.at_rest()
+    assert found or cache == 8  # (8 nodes: each walk finds one written out)

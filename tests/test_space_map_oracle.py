@@ -111,14 +111,18 @@ class OldLowLevel:
             b = bits.find(0, b + 1, nr)
         raise NoSpace
 
-    def alloc_run(self, begin: int, limit: int) -> tuple[int, int]:
+    def alloc_run(self, begin: int, limit: int, first: int | None = None) -> tuple[int, int]:
         """Allocate up to ``limit`` blocks as next fit would one by one: the first free
-        block from ``begin`` (wrapping), then the free blocks right after it, stopping at a
-        used block or a bitmap boundary.  Returns (first block, count)."""
-        try:
-            b = self.find_common_free(begin)
-        except NoSpace:
-            b = self.find_common_free(0)
+        block from ``begin`` (wrapping; ``first`` where the caller found it), then the free
+        blocks right after it, stopping at a used block or a bitmap boundary.  Returns
+        (first block, count)."""
+        if first is not None:
+            b = first
+        else:
+            try:
+                b = self.find_common_free(begin)
+            except NoSpace:
+                b = self.find_common_free(0)
         end = min(b + limit, (b // ENTRIES_PER_BITMAP + 1) * ENTRIES_PER_BITMAP, self.nr_blocks)
         bits = self.bits
         used = [

@@ -1025,9 +1025,320 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			     error ? error : Py_NewRef(Py_None));
 }
 
+/*
+ * A space map's bitmap entries (ll.maps[i]: a bytearray, or bytes), their number in
+ * *n; NULL if o is neither (None: every count 0).
+ */
+static const uint8_t *map_entries(PyObject *o, Py_ssize_t *n)
+{
+	if (PyByteArray_Check(o)) {
+		*n = PyByteArray_GET_SIZE(o);
+		return (const uint8_t *)PyByteArray_AS_STRING(o);
+	}
+	if (PyBytes_Check(o)) {
+		*n = PyBytes_GET_SIZE(o);
+		return (const uint8_t *)PyBytes_AS_STRING(o);
+	}
+	return NULL;
+}
+
+/*
+ * pool.py: Pool._leaf_gather, the Python loop it stands for (the reference): the
+ * writes vblocks[k:end] that Pool._leaf_run takes as one run in a mapping leaf, the
+ * first at ``j`` of its keys.  leaf_gather(vblocks, k, end, keys, values, j,
+ * snapshotted, time_bits, maps, index) returns (olds, idx): each write's old data block
+ * and its entry in the leaf, while the writes ascend, each block mapped in the leaf,
+ * shared (its time below ``snapshotted``) with an old block counted 2 or more (its
+ * bitmap's entry in ``maps``, the data ll's); a write whose old block's bitmap shares
+ * an ie-cache slot with bitmap ``index`` (the allocations') is the last taken.
+ * vblocks is a list, keys and values the leaf's array('Q')s.  Nothing is changed.
+ */
+static PyObject *leaf_gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *vblocks, *maps, *olds = NULL, *idx = NULL, *o;
+	Py_buffer kv, vv;
+	Py_ssize_t k, end, j, nkeys, nmaps, i;
+	uint64_t snapshotted, mask, index, last = 0, *keys, *values;
+	int time_bits, ok = 1;
+
+	if (nargs != 10) {
+		PyErr_SetString(PyExc_TypeError, "leaf_gather() takes 10 arguments");
+		return NULL;
+	}
+	vblocks = args[0];
+	k = PyLong_AsSsize_t(args[1]);
+	end = PyLong_AsSsize_t(args[2]);
+	j = PyLong_AsSsize_t(args[5]);
+	snapshotted = PyLong_AsUnsignedLongLong(args[6]);
+	time_bits = PyLong_AsLong(args[7]);
+	maps = args[8];
+	index = PyLong_AsUnsignedLongLong(args[9]);
+	if (PyErr_Occurred())
+		return NULL;
+	if (!PyList_Check(vblocks) || !PyList_Check(maps) || time_bits < 0 || time_bits > 63) {
+		PyErr_SetString(PyExc_TypeError, "leaf_gather(): vblocks and maps are lists");
+		return NULL;
+	}
+	if (!get_buffer(args[3], &kv, 8, -1)) {
+		PyErr_SetString(PyExc_TypeError, "leaf_gather(): keys is an array('Q')");
+		return NULL;
+	}
+	if (!get_buffer(args[4], &vv, 8, kv.len / 8)) {
+		PyBuffer_Release(&kv);
+		PyErr_SetString(PyExc_TypeError, "leaf_gather(): values is an array('Q') as long as keys");
+		return NULL;
+	}
+	keys = kv.buf;
+	values = vv.buf;
+	nkeys = kv.len / 8;
+	nmaps = PyList_GET_SIZE(maps);
+	mask = ((uint64_t)1 << time_bits) - 1;
+	if (end > PyList_GET_SIZE(vblocks))
+		end = PyList_GET_SIZE(vblocks);
+	if (j < 0)
+		j = 0;
+	olds = PyList_New(0);
+	idx = PyList_New(0);
+	if (!olds || !idx)
+		goto fail;
+	for (i = k; i < end; i++) {
+		uint64_t vb, value, old, oi;
+		const uint8_t *m;
+		Py_ssize_t lo, hi, nm;
+		int r;
+
+		vb = as_u64(PyList_GET_ITEM(vblocks, i), &ok);
+		if (!ok || (i > k && vb <= last))
+			break;
+		/* bisect_left(keys, vb, j) */
+		lo = j;
+		hi = nkeys;
+		while (lo < hi) {
+			Py_ssize_t mid = lo + (hi - lo) / 2;
+
+			if (keys[mid] < vb)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		j = lo;
+		if (j == nkeys || keys[j] != vb)
+			break;
+		value = values[j];
+		if (snapshotted <= (value & mask))
+			break;
+		old = value >> time_bits;
+		oi = old / ENTRIES_PER_BITMAP;
+		if (oi >= (uint64_t)nmaps)
+			break;
+		m = map_entries(PyList_GET_ITEM(maps, oi), &nm);
+		if (!m || old - oi * ENTRIES_PER_BITMAP >= (uint64_t)nm)
+			break;	/* None: every count 0 */
+		if (m[old - oi * ENTRIES_PER_BITMAP] < 2)
+			break;	/* a count below 2 (get_count) */
+		o = PyLong_FromUnsignedLongLong(old);
+		if (!o)
+			goto fail;
+		r = PyList_Append(olds, o);
+		Py_DECREF(o);
+		if (r < 0)
+			goto fail;
+		o = PyLong_FromSsize_t(j);
+		if (!o)
+			goto fail;
+		r = PyList_Append(idx, o);
+		Py_DECREF(o);
+		if (r < 0)
+			goto fail;
+		/* its slot is the allocations' (indexes equal modulo the cache's size) */
+		if (oi != index && !((oi - index) & (IE_CACHE_SIZE - 1)))
+			break;
+		last = vb;
+	}
+	PyBuffer_Release(&kv);
+	PyBuffer_Release(&vv);
+	return Py_BuildValue("(NN)", olds, idx);
+fail:
+	Py_XDECREF(olds);
+	Py_XDECREF(idx);
+	PyBuffer_Release(&kv);
+	PyBuffer_Release(&vv);
+	return NULL;
+}
+
+/*
+ * metadata.py: PoolMetadata.overwrite_leaf's walk, the Python loop the reference:
+ * overwrite_walk(root, dev, block, blocks, shadows, maps) walks from the mapping
+ * tree's ``root`` to device ``dev``'s leaf in the top-level tree, then from its root
+ * to ``block``'s leaf, through nodes held in ``blocks`` (tm.blocks), shadows of this
+ * transaction (``shadows``, a set) counted 1 in the metadata ll's ``maps``, no
+ * internal node full.  Returns (leaf, index of block in it, [(block number, node)] of
+ * the walk), None where overwrite_leaf's walk answers None, or NotImplemented where a
+ * node or map is not of the types read here (the caller walks in Python).
+ */
+static PyObject *overwrite_walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	PyObject *blocks, *shadows, *maps, *nodes, *node = NULL, *key, *o, *pair;
+	Py_buffer kv;
+	uint64_t b, k, block, *keys;
+	const uint8_t *m;
+	Py_ssize_t i = -1, nkeys, nm, l, h, mid, max_entries;
+	int level, plain, r, isleaf;
+
+	if (nargs != 6) {
+		PyErr_SetString(PyExc_TypeError, "overwrite_walk() takes 6 arguments");
+		return NULL;
+	}
+	b = PyLong_AsUnsignedLongLong(args[0]);
+	k = PyLong_AsUnsignedLongLong(args[1]);
+	block = PyLong_AsUnsignedLongLong(args[2]);
+	if (PyErr_Occurred())
+		return NULL;
+	blocks = args[3];
+	shadows = args[4];
+	maps = args[5];
+	if (!PyAnySet_Check(shadows) || !PyList_Check(maps))
+		Py_RETURN_NOTIMPLEMENTED;
+	if ((plain = plain_get(blocks)) < 0)
+		return NULL;
+	nodes = PyList_New(0);
+	if (!nodes)
+		return NULL;
+	for (level = 0; level < 2; level++) {
+		for (;;) {
+			key = PyLong_FromUnsignedLongLong(b);
+			if (!key)
+				goto fail;
+			node = get_item(blocks, key, plain);
+			if (!node) {
+				Py_DECREF(key);
+				if (PyErr_Occurred())
+					goto fail;
+				goto none;	/* not in core */
+			}
+			r = PySet_Contains(shadows, key);
+			if (r <= 0) {
+				Py_DECREF(key);
+				if (r < 0)
+					goto fail;
+				goto none;
+			}
+			if (b / ENTRIES_PER_BITMAP >= (uint64_t)PyList_GET_SIZE(maps)) {
+				Py_DECREF(key);
+				goto other;
+			}
+			o = PyList_GET_ITEM(maps, b / ENTRIES_PER_BITMAP);
+			if (o == Py_None) {
+				Py_DECREF(key);
+				goto none;	/* counted 0 */
+			}
+			m = map_entries(o, &nm);
+			if (!m || b % ENTRIES_PER_BITMAP >= (uint64_t)nm) {
+				Py_DECREF(key);
+				goto other;
+			}
+			if (m[b % ENTRIES_PER_BITMAP] != 1) {
+				Py_DECREF(key);
+				goto none;	/* shared: shadowing copies it */
+			}
+			pair = PyTuple_Pack(2, key, node);
+			Py_DECREF(key);
+			if (!pair)
+				goto fail;
+			r = PyList_Append(nodes, pair);
+			Py_DECREF(pair);
+			if (r < 0)
+				goto fail;
+			o = PyObject_GetAttr(node, s_keys);
+			if (!o)
+				goto fail;
+			if (!get_buffer(o, &kv, 8, -1)) {
+				Py_DECREF(o);
+				goto other;
+			}
+			keys = kv.buf;
+			nkeys = kv.len / 8;
+			/* lower_bound: bisect_right(keys, k) - 1 */
+			l = 0;
+			h = nkeys;
+			while (l < h) {
+				mid = l + (h - l) / 2;
+				if (k < keys[mid])
+					h = mid;
+				else
+					l = mid + 1;
+			}
+			i = l - 1;
+			l = i >= 0 && keys[i] == k;
+			PyBuffer_Release(&kv);
+			Py_DECREF(o);
+			if (i < 0)
+				goto none;
+			o = PyObject_GetAttr(node, s_leaf);
+			if (!o)
+				goto fail;
+			isleaf = PyObject_IsTrue(o);
+			Py_DECREF(o);
+			if (isleaf < 0)
+				goto fail;
+			if (isleaf) {
+				if (!l)
+					goto none;	/* not mapped */
+				break;
+			}
+			o = PyObject_GetAttr(node, s_max_entries);
+			if (!o)
+				goto fail;
+			max_entries = PyLong_AsSsize_t(o);
+			Py_DECREF(o);
+			if (max_entries == -1 && PyErr_Occurred())
+				goto fail;
+			if (nkeys == max_entries)
+				goto none;	/* full: the insert would split it */
+			o = PyObject_GetAttr(node, s_values);
+			if (!o)
+				goto fail;
+			r = array_u64(o, i, &b);
+			Py_DECREF(o);
+			if (!r)
+				goto other;
+			Py_CLEAR(node);
+		}
+		if (level == 0) {
+			/* the device's mapping root, then block's leaf under it */
+			o = PyObject_GetAttr(node, s_values);
+			if (!o)
+				goto fail;
+			r = array_u64(o, i, &b);
+			Py_DECREF(o);
+			if (!r)
+				goto other;
+			Py_CLEAR(node);
+			k = block;
+		}
+	}
+	return Py_BuildValue("(NnN)", node, i, nodes);
+none:
+	Py_XDECREF(node);
+	Py_DECREF(nodes);
+	Py_RETURN_NONE;
+other:
+	Py_XDECREF(node);
+	Py_DECREF(nodes);
+	Py_RETURN_NOTIMPLEMENTED;
+fail:
+	Py_XDECREF(node);
+	Py_DECREF(nodes);
+	return NULL;
+}
+
 static PyMethodDef methods[] = {
 	{ "run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
 	  "add_many's common cases over blocks[start:]; see the source." },
+	{ "leaf_gather", (PyCFunction)(void (*)(void))leaf_gather, METH_FASTCALL,
+	  "Pool._leaf_gather's loop; see the source." },
+	{ "overwrite_walk", (PyCFunction)(void (*)(void))overwrite_walk, METH_FASTCALL,
+	  "PoolMetadata.overwrite_leaf's walk; see the source." },
 	{ NULL, NULL, 0, NULL },
 };
 

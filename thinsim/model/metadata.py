@@ -19,7 +19,15 @@ from ..constants import (
     THIN_SUPERBLOCK_LOCATION,
 )
 from .btree import BTreeInfo, ValueType, leftmost_entries, take_leftmost
-from .space_map import DiskSpaceMap, FormatError, LogLines, MetadataSpaceMap, NoSpace, _Block
+from .space_map import (
+    _C,
+    DiskSpaceMap,
+    FormatError,
+    LogLines,
+    MetadataSpaceMap,
+    NoSpace,
+    _Block,
+)
 from .transaction import TransactionManager
 
 THIN_METADATA_BLOCK_SIZE = METADATA_BLOCK_SIZE
@@ -27,6 +35,8 @@ SECTORS_PER_MD_BLOCK = THIN_METADATA_BLOCK_SIZE // 512
 MAX_DEV_ID = (1 << 24) - 1
 TIME_BITS = 24
 TIME_MASK = (1 << TIME_BITS) - 1
+# overwrite_leaf's walk in C (None: the Python loop; THINSIM_NO_C=1 asks for it)
+_C_WALK = _C.overwrite_walk if _C is not None else None
 
 
 def pack_block_time(block: int, time: int) -> int:
@@ -741,10 +751,17 @@ class PoolMetadata:
 
         While the transaction goes on and nothing but values in that leaf changes
         (``set_in_leaf``) and the walk's nodes stay held, the answer for another key
-        found in the leaf is the same leaf: a key is in the one leaf its walk reaches."""
+        found in the leaf is the same leaf: a key is in the one leaf its walk reaches.
+
+        The walk is ``_space_map.c``'s overwrite_walk where it is built (``_C_WALK``),
+        the loop here the reference (and the fallback where C declines a node)."""
         tm = self.tm
         if tm.sm._bops:
             return None
+        if _C_WALK is not None:
+            found = _C_WALK(self.root, td.id, block, tm.blocks, tm.shadows, tm.sm.ll.maps)
+            if found is not NotImplemented:
+                return found
         blocks = tm.blocks
         shadows = tm.shadows
         ll = tm.sm.ll

@@ -25,7 +25,8 @@ def disabled() -> bool:
 
 
 def space_map():
-    """The compiled ``_space_map.c`` module (its ``run``), or None."""
+    """The compiled ``_space_map.c`` module (its ``run``, ``leaf_gather``, ``overwrite_walk``),
+    or None."""
     if disabled():
         return None
     path = _build(Path(__file__).with_name("_space_map.c"))

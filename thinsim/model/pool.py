@@ -12,7 +12,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, replace
 from itertools import chain
 
-from ..constants import DM_MAJOR, SECTOR_SIZE
+from ..constants import DM_MAJOR, ENTRIES_PER_BITMAP, SECTOR_SIZE
 from ..errors import ThinsimError, error_for
 from .disk import CorruptNode, MetadataWriteError
 from .metadata import (
@@ -23,7 +23,7 @@ from .metadata import (
     TIME_MASK,
     PoolMetadata,
 )
-from .space_map import IE_CACHE_SIZE, FormatError, NoSpace, ie_slot
+from .space_map import _C, IE_CACHE_SIZE, FormatError, NoSpace, ie_slot
 from .store import AccountingStore, DataStore
 
 SECTOR = SECTOR_SIZE
@@ -212,6 +212,53 @@ def _sscanf_u(s: str) -> int | None:
     if not t or not t.isascii() or not t.isdigit():
         return None
     return (sign * int(t)) & 0xFFFFFFFF
+
+
+def _leaf_gather(vblocks, k, end, keys, values, j, snapshotted, time_bits, maps, index):
+    """The writes ``vblocks[k:end]`` that ``Pool._leaf_run`` may take as one run in a
+    mapping leaf (``keys``, ``values``; the first write at ``j``), as (their old data
+    blocks, their indexes in the leaf): while the writes ascend, each to a block mapped
+    in the leaf, shared (its time below ``snapshotted``), its old block counted 2 or more
+    in the data ll's ``maps``.  A write whose old block's bitmap shares an ie-cache slot
+    with bitmap ``index`` (the allocations') is the last taken.  Nothing changes.
+
+    The reference for ``_space_map.c``'s ``leaf_gather``, which stands in for it where
+    it is built (``_C_GATHER``)."""
+    entries = ENTRIES_PER_BITMAP
+    mask = (1 << time_bits) - 1
+    olds = []
+    idx = []
+    last = -1
+    nkeys = len(keys)
+    for i in range(k, min(end, len(vblocks))):
+        vb = vblocks[i]
+        if vb <= last:
+            break
+        j = bisect_left(keys, vb, j)
+        if j == nkeys or keys[j] != vb:
+            break
+        value = values[j]
+        if snapshotted <= (value & mask):
+            break
+        old = value >> time_bits
+        oi = old // entries
+        m = maps[oi]
+        if m is None or m[old - oi * entries] < 2:  # a count below 2 (get_count)
+            break
+        olds.append(old)
+        idx.append(j)
+        if oi != index and not (oi - index) % IE_CACHE_SIZE:
+            # ie_slot(oi) == ie_slot(index) (hash_index multiplies by an odd number: two
+            # bitmaps share a slot where their indexes agree modulo the cache's size):
+            # this one's release writes the allocations' entry back, so the run ends with
+            # it (one at a time, the next allocation would take the slot back)
+            break
+        last = vb
+    return olds, idx
+
+
+# _leaf_gather in C (None: the Python loop; THINSIM_NO_C=1 asks for it)
+_C_GATHER = _C.leaf_gather if _C is not None else None
 
 
 class Pool:
@@ -1096,6 +1143,27 @@ class Pool:
         msm = tm.sm
         if msm._bops:
             return 0
+        # most runs end at their second write (into the next leaf, or to a block written
+        # this day already): that one is checked first, as the gather checks it (nothing
+        # changes before the gather, so the order of the checks is free)
+        keys, values = leaf.keys, leaf.values
+        snapshotted = td.snapshotted_time
+        vb = vblocks[k + 1]
+        if vb <= vblocks[k]:
+            return 0
+        i = bisect_left(keys, vb, j)
+        if i == len(keys) or keys[i] != vb or snapshotted <= (values[i] & TIME_MASK):
+            return 0
+        # where the allocations go (next: nearly half the calls end here, a release into
+        # another bitmap having taken its ie-cache slot; one write at a time takes it back)
+        try:
+            b0 = ll.find_common_free(data_sm.begin)
+        except NoSpace:
+            return 0
+        index = b0 // ll.ENTRIES_PER_BITMAP
+        slot = ie_slot(index)
+        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
+            return 0
         # how many writes the checks allow, most limiting first
         cap = end - k
         blocks = tm.blocks
@@ -1111,55 +1179,15 @@ class Pool:
         cap = min(cap, free if self.low_water_triggered else free - self.low_water_blocks)
         if cap < 2:
             return 0
-        # where the allocations go
-        try:
-            b0 = ll.find_common_free(data_sm.begin)
-        except NoSpace:
-            return 0
-        entries = ll.ENTRIES_PER_BITMAP
-        index = b0 // entries
-        slot = ie_slot(index)
-        if ll.bitmaps[index] not in tm.shadows or ll.dirty.get(slot) != index:
-            return 0
         # the writes
-        keys, values = leaf.keys, leaf.values
-        snapshotted = td.snapshotted_time
-        maps = ll.maps
-        olds = []
-        idx = []
-        last = -1
-        nkeys = len(keys)
-        i = k
-        end = k + cap
-        while i < end:
-            vb = vblocks[i]
-            if vb <= last:
-                break
-            j = bisect_left(keys, vb, j)
-            if j == nkeys or keys[j] != vb:
-                break
-            value = values[j]
-            if snapshotted <= (value & TIME_MASK):
-                break
-            old = value >> TIME_BITS
-            oi = old // entries
-            m = maps[oi]
-            if m is None or m[old - oi * entries] < 2:  # a count below 2 (get_count)
-                break
-            olds.append(old)
-            idx.append(j)
-            if oi != index and not (oi - index) % IE_CACHE_SIZE:
-                # ie_slot(oi) == slot (hash_index multiplies by an odd number: two bitmaps
-                # share a slot where their indexes agree modulo the cache's size): this
-                # one's release writes the allocations' entry back, so the run ends with
-                # it (one at a time, the next allocation would take the slot back)
-                break
-            last = vb
-            i += 1
+        gather = _leaf_gather if _C_GATHER is None else _C_GATHER
+        olds, idx = gather(
+            vblocks, k, k + cap, keys, values, j, snapshotted, TIME_BITS, ll.maps, index
+        )
         r = len(olds)
         if r < 2 or len(set(olds)) != r:
             return 0
-        b, n = data_sm.new_run(r)
+        b, n = data_sm.new_run(r, b0)
         pmd.in_service = True  # dm_pool_alloc_data_block
         if n < r:
             del olds[n:], idx[n:]

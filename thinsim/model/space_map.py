@@ -811,14 +811,19 @@ class LowLevel:
             begin = start + entries
         raise NoSpace
 
-    def alloc_run(self, begin: int, limit: int) -> tuple[int, int]:
+    def alloc_run(self, begin: int, limit: int, first: int | None = None) -> tuple[int, int]:
         """Allocate up to ``limit`` blocks as next fit would one by one: the first free
         block from ``begin`` (wrapping), then the free blocks right after it, stopping at a
-        used block or a bitmap boundary.  Returns (first block, count)."""
-        try:
-            b = self.find_common_free(begin)
-        except NoSpace:
-            b = self.find_common_free(0)
+        used block or a bitmap boundary.  Returns (first block, count).  ``first``: that
+        first free block, where the caller has just found it (``find_common_free(begin)``,
+        nothing changed since)."""
+        if first is not None:
+            b = first
+        else:
+            try:
+                b = self.find_common_free(begin)
+            except NoSpace:
+                b = self.find_common_free(0)
         index, lo = divmod(b, ENTRIES_PER_BITMAP)
         hi = min(lo + limit, ENTRIES_PER_BITMAP, self.nr_blocks - b + lo)
         m = self.maps[index]
@@ -1235,10 +1240,12 @@ class DiskSpaceMap:
         ll.set_count(b, 1)
         return b
 
-    def new_run(self, limit: int) -> tuple[int, int]:
+    def new_run(self, limit: int, first: int | None = None) -> tuple[int, int]:
         """``new_block`` up to ``limit`` times at once, as long as the blocks it would give
-        are consecutive within one bitmap.  Returns (first block, count)."""
-        b, n = self.ll.alloc_run(self.begin, limit)
+        are consecutive within one bitmap.  Returns (first block, count).  ``first``: the
+        first free block from the cursor, where the caller has just found it
+        (``ll.find_common_free(begin)``, nothing changed since)."""
+        b, n = self.ll.alloc_run(self.begin, limit, first)
         self.begin = b + n
         return b, n
 
