@@ -1,6 +1,9 @@
 /*
  * thinsim/model/_space_map.c: the common cases of LowLevel.add_many
- * (thinsim/model/space_map.py) in C.
+ * (thinsim/model/space_map.py) in C; and, at the end, two loops of the copy-on-write
+ * path's runs: Pool._leaf_gather's (pool.py: leaf_gather) and the walk of
+ * PoolMetadata.overwrite_leaf (metadata.py: overwrite_walk), each with its Python loop
+ * the reference and the fallback.
  *
  * add_many(blocks, delta) sets the reference count of each block in turn to its
  * count + delta, as sm_ll_mutate would (dm-space-map-common.c).  When a mapping leaf
