@@ -462,7 +462,8 @@ static PyObject *load_node(PyObject *self, PyObject *const *args, Py_ssize_t nar
 	long long pos;
 	uint64_t b;
 	int64_t crc;
-	int ok = 1, fd;
+	int ok = 1;
+	long fd;
 
 	if (nargs != 3) {
 		PyErr_SetString(PyExc_TypeError, "load_node() takes 3 arguments");
@@ -475,7 +476,8 @@ static PyObject *load_node(PyObject *self, PyObject *const *args, Py_ssize_t nar
 		Py_RETURN_NONE;
 	}
 	b = small_int(args[2], UINT64_MAX, &ok);
-	if (!ok || !node_type || pos < 0 || pread(fd, block, BLOCK, (off_t)pos) != BLOCK)
+	if (!ok || !node_type || fd < 0 || fd > INT_MAX || pos < 0 ||
+	    pread((int)fd, block, BLOCK, (off_t)pos) != BLOCK)
 		Py_RETURN_NONE;
 	crc = block_crc(block);
 	if (crc < 0)
