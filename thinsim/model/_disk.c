@@ -12,7 +12,7 @@
  *
  * Each does only the common case -- u64 keys and u64 or u32 values in array('Q')s, a
  * node that passes its checks -- and returns None for anything else: the caller then
- * does the same work in Python, which is the reference (tests/test_disk.py holds the
+ * does the same work in Python, which is the reference (tests/test_disk_c.py holds the
  * two to the same bytes, nodes and errors).  setup() gives the module the Node class
  * and how to checksum.
  *
@@ -422,8 +422,10 @@ static int header_ok(const unsigned char *p, uint64_t b)
 	return me == 0 || 8 + vsize <= (BLOCK - 32) / me;
 }
 
-/* parse_node(data, b): disk._parse_checked_node's Node, or None where it raises or
- * keeps other values than u64s and u32s */
+/*
+ * parse_node(data, b): disk._parse_checked_node's Node, or None where it raises or
+ * keeps other values than u64s and u32s.
+ */
 static PyObject *parse_node(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
 	Py_buffer view;
