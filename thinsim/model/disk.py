@@ -32,6 +32,7 @@ from ..constants import (
     THIN_VERSION,
 )
 from ..errors import ThinsimError
+from . import native
 from .btree import Node
 from .metadata import THIN_SUPERBLOCK_LOCATION, PoolMetadata
 from .space_map import ENTRIES_PER_BITMAP
@@ -90,12 +91,26 @@ _DETAILS_VALUE = struct.Struct("<QQII")
 # array('Q') holds the disk's little-endian u64s as they are, where the machine's are
 _NATIVE_LE = sys.byteorder == "little" and array("Q").itemsize == 8
 
+# btree node I/O's common cases in C (``_disk.c``; None: the Python below, the reference,
+# which THINSIM_NO_C=1 asks for): each returns None where it leaves a node to Python
+_C = native.disk()
+_C_HARDWARE_CRC = _C is not None and _C.setup(Node, array("Q", [0]), _crc32c, True)
+_C_ENCODE = _C.encode_node if _C is not None else None
+_C_PARSE = _C.parse_node if _C is not None else None
+_C_LOAD = _C.load_node if _C is not None else None
+
 
 def encode_node(b: int, node: Node) -> bytes:
     """struct btree_node at block ``b``.  Keys and u64 values are copied into the block as
     whole arrays (their bytes are the disk's on a little-endian machine): packing them one
     argument an entry took 4-5 times as long (about 25 us a node), and a day of churn on a
-    1 TiB thin writes some 180k nodes.  The bytes are :func:`encode_node_reference`'s (tests/test_disk.py)."""
+    1 TiB thin writes some 180k nodes.  The bytes are :func:`encode_node_reference`'s
+    (tests/test_disk.py).  Where it is built, ``_disk.c`` encodes the nodes of u64 or u32
+    values, a third of the time (tests/test_disk_c.py holds it to the same bytes)."""
+    if _C_ENCODE is not None:
+        data = _C_ENCODE(b, node)
+        if data is not None:
+            return data
     keys = node.keys
     vals = node.values
     n = len(keys)
@@ -609,7 +624,12 @@ def parse_node(data: bytes, b: int) -> Node:
 
 
 def _parse_checked_node(data: bytes, b: int) -> Node:
-    """:func:`parse_node` of a block whose checksum is known to be a node's."""
+    """:func:`parse_node` of a block whose checksum is known to be a node's.  Where it is
+    built, ``_disk.c`` parses the nodes with u64 or u32 values that pass."""
+    if _C_PARSE is not None:
+        node = _C_PARSE(data, b)
+        if node is not None:
+            return node
     nflags, bnr, n, max_entries, vsize = _NODE_HEADER.unpack_from(data, 4)
     if bnr != b:
         raise CorruptMetadata(f"btree node at block {b} says it is block {bnr}")
@@ -669,6 +689,12 @@ class NodeReader:
                 self._fd = os.open(self.path, os.O_RDONLY)
             except OSError as e:
                 raise CorruptMetadata(f"cannot read block {b}: {e}") from None
+        if _C_LOAD is not None:
+            # a valid node with u64 or u32 values in one call; anything else is read
+            # again below, where what it is is found out
+            node = _C_LOAD(self._fd, self.offset + b * BLOCK, b)
+            if node is not None:
+                return node
         data = os.pread(self._fd, BLOCK, self.offset + b * BLOCK)
         if len(data) < BLOCK:
             raise CorruptMetadata(f"block {b} is beyond the end of the device")
