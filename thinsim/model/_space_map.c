@@ -765,8 +765,82 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
 }
 
 /*
+ * The bitmaps run() has at hand, kept from one call to the next in a capsule the
+ * LowLevel holds (at_hand()): a transaction's calls meet the same bitmaps again, leaf
+ * after leaf.  What made a bitmap ready for run() holds until the transaction ends
+ * (its block a shadow; its entries, old codes and big counts the same objects: only a
+ * commit or a rollback replaces them), so the caller passes the LowLevel's transaction
+ * count (gen) and a capsule of another one is emptied first.  The ie-cache slots are
+ * taken again at each call (Python takes them between calls), and a bitmap that had no
+ * big counts is looked at again (Python makes them between calls).
+ */
+struct at_hand {
+	long long gen;
+	int nb, next;
+	int64_t bidx[RUN_BITMAPS];
+	struct bitmap bmps[RUN_BITMAPS];
+};
+
+static void at_hand_empty(struct at_hand *h)
+{
+	int k;
+
+	for (k = 0; k < RUN_BITMAPS; k++) {
+		bitmap_put(&h->bmps[k]);
+		h->bidx[k] = -1;
+	}
+	h->nb = h->next = 0;
+}
+
+static void at_hand_free(PyObject *capsule)
+{
+	struct at_hand *h = PyCapsule_GetPointer(capsule, "thinsim.at_hand");
+
+	if (h) {
+		at_hand_empty(h);
+		PyMem_Free(h);
+	}
+}
+
+static PyObject *at_hand(PyObject *self, PyObject *unused)
+{
+	struct at_hand *h = PyMem_Calloc(1, sizeof(*h));
+	PyObject *capsule;
+	int k;
+
+	if (!h)
+		return PyErr_NoMemory();
+	h->gen = -1;
+	for (k = 0; k < RUN_BITMAPS; k++) {
+		h->bmps[k].index = -1;
+		h->bidx[k] = -1;
+	}
+	capsule = PyCapsule_New(h, "thinsim.at_hand", at_hand_free);
+	if (!capsule)
+		PyMem_Free(h);
+	return capsule;
+}
+
+/* a bitmap at hand that had no big counts: its array, where Python has made one since */
+static int bitmap_big_again(struct lowlevel *ll, struct bitmap *bmp)
+{
+	PyObject *big = get_item_u64(ll->bigs, bmp->index, ll->plain_bigs);
+
+	if (!big)
+		return PyErr_Occurred() ? -1 : 0;
+	if (!get_buffer(big, &bmp->bv, 4, ENTRIES_PER_BITMAP)) {
+		Py_DECREF(big);
+		return 0;
+	}
+	bmp->big = big;
+	bmp->bm = bmp->bv.buf;
+	return 0;
+}
+
+/*
  * run(start, blocks, delta, maps, bitmaps, shadows, dirty, codes, bigs, los, leaves,
- *     held, mmaps, ref_root, same) -> (stop, why, old_n, big_n, nr_allocated, kept)
+ *     held, mmaps, ref_root, same, shadow, hand, gen)
+ *     -> (stop, why, old_n, big_n, nr_allocated, kept, error)
  *
  * add_many's loop over blocks[start:] (a list of ints), up to the first block it
  * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
@@ -781,12 +855,14 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
 static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
 	struct lowlevel ll;
-	struct bitmap bmps[RUN_BITMAPS], *bmp = NULL;
+	struct at_hand *hand;
+	struct bitmap *bmps, *bmp = NULL;
 	struct leaf lfs[RUN_LEAVES], *lf = NULL;
-	int next_bmp = 0, next_lf = 0, nb = 0, nl = 0, k;
+	int next_lf = 0, nl = 0, k;
 	/* what the searches read, side by side: bitmap indexes, leaf ranges ([0, 0): none) */
-	int64_t bidx[RUN_BITMAPS];
+	int64_t *bidx;
 	uint64_t llo[RUN_LEAVES], lhi[RUN_LEAVES];
+	long long gen;
 	Py_buffer bitmaps, bview;
 	uint64_t *bbuf = NULL;	/* blocks' items, where blocks is a buffer */
 	int is_buf = 0;
@@ -796,8 +872,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	int ok, r = 0, why = STOP_OTHER;
 	PyObject *error = NULL;	/* STOP_RAISED's */
 
-	if (nargs != 16) {
-		PyErr_SetString(PyExc_TypeError, "run() takes 16 arguments");
+	if (nargs != 18) {
+		PyErr_SetString(PyExc_TypeError, "run() takes 18 arguments");
 		return NULL;
 	}
 	start = PyLong_AsSsize_t(args[0]);
@@ -817,6 +893,16 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	ll.ref_root = PyLong_AsUnsignedLongLong(args[13]);
 	ll.same = PyDict_CheckExact(args[14]) ? args[14] : Py_None;
 	ll.shadow = args[15];
+	hand = PyCapsule_GetPointer(args[16], "thinsim.at_hand");
+	gen = PyLong_AsLongLong(args[17]);
+	if (!hand || PyErr_Occurred())
+		return NULL;
+	if (hand->gen != gen) {
+		at_hand_empty(hand);
+		hand->gen = gen;
+	}
+	bmps = hand->bmps;
+	bidx = hand->bidx;
 	ll.kept = 0;
 	if (PyErr_Occurred())
 		return NULL;
@@ -857,8 +943,6 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	ll.nr_bitmaps = bitmaps.len / 8;
 	for (k = 0; k < IE_CACHE_SIZE; k++)
 		ll.owner[k] = -1;
-	for (k = 0; k < RUN_BITMAPS; k++)
-		bmps[k].index = -1;
 	for (k = 0; k < RUN_LEAVES; k++)
 		lfs[k].node = NULL;
 
@@ -876,16 +960,18 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		index = b / ENTRIES_PER_BITMAP;
 		if (!bmp || (int64_t)index != bmp->index) {
 			/* one kept at hand, its slot taken again if another took it */
-			for (k = 0; k < nb && bidx[k] != (int64_t)index; k++)
+			for (k = 0; k < hand->nb && bidx[k] != (int64_t)index; k++)
 				;
-			if (k < nb) {
+			if (k < hand->nb) {
 				r = take_slot(&ll, index);
 				bmp = r == 1 ? &bmps[k] : NULL;
+				if (bmp && !bmp->bm && bitmap_big_again(&ll, bmp) < 0)
+					r = -1;
 			} else {
-				k = next_bmp;
-				next_bmp = (next_bmp + 1) % RUN_BITMAPS;
-				if (nb < RUN_BITMAPS)
-					nb++;
+				k = hand->next;
+				hand->next = (hand->next + 1) % RUN_BITMAPS;
+				if (hand->nb < RUN_BITMAPS)
+					hand->nb++;
 				bmp = &bmps[k];
 				bitmap_put(bmp);
 				r = bitmap_get(&ll, index, bmp);
@@ -925,7 +1011,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				 * bitmap's last such block went to; or the kept table's
 				 */
 				k = bmp->leaf;
-				if (k < 0 || b < llo[k] || b >= lhi[k])
+				if (k < 0 || k >= nl || b < llo[k] || b >= lhi[k])
 					for (k = 0; k < nl; k++)
 						if (b >= llo[k] && b < lhi[k])
 							break;
@@ -1013,10 +1099,10 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			d_alloc--;
 		}
 	}
-	for (k = 0; k < RUN_BITMAPS; k++)
-		bitmap_put(&bmps[k]);
 	for (k = 0; k < RUN_LEAVES; k++)
 		leaf_put(&lfs[k]);
+	for (k = 0; k < hand->nb; k++)
+		bmps[k].leaf = -1;	/* run()'s leaves go with it */
 	PyBuffer_Release(&bitmaps);
 	if (is_buf)
 		PyBuffer_Release(&bview);
@@ -1338,6 +1424,7 @@ fail:
 static PyMethodDef methods[] = {
 	{ "run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
 	  "add_many's common cases over blocks[start:]; see the source." },
+	{ "at_hand", at_hand, METH_NOARGS, "A capsule for run()'s bitmaps at hand." },
 	{ "leaf_gather", (PyCFunction)(void (*)(void))leaf_gather, METH_FASTCALL,
 	  "Pool._leaf_gather's loop; see the source." },
 	{ "overwrite_walk", (PyCFunction)(void (*)(void))overwrite_walk, METH_FASTCALL,

@@ -298,6 +298,13 @@ class LowLevel:
         self.ref_root = 0
         self._no_ref_leaves()
         self._no_writebacks()
+        self._new_hand()
+
+    def _new_hand(self) -> None:
+        # add_many's C keeps the bitmaps it met from one call to the next in the
+        # transaction ``_gen`` counts (a commit or a rollback ends it)
+        self._at_hand = _C.at_hand() if _C is not None else None
+        self._gen = 0
 
     def _no_ref_leaves(self) -> None:
         # reference-count leaves found in place (BTreeInfo.leaf_in_place) this transaction,
@@ -320,13 +327,14 @@ class LowLevel:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for k in ("_ref_los", "_ref_leaves", "_ref_at", "_wb_same", "_wb_at"):
+        for k in ("_ref_los", "_ref_leaves", "_ref_at", "_wb_same", "_wb_at", "_at_hand"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self._no_ref_leaves()
         self._no_writebacks()
+        self._new_hand()
         # a host state pickled before the counts were kept a bitmap at a time
         bits = state.pop("bits", None)
         runs = state.pop("old_runs", ())  # ... and before a run's blocks were kept in ``old``
@@ -478,12 +486,19 @@ class LowLevel:
         goes on from the next block."""
         run = _C_RUN
         dirty = getattr(self, "dirty", None)
+        hand = self._at_hand
         if type(blocks) is np.ndarray:
             # a leaf's data blocks (metadata._data_blocks): C reads them as they are
-            if run is None or dirty is None or self.tm.sm._bops:
+            if run is None or dirty is None or hand is None or self.tm.sm._bops:
                 self._add_many(blocks.tolist(), delta)
                 return
-        elif run is None or dirty is None or type(blocks) is not list or self.tm.sm._bops:
+        elif (
+            run is None
+            or dirty is None
+            or hand is None
+            or type(blocks) is not list
+            or self.tm.sm._bops
+        ):
             self._add_many(blocks, delta)
             return
         info = self.ref_info
@@ -520,6 +535,8 @@ class LowLevel:
                     else None
                 ),
                 self._shadow_ref_node,
+                hand,
+                self._gen,
             )
             if kept:  # as ``_kept_ref_leaf`` does after a walk
                 self._ref_at = (info.reshapes, self.ref_root)
@@ -865,6 +882,7 @@ class LowLevel:
                 maps[index] = None  # all free now and at this commit
         self.old.clear()
         self._forget_ref_leaves()
+        self._gen += 1
         self._committed = self._header()
 
     def _header(self):
@@ -898,6 +916,7 @@ class LowLevel:
         self.ref_root = ref_root
         self.old.clear()
         self._forget_ref_leaves()
+        self._gen += 1
         return changed
 
 
