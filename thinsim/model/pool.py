@@ -1173,7 +1173,7 @@ class Pool:
         mfree = msm.nr_free()
         cap = min(cap, (mfree - pmd.metadata_reserve - 1) // self._RUN_MD_PER_RELEASE)
         t = msm.threshold
-        if t is not None and not (msm._value is not None and msm._value <= t):
+        if msm.threshold_pending():
             cap = min(cap, (mfree - t - 1) // self._RUN_MD_PER_RELEASE)
         free = data_sm.nr_free()
         cap = min(cap, free if self.low_water_triggered else free - self.low_water_blocks)

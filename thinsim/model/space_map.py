@@ -749,9 +749,7 @@ class LowLevel:
             return None
         free = sm.nr_free()
         t = sm.threshold
-        if free < 64 or (
-            t is not None and not (sm._value is not None and sm._value <= t) and free - t < 64
-        ):
+        if free < 64 or (sm.threshold_pending() and free - t < 64):
             return None
         info = self.ref_info
         return info._shadow(b, info.value_type)[0]
@@ -976,7 +974,7 @@ class _DiskLowLevel(LowLevel):
             return 0
         limit = min(limit, ENTRIES_PER_BITMAP - lo, mll.nr_blocks - b0)
         t = sm.threshold
-        if t is not None and not (sm._value is not None and sm._value <= t):
+        if sm.threshold_pending():
             # check_threshold fires where free metadata falls to the threshold: leave that
             # allocation to the ordinary path
             limit = min(limit, sm.nr_free() - t - 1)
@@ -1426,6 +1424,12 @@ class MetadataSpaceMap:
         self.allocated_this_transaction += 1
         self._check_threshold(self.nr_free())
         return b
+
+    def threshold_pending(self) -> bool:
+        """Whether a threshold is registered that has not fired yet (``_check_threshold``
+        fires it when free metadata falls to it)."""
+        t = self.threshold
+        return t is not None and not (self._value is not None and self._value <= t)
 
     def register_threshold(self, threshold: int, fn) -> None:
         """sm_metadata_register_threshold_callback."""
