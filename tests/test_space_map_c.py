@@ -290,3 +290,30 @@ def test_a_reference_count_leaf_shadowed_in_c_leaves_what_the_insert_leaves_when
                 errors.append(str(e.value))
         assert errors[0] == errors[1]
         assert _state(pmds[0]) == _state(pmds[1])
+
+
+def test_leaves_kept_at_hand_from_call_to_call_are_let_go_when_a_removal_reshapes_the_tree(both):
+    """C keeps the reference-count leaves it met at hand from one call to the next, as
+    long as the table of leaves kept in place holds.  Removals (counts going from 3 to
+    2) merge and rebalance leaves between two calls, and in the middle of one; the
+    calls after them find the keys where Python's loop finds them."""
+    pmds = []
+    with pytest.MonkeyPatch.context() as mp:
+        pmds.append(_pool(4096))
+        mp.setattr(space_map, "_C_RUN", None)
+        pmds.append(_pool(4096))
+    every = ("add", [(5, 3000, 1)], 1)
+    prefix = [every, ("commit", (), 0), every, ("commit", (), 0), every, ("commit", (), 0)]
+    ops = prefix + [every, ("add", [(1000, 400, 1)], -2), every, every]
+    ops += [("add", [(2000, 300, 1)], -1), ("add", [(2100, 50, 1)], -2), every, every]
+    for op in ops:
+        results = []
+        for k, pmd in enumerate(pmds):
+            with pytest.MonkeyPatch.context() as mp:
+                if k:
+                    mp.setattr(space_map, "_C_RUN", None)
+                results.append(_apply(pmd, op))
+        assert results[0] == results[1] is None, op
+        assert _state(pmds[0]) == _state(pmds[1]), op
+        _ref_tree_holds_the_big_counts(pmds[0])
+    assert pmds[0].data_sm.ll.ref_info.reshapes > 0

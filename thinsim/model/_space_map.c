@@ -41,8 +41,8 @@
  * for one block stays ready for the next (but for the ie-cache slot, which run() keeps
  * track of itself: owner).
  */
-#define RUN_BITMAPS 48
-#define RUN_LEAVES 48
+#define RUN_BITMAPS 128
+#define RUN_LEAVES 128
 
 /* why run() stopped at a block (space_map.py: LowLevel.add_many) */
 enum {
@@ -338,7 +338,9 @@ static int bitmap_get(struct lowlevel *ll, uint64_t index, struct bitmap *bmp)
 /* the reference-count leaf in use: one of those add_many keeps (_ref_los/_ref_leaves) */
 struct leaf {
 	PyObject *node, *keys, *values;	/* new references; node NULL: none */
+	PyObject *block;	/* a new reference: its block number (node's key in held) */
 	Py_buffer kv, vv;
+	int live;		/* kv and vv held (by this run() call only: Python resizes) */
 	uint64_t *k, *v;
 	uint64_t lo, hi;	/* its keys' range [lo, hi); hi 2^64 kept as UINT64_MAX */
 	Py_ssize_t nkeys, max_entries, at;
@@ -348,6 +350,7 @@ static void leaf_release(struct leaf *lf)
 {
 	PyBuffer_Release(&lf->kv);
 	PyBuffer_Release(&lf->vv);
+	lf->live = 0;
 }
 
 static int leaf_acquire(struct leaf *lf)
@@ -361,6 +364,7 @@ static int leaf_acquire(struct leaf *lf)
 	lf->k = lf->kv.buf;
 	lf->v = lf->vv.buf;
 	lf->nkeys = lf->kv.len / 8;
+	lf->live = 1;
 	return 1;
 }
 
@@ -368,10 +372,12 @@ static void leaf_put(struct leaf *lf)
 {
 	if (!lf->node)
 		return;
-	leaf_release(lf);
+	if (lf->live)
+		leaf_release(lf);
 	Py_DECREF(lf->keys);
 	Py_DECREF(lf->values);
 	Py_DECREF(lf->node);
+	Py_CLEAR(lf->block);
 	lf->node = NULL;
 }
 
@@ -442,6 +448,7 @@ static int leaf_get(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 	}
 	Py_INCREF(node);
 	lf->node = node;
+	lf->block = Py_NewRef(PyList_GET_ITEM(entry, 3));
 	lf->lo = start;
 	lf->hi = end;
 	lf->max_entries = max_entries;
@@ -685,6 +692,15 @@ static int leaf_walk(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 		return PyErr_Occurred() ? -1 : 0;
 	}
 	lf->node = node;
+	lf->block = PyLong_FromUnsignedLongLong(blk);
+	if (!lf->block) {
+		leaf_release(lf);
+		Py_DECREF(keys);
+		Py_DECREF(values);
+		Py_DECREF(node);
+		lf->node = NULL;
+		return -1;
+	}
 	lf->lo = lo;
 	lf->hi = unbounded ? UINT64_MAX : hi;
 	lf->max_entries = max_entries;
@@ -719,9 +735,11 @@ static int leaf_insert(struct leaf *lf, Py_ssize_t i, uint64_t b, uint64_t n)
 	if (!r || !leaf_acquire(lf)) {
 		Py_XDECREF(r);
 		/* the buffers are let go: forget the leaf without releasing them again */
+		lf->live = 0;
 		Py_DECREF(lf->keys);
 		Py_DECREF(lf->values);
 		Py_DECREF(lf->node);
+		Py_CLEAR(lf->block);
 		lf->node = NULL;
 		if (!PyErr_Occurred())
 			PyErr_SetString(PyExc_RuntimeError, "a leaf's arrays changed under add_many");
@@ -765,30 +783,61 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
 }
 
 /*
- * The bitmaps run() has at hand, kept from one call to the next in a capsule the
- * LowLevel holds (at_hand()): a transaction's calls meet the same bitmaps again, leaf
- * after leaf.  What made a bitmap ready for run() holds until the transaction ends
- * (its block a shadow; its entries, old codes and big counts the same objects: only a
- * commit or a rollback replaces them), so the caller passes the LowLevel's transaction
- * count (gen) and a capsule of another one is emptied first.  The ie-cache slots are
- * taken again at each call (Python takes them between calls), and a bitmap that had no
- * big counts is looked at again (Python makes them between calls).
+ * The bitmaps and reference-count leaves run() has at hand, kept from one call to the
+ * next in a capsule the LowLevel holds (at_hand()): a transaction's calls meet the same
+ * bitmaps and leaves again, leaf after leaf.
+ *
+ * What made a bitmap ready for run() holds until the transaction ends (its block a
+ * shadow; its entries, old codes and big counts the same objects: only a commit or a
+ * rollback replaces them), so the caller passes the LowLevel's transaction count (gen)
+ * and a capsule of another one is emptied first.  The ie-cache slots are taken again at
+ * each call (Python takes them between calls), and a bitmap that had no big counts is
+ * looked at again (Python makes them between calls).
+ *
+ * A leaf is one of the kept table's (_ref_los), which holds while the table does: the
+ * caller passes the count of times the table was emptied (lgen), and the leaves of
+ * another are let go first.  At its first use in a call a leaf is checked to be its
+ * block's node still (read back since, it is another object) and its arrays' buffers
+ * are taken; they are let go when the call returns, as Python may resize the arrays
+ * between calls.
  */
+#define WHERE_SIZE 1024	/* where: a bitmap index modulo this -> its place + 1, or 0 */
+
 struct at_hand {
-	long long gen;
+	long long gen, lgen;
 	int nb, next;
+	int nl, next_lf;
 	int64_t bidx[RUN_BITMAPS];
+	uint16_t where[WHERE_SIZE];
 	struct bitmap bmps[RUN_BITMAPS];
+	/* the leaves' ranges side by side ([0, 0): none), then the leaves */
+	uint64_t llo[RUN_LEAVES], lhi[RUN_LEAVES];
+	struct leaf lfs[RUN_LEAVES];
 };
+
+static void leaves_empty(struct at_hand *h)
+{
+	int k;
+
+	for (k = 0; k < RUN_LEAVES; k++) {
+		leaf_put(&h->lfs[k]);
+		h->llo[k] = h->lhi[k] = 0;
+	}
+	for (k = 0; k < RUN_BITMAPS; k++)
+		h->bmps[k].leaf = -1;
+	h->nl = h->next_lf = 0;
+}
 
 static void at_hand_empty(struct at_hand *h)
 {
 	int k;
 
+	leaves_empty(h);
 	for (k = 0; k < RUN_BITMAPS; k++) {
 		bitmap_put(&h->bmps[k]);
 		h->bidx[k] = -1;
 	}
+	memset(h->where, 0, sizeof(h->where));
 	h->nb = h->next = 0;
 }
 
@@ -810,15 +859,53 @@ static PyObject *at_hand(PyObject *self, PyObject *unused)
 
 	if (!h)
 		return PyErr_NoMemory();
-	h->gen = -1;
+	h->gen = h->lgen = -1;
 	for (k = 0; k < RUN_BITMAPS; k++) {
 		h->bmps[k].index = -1;
+		h->bmps[k].leaf = -1;
 		h->bidx[k] = -1;
 	}
 	capsule = PyCapsule_New(h, "thinsim.at_hand", at_hand_free);
 	if (!capsule)
 		PyMem_Free(h);
 	return capsule;
+}
+
+/* the place of bitmap ``index`` at hand, or -1 */
+static int hand_find(struct at_hand *h, int64_t index)
+{
+	int k = h->where[index % WHERE_SIZE] - 1;
+
+	if (k >= 0 && h->bidx[k] == index)
+		return k;
+	for (k = 0; k < h->nb; k++)
+		if (h->bidx[k] == index) {
+			h->where[index % WHERE_SIZE] = k + 1;
+			return k;
+		}
+	return -1;
+}
+
+/*
+ * Leaf k at hand made ready for this call, where it is its block's node still: 1 if
+ * so, 0 if not (it is let go), -1 on an error.
+ */
+static int leaf_ready(struct lowlevel *ll, struct at_hand *h, int k)
+{
+	struct leaf *lf = &h->lfs[k];
+	PyObject *now;
+
+	if (lf->live)
+		return 1;
+	now = get_item(ll->held, lf->block, ll->plain_held);
+	if (!now && PyErr_Occurred())
+		return -1;
+	Py_XDECREF(now);
+	if (now == lf->node && leaf_acquire(lf))
+		return 1;
+	leaf_put(lf);
+	h->llo[k] = h->lhi[k] = 0;
+	return 0;
 }
 
 /* a bitmap at hand that had no big counts: its array, where Python has made one since */
@@ -839,7 +926,7 @@ static int bitmap_big_again(struct lowlevel *ll, struct bitmap *bmp)
 
 /*
  * run(start, blocks, delta, maps, bitmaps, shadows, dirty, codes, bigs, los, leaves,
- *     held, mmaps, ref_root, same, shadow, hand, gen)
+ *     held, mmaps, ref_root, same, shadow, hand, gen, lgen)
  *     -> (stop, why, old_n, big_n, nr_allocated, kept, error)
  *
  * add_many's loop over blocks[start:] (a list of ints), up to the first block it
@@ -848,8 +935,9 @@ static int bitmap_big_again(struct lowlevel *ll, struct bitmap *bmp)
  * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
  * ``big.n`` and ``nr_allocated``.  Its arguments are the LowLevel's maps, bitmaps,
  * tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves, tm.blocks, the
- * metadata space map's maps and ref_root, and _wb_same where it holds (else None);
- * the caller has checked what add_many checks once a call (no queued metadata counts,
+ * metadata space map's maps and ref_root, _wb_same where it holds (else None), the
+ * capsule at hand, and the counts of transactions and of kept tables (at_hand); the
+ * caller has checked what add_many checks once a call (no queued metadata counts,
  * the kept leaves of this tree's shape and root, _wb_same of the index tree's).
  */
 static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -857,12 +945,12 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	struct lowlevel ll;
 	struct at_hand *hand;
 	struct bitmap *bmps, *bmp = NULL;
-	struct leaf lfs[RUN_LEAVES], *lf = NULL;
-	int next_lf = 0, nl = 0, k;
+	struct leaf *lfs, *lf = NULL;
+	int k;
 	/* what the searches read, side by side: bitmap indexes, leaf ranges ([0, 0): none) */
 	int64_t *bidx;
-	uint64_t llo[RUN_LEAVES], lhi[RUN_LEAVES];
-	long long gen;
+	uint64_t *llo, *lhi;
+	long long gen, lgen;
 	Py_buffer bitmaps, bview;
 	uint64_t *bbuf = NULL;	/* blocks' items, where blocks is a buffer */
 	int is_buf = 0;
@@ -872,8 +960,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	int ok, r = 0, why = STOP_OTHER;
 	PyObject *error = NULL;	/* STOP_RAISED's */
 
-	if (nargs != 18) {
-		PyErr_SetString(PyExc_TypeError, "run() takes 18 arguments");
+	if (nargs != 19) {
+		PyErr_SetString(PyExc_TypeError, "run() takes 19 arguments");
 		return NULL;
 	}
 	start = PyLong_AsSsize_t(args[0]);
@@ -895,14 +983,22 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	ll.shadow = args[15];
 	hand = PyCapsule_GetPointer(args[16], "thinsim.at_hand");
 	gen = PyLong_AsLongLong(args[17]);
+	lgen = PyLong_AsLongLong(args[18]);
 	if (!hand || PyErr_Occurred())
 		return NULL;
 	if (hand->gen != gen) {
 		at_hand_empty(hand);
 		hand->gen = gen;
 	}
+	if (hand->lgen != lgen) {
+		leaves_empty(hand);
+		hand->lgen = lgen;
+	}
 	bmps = hand->bmps;
 	bidx = hand->bidx;
+	lfs = hand->lfs;
+	llo = hand->llo;
+	lhi = hand->lhi;
 	ll.kept = 0;
 	if (PyErr_Occurred())
 		return NULL;
@@ -943,8 +1039,6 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	ll.nr_bitmaps = bitmaps.len / 8;
 	for (k = 0; k < IE_CACHE_SIZE; k++)
 		ll.owner[k] = -1;
-	for (k = 0; k < RUN_LEAVES; k++)
-		lfs[k].node = NULL;
 
 	n = is_buf ? bview.len / 8 : PyList_GET_SIZE(blocks);
 	for (i = start; i < n; i++) {
@@ -960,9 +1054,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		index = b / ENTRIES_PER_BITMAP;
 		if (!bmp || (int64_t)index != bmp->index) {
 			/* one kept at hand, its slot taken again if another took it */
-			for (k = 0; k < hand->nb && bidx[k] != (int64_t)index; k++)
-				;
-			if (k < hand->nb) {
+			k = hand_find(hand, index);
+			if (k >= 0) {
 				r = take_slot(&ll, index);
 				bmp = r == 1 ? &bmps[k] : NULL;
 				if (bmp && !bmp->bm && bitmap_big_again(&ll, bmp) < 0)
@@ -973,9 +1066,13 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				if (hand->nb < RUN_BITMAPS)
 					hand->nb++;
 				bmp = &bmps[k];
+				if (bidx[k] >= 0 && hand->where[bidx[k] % WHERE_SIZE] == k + 1)
+					hand->where[bidx[k] % WHERE_SIZE] = 0;
 				bitmap_put(bmp);
 				r = bitmap_get(&ll, index, bmp);
 				bidx[k] = bmp->index;
+				if (bmp->index >= 0)
+					hand->where[bmp->index % WHERE_SIZE] = k + 1;
 				if (r != 1)
 					bmp = NULL;
 				else
@@ -1011,17 +1108,23 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 				 * bitmap's last such block went to; or the kept table's
 				 */
 				k = bmp->leaf;
-				if (k < 0 || k >= nl || b < llo[k] || b >= lhi[k])
-					for (k = 0; k < nl; k++)
+				if (k < 0 || k >= hand->nl || b < llo[k] || b >= lhi[k])
+					for (k = 0; k < hand->nl; k++)
 						if (b >= llo[k] && b < lhi[k])
 							break;
-				if (k < nl) {
+				r = k < hand->nl ? leaf_ready(&ll, hand, k) : 0;
+				if (r == 1) {
 					lf = &lfs[k];
+				} else if (r < 0) {
+					break;
 				} else {
-					k = next_lf;
-					next_lf = (next_lf + 1) % RUN_LEAVES;
-					if (nl < RUN_LEAVES)
-						nl++;
+					/* an empty place (a leaf let go), or the next in turn */
+					if (k >= hand->nl || llo[k] != lhi[k]) {
+						k = hand->next_lf;
+						hand->next_lf = (hand->next_lf + 1) % RUN_LEAVES;
+						if (hand->nl < RUN_LEAVES)
+							hand->nl++;
+					}
 					lf = &lfs[k];
 					leaf_put(lf);
 					llo[k] = lhi[k] = 0;
@@ -1099,10 +1202,9 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 			d_alloc--;
 		}
 	}
-	for (k = 0; k < RUN_LEAVES; k++)
-		leaf_put(&lfs[k]);
-	for (k = 0; k < hand->nb; k++)
-		bmps[k].leaf = -1;	/* run()'s leaves go with it */
+	for (k = 0; k < hand->nl; k++)
+		if (lfs[k].live)
+			leaf_release(&lfs[k]);	/* Python may resize their arrays */
 	PyBuffer_Release(&bitmaps);
 	if (is_buf)
 		PyBuffer_Release(&bview);

@@ -315,6 +315,9 @@ class LowLevel:
         self._ref_los: list[int] = []
         self._ref_leaves: list[tuple] = []
         self._ref_at = None
+        # the times the table was emptied (add_many's C lets go of the leaves it keeps at
+        # hand when this changes)
+        self._ref_gen = 0
 
     def _no_writebacks(self) -> None:
         # the data ll's index entries known to be in the index btree already, set in place
@@ -327,7 +330,15 @@ class LowLevel:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for k in ("_ref_los", "_ref_leaves", "_ref_at", "_wb_same", "_wb_at", "_at_hand"):
+        for k in (
+            "_ref_los",
+            "_ref_leaves",
+            "_ref_at",
+            "_ref_gen",
+            "_wb_same",
+            "_wb_at",
+            "_at_hand",
+        ):
             state.pop(k, None)
         return state
 
@@ -504,8 +515,7 @@ class LowLevel:
         info = self.ref_info
         los = self._ref_los
         if los and self._ref_at != (info.reshapes, self.ref_root):
-            los.clear()  # as ``_add_many`` drops them at its start
-            self._ref_leaves.clear()
+            self._forget_ref_leaves()  # as ``_add_many`` drops them at its start
         n = len(blocks)
         i = 0
         again = -1
@@ -537,6 +547,7 @@ class LowLevel:
                 self._shadow_ref_node,
                 hand,
                 self._gen,
+                self._ref_gen,
             )
             if kept:  # as ``_kept_ref_leaf`` does after a walk
                 self._ref_at = (info.reshapes, self.ref_root)
@@ -585,10 +596,9 @@ class LowLevel:
         # queued metadata counts (left by a failure) keep every insert off the in-place
         # path (``_insert_in_place``); between the calls below there are none
         cache = not tm.sm._bops
-        los, leaves = self._ref_los, self._ref_leaves
+        los = self._ref_los
         if los and (not cache or self._ref_at != (info.reshapes, self.ref_root)):
-            los.clear()
-            leaves.clear()
+            self._forget_ref_leaves()
         last = -1
         m = bm = oc = None
         base = slot = 0
@@ -683,8 +693,7 @@ class LowLevel:
                 reshapes = info.reshapes
                 self.ref_root, _ = info.insert(self.ref_root, (b,), n)
                 if info.reshapes != reshapes:
-                    los.clear()
-                    leaves.clear()
+                    self._forget_ref_leaves()
                 else:
                     # only shadows on the way down: the leaves kept keep their places
                     self._ref_at = (reshapes, self.ref_root)
@@ -695,8 +704,7 @@ class LowLevel:
                 if o > 2:
                     bm[e] = 0
                     big.n -= 1
-                    los.clear()
-                    leaves.clear()
+                    self._forget_ref_leaves()
                     node = cur = None
                     lo = hi = 0
                     self.ref_root = info.remove(self.ref_root, (b,))
@@ -799,6 +807,7 @@ class LowLevel:
         a rollback: they are no longer shadows of the transaction)."""
         self._ref_los.clear()
         self._ref_leaves.clear()
+        self._ref_gen += 1
 
     def find_common_free(self, begin: int, _entries: int = ENTRIES_PER_BITMAP) -> int:
         """sm_ll_find_common_free_block from ``begin``; NoSpace when none is left.
