@@ -100,6 +100,29 @@ def _ref_tree_holds_the_big_counts(pmd: PoolMetadata) -> None:
         assert ll.ref_info.lookup(ll.ref_root, (k,)) == ll.big[k]
 
 
+def _c_and_python(nr_md_blocks: int) -> list[PoolMetadata]:
+    """A pool whose add_many runs in C and one whose runs Python's loop, made alike."""
+    pmds = []
+    with pytest.MonkeyPatch.context() as mp:
+        pmds.append(_pool(nr_md_blocks))
+        mp.setattr(space_map, "_C_RUN", None)
+        pmds.append(_pool(nr_md_blocks))
+    return pmds
+
+
+def _apply_both(pmds: list[PoolMetadata], op) -> object:
+    """``op`` on the C pool and on the Python one: the same result and the same state."""
+    results = []
+    for k, pmd in enumerate(pmds):
+        with pytest.MonkeyPatch.context() as mp:
+            if k:
+                mp.setattr(space_map, "_C_RUN", None)
+            results.append(_apply(pmd, op))
+    assert results[0] == results[1], op
+    assert _state(pmds[0]) == _state(pmds[1]), op
+    return results[0]
+
+
 _run = st.tuples(
     st.integers(0, NR_DATA - 1),
     st.integers(1, 40),
@@ -129,47 +152,25 @@ def both():
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nr_md_blocks=st.sampled_from([95, 110, 160, 400, 4096]), ops=_ops)
 def test_add_many_in_c_leaves_what_the_python_loop_leaves(both, nr_md_blocks, ops):
-    pmds = []
-    with pytest.MonkeyPatch.context() as mp:
-        pmds.append(_pool(nr_md_blocks))
-        mp.setattr(space_map, "_C_RUN", None)
-        pmds.append(_pool(nr_md_blocks))
+    pmds = _c_and_python(nr_md_blocks)
     # a start every test shares: blocks in use, shared twice, then three times (counts
     # of 3 in a reference-count tree of several leaves)
     prefix = [("add", [(5, 3000, 1), (ENTRIES_PER_BITMAP * 64 + 7, 500, 1)], 1)]
     prefix += [("commit", (), 0), prefix[0], ("commit", (), 0), prefix[0]]
     for op in prefix + ops:
-        results = []
-        for k, pmd in enumerate(pmds):
-            with pytest.MonkeyPatch.context() as mp:
-                if k:
-                    mp.setattr(space_map, "_C_RUN", None)
-                results.append(_apply(pmd, op))
-        assert results[0] == results[1], op
-        assert _state(pmds[0]) == _state(pmds[1]), op
+        _apply_both(pmds, op)
         _ref_tree_holds_the_big_counts(pmds[0])
 
 
 def test_counts_of_254_and_more_and_a_negative_count_stop_c_where_python_takes_over(both):
     """The blocks C leaves to Python: a count kept in ``OldCounts.over``, a count going
     below 0 (the bytearray refuses it, after the old count was kept), a removal."""
-    pmds = []
-    with pytest.MonkeyPatch.context() as mp:
-        pmds.append(_pool(4096))
-        mp.setattr(space_map, "_C_RUN", None)
-        pmds.append(_pool(4096))
+    pmds = _c_and_python(4096)
     ops = [("add", [(100, 50, 1)], 300), ("commit", (), 0), ("add", [(90, 70, 1)], 1)]
     ops += [("add", [(90, 20, 1)], -1), ("add", [(95, 10, 1)], -1), ("add", [(100, 50, 1)], -299)]
     for op in ops:
-        results = []
-        for k, pmd in enumerate(pmds):
-            with pytest.MonkeyPatch.context() as mp:
-                if k:
-                    mp.setattr(space_map, "_C_RUN", None)
-                results.append(_apply(pmd, op))
-        assert results[0] == results[1], op
-        assert _state(pmds[0]) == _state(pmds[1]), op
-    assert results[0] is None
+        result = _apply_both(pmds, op)
+    assert result is None
     assert pmds[0].data_sm.ll.get_count(120) == 2
 
 
@@ -257,19 +258,11 @@ def test_a_reference_count_leaf_shadowed_in_c_leaves_what_the_insert_leaves_when
 
     real = BTreeInfo._shadow
     for nth in (1, 3, 5):
-        pmds = []
-        with pytest.MonkeyPatch.context() as mp:
-            pmds.append(_pool(4096))
-            mp.setattr(space_map, "_C_RUN", None)
-            pmds.append(_pool(4096))
+        pmds = _c_and_python(4096)
         prefix = [("add", [(5, 3000, 1), (ENTRIES_PER_BITMAP * 64 + 7, 500, 1)], 1)]
         prefix += [("commit", (), 0), prefix[0], ("commit", (), 0), prefix[0], ("commit", (), 0)]
         for op in prefix:
-            for k, pmd in enumerate(pmds):
-                with pytest.MonkeyPatch.context() as mp:
-                    if k:
-                        mp.setattr(space_map, "_C_RUN", None)
-                    assert _apply(pmd, op) is None
+            assert _apply_both(pmds, op) is None
         errors = []
         for k, pmd in enumerate(pmds):
             calls = []
@@ -297,23 +290,12 @@ def test_leaves_kept_at_hand_from_call_to_call_are_let_go_when_a_removal_reshape
     long as the table of leaves kept in place holds.  Removals (counts going from 3 to
     2) merge and rebalance leaves between two calls, and in the middle of one; the
     calls after them find the keys where Python's loop finds them."""
-    pmds = []
-    with pytest.MonkeyPatch.context() as mp:
-        pmds.append(_pool(4096))
-        mp.setattr(space_map, "_C_RUN", None)
-        pmds.append(_pool(4096))
+    pmds = _c_and_python(4096)
     every = ("add", [(5, 3000, 1)], 1)
     prefix = [every, ("commit", (), 0), every, ("commit", (), 0), every, ("commit", (), 0)]
     ops = prefix + [every, ("add", [(1000, 400, 1)], -2), every, every]
     ops += [("add", [(2000, 300, 1)], -1), ("add", [(2100, 50, 1)], -2), every, every]
     for op in ops:
-        results = []
-        for k, pmd in enumerate(pmds):
-            with pytest.MonkeyPatch.context() as mp:
-                if k:
-                    mp.setattr(space_map, "_C_RUN", None)
-                results.append(_apply(pmd, op))
-        assert results[0] == results[1] is None, op
-        assert _state(pmds[0]) == _state(pmds[1]), op
+        assert _apply_both(pmds, op) is None, op
         _ref_tree_holds_the_big_counts(pmds[0])
     assert pmds[0].data_sm.ll.ref_info.reshapes > 0
