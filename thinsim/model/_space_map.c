@@ -382,6 +382,34 @@ static void leaf_put(struct leaf *lf)
 }
 
 /*
+ * Leaf ``node`` of block ``block`` (both borrowed), its keys in [lo, hi), made the one
+ * in use: 1, 0 if its arrays give no u64 buffers, -1 on an error.
+ */
+static int leaf_take(struct leaf *lf, PyObject *node, PyObject *block, uint64_t lo, uint64_t hi)
+{
+	PyObject *max;
+	Py_ssize_t max_entries;
+
+	lf->keys = PyObject_GetAttr(node, s_keys);
+	lf->values = lf->keys ? PyObject_GetAttr(node, s_values) : NULL;
+	max = lf->values ? PyObject_GetAttr(node, s_max_entries) : NULL;
+	max_entries = max ? PyLong_AsSsize_t(max) : -1;
+	Py_XDECREF(max);
+	if ((max_entries == -1 && PyErr_Occurred()) || !leaf_acquire(lf)) {
+		Py_CLEAR(lf->keys);
+		Py_CLEAR(lf->values);
+		return PyErr_Occurred() ? -1 : 0;
+	}
+	lf->node = Py_NewRef(node);
+	lf->block = Py_NewRef(block);
+	lf->lo = lo;
+	lf->hi = hi;
+	lf->max_entries = max_entries;
+	lf->at = 0;
+	return 1;
+}
+
+/*
  * The kept leaf key ``b`` goes to in place, made the one in use, as add_many finds
  * it: the last kept range starting at or below b, if b is below its end and its
  * block's node is still that leaf.  1 if found, 0 if not, -1 on an error.
@@ -389,10 +417,9 @@ static void leaf_put(struct leaf *lf)
 static int leaf_get(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 {
 	Py_ssize_t lo = 0, hi = PyList_GET_SIZE(ll->los), mid;
-	PyObject *entry, *node, *now, *keys, *values, *max;
+	PyObject *entry, *node, *now;
 	uint64_t end, start;
 	int ok = 1;
-	Py_ssize_t max_entries;
 
 	/* bisect_right(los, b) - 1 */
 	while (lo < hi) {
@@ -427,33 +454,7 @@ static int leaf_get(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 	Py_DECREF(now);
 	if (now != node)
 		return 0;
-	keys = PyObject_GetAttr(node, s_keys);
-	values = keys ? PyObject_GetAttr(node, s_values) : NULL;
-	max = values ? PyObject_GetAttr(node, s_max_entries) : NULL;
-	if (!max) {
-		Py_XDECREF(keys);
-		Py_XDECREF(values);
-		return -1;
-	}
-	max_entries = PyLong_AsSsize_t(max);
-	Py_DECREF(max);
-	if (max_entries == -1 && PyErr_Occurred())
-		return -1;
-	lf->keys = keys;
-	lf->values = values;
-	if (!leaf_acquire(lf)) {
-		Py_DECREF(keys);
-		Py_DECREF(values);
-		return 0;
-	}
-	Py_INCREF(node);
-	lf->node = node;
-	lf->block = Py_NewRef(PyList_GET_ITEM(entry, 3));
-	lf->lo = start;
-	lf->hi = end;
-	lf->max_entries = max_entries;
-	lf->at = 0;
-	return 1;
+	return leaf_take(lf, node, PyList_GET_ITEM(entry, 3), start, end);
 }
 
 /* a u64 of an array('Q') at i (the caller checked i) */
@@ -672,40 +673,10 @@ static int leaf_walk(struct lowlevel *ll, uint64_t b, struct leaf *lf)
 	}
 	ll->kept = 1;
 
-	keys = PyObject_GetAttr(node, s_keys);
-	values = keys ? PyObject_GetAttr(node, s_values) : NULL;
-	max = values ? PyObject_GetAttr(node, s_max_entries) : NULL;
-	if (!max) {
-		Py_XDECREF(keys);
-		Py_XDECREF(values);
-		Py_DECREF(node);
-		return -1;
-	}
-	max_entries = PyLong_AsSsize_t(max);
-	Py_DECREF(max);
-	lf->keys = keys;
-	lf->values = values;
-	if ((max_entries == -1 && PyErr_Occurred()) || !leaf_acquire(lf)) {
-		Py_DECREF(keys);
-		Py_DECREF(values);
-		Py_DECREF(node);
-		return PyErr_Occurred() ? -1 : 0;
-	}
-	lf->node = node;
-	lf->block = PyLong_FromUnsignedLongLong(blk);
-	if (!lf->block) {
-		leaf_release(lf);
-		Py_DECREF(keys);
-		Py_DECREF(values);
-		Py_DECREF(node);
-		lf->node = NULL;
-		return -1;
-	}
-	lf->lo = lo;
-	lf->hi = unbounded ? UINT64_MAX : hi;
-	lf->max_entries = max_entries;
-	lf->at = 0;
-	return 1;
+	/* the kept table holds the entry now: its block number is the leaf's */
+	r = leaf_take(lf, node, PyList_GET_ITEM(entry, 3), lo, unbounded ? UINT64_MAX : hi);
+	Py_DECREF(node);
+	return r;
 }
 
 /* array.insert(i, v) */
@@ -819,12 +790,11 @@ static void leaves_empty(struct at_hand *h)
 {
 	int k;
 
-	for (k = 0; k < RUN_LEAVES; k++) {
+	/* (a bitmap's leaf hint is checked against the ranges where it is used) */
+	for (k = 0; k < h->nl; k++) {
 		leaf_put(&h->lfs[k]);
 		h->llo[k] = h->lhi[k] = 0;
 	}
-	for (k = 0; k < RUN_BITMAPS; k++)
-		h->bmps[k].leaf = -1;
 	h->nl = h->next_lf = 0;
 }
 

@@ -803,8 +803,10 @@ class LowLevel:
         return leaf
 
     def _forget_ref_leaves(self) -> None:
-        """The reference-count leaves ``add_many`` keeps between calls, dropped (a commit or
-        a rollback: they are no longer shadows of the transaction)."""
+        """The reference-count leaves ``add_many`` keeps between calls, dropped: at a commit
+        or a rollback (they are no longer shadows of the transaction), and where the tree
+        changed shape or its root (a split, a rebalance, a removal).  ``_ref_gen`` counts
+        the times, for the leaves C keeps at hand."""
         self._ref_los.clear()
         self._ref_leaves.clear()
         self._ref_gen += 1
