@@ -299,3 +299,80 @@ def test_leaves_kept_at_hand_from_call_to_call_are_let_go_when_a_removal_reshape
         assert _apply_both(pmds, op) is None, op
         _ref_tree_holds_the_big_counts(pmds[0])
     assert pmds[0].data_sm.ll.ref_info.reshapes > 0
+
+
+def _forget_at_each_removal(self, b: int) -> None:
+    """``LowLevel._ref_remove`` dropping every leaf kept, whatever the removal changed
+    (the reference for the leaves kept across a removal)."""
+    self._forget_ref_leaves()
+    self.ref_root = self.ref_info.remove(self.ref_root, (b,))
+
+
+def _removal_patches():
+    """C, Python, and Python dropping every kept leaf at a removal."""
+
+    def c(mp):
+        pass
+
+    def python(mp):
+        mp.setattr(space_map, "_C_RUN", None)
+
+    def reference(mp):
+        mp.setattr(space_map, "_C_RUN", None)
+        mp.setattr(space_map.LowLevel, "_ref_remove", _forget_at_each_removal)
+
+    return [c, python, reference]
+
+
+# counts of the blocks of a few reference-count leaves going up and down by one: keys
+# removed (3 -> 2) and inserted again (2 -> 3), between them and set in place
+_near_run = st.tuples(st.integers(0, 3100), st.integers(1, 60), st.sampled_from([1, 1, 2, 7]))
+_removal_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("add"),
+            st.lists(_near_run, min_size=1, max_size=6),
+            st.sampled_from([-1, -1, 1, 1, 2]),
+        ),
+        st.tuples(st.just("commit"), st.just(()), st.just(0)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nr_md_blocks=st.sampled_from([160, 400, 4096]), ops=_removal_ops)
+def test_leaves_a_removal_did_not_change_stay_kept_and_leave_what_dropping_all_leaves(
+    both, nr_md_blocks, ops
+):
+    """A removal from the reference-count tree rebalances the key's leaf with its
+    siblings (and may leave an internal node full); the other leaves kept in place, in
+    Python's table and at C's hand, stay kept.  Inserts and counts set in them after it
+    leave what they leave when every kept leaf is dropped at each removal."""
+    patches = _removal_patches()
+    pmds = _pools(nr_md_blocks, patches)
+    every = ("add", [(5, 3000, 1)], 1)
+    prefix = [every, ("commit", (), 0), every, ("commit", (), 0), every]
+    _same_ops(pmds, prefix + ops, patches)
+
+
+def test_a_removal_drops_the_leaves_it_rebalanced_and_keeps_the_others(both):
+    """After one removal in the middle of the reference-count tree, the leaves kept
+    around the key are dropped from the table and those far from it are kept."""
+    pmd = _pool(4096)
+    ll = pmd.data_sm.ll
+    every = [(5, 6000, 1)]
+    for _ in range(3):  # counts of 3: the keys inserted, leaves split
+        _apply(pmd, ("add", every, 1))
+        _apply(pmd, ("commit", (), 0))
+    _apply(pmd, ("add", every, 1))  # counts of 4: every leaf shadowed and kept
+    los = list(ll._ref_los)
+    assert len(los) > 10
+    gen = ll._ref_gen
+    _apply(pmd, ("add", [(3000, 1, 1)], -2))  # 4 -> 2: the key removed
+    assert ll._ref_gen == gen, "the table was emptied"
+    kept = set(ll._ref_los)
+    assert los[0] in kept and los[-1] in kept
+    assert not any(lo <= 3000 < hi for _, lo, hi, *_ in ll._ref_leaves)
+    assert 1 <= len(set(los) - kept) <= 3
+    _ref_tree_holds_the_big_counts(pmd)

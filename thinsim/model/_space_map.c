@@ -841,6 +841,42 @@ static PyObject *at_hand(PyObject *self, PyObject *unused)
 	return capsule;
 }
 
+/*
+ * hand_drop(hand, lo, hi): the leaves at hand whose ranges meet keys [lo, hi) let go
+ * (LowLevel._ref_remove: the leaves a removal changed, as it drops them from the kept
+ * table).  hi may be 2^64.
+ */
+static PyObject *hand_drop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	struct at_hand *h;
+	uint64_t lo, hi;
+	int k, overflow = 0;
+
+	if (nargs != 3) {
+		PyErr_SetString(PyExc_TypeError, "hand_drop() takes 3 arguments");
+		return NULL;
+	}
+	h = PyCapsule_GetPointer(args[0], "thinsim.at_hand");
+	if (!h)
+		return NULL;
+	lo = PyLong_AsUnsignedLongLong(args[1]);
+	if (PyErr_Occurred())
+		return NULL;
+	if (PyLong_Check(args[2]) && PyLong_AsLongLongAndOverflow(args[2], &overflow) && overflow > 0) {
+		hi = UINT64_MAX;	/* 2^64, as the ranges keep it */
+	} else {
+		hi = PyLong_AsUnsignedLongLong(args[2]);
+		if (PyErr_Occurred())
+			return NULL;
+	}
+	for (k = 0; k < h->nl; k++)
+		if (h->llo[k] != h->lhi[k] && h->llo[k] < hi && lo < h->lhi[k]) {
+			leaf_put(&h->lfs[k]);
+			h->llo[k] = h->lhi[k] = 0;
+		}
+	Py_RETURN_NONE;
+}
+
 /* the place of bitmap ``index`` at hand, or -1 */
 static int hand_find(struct at_hand *h, int64_t index)
 {
@@ -1497,6 +1533,8 @@ static PyMethodDef methods[] = {
 	{ "run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
 	  "add_many's common cases over blocks[start:]; see the source." },
 	{ "at_hand", at_hand, METH_NOARGS, "A capsule for run()'s bitmaps at hand." },
+	{ "hand_drop", (PyCFunction)(void (*)(void))hand_drop, METH_FASTCALL,
+	  "The leaves at hand whose ranges meet [lo, hi) let go." },
 	{ "leaf_gather", (PyCFunction)(void (*)(void))leaf_gather, METH_FASTCALL,
 	  "Pool._leaf_gather's loop; see the source." },
 	{ "overwrite_walk", (PyCFunction)(void (*)(void))overwrite_walk, METH_FASTCALL,

@@ -97,6 +97,9 @@ class BTreeInfo:
     way down leaves the other leaves' paths as they were)."""
 
     reshapes = 0  # a tree pickled before the count has none
+    disturbed = None  # (remove)
+    _dist = None  # remove's ranges as it goes (None: none kept)
+    _dist_hi = 0  # (_remove_raw: the end of the current node's range)
 
     def __init__(self, tm, levels: int, value_type: ValueType) -> None:
         self.tm = tm
@@ -644,27 +647,43 @@ class BTreeInfo:
     # -- removal -----------------------------------------------------------------
 
     def remove(self, root: int, keys) -> int:
-        """dm_btree_remove: remove ``keys``; returns the new root.  KeyError if absent."""
+        """dm_btree_remove: remove ``keys``; returns the new root.  KeyError if absent.
+
+        In a single-level tree it leaves in ``disturbed`` the key ranges of the leaves it
+        changed, as [lo, hi) pairs: those its rebalances reshaped (the leaves beside the
+        key's own among them), and every leaf below an internal node a rebalance left
+        full.  Another leaf found with ``leaf_in_place`` before keeps its range and stays
+        in place: a rebalance above the leaves moves them between parents but not their
+        keys' paths (a child's range is its own key to the next one's), and a node's
+        shadow leaves it in place.  None where that is not known: a tree of more levels,
+        a root that took its only child's place, a removal that raised."""
         self.reshapes += 1
+        self.disturbed = None
         last = self.levels - 1
         spine = _Spine()
         index = 0
-        for level in range(self.levels):
-            vt = self.value_type if level == last else self.le64_type
-            index = self._remove_raw(spine, root, vt, keys[level], index)
-            node = spine.node
-            if level != last:
-                root = node.values[index]
-                continue
-            if self.value_type.dec is not None:
-                self.value_type.dec((node.values[index],))
-            del node.keys[index]
-            del node.values[index]
+        self._dist = [] if last == 0 else None
+        try:
+            for level in range(self.levels):
+                vt = self.value_type if level == last else self.le64_type
+                index = self._remove_raw(spine, root, vt, keys[level], index)
+                node = spine.node
+                if level != last:
+                    root = node.values[index]
+                    continue
+                if self.value_type.dec is not None:
+                    self.value_type.dec((node.values[index],))
+                del node.keys[index]
+                del node.values[index]
+            self.disturbed = self._dist
+        finally:
+            self._dist = None
         return spine.root
 
     def _remove_raw(self, spine, root, vt, key, i) -> int:
         """dm-btree-remove.c: remove_raw (``_shadow``'s in-place case and ``spine.step``
-        inline, as in ``_insert_raw``)."""
+        inline, as in ``_insert_raw``).  The end of the current node's key range is kept
+        in ``_dist_hi`` for ``_rebalance_children``."""
         tm = self.tm
         shadows = tm.shadows
         blocks = tm.blocks
@@ -672,6 +691,7 @@ class BTreeInfo:
         ll = sm.ll
         maps = ll.maps
         entries = ll.ENTRIES_PER_BITMAP
+        self._dist_hi = _KEY_END
         while True:
             if root in shadows and not sm._bops:
                 m = maps[root // entries]
@@ -695,7 +715,10 @@ class BTreeInfo:
             self._rebalance_children(spine, vt, key)
             if node.leaf:
                 return _do_leaf(node, key)
-            i = bisect_right(node.keys, key) - 1
+            nkeys = node.keys
+            i = bisect_right(nkeys, key) - 1
+            if i + 1 < len(nkeys):
+                self._dist_hi = nkeys[i + 1]
             root = node.values[i]
 
     def _remove_nearest(self, spine, root, vt, key, i) -> int:
@@ -881,13 +904,37 @@ class BTreeInfo:
             vals = child.values
             n.values = array("Q", vals) if type(vals) is array else list(vals)
             tm.dec(cb)
+            self._dist = None  # a leaf may have moved to its parent's block
             return
         i = bisect_right(nkeys, key) - 1
         if i < 0:
             raise KeyError(key)
+        dist = self._dist
+        if dist is not None:
+            # the children it rebalances: their keys' range (the keys after them keep
+            # their places), and their number, to find those a merge leaves
+            li = i - 1 if i else 0
+            nr = 3 if 0 < i < len(nkeys) - 1 else 2
+            lo = nkeys[li]
+            hi = nkeys[li + nr] if li + nr < len(nkeys) else self._dist_hi
+            before = len(nkeys)
         if 0 < i < len(nkeys) - 1:
             self._rebalance3(n, vt, i - 1)
-            return
+        else:
+            self._rebalance2_children(n, vt, i)
+        if dist is not None:
+            blocks = tm.blocks
+            values = n.values
+            for j in range(li, li + nr - (before - len(n.keys))):
+                child = blocks.get(values[j])
+                if child is None or child.leaf or len(child.keys) == child.max_entries:
+                    dist.append((lo, hi))
+                    break
+
+    def _rebalance2_children(self, n, vt, i: int) -> None:
+        """rebalance_children's rebalance2 of child ``i`` of ``n`` (the first or the last)
+        and its one sibling."""
+        tm = self.tm
         li = i - 1 if i else 0
         values = n.values
         shadows = tm.shadows
@@ -999,6 +1046,9 @@ def _next_single(blocks, b: int, key: int):
 def _contains(keys, key) -> bool:
     i = bisect_right(keys, key) - 1
     return i >= 0 and keys[i] == key
+
+
+_KEY_END = 1 << 64  # the end of the keys' range: no key is above it
 
 
 def _do_leaf(node: Node, key: int) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import errno as E
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -474,8 +474,7 @@ class LowLevel:
             if old > 2:
                 big.arrays[index][e] = 0
                 big.n -= 1
-                self._forget_ref_leaves()
-                self.ref_root = self.ref_info.remove(self.ref_root, (b,))
+                self._ref_remove(b)
         if old == 0 and new:
             self.nr_allocated += 1
         elif new == 0 and old:
@@ -704,10 +703,9 @@ class LowLevel:
                 if o > 2:
                     bm[e] = 0
                     big.n -= 1
-                    self._forget_ref_leaves()
                     node = cur = None
                     lo = hi = 0
-                    self.ref_root = info.remove(self.ref_root, (b,))
+                    self._ref_remove(b)
             if o == 0:
                 if n:
                     self.nr_allocated += 1
@@ -801,6 +799,36 @@ class LowLevel:
         if b >= hi or self.tm.blocks.get(block) is not leaf:
             return None
         return leaf
+
+    def _ref_remove(self, b: int) -> None:
+        """The reference-count btree's removal of key ``b`` (dm_btree_remove), and of the
+        leaves kept in place (``_no_ref_leaves``, and those add_many's C keeps at hand)
+        those it changed: ``BTreeInfo.remove``'s ``disturbed``, where the root stays.  The
+        others keep their ranges and stay in place.  All are dropped where that is not
+        known, or where the removal raised (the tree may be left half changed)."""
+        info = self.ref_info
+        root = self.ref_root
+        kept = self._ref_los and self._ref_at == (info.reshapes, root)
+        try:
+            self.ref_root = info.remove(root, (b,))
+        except BaseException:
+            self._forget_ref_leaves()
+            raise
+        dist = info.disturbed
+        if not kept or dist is None or self.ref_root != root:
+            self._forget_ref_leaves()
+            return
+        los, leaves = self._ref_los, self._ref_leaves
+        hand = self._at_hand
+        for lo, hi in dist:
+            j = bisect_right(los, lo) - 1
+            if j < 0 or leaves[j][2] <= lo:
+                j += 1
+            k = bisect_left(los, hi, j)
+            del los[j:k], leaves[j:k]
+            if hand is not None:
+                _C.hand_drop(hand, lo, hi)
+        self._ref_at = (info.reshapes, root)
 
     def _forget_ref_leaves(self) -> None:
         """The reference-count leaves ``add_many`` keeps between calls, dropped: at a commit
