@@ -174,8 +174,8 @@ def test_a_pool_reopened_on_kernel_metadata_goes_on_and_stays_valid(tmp_path):
 
 
 class _DeviceFailingAt(MetadataDevice):
-    """A metadata device whose writes fail from the ``fail_at``-th on (0-based): what a
-    writer killed there, or a disk gone bad there, leaves behind."""
+    """A metadata device whose block writes fail from the ``fail_at``-th on (0-based):
+    what a writer killed there, or a disk gone bad there, leaves behind."""
 
     def __init__(self, path, fail_at: int) -> None:
         super().__init__(path)
@@ -187,6 +187,19 @@ class _DeviceFailingAt(MetadataDevice):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         self.writes += 1
         return os.pwrite(fd, data, offset)
+
+    def pwritev(self, fd, buffers, offset):
+        """A run of blocks written a block at a time, stopping where a write fails:
+        the bytes written before it (a short write), or the error at the first."""
+        done = 0
+        for data in buffers:
+            try:
+                done += self.pwrite(fd, data, offset + done)
+            except OSError:
+                if done:
+                    return done
+                raise
+        return done
 
 
 def _pool_with_a_transaction(path, fail_at=None):
@@ -254,7 +267,15 @@ def _commit_in_a_child_killed_at(folder, md, n: int) -> int:
                     count[0] += 1
                 return real(fd, data, offset)
 
+            def pwritev(fd, buffers, offset):
+                # a run of blocks, a write at a time: the kill may come in its middle
+                done = 0
+                for data in buffers:
+                    done += pwrite(fd, data, offset + done)
+                return done
+
             os.pwrite = pwrite
+            os.pwritev = pwritev
             _host(folder, "dmsetup", "message", "pool", "0", "create_snap 7 0")
         finally:
             os._exit(0)

@@ -87,6 +87,23 @@ def test_a_fill_of_n_blocks_maps_n_blocks_and_writes_them_once():
     )
 
 
+def test_a_plan_keeps_up_to_a_sixteenth_of_the_memory_in_metadata_nodes(monkeypatch):
+    """The node cache of a plan's pool: 2^18 nodes where the machine has 32 GiB, a
+    sixteenth of the memory (5 KiB a node) where it has 4 GiB, never below the default;
+    the figure is what the pool's cache holds."""
+    from thinsim.model.transaction import DEFAULT_CACHE_NODES
+    from thinsim.plan import engine
+
+    sim = Simulation(workload(FILL.format(fill="10MiB"), horizon="1d"))
+    assert sim.pool.target.pmd.tm.blocks.limit == engine.plan_cache_nodes()
+    for memory, nodes in [(32 * GiB, 1 << 18), (4 * GiB, 4 * GiB // 16 // (5 * KiB))]:
+        sizes = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": memory // 4096}
+        monkeypatch.setattr(engine.os, "sysconf", sizes.__getitem__)
+        assert engine.plan_cache_nodes() == nodes
+    monkeypatch.setattr(engine.os, "sysconf", {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1}.get)
+    assert engine.plan_cache_nodes() == DEFAULT_CACHE_NODES
+
+
 def test_a_snapshot_then_a_rewrite_of_k_blocks_gives_k_exclusive_blocks_on_each_side():
     # fill 1000 blocks, snapshot at day 0, then 4 KiB writes to 50 distinct blocks (of 8192)
     # each day: the first day's writes that land in the filled part break sharing

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno as E
 import heapq
 import math
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ..errors import ThinsimError
 from ..model.disk import keep_metadata_on_file
 from ..model.pool import Clock, KernelLog
 from ..model.store import AccountingStore
+from ..model.transaction import DEFAULT_CACHE_NODES
 from .docker import Docker
 from .lvm import Lvm
 from .report import summarize
@@ -37,6 +39,25 @@ from .workload import DAY, Activity, MessageFailed, Workload
 
 MAX_CHUNK = 64 << 20  # the largest single write the planner issues (a fill's request)
 MD_BLOCK = 4096
+
+# a plan's node cache (transaction.BlockCache), where the machine has the memory: a day
+# of churn under a snapshot shadows every leaf of the thin's tree and of the
+# reference-count tree (140k nodes a day for a 1 TiB thin, and more as its snapshots add
+# reference-count leaves).  Held from one transaction to the next, yesterday's copies
+# are today's originals: the 1 TiB plan's days take a fifth less than with the 16k-node
+# default, which reads each one back and writes each one early.  A node here takes up
+# to 4.7 KiB: at most a sixteenth of the memory goes to them.
+PLAN_CACHE_NODES = 1 << 18
+_NODE_BYTES = 5 << 10
+
+
+def plan_cache_nodes() -> int:
+    """How many metadata nodes a plan's pool keeps in memory (see PLAN_CACHE_NODES)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return DEFAULT_CACHE_NODES
+    return max(DEFAULT_CACHE_NODES, min(PLAN_CACHE_NODES, memory // 16 // _NODE_BYTES))
 
 
 class Needs:
@@ -191,7 +212,7 @@ class Simulation:
         # the kernel keeps its metadata on the metadata device and a bounded cache of it in
         # memory: so does the run (a scratch file), or months of snapshots would need as much
         # memory as their metadata's size
-        keep_metadata_on_file(self.pool.target.pmd)
+        keep_metadata_on_file(self.pool.target.pmd, cache_nodes=plan_cache_nodes())
         self.needs = Needs(self.pool.target.pmd)
         self.bs = p.block_size
         self.record = record
