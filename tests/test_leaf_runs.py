@@ -272,6 +272,34 @@ def test_whole_block_runs_copy_nothing_and_match_one_at_a_time():
     assert states[0] == states[1]
 
 
+def test_the_first_write_into_a_leaf_a_snapshot_shares_shadows_it_where_the_walk_found_it(
+    monkeypatch,
+):
+    """Once the nodes above the leaves are shadowed, the first write into each leaf a
+    snapshot shares shadows the leaf without the lookup's and the insert's walks
+    (``Pool._write_first_in_leaf``), leaving what one write at a time leaves."""
+    taken = []
+    real = Pool._write_first_in_leaf
+    monkeypatch.setattr(
+        Pool, "_write_first_in_leaf", lambda self, *a: taken.append(real(self, *a)) or taken[-1]
+    )
+    states = []
+    for runs in (False, True):
+        pool, thin = _pool(16 * MiB, GiB, 0, None, 6000)
+        pool.message("create_snap 1 0")
+        vbs = list(range(0, 6000, 40))
+        withins = [4096] * len(vbs)
+        out: list = []
+        if runs:
+            _in_runs(pool, thin.td, vbs, withins, bytes(4096), out, 4097)
+        else:
+            _one_at_a_time(pool, thin.td, vbs, withins, bytes(4096), out)
+        states.append(_signature(pool))
+    assert states[0] == states[1]
+    # a 6000-block fill is 24 leaves: the first write walks down, the others not
+    assert taken.count(True) >= 20 and taken.count(False) <= 2
+
+
 @pytest.mark.parametrize("cache", [None, 8])
 def test_a_run_into_leaves_already_shadowed_takes_the_in_place_path(cache, monkeypatch):
     """After the first write into each leaf, the others of the leaf walk no more."""

@@ -794,6 +794,62 @@ class PoolMetadata:
                 key = block
         return node, i, nodes
 
+    def shared_leaf(self, td: ThinDevice, block: int):
+        """Where ``insert_block`` of ``block``, mapped, would shadow the block's leaf and
+        change nothing else: every node above the leaf (the top level's leaf too)
+        shadowed in this transaction with one reference and held, no internal node full,
+        the leaf held but not such a shadow (the first write to it in the transaction,
+        while a snapshot shares it).  As (parent, the leaf's index in it, the leaf's
+        block, the leaf, the block's index in the leaf); None otherwise.  Nothing is read
+        from the metadata device and nothing changes."""
+        tm = self.tm
+        if tm.sm._bops:
+            return None
+        blocks = tm.blocks
+        shadows = tm.shadows
+        ll = tm.sm.ll
+        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        parent = None
+        pi = -1
+        b = self.root
+        key = td.id
+        for level in (0, 1):
+            while True:
+                node = blocks.get(b)
+                if node is None:
+                    return None
+                m = maps[b // entries]
+                in_place = b in shadows and m is not None and m[b % entries] == 1
+                nkeys = node.keys
+                i = bisect_right(nkeys, key) - 1
+                if level and node.leaf:
+                    if in_place or i < 0 or nkeys[i] != key:
+                        return None
+                    return parent, pi, b, node, i
+                if not in_place or i < 0:
+                    return None
+                parent, pi = node, i
+                b = node.values[i]
+                if node.leaf:
+                    if nkeys[i] != key:
+                        return None
+                    break
+                if len(nkeys) == node.max_entries:
+                    return None
+            key = block
+        return None  # not reached
+
+    def shadow_leaf(self, parent, pi: int, b: int):
+        """The leaf at block ``b``, child ``pi`` of ``parent`` as ``shared_leaf`` found
+        them, shadowed as ``insert_block``'s walk shadows it (bn_shadow: a block
+        allocated, the original's count dropped, its values' data blocks raised where it
+        was shared) and the parent pointed at the copy; returns the copy, the leaf in
+        place now."""
+        info = self.info
+        nb, node = info._shadow(b, info.value_type)
+        parent.values[pi] = nb
+        return node
+
     def set_in_leaf(self, td: ThinDevice, leaf, i: int, data_block: int) -> None:
         """``overwrite_in_place``'s change, in the leaf ``overwrite_leaf`` found (its
         conditions holding still): the old value's data block released (NoSpace where

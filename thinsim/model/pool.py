@@ -1054,7 +1054,8 @@ class Pool:
                         root, commit_count = pmd.root, pmd.commit_count
                 if leaf is None or self.mode != PM_WRITE:
                     leaf = None
-                    self.write_block(td, vb, within, data)
+                    if self.mode != PM_WRITE or not self._write_first_in_leaf(td, vb, within, data):
+                        self.write_block(td, vb, within, data)
                 else:
                     value = values[j]
                     data_block = value >> TIME_BITS
@@ -1102,6 +1103,47 @@ class Pool:
         except ThinsimError as e:
             return k - start, peak, e
         return k - start, peak, None
+
+    def _write_first_in_leaf(self, td, vblock: int, within: int, data: bytes) -> bool:
+        """``write_block`` of a block mapped and shared in a leaf not in place yet
+        (``PoolMetadata.shared_leaf``: a day's first write to a leaf a snapshot shares),
+        its steps without the lookup's and the insert's walks down the tree: the
+        allocation (alloc_data_block), the copy and the write, the leaf's shadow as the
+        insert's walk makes it (``shadow_leaf``), then the value set and the old block
+        released (``set_in_leaf``).  False, with nothing done, where the block is not
+        such a one."""
+        pmd = self.pmd
+        found = pmd.shared_leaf(td, vblock)
+        if found is None:
+            return False
+        parent, pi, lb, leaf, j = found
+        value = leaf.values[j]
+        if td.snapshotted_time <= (value & TIME_MASK):
+            return False  # not shared: written in place, no metadata changes
+        pmd._walk = None
+        commit_count = pmd.commit_count
+        bb = self.block_bytes
+        store = self.store
+        b = self._new_block_for()
+        off = b * bb
+        try:
+            if not (within == 0 and len(data) == bb):
+                store.copy((value >> TIME_BITS) * bb, off, bb)
+            store.write(off + within, data)
+        except OSError:
+            self._data_write_failed(off)
+        tm = pmd.tm
+        if pmd.commit_count != commit_count or tm.sm._bops or tm.blocks.get(lb) is not leaf:
+            # the allocation committed, left counts queued or let the leaf go: the
+            # insert walks down the tree
+            self._insert(td, vblock, b)
+            return True
+        try:
+            pmd.set_in_leaf(td, pmd.shadow_leaf(parent, pi, lb), j, b)
+        except NoSpace:
+            self._metadata_operation_failed("dm_thin_insert_block", E.ENOSPC)
+            raise error_for(E.EIO) from None
+        return True
 
     # bounds on what one data block's release (a count of 2 or more going down by one) can
     # take: metadata blocks allocated (a data bitmap shadowed, an index entry written back,
