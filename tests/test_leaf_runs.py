@@ -254,22 +254,29 @@ def test_runs_of_writes_leave_what_one_write_at_a_time_leaves(
         fast.pmd._check()
 
 
-def test_whole_block_runs_copy_nothing_and_match_one_at_a_time():
-    """Whole-block writes into shared blocks: no copy, the same blocks as one at a time."""
-    states = []
+def _after_a_snapshot_both_ways(fill: int, vbs, withins, data: bytes) -> list:
+    """A thin of ``fill`` blocks, a snapshot of it, then the writes one at a time and in
+    runs: the two pools."""
+    pools = []
     for runs in (False, True):
-        pool, thin = _pool(16 * MiB, GiB, 0, None, 1000)
+        pool, thin = _pool(16 * MiB, GiB, 0, None, fill)
         pool.message("create_snap 1 0")
-        vbs = list(range(0, 1000, 3))
-        withins = [0] * len(vbs)
         out: list = []
         if runs:
-            _in_runs(pool, thin.td, vbs, withins, bytes(BLOCK), out, 4097)
+            _in_runs(pool, thin.td, vbs, withins, data, out, 4097)
         else:
-            _one_at_a_time(pool, thin.td, vbs, withins, bytes(BLOCK), out)
+            _one_at_a_time(pool, thin.td, vbs, withins, data, out)
+        pools.append(pool)
+    return pools
+
+
+def test_whole_block_runs_copy_nothing_and_match_one_at_a_time():
+    """Whole-block writes into shared blocks: no copy, the same blocks as one at a time."""
+    vbs = list(range(0, 1000, 3))
+    pools = _after_a_snapshot_both_ways(1000, vbs, [0] * len(vbs), bytes(BLOCK))
+    for pool in pools:
         assert not any(op[0] == "c" for op in pool.store.ops)
-        states.append(_signature(pool))
-    assert states[0] == states[1]
+    assert _signature(pools[0]) == _signature(pools[1])
 
 
 def test_the_first_write_into_a_leaf_a_snapshot_shares_shadows_it_where_the_walk_found_it(
@@ -283,19 +290,9 @@ def test_the_first_write_into_a_leaf_a_snapshot_shares_shadows_it_where_the_walk
     monkeypatch.setattr(
         Pool, "_write_first_in_leaf", lambda self, *a: taken.append(real(self, *a)) or taken[-1]
     )
-    states = []
-    for runs in (False, True):
-        pool, thin = _pool(16 * MiB, GiB, 0, None, 6000)
-        pool.message("create_snap 1 0")
-        vbs = list(range(0, 6000, 40))
-        withins = [4096] * len(vbs)
-        out: list = []
-        if runs:
-            _in_runs(pool, thin.td, vbs, withins, bytes(4096), out, 4097)
-        else:
-            _one_at_a_time(pool, thin.td, vbs, withins, bytes(4096), out)
-        states.append(_signature(pool))
-    assert states[0] == states[1]
+    vbs = list(range(0, 6000, 40))
+    pools = _after_a_snapshot_both_ways(6000, vbs, [4096] * len(vbs), bytes(4096))
+    assert _signature(pools[0]) == _signature(pools[1])
     # a 6000-block fill is 24 leaves: the first write walks down, the others not
     assert taken.count(True) >= 20 and taken.count(False) <= 2
 

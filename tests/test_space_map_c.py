@@ -195,20 +195,23 @@ def _same_ops(pmds, ops, patches):
         _ref_tree_holds_the_big_counts(pmds[0])
 
 
+def _c(mp):
+    """add_many in C (where it is built)."""
+
+
+def _python(mp):
+    """add_many's Python loop."""
+    mp.setattr(space_map, "_C_RUN", None)
+
+
 def _patches():
     """C given lists, C given numpy arrays, Python, and Python with every writeback."""
 
-    def c(mp):
-        pass
-
-    def python(mp):
-        mp.setattr(space_map, "_C_RUN", None)
-
     def reference(mp):
-        mp.setattr(space_map, "_C_RUN", None)
+        _python(mp)
         mp.setattr(space_map._DiskLowLevel, "_writeback", _writeback_always)
 
-    return [c, c, python, reference]
+    return [_c, _c, _python, reference]
 
 
 def _pools(nr_md_blocks: int, patches) -> list[PoolMetadata]:
@@ -311,17 +314,11 @@ def _forget_at_each_removal(self, b: int) -> None:
 def _removal_patches():
     """C, Python, and Python dropping every kept leaf at a removal."""
 
-    def c(mp):
-        pass
-
-    def python(mp):
-        mp.setattr(space_map, "_C_RUN", None)
-
     def reference(mp):
-        mp.setattr(space_map, "_C_RUN", None)
+        _python(mp)
         mp.setattr(space_map.LowLevel, "_ref_remove", _forget_at_each_removal)
 
-    return [c, python, reference]
+    return [_c, _python, reference]
 
 
 # counts of the blocks of a few reference-count leaves going up and down by one: keys
