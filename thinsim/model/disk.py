@@ -464,12 +464,28 @@ class MetadataDevice:
         spilled = tm.spilled
         blocks = tm.blocks
         count = enc.mll.get_count
+        node_at = blocks.get  # (a dict's: a node not held is not read back here)
+        special = (pmd.metadata_sm.index_block, pmd.held_root)
+
+        def contents(b: int) -> bytes:
+            # a btree node held, counted, not the data space map's index leaf: what
+            # ``enc.encode`` gives for it, without its other checks (most of a commit)
+            node = node_at(b)
+            if (
+                type(node) is Node
+                and count(b)
+                and b not in special
+                and not (node.leaf and node.value_size == 16)
+            ):
+                return encode_node(b, node)
+            return enc.encode(b) or _ZERO_BLOCK
+
         fd = self._open()
         try:
             self._io_blocks(
                 fd,
                 (
-                    (b, enc.encode(b) or _ZERO_BLOCK)
+                    (b, contents(b))
                     for b in changed
                     # not those written before the commit, as they are (save_nodes)
                     if not (b in spilled and b not in blocks and count(b))
