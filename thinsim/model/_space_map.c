@@ -767,7 +767,7 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
  *
  * A leaf is one of the kept table's (_ref_los), which holds while the table does: the
  * caller passes the count of times the table was emptied (lgen), and the leaves of
- * another are let go first.  At its first use in a call a leaf is checked to be its
+ * another are let go first; a removal lets go of those it changed (hand_drop).  At its first use in a call a leaf is checked to be its
  * block's node still (read back since, it is another object) and its arrays' buffers
  * are taken; they are let go when the call returns, as Python may resize the arrays
  * between calls.
