@@ -511,20 +511,25 @@ class PoolMetadata:
         tm = self.tm
         if tm.sm._bops:
             return False
-        shadows = tm.shadows
         blocks = tm.blocks
-        ll = tm.sm.ll
-        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        in_place = self._unshared_shadow
         for b in path:
-            if b not in shadows:
-                return False
-            m = maps[b // entries]
-            if m is None or m[b % entries] != 1:
+            if not in_place(b):
                 return False
             node = blocks.get(b)
             if node is None or (not node.leaf and len(node.keys) == node.max_entries):
                 return False
         return True
+
+    def _unshared_shadow(self, b: int) -> bool:
+        """Whether block ``b`` is shadowed in this transaction with one reference: an
+        insert's walk uses it in place."""
+        tm = self.tm
+        if b not in tm.shadows:
+            return False
+        ll = tm.sm.ll
+        m = ll.maps[b // ll.ENTRIES_PER_BITMAP]
+        return m is not None and m[b % ll.ENTRIES_PER_BITMAP] == 1
 
     def overwrite_in_place(self, td: ThinDevice, block: int, data_block: int) -> bool:
         """``insert_block`` of a block ``lookup_for_write`` found mapped, when the insert
@@ -806,9 +811,7 @@ class PoolMetadata:
         if tm.sm._bops:
             return None
         blocks = tm.blocks
-        shadows = tm.shadows
-        ll = tm.sm.ll
-        maps, entries = ll.maps, ll.ENTRIES_PER_BITMAP
+        unshared_shadow = self._unshared_shadow
         parent = None
         pi = -1
         b = self.root
@@ -818,8 +821,7 @@ class PoolMetadata:
                 node = blocks.get(b)
                 if node is None:
                     return None
-                m = maps[b // entries]
-                in_place = b in shadows and m is not None and m[b % entries] == 1
+                in_place = unshared_shadow(b)
                 nkeys = node.keys
                 i = bisect_right(nkeys, key) - 1
                 if level and node.leaf:
