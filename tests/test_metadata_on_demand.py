@@ -202,6 +202,35 @@ def test_an_abort_or_a_pickle_mid_transaction_with_nodes_written_early_loses_not
     pools["early"].pmd._check()
 
 
+def test_a_full_cache_shadows_a_clean_node_by_moving_it_and_reads_the_original_back(tmp_path):
+    """Where a full cache drops a clean node it shadows, the node object itself becomes the
+    shadow (no copy): the original, which the last commit (and a snapshot) still maps, is
+    read back from the file as the commit wrote it, and an abort goes back to it."""
+    pool = _pool(tmp_path / "meta")
+    steps = _workload(pool, random.Random(7))
+    next(steps)
+    next(steps)  # a snapshot shares every leaf of thin 0 now
+    pmd = pool.pmd
+    tm = pmd.tm
+    before = metadata_blocks(pmd)
+    root = pmd.thin_roots()[0]
+    leaf_blocks = [b for b in pmd.bl_info.node_blocks(root) if tm.blocks[b].leaf]
+    b = leaf_blocks[len(leaf_blocks) // 2]
+    node = tm.blocks[b]
+    committed = (node.keys.tobytes(), node.values.tobytes())
+    assert len(tm.blocks) > tm.blocks.limit // 2 and b not in tm.dirty
+    loads = tm.blocks.loads
+    new, _ = tm.shadow_block(b)
+    assert tm.blocks[new] is node and b not in tm.blocks
+    node.values[0] += 1 << 24  # the shadow changes; the original does not
+    again = tm.blocks[b]
+    assert tm.blocks.loads == loads + 1 and again is not node
+    assert (again.keys.tobytes(), again.values.tobytes()) == committed
+    pmd.abort()
+    assert metadata_blocks(pmd) == before
+    pmd._check()
+
+
 def test_a_reopened_pool_reads_the_superblock_and_space_maps_then_nodes_on_demand(tmp_path):
     """read_metadata reads no node of the mapping or details trees; they come from the file
     when used, and the pool goes on exactly as one that never left memory."""

@@ -253,12 +253,16 @@ class TransactionManager:
             obj = self.node(orig)  # a node the cache dropped, read back
         blocks = self.blocks
         if obj is not None:
-            blocks[new] = obj.copy()
             if (type(blocks) is BlockCache and self.dirty is not None and orig not in self.dirty
                     and len(blocks) > blocks.limit // 2):  # fmt: skip
                 # a clean node the live tree no longer uses (snapshots may): a full
-                # cache makes room for the copy first, not for the next node read back
+                # cache makes room for the copy first, not for the next node read back.
+                # The node itself becomes the copy (no arrays copied): the device holds
+                # the original, read back if a snapshot's walk or an abort needs it
                 dict.pop(blocks, orig, None)
+                blocks[new] = obj
+            else:
+                blocks[new] = obj.copy()
         else:
             blocks.pop(new, None)
         self.shadows.add(new)
