@@ -5,14 +5,15 @@ bitmaps met for the first time and ie-cache slots taken by another bitmap, count
 1 <-> 2 <-> 3 and up (keys inserted, leaves split, keys removed), counts of 254 and
 more, a count going negative, metadata running out mid-call, commits and aborts."""
 
-import numpy as np
+from array import array
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thinsim.model import native, space_map
 from thinsim.model.btree import Node
-from thinsim.model.metadata import PoolMetadata
+from thinsim.model.metadata import TIME_BITS, PoolMetadata
 from thinsim.model.space_map import ENTRIES_PER_BITMAP, NoSpace
 
 pytestmark = pytest.mark.skipif(
@@ -40,14 +41,17 @@ def _blocks(runs) -> list[int]:
 
 
 def _apply(pmd: PoolMetadata, op, arrays: bool = False) -> object:
-    """``arrays``: the blocks given as a numpy array, as a copied leaf's are."""
+    """``arrays``: the blocks given as a copied leaf's are, its values as they are (an
+    ``array('Q')`` of block and time) with the shift that gives the blocks."""
     kind, runs, delta = op
     try:
         if kind == "add":
             blocks = _blocks(runs)
             if arrays:
-                blocks = np.array(blocks, dtype=np.uint64)
-            pmd.data_sm.ll.add_many(blocks, delta)
+                values = array("Q", ((b << TIME_BITS) | (b % 5) for b in blocks))
+                pmd.data_sm.ll.add_many(values, delta, TIME_BITS)
+            else:
+                pmd.data_sm.ll.add_many(blocks, delta)
         elif kind == "commit":
             pmd.commit()
         elif kind == "abort":
@@ -181,11 +185,22 @@ def _writeback_always(self, index: int) -> None:
 
 
 def _same_ops(pmds, ops, patches):
+    # the blocks Python's loop took from C, given lists and given a leaf's values (where
+    # the first two pools are C's): the same
+    python = [0, 0]
+    loop = space_map.LowLevel._add_many
     for op in ops:
         results = []
         for k, (pmd, patch) in enumerate(zip(pmds, patches)):
             with pytest.MonkeyPatch.context() as mp:
                 patch(mp)
+                if k < 2:
+
+                    def counted(self, blocks, delta, _k=k):
+                        python[_k] += len(blocks)
+                        return loop(self, blocks, delta)
+
+                    mp.setattr(space_map.LowLevel, "_add_many", counted)
                 results.append(_apply(pmd, op, arrays=k == 1))
         assert len(set(map(repr, results))) == 1, op
         states = [_state(pmd) for pmd in pmds]
@@ -193,6 +208,8 @@ def _same_ops(pmds, ops, patches):
         trees = [list(pmd.data_sm.ll.index_info.items(pmd.data_sm.ll.index_root)) for pmd in pmds]
         assert all(t == trees[0] for t in trees), op
         _ref_tree_holds_the_big_counts(pmds[0])
+    if patches[:2] == [_c, _c]:
+        assert python[1] == python[0]
 
 
 def _c(mp):
@@ -205,7 +222,7 @@ def _python(mp):
 
 
 def _patches():
-    """C given lists, C given numpy arrays, Python, and Python with every writeback."""
+    """C given lists, C given a leaf's values, Python, and Python with every writeback."""
 
     def reference(mp):
         _python(mp)

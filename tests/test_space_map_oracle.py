@@ -49,9 +49,11 @@ class OldLowLevel:
     def counts(self) -> dict[int, int]:
         return {b: self.get_count(b) for b, c in enumerate(self.bits) if c}
 
-    def add_many(self, blocks, delta: int) -> None:
-        """e4b6105's DiskSpaceMap.inc_many and dec_many: one set_count a block."""
-        for b in blocks:
+    def add_many(self, blocks, delta: int, shift: int = 0) -> None:
+        """e4b6105's DiskSpaceMap.inc_many and dec_many: one set_count a block (each
+        item shifted right by ``shift``: a mapping leaf's values)."""
+        for v in blocks:
+            b = int(v) >> shift
             self.set_count(b, self.get_count(b) + delta)
 
     def extend(self, extra: int) -> None:

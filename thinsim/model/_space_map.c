@@ -932,10 +932,12 @@ static int bitmap_big_again(struct lowlevel *ll, struct bitmap *bmp)
 
 /*
  * run(start, blocks, delta, maps, bitmaps, shadows, dirty, codes, bigs, los, leaves,
- *     held, mmaps, ref_root, same, shadow, hand, gen, lgen)
+ *     held, mmaps, ref_root, same, shadow, hand, gen, lgen, shift)
  *     -> (stop, why, old_n, big_n, nr_allocated, kept, error)
  *
- * add_many's loop over blocks[start:] (a list of ints), up to the first block it
+ * add_many's loop over blocks[start:] (a list of ints, or a buffer of u64: a numpy
+ * array, or a mapping leaf's values as they are; each item shifted right by ``shift``
+ * is a block number), up to the first block it
  * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
  * nothing of that block is done).  kept: a leaf was added to the kept table (the
  * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
@@ -956,7 +958,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	/* what the searches read, side by side: bitmap indexes, leaf ranges ([0, 0): none) */
 	int64_t *bidx;
 	uint64_t *llo, *lhi;
-	long long gen, lgen;
+	long long gen, lgen, shift;
 	Py_buffer bitmaps, bview;
 	uint64_t *bbuf = NULL;	/* blocks' items, where blocks is a buffer */
 	int is_buf = 0;
@@ -966,8 +968,8 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	int ok, r = 0, why = STOP_OTHER;
 	PyObject *error = NULL;	/* STOP_RAISED's */
 
-	if (nargs != 19) {
-		PyErr_SetString(PyExc_TypeError, "run() takes 19 arguments");
+	if (nargs != 20) {
+		PyErr_SetString(PyExc_TypeError, "run() takes 20 arguments");
 		return NULL;
 	}
 	start = PyLong_AsSsize_t(args[0]);
@@ -990,8 +992,13 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 	hand = PyCapsule_GetPointer(args[16], "thinsim.at_hand");
 	gen = PyLong_AsLongLong(args[17]);
 	lgen = PyLong_AsLongLong(args[18]);
+	shift = PyLong_AsLongLong(args[19]);
 	if (!hand || PyErr_Occurred())
 		return NULL;
+	if (shift < 0 || shift > 63) {
+		PyErr_SetString(PyExc_ValueError, "run(): shift is 0 to 63");
+		return NULL;
+	}
 	if (hand->gen != gen) {
 		at_hand_empty(hand);
 		hand->gen = gen;
@@ -1057,6 +1064,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		b = is_buf ? bbuf[i] : as_u64(PyList_GET_ITEM(blocks, i), &ok);
 		if (!ok)
 			break;
+		b >>= shift;
 		index = b / ENTRIES_PER_BITMAP;
 		if (!bmp || (int64_t)index != bmp->index) {
 			/* one kept at hand, its slot taken again if another took it */

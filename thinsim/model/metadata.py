@@ -61,14 +61,14 @@ class ThinDevice:
         return (self.mapped_blocks, self.transaction_id, self.creation_time, self.snapshotted_time)
 
 
-def _data_blocks(values):
-    """The data blocks of mapping values, for ``inc_many`` / ``dec_many``: a leaf's
-    ``array('Q')`` shifted by numpy, as an array (``LowLevel.add_many``'s C reads it as
-    it is: the values of a whole leaf are counted each time a shared leaf is shadowed);
-    a list for a few."""
+def _data_blocks(values) -> tuple:
+    """The data blocks of mapping values, for ``inc_many`` / ``dec_many``, as (items,
+    shift): a leaf's ``array('Q')`` as it is, with TIME_BITS (``LowLevel.add_many``'s C
+    reads it so: the values of a whole leaf are counted each time a shared leaf is
+    shadowed); a list of blocks for a few."""
     if type(values) is array and len(values) > 8:
-        return np.frombuffer(values, dtype=np.uint64) >> np.uint64(TIME_BITS)
-    return [v >> TIME_BITS for v in values]
+        return values, TIME_BITS
+    return [v >> TIME_BITS for v in values], 0
 
 
 def _data_block_equal(a: int, b: int) -> bool:
@@ -210,14 +210,14 @@ class PoolMetadata:
 
     def _data_block_inc(self, values) -> None:
         """dm-thin-metadata.c: data_block_inc."""
-        self.data_sm.inc_many(_data_blocks(values))
+        self.data_sm.inc_many(*_data_blocks(values))
 
     def _data_block_dec(self, values) -> None:
         """dm-thin-metadata.c: data_block_dec."""
         if len(values) == 1:  # a removal's one value: ``dec`` is what dec_many does for it
             self.data_sm.dec(values[0] >> TIME_BITS)
             return
-        self.data_sm.dec_many(_data_blocks(values))
+        self.data_sm.dec_many(*_data_blocks(values))
 
     def _subtree_dec(self, roots) -> None:
         for root in roots:

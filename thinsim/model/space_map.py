@@ -480,9 +480,12 @@ class LowLevel:
         elif new == 0 and old:
             self.nr_allocated -= 1
 
-    def add_many(self, blocks, delta: int) -> None:
+    def add_many(self, blocks, delta: int, shift: int = 0) -> None:
         """``set_count(b, get_count(b) + delta)`` for each of ``blocks`` in turn, leaving
-        exactly what those calls leave (a failure too stops where they would).
+        exactly what those calls leave (a failure too stops where they would).  With
+        ``shift``, each item shifted right by it is the block (a mapping leaf's values,
+        an ``array('Q')``: C reads them as they are, where numpy made a new array each
+        time a shared leaf was shadowed).
 
         The data ll's blocks (a list) go through the C routine (``_space_map.c``: run)
         where it is built (``native``): it does a block's common cases (a bitmap
@@ -497,10 +500,10 @@ class LowLevel:
         run = _C_RUN
         dirty = getattr(self, "dirty", None)
         hand = self._at_hand
-        if type(blocks) is np.ndarray:
-            # a leaf's data blocks (metadata._data_blocks): C reads them as they are
+        if type(blocks) is array:
+            # a leaf's values: C reads them as they are
             if run is None or dirty is None or hand is None or self.tm.sm._bops:
-                self._add_many(blocks.tolist(), delta)
+                self._add_many([int(v) >> shift for v in blocks.tolist()], delta)
                 return
         elif (
             run is None
@@ -509,7 +512,7 @@ class LowLevel:
             or type(blocks) is not list
             or self.tm.sm._bops
         ):
-            self._add_many(blocks, delta)
+            self._add_many(blocks if not shift else [v >> shift for v in blocks], delta)
             return
         info = self.ref_info
         los = self._ref_los
@@ -547,6 +550,7 @@ class LowLevel:
                 hand,
                 self._gen,
                 self._ref_gen,
+                shift,
             )
             if kept:  # as ``_kept_ref_leaf`` does after a walk
                 self._ref_at = (info.reshapes, self.ref_root)
@@ -557,21 +561,22 @@ class LowLevel:
                 raise error  # a node's shadow raised (why 5), where _insert_big's insert would
             if i >= n:
                 return
+            b = int(blocks[i]) >> shift
             if i != again:  # (once a block: C must not stop there twice)
                 again = i
                 # what ``_add_many`` would do first for the block; then C takes it again
                 if why == 1:
                     # its bitmap, shadowed, lost its ie-cache slot to another
-                    self._index_changed(int(blocks[i]) // ENTRIES_PER_BITMAP)
+                    self._index_changed(b // ENTRIES_PER_BITMAP)
                     continue
-                if why == 2 and self._kept_ref_leaf(int(blocks[i])) is not None:
+                if why == 2 and self._kept_ref_leaf(b) is not None:
                     continue  # its ref-count leaf was not kept yet
             if why == 4:
-                self._insert_big(int(blocks[i]), delta)
+                self._insert_big(b, delta)
                 i += 1
                 los = self._ref_los
                 continue
-            self._add_many([int(blocks[i])], delta)
+            self._add_many([b], delta)
             i += 1
             los = self._ref_los
 
@@ -1311,13 +1316,13 @@ class DiskSpaceMap:
     def dec(self, b: int) -> None:
         self.ll.set_count(b, self.ll.get_count(b) - 1)
 
-    def inc_many(self, blocks) -> None:
-        """``inc`` each block in turn."""
-        self.ll.add_many(blocks, 1)
+    def inc_many(self, blocks, shift: int = 0) -> None:
+        """``inc`` each block in turn (each item shifted right by ``shift``)."""
+        self.ll.add_many(blocks, 1, shift)
 
-    def dec_many(self, blocks) -> None:
-        """``dec`` each block in turn."""
-        self.ll.add_many(blocks, -1)
+    def dec_many(self, blocks, shift: int = 0) -> None:
+        """``dec`` each block in turn (each item shifted right by ``shift``)."""
+        self.ll.add_many(blocks, -1, shift)
 
     def extend(self, extra: int) -> None:
         self.ll.extend(extra)
