@@ -26,14 +26,16 @@ BLOCK = 64 * 1024
 def _one_block_at_a_time(mp) -> None:
     """The data space map's inc_many and dec_many as they were: one set_count a block."""
 
-    def inc_many(self, blocks):
+    def inc_many(self, blocks, shift=0):
         ll = self.ll
-        for b in blocks:
+        for v in blocks:
+            b = int(v) >> shift
             ll.set_count(b, ll.get_count(b) + 1)
 
-    def dec_many(self, blocks):
+    def dec_many(self, blocks, shift=0):
         ll = self.ll
-        for b in blocks:
+        for v in blocks:
+            b = int(v) >> shift
             ll.set_count(b, ll.get_count(b) - 1)
 
     mp.setattr(DiskSpaceMap, "inc_many", inc_many)

@@ -336,11 +336,13 @@ def test_a_failure_in_a_discards_count_changes_leaves_the_runs_before_it_passed_
                 calls = [0]
                 inc_many = DiskSpaceMap.inc_many
 
-                def failing(self, blocks, calls=calls, inc_many=inc_many, fail_at=fail_at):
+                def failing(
+                    self, blocks, shift=0, calls=calls, inc_many=inc_many, fail_at=fail_at
+                ):
                     calls[0] += 1
                     if calls[0] == fail_at:
                         raise NoSpace
-                    inc_many(self, blocks)
+                    inc_many(self, blocks, shift)
 
                 p = make_pool(data=GiB, md=8 * MiB, store=AccountingStore())
                 discards = []
