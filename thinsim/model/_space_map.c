@@ -935,9 +935,9 @@ static int bitmap_big_again(struct lowlevel *ll, struct bitmap *bmp)
  *     held, mmaps, ref_root, same, shadow, hand, gen, lgen, shift)
  *     -> (stop, why, old_n, big_n, nr_allocated, kept, error)
  *
- * add_many's loop over blocks[start:] (a list of ints, or a buffer of u64: a numpy
- * array, or a mapping leaf's values as they are; each item shifted right by ``shift``
- * is a block number), up to the first block it
+ * add_many's loop over blocks[start:] (a list of ints, or a buffer of u64: a mapping
+ * leaf's values as they are; each item shifted right by ``shift`` is a block number),
+ * up to the first block it
  * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
  * nothing of that block is done).  kept: a leaf was added to the kept table (the
  * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
@@ -1024,7 +1024,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 		return NULL;
 	}
 	if (!PyList_Check(blocks)) {
-		/* a leaf's data blocks as numpy shifts them: no int object made for each */
+		/* a leaf's values, as they are: no int object made for each */
 		if (PyObject_GetBuffer(blocks, &bview, PyBUF_FORMAT) < 0)
 			return NULL;
 		if (bview.itemsize != 8 || !bview.format ||
