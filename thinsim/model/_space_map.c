@@ -767,10 +767,10 @@ static Py_ssize_t leaf_find(struct leaf *lf, uint64_t b)
  *
  * A leaf is one of the kept table's (_ref_los), which holds while the table does: the
  * caller passes the count of times the table was emptied (lgen), and the leaves of
- * another are let go first; a removal lets go of those it changed (hand_drop).  At its first use in a call a leaf is checked to be its
- * block's node still (read back since, it is another object) and its arrays' buffers
- * are taken; they are let go when the call returns, as Python may resize the arrays
- * between calls.
+ * another are let go first; a removal lets go of those it changed (hand_drop).  At its
+ * first use in a call a leaf is checked to be its block's node still (read back since,
+ * it is another object) and its arrays' buffers are taken; they are let go when the
+ * call returns, as Python may resize the arrays between calls.
  */
 #define WHERE_SIZE 1024	/* where: a bitmap index modulo this -> its place + 1, or 0 */
 
@@ -937,10 +937,9 @@ static int bitmap_big_again(struct lowlevel *ll, struct bitmap *bmp)
  *
  * add_many's loop over blocks[start:] (a list of ints, or a buffer of u64: a mapping
  * leaf's values as they are; each item shifted right by ``shift`` is a block number),
- * up to the first block it
- * leaves to Python (stop; len(blocks) if none), for the reason ``why`` (STOP_*:
- * nothing of that block is done).  kept: a leaf was added to the kept table (the
- * caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
+ * up to the first block it leaves to Python (stop; len(blocks) if none), for the reason
+ * ``why`` (STOP_*: nothing of that block is done).  kept: a leaf was added to the kept
+ * table (the caller sets _ref_at).  The caller adds old_n, big_n, nr_allocated to ``old.n``,
  * ``big.n`` and ``nr_allocated``.  Its arguments are the LowLevel's maps, bitmaps,
  * tm.shadows, dirty, old.codes, big.arrays, _ref_los, _ref_leaves, tm.blocks, the
  * metadata space map's maps and ref_root, _wb_same where it holds (else None), the

@@ -277,6 +277,8 @@ class _Encoder:
         self.mll = pmd.metadata_sm.ll
         self.dll = pmd.data_sm.ll
         self._bitmap_index = None
+        self._held = pmd.tm.blocks.get  # (a dict's: a node not held is not read back)
+        self._special = (pmd.metadata_sm.index_block, pmd.held_root)
 
     def live_blocks(self) -> list[int]:
         """Every block the metadata space map counts."""
@@ -305,6 +307,13 @@ class _Encoder:
         mll = self.mll
         if not mll.get_count(b):
             return None
+        node = self._held(b)
+        if (
+            type(node) is Node
+            and b not in self._special
+            and not (node.leaf and node.value_size == 16)
+        ):
+            return encode_node(b, node)  # a btree node held: most of a commit's blocks
         if b == pmd.metadata_sm.index_block:
             entries = [
                 (blocknr, None, *_bitmap_summary(mll, i)) for i, blocknr in enumerate(mll.bitmaps)
@@ -464,28 +473,12 @@ class MetadataDevice:
         spilled = tm.spilled
         blocks = tm.blocks
         count = enc.mll.get_count
-        node_at = blocks.get  # (a dict's: a node not held is not read back here)
-        special = (pmd.metadata_sm.index_block, pmd.held_root)
-
-        def contents(b: int) -> bytes:
-            # a btree node held, counted, not the data space map's index leaf: what
-            # ``enc.encode`` gives for it, without its other checks (most of a commit)
-            node = node_at(b)
-            if (
-                type(node) is Node
-                and count(b)
-                and b not in special
-                and not (node.leaf and node.value_size == 16)
-            ):
-                return encode_node(b, node)
-            return enc.encode(b) or _ZERO_BLOCK
-
         fd = self._open()
         try:
             self._io_blocks(
                 fd,
                 (
-                    (b, contents(b))
+                    (b, enc.encode(b) or _ZERO_BLOCK)
                     for b in changed
                     # not those written before the commit, as they are (save_nodes)
                     if not (b in spilled and b not in blocks and count(b))
